@@ -1,0 +1,310 @@
+"""The built-in verbs of memcached's text protocol.
+
+Each is registered with :func:`memcachedlite.registry.command`, the same
+decorator a user's module uses; the first line of each docstring is the
+verb's syntax. Replies are byte-exact with memcached's ``doc/protocol.txt``.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import time
+from typing import TYPE_CHECKING, Optional
+
+from . import __version__
+from .errors import BadCommandLine, ClientError
+from .protocol import (
+    DELETED,
+    END,
+    EXISTS,
+    NOT_FOUND,
+    OK,
+    RESET,
+    STORED,
+    TOUCHED,
+    U32,
+    U64,
+    check_key,
+    parse_int,
+    parse_uint,
+    value_line,
+    value_line_lite,
+)
+from .registry import command
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .session import Session
+
+
+def _storage_args(args: list[bytes]) -> tuple[bytes, int, int]:
+    """Key, flags and exptime of a storage command.
+
+    Accepts memcached's ``<key> <flags> <exptime> <bytes>`` and the seed's
+    lite form ``<key> <bytes>`` (flags and exptime 0).
+    """
+    if len(args) == 2:
+        return check_key(args[0]), 0, 0
+    if len(args) != 4:
+        raise BadCommandLine()
+    return check_key(args[0]), parse_uint(args[1], U32), parse_int(args[2])
+
+
+_STORAGE = dict(min_args=2, max_args=4, data=-1, noreply=True, mutates=True)
+
+
+@command("set", **_STORAGE)
+def set_(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
+    """set <key> <flags> <exptime> <bytes> [noreply]  (or: set <key> <bytes>)"""
+    key, flags, exptime = _storage_args(args)
+    ctx.store.set(key, data, flags, exptime)  # type: ignore[arg-type]
+    return STORED
+
+
+@command("add", **_STORAGE)
+def add(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
+    """add <key> <flags> <exptime> <bytes> [noreply]: store only if absent."""
+    key, flags, exptime = _storage_args(args)
+    return STORED if ctx.store.add(key, data, flags, exptime) else ctx.not_stored  # type: ignore[arg-type]
+
+
+@command("replace", **_STORAGE)
+def replace(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
+    """replace <key> <flags> <exptime> <bytes> [noreply]: store only if present."""
+    key, flags, exptime = _storage_args(args)
+    return STORED if ctx.store.replace(key, data, flags, exptime) else ctx.not_stored  # type: ignore[arg-type]
+
+
+@command("append", **_STORAGE)
+def append(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
+    """append <key> <flags> <exptime> <bytes> [noreply]: flags and exptime are ignored."""
+    key, _, _ = _storage_args(args)
+    return STORED if ctx.store.append(key, data) else ctx.not_stored  # type: ignore[arg-type]
+
+
+@command("prepend", **_STORAGE)
+def prepend(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
+    """prepend <key> <flags> <exptime> <bytes> [noreply]: flags and exptime are ignored."""
+    key, _, _ = _storage_args(args)
+    return STORED if ctx.store.prepend(key, data) else ctx.not_stored  # type: ignore[arg-type]
+
+
+@command("cas", min_args=5, max_args=5, data=3, noreply=True, mutates=True)
+def cas(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
+    """cas <key> <flags> <exptime> <bytes> <cas unique> [noreply]"""
+    key, flags, exptime = _storage_args(args[:4])
+    unique = parse_uint(args[4], U64)
+    outcome = ctx.store.cas(key, data, flags, exptime, unique)  # type: ignore[arg-type]
+    if outcome is None:
+        return NOT_FOUND
+    return STORED if outcome else EXISTS
+
+
+def _values(ctx: "Session", found: list, with_cas: bool) -> bytes:
+    if ctx.lite and not with_cas:
+        parts = [value_line_lite(key, item.value) for key, item in found]
+    elif with_cas:
+        parts = [value_line(key, item.flags, item.value, item.cas) for key, item in found]
+    else:
+        parts = [value_line(key, item.flags, item.value) for key, item in found]
+    parts.append(END)
+    return b"".join(parts)
+
+
+@command("get", min_args=1, long_line=True)
+def get(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
+    """get <key>*"""
+    for key in args:
+        check_key(key)
+    return _values(ctx, ctx.store.get_many(args), with_cas=False)
+
+
+@command("gets", min_args=1, long_line=True)
+def gets(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
+    """gets <key>*: like get, with each item's cas unique."""
+    for key in args:
+        check_key(key)
+    return _values(ctx, ctx.store.get_many(args), with_cas=True)
+
+
+def _gat(ctx: "Session", args: list[bytes], with_cas: bool) -> bytes:
+    exptime = parse_int(args[0])
+    keys = args[1:]
+    for key in keys:
+        check_key(key)
+    return _values(ctx, ctx.store.gat(keys, exptime), with_cas=with_cas)
+
+
+@command("gat", min_args=2, long_line=True, mutates=True)
+def gat(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
+    """gat <exptime> <key>*: get and touch."""
+    return _gat(ctx, args, with_cas=False)
+
+
+@command("gats", min_args=2, long_line=True, mutates=True)
+def gats(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
+    """gats <exptime> <key>*: get and touch, with cas."""
+    return _gat(ctx, args, with_cas=True)
+
+
+_DELETE_USAGE = "bad command line format.  Usage: delete <key> [noreply]"
+
+
+@command("delete", min_args=1, max_args=2, noreply=True, mutates=True)
+def delete(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
+    """delete <key> [0] [noreply]: the old hold time is accepted only as 0."""
+    if len(args) == 2 and args[1] != b"0":
+        raise ClientError(_DELETE_USAGE)
+    key = check_key(args[0])
+    return DELETED if ctx.store.delete(key) else NOT_FOUND
+
+
+def _delta(token: bytes) -> int:
+    try:
+        return parse_uint(token, U64)
+    except BadCommandLine:
+        raise ClientError("invalid numeric delta argument") from None
+
+
+@command("incr", min_args=2, max_args=2, noreply=True, mutates=True)
+def incr(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
+    """incr <key> <value> [noreply]: 64-bit unsigned, wraps around."""
+    key = check_key(args[0])
+    value = ctx.store.incr(key, _delta(args[1]))
+    return NOT_FOUND if value is None else b"%d\r\n" % value
+
+
+@command("decr", min_args=2, max_args=2, noreply=True, mutates=True)
+def decr(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
+    """decr <key> <value> [noreply]: stops at 0."""
+    key = check_key(args[0])
+    value = ctx.store.decr(key, _delta(args[1]))
+    return NOT_FOUND if value is None else b"%d\r\n" % value
+
+
+@command("touch", min_args=2, max_args=2, noreply=True, mutates=True)
+def touch(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
+    """touch <key> <exptime> [noreply]"""
+    key = check_key(args[0])
+    try:
+        exptime = parse_int(args[1])
+    except BadCommandLine:
+        raise ClientError("invalid exptime argument") from None
+    return TOUCHED if ctx.store.touch(key, exptime) else NOT_FOUND
+
+
+@command("flush_all", min_args=0, max_args=1, noreply=True, mutates=True)
+def flush_all(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
+    """flush_all [delay] [noreply]"""
+    delay = parse_int(args[0]) if args else 0
+    ctx.store.flush_all(max(delay, 0))
+    return OK
+
+
+@command("version", max_args=0)
+def version(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
+    """version"""
+    return b"VERSION %s\r\n" % __version__.encode("ascii")
+
+
+@command("verbosity", min_args=1, max_args=1, noreply=True)
+def verbosity(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
+    """verbosity <level> [noreply]: accepted for compatibility; logging is set by -v."""
+    parse_uint(args[0], U32)
+    return OK
+
+
+@command("quit", max_args=0)
+def quit_(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> None:
+    """quit: close the connection, with no reply."""
+    ctx.close()
+    return None
+
+
+def general_stats(ctx: "Session") -> list[tuple[str, object]]:
+    """memcached's ``stats`` lines that apply to this server, in its order."""
+    store = ctx.store.stats()
+    server = ctx.server
+    now = time.time()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    conn = server.connection_stats() if server is not None else {}
+    started = server.started if server is not None else now
+    lines: list[tuple[str, object]] = [
+        ("pid", os.getpid()),
+        ("uptime", int(now - started)),
+        ("time", int(now)),
+        ("version", __version__),
+        ("libevent", "none"),
+        ("pointer_size", 64 if sys.maxsize > 2**32 else 32),
+        ("rusage_user", "%.6f" % usage.ru_utime),
+        ("rusage_system", "%.6f" % usage.ru_stime),
+        ("max_connections", conn.get("max_connections", 0)),
+        ("curr_connections", conn.get("curr_connections", 0)),
+        ("total_connections", conn.get("total_connections", 0)),
+        ("rejected_connections", conn.get("rejected_connections", 0)),
+        ("connection_structures", conn.get("curr_connections", 0)),
+    ]
+    for name in (
+        "cmd_get cmd_set cmd_flush cmd_touch get_hits get_misses get_expired get_flushed "
+        "delete_misses delete_hits incr_misses incr_hits decr_misses decr_hits "
+        "cas_misses cas_hits cas_badval touch_hits touch_misses"
+    ).split():
+        lines.append((name, store[name]))
+    lines += [
+        ("bytes_read", conn.get("bytes_read", 0)),
+        ("bytes_written", conn.get("bytes_written", 0)),
+        ("limit_maxbytes", store["limit_maxbytes"]),
+        ("accepting_conns", conn.get("accepting_conns", 1)),
+        ("threads", conn.get("threads", 1)),
+        ("conn_yields", 0),
+        ("listen_disabled_num", 0),
+        ("bytes", store["bytes"]),
+        ("curr_items", store["curr_items"]),
+        ("total_items", store["total_items"]),
+        ("expired_unfetched", store["expired_unfetched"]),
+        ("evicted_unfetched", 0),
+        ("evictions", store["evictions"]),
+        ("reclaimed", store["reclaimed"]),
+        ("store_too_large", store["store_too_large"]),
+        ("store_no_memory", store["store_no_memory"]),
+    ]
+    return lines
+
+
+def settings_stats(ctx: "Session") -> list[tuple[str, object]]:
+    """``stats settings``: the knobs this server runs with."""
+    store = ctx.store
+    server = ctx.server
+    conn = server.connection_stats() if server is not None else {}
+    log_ = store.log
+    return [
+        ("maxbytes", store.memory_limit),
+        ("maxconns", conn.get("max_connections", 0)),
+        ("tcpport", conn.get("port", 0)),
+        ("udpport", 0),
+        ("evictions", "on" if store.evict else "off"),
+        ("item_size_max", ctx.settings.max_item_size),
+        ("cas_enabled", "yes"),
+        ("dialect", ctx.settings.dialect),
+        ("data_file", log_.path if log_ is not None else ""),
+        ("fsync", log_.policy if log_ is not None else "none"),
+    ]
+
+
+@command("stats", max_args=1)
+def stats(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
+    """stats [settings|reset]"""
+    if not args:
+        lines = general_stats(ctx)
+    elif args[0] == b"settings":
+        lines = settings_stats(ctx)
+    elif args[0] == b"reset":
+        ctx.store.reset_stats()
+        if ctx.server is not None:
+            ctx.server.reset_stats()
+        return RESET
+    else:
+        raise BadCommandLine()
+    body = b"".join(b"STAT %s %s\r\n" % (name.encode(), str(value).encode()) for name, value in lines)
+    return body + END

@@ -1,0 +1,264 @@
+"""The append-only data file: record format, appending with an fsync policy,
+and replay at start-up.
+
+File format (version 1), documented in ``docs/data-file.md``::
+
+    MEMCACHEDLITE-LOG 1\\r\\n                                  header
+    set <key> <flags> <exptime> <bytes> <cas> <crc>\\r\\n<data>\\r\\n
+    delete <key> <crc>\\r\\n
+    touch <key> <exptime> <crc>\\r\\n
+    flush_all <at> <crc>\\r\\n
+    next_cas <cas> <crc>\\r\\n
+
+Fields are ASCII decimal; ``exptime`` and ``at`` are absolute unix times (0:
+never / now). ``crc`` is the CRC-32 of the line before the space that
+precedes it, continued over the data block, as 8 lowercase hex digits. Records
+hold normalized effects (an ``incr`` is logged as the ``set`` it caused), so a
+replay never needs a user's module.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import threading
+from typing import Iterator, Union
+from zlib import crc32
+
+from .errors import CorruptLogError, LogWriteError
+
+log = logging.getLogger(__name__)
+
+HEADER = b"MEMCACHEDLITE-LOG 1\r\n"
+FSYNC_POLICIES = ("always", "everysec", "no")
+
+Record = tuple  # ("set", key, value, flags, exptime, cas) | ("delete", key) | ...
+
+
+def _seal(head: bytes, data: bytes = b"") -> bytes:
+    crc = crc32(data, crc32(head)) if data else crc32(head)
+    return b"%s %08x\r\n" % (head, crc)
+
+
+def encode_set(key: bytes, value: bytes, flags: int, exptime: int, cas: int) -> bytes:
+    head = b"set %s %d %d %d %d" % (key, flags, exptime, len(value), cas)
+    return b"%s %08x\r\n%s\r\n" % (head, crc32(value, crc32(head)), value)
+
+
+def encode_delete(key: bytes) -> bytes:
+    return _seal(b"delete " + key)
+
+
+def encode_touch(key: bytes, exptime: int) -> bytes:
+    return _seal(b"touch %s %d" % (key, exptime))
+
+
+def encode_flush(at: int) -> bytes:
+    return _seal(b"flush_all %d" % at)
+
+
+def encode_next_cas(cas: int) -> bytes:
+    return _seal(b"next_cas %d" % cas)
+
+
+class _Bad(Exception):
+    """A record that cannot be read; ``torn`` when it runs into the end of file."""
+
+    def __init__(self, reason: str, torn: bool = False) -> None:
+        super().__init__(reason)
+        self.torn = torn
+        self.offset = 0
+
+
+def parse_records(buf: Union[bytes, memoryview], start: int) -> Iterator[Record]:
+    """Yield each record from offset ``start`` to the end of ``buf``.
+
+    Raises :class:`_Bad` (with its ``offset``) at the first record that cannot
+    be read; the caller decides whether that is a torn tail or damage.
+    """
+    n = len(buf)
+    pos = start
+    find = buf.find
+    try:
+        while pos < n:
+            eol = find(b"\n", pos)
+            if eol < 0:
+                raise _Bad("record has no end of line", torn=True)
+            if buf[eol - 1] != 13:
+                raise _Bad("record line not ended by CRLF", torn=eol + 1 >= n)
+            line = buf[pos : eol - 1]
+            cut = line.rfind(b" ")
+            parts = line.split(b" ")
+            verb = parts[0]
+            crc = int(parts[-1], 16)
+            if verb == b"set" and len(parts) == 7:
+                data_end = eol + 1 + int(parts[4])
+                if data_end + 2 > n:
+                    raise _Bad("data block runs past the end of the file", torn=True)
+                value = buf[eol + 1 : data_end]
+                if buf[data_end : data_end + 2] != b"\r\n":
+                    raise _Bad("data block not ended by CRLF", torn=data_end + 2 >= n)
+                if crc32(value, crc32(line[:cut])) != crc:
+                    raise _Bad("checksum mismatch", torn=data_end + 2 >= n)
+                yield (b"set", parts[1], value, int(parts[2]), int(parts[3]), int(parts[5]))
+                pos = data_end + 2
+                continue
+            if crc32(line[:cut]) != crc:
+                raise _Bad("checksum mismatch", torn=eol + 1 >= n)
+            if verb == b"delete" and len(parts) == 3:
+                yield (b"delete", parts[1])
+            elif verb == b"touch" and len(parts) == 4:
+                yield (b"touch", parts[1], int(parts[2]))
+            elif verb == b"flush_all" and len(parts) == 3:
+                yield (b"flush_all", int(parts[1]))
+            elif verb == b"next_cas" and len(parts) == 3:
+                yield (b"next_cas", int(parts[1]))
+            else:
+                raise _Bad(f"unknown record {bytes(verb[:20])!r}")
+            pos = eol + 1
+    except _Bad as bad:
+        bad.offset = pos
+        raise
+    except ValueError as exc:
+        bad = _Bad(f"malformed record: {exc}", torn=find(b"\n", pos) + 1 >= n)
+        bad.offset = pos
+        raise bad from None
+
+
+class DataLog:
+    """One append-only data file, held open (and locked) for appending.
+
+    ``append`` hands each record to the operating system before returning, so
+    a write acknowledged after it survives the process being killed; ``sync``
+    adds the disk, with group commit (one fsync covers every record appended
+    before it started).
+    """
+
+    def __init__(self, path: Union[str, os.PathLike], fsync: str = "everysec") -> None:
+        if fsync not in FSYNC_POLICIES:
+            raise ValueError(f"fsync policy must be one of {', '.join(FSYNC_POLICIES)}")
+        self.path = os.fspath(path)
+        self.policy = fsync
+        self.always = fsync == "always"
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise RuntimeError(f"{self.path} is in use by another running server") from None
+        self.size = os.fstat(self._fd).st_size
+        self.synced = self.size
+        self._sync_lock = threading.Lock()
+        self._closed = threading.Event()
+        self._syncer: threading.Thread | None = None
+        if self.size == 0:
+            self.append(HEADER)
+
+    # -- replay -----------------------------------------------------------
+
+    def replay(self) -> Iterator[Record]:
+        """Yield the records in the file, cutting off a torn last record.
+
+        Damage before the last record raises :class:`CorruptLogError`.
+        """
+        with open(self.path, "rb") as f:
+            buf = f.read()
+        if not buf.startswith(HEADER):
+            if HEADER.startswith(buf):  # crashed while writing the header itself
+                self._truncate(0, len(buf))
+                self.append(HEADER)
+                return
+            raise CorruptLogError(self.path, 0, "not a memcachedlite data file (bad header)")
+        try:
+            yield from parse_records(buf, len(HEADER))
+        except _Bad as bad:
+            damaged = bad.offset
+            if not bad.torn and buf[damaged:].strip(b"\0"):
+                raise CorruptLogError(self.path, damaged, str(bad)) from None
+            self._truncate(damaged, len(buf) - damaged)
+
+    def _truncate(self, offset: int, dropped: int) -> None:
+        log.warning(
+            "%s: torn record at the end of the file (crash while writing); dropped its %d bytes at offset %d",
+            self.path,
+            dropped,
+            offset,
+        )
+        os.ftruncate(self._fd, offset)
+        os.fsync(self._fd)
+        self.size = self.synced = offset
+
+    # -- writing ----------------------------------------------------------
+
+    def append(self, data: bytes) -> int:
+        """Write ``data`` at the end of the file; return the new size.
+
+        On failure the file is cut back to its previous size, so it never
+        holds half a record that a later append would bury in the middle.
+        """
+        start = self.size
+        view = memoryview(data)
+        written = 0
+        try:
+            while written < len(data):
+                written += os.write(self._fd, view[written:])
+        except OSError as exc:
+            if written:
+                try:
+                    os.ftruncate(self._fd, start)
+                except OSError:  # pragma: no cover - nothing more we can do
+                    log.exception("could not cut back a partial record in %s", self.path)
+            reason = "out of disk space" if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else exc.strerror
+            log.error("cannot write to %s: %s", self.path, exc)
+            raise LogWriteError(f"cannot write data file: {reason}") from exc
+        self.size = start + written
+        return self.size
+
+    def sync(self) -> None:
+        """Make everything appended so far durable (group commit)."""
+        target = self.size
+        if self.synced >= target:
+            return
+        with self._sync_lock:
+            if self.synced >= target:
+                return
+            end = self.size
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:
+                log.error("fsync of %s failed: %s", self.path, exc)
+                raise LogWriteError(f"cannot sync data file: {exc.strerror}") from exc
+            self.synced = end
+
+    def start_background_sync(self, interval: float = 1.0) -> None:
+        """For ``everysec``: fsync at least every ``interval`` seconds."""
+        if self.policy != "everysec" or self._syncer is not None:
+            return
+        self._syncer = threading.Thread(target=self._sync_loop, args=(interval,), name="mcl-fsync", daemon=True)
+        self._syncer.start()
+
+    def _sync_loop(self, interval: float) -> None:
+        while not self._closed.wait(interval):
+            try:
+                self.sync()
+            except LogWriteError:
+                pass  # already logged; the next round tries again
+
+    def close(self) -> None:
+        """Flush to disk and release the file (and its lock)."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        if self._syncer is not None:
+            self._syncer.join()
+        try:
+            os.fsync(self._fd)
+        except OSError:  # pragma: no cover - reported by sync() when it matters
+            log.exception("final fsync of %s failed", self.path)
+        os.close(self._fd)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()

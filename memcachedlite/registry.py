@@ -1,0 +1,131 @@
+"""The command table: one row per protocol verb, filled by a decorator.
+
+The built-in verbs in :mod:`memcachedlite.commands` register exactly the way a
+user's module does::
+
+    from memcachedlite import command
+
+    @command("upper", min_args=1, max_args=1)
+    def upper(ctx, args, data):
+        "upper <key>"
+        ...
+
+A handler receives the connection's :class:`~memcachedlite.session.Session`
+(``ctx.store`` is the shared store), the arguments as a list of bytes (without
+the verb and without a trailing ``noreply``) and the data block (bytes, or
+``None`` for verbs that take none). It returns the reply bytes, CRLF included,
+or ``None`` to send nothing, and raises a
+:class:`~memcachedlite.errors.ProtocolError` to answer with an error line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Union
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .session import Session
+
+Handler = Callable[["Session", list, Optional[bytes]], Optional[bytes]]
+
+
+@dataclass(frozen=True)
+class Command:
+    """One row of the table.
+
+    ``data`` is the index (into the arguments, after ``noreply`` is removed)
+    of the argument announcing the length of a data block that follows the
+    command line, or ``None`` when the verb takes no data block.
+    ``long_line`` lets the command line exceed the usual limit, as memcached
+    allows for ``get`` with many keys.
+    """
+
+    name: bytes
+    handler: Handler
+    min_args: int = 0
+    max_args: Optional[int] = None
+    data: Optional[int] = None
+    noreply: bool = False
+    long_line: bool = False
+    mutates: bool = False
+
+
+class Registry:
+    """Maps verbs to :class:`Command` rows. Taking a name twice is an error."""
+
+    def __init__(self) -> None:
+        self._commands: dict[bytes, Command] = {}
+
+    def add(
+        self,
+        name: Union[str, bytes],
+        handler: Handler,
+        *,
+        min_args: int = 0,
+        max_args: Optional[int] = None,
+        data: Optional[int] = None,
+        noreply: bool = False,
+        long_line: bool = False,
+        mutates: bool = False,
+    ) -> Command:
+        """Register ``handler`` for ``name``; the explicit form of :meth:`command`."""
+        verb = name.encode("ascii") if isinstance(name, str) else bytes(name)
+        if not verb or any(c <= 32 or c == 127 for c in verb):
+            raise ValueError(f"invalid verb {name!r}")
+        if verb in self._commands:
+            raise ValueError(f"verb {verb.decode('ascii', 'replace')!r} is already registered")
+        if max_args is not None and max_args < min_args:
+            raise ValueError("max_args is smaller than min_args")
+        row = Command(verb, handler, min_args, max_args, data, noreply, long_line, mutates)
+        self._commands[verb] = row
+        return row
+
+    def command(self, name: Union[str, bytes, None] = None, **options: object) -> Callable[[Handler], Handler]:
+        """Decorator form of :meth:`add`; the verb defaults to the function's name.
+
+        Returns the function unchanged, so it can still be called directly.
+        """
+
+        def register(handler: Handler) -> Handler:
+            self.add(name if name is not None else handler.__name__, handler, **options)  # type: ignore[arg-type]
+            return handler
+
+        return register
+
+    def remove(self, name: Union[str, bytes]) -> None:
+        """Drop a verb; mostly for tests and for replacing a built-in on purpose."""
+        verb = name.encode("ascii") if isinstance(name, str) else name
+        del self._commands[verb]
+
+    def get(self, verb: bytes) -> Optional[Command]:
+        return self._commands.get(verb)
+
+    def copy(self) -> "Registry":
+        """A registry with the same rows, to extend without touching this one."""
+        other = Registry()
+        other._commands = dict(self._commands)
+        return other
+
+    def table(self) -> dict[bytes, Command]:
+        """The live verb -> row mapping, for the session's dispatch loop."""
+        return self._commands
+
+    def __contains__(self, verb: object) -> bool:
+        if isinstance(verb, str):
+            verb = verb.encode("ascii")
+        return verb in self._commands
+
+    def __iter__(self) -> Iterator[Command]:
+        return iter(list(self._commands.values()))
+
+    def __len__(self) -> int:
+        return len(self._commands)
+
+
+#: The registry the server uses unless given another; ``@command`` fills it.
+registry = Registry()
+
+
+def command(name: Union[str, bytes, None] = None, **options: object) -> Callable[[Handler], Handler]:
+    """Register a protocol verb in the default registry (see :class:`Registry`)."""
+    return registry.command(name, **options)

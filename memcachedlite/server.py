@@ -1,0 +1,179 @@
+"""The TCP server (a ``socketserver.ThreadingTCPServer``) and its per-connection
+handler (a ``StreamRequestHandler``) that moves bytes between the socket and a
+:class:`~memcachedlite.session.Session`.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import socketserver
+import threading
+import time
+from typing import Any, Optional
+
+from .registry import Registry, registry as default_registry
+from .session import Session, Settings
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+#: One receive takes at most this much; a pipelined batch is what one receive brings.
+RECV_SIZE = 256 * 1024
+
+
+class MemcacheHandler(socketserver.StreamRequestHandler):
+    """Serves one client: read what has arrived, answer the complete commands
+    in it with one write, repeat until the client leaves or the server stops."""
+
+    server: "MemcacheServer"
+    disable_nagle_algorithm = True  # replies are small; never wait for a delayed ACK
+    wbufsize = 0  # one write per batch is built by the session
+
+    def setup(self) -> None:
+        super().setup()
+        server = self.server
+        self.session = Session(
+            server.store,
+            server.settings,
+            server.registry,
+            server=server,
+            stop=server.stopping,
+        )
+        server._register(self)
+        log.debug("connection from %s:%d", *self.client_address[:2])
+
+    def handle(self) -> None:
+        read = self.rfile.read1  # at most one recv: returns what has arrived
+        write = self.wfile.write
+        session = self.session
+        server = self.server
+        while True:
+            try:
+                data = read(RECV_SIZE)
+            except OSError:
+                break
+            if not data:
+                break
+            reply = session.feed(data)
+            server.bytes_read += len(data)
+            if reply:
+                try:
+                    write(reply)
+                except OSError:
+                    break
+                server.bytes_written += len(reply)
+            if session.closing:
+                break
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        except OSError:  # the client already went away
+            pass
+        self.server._unregister(self)
+        log.debug("connection from %s:%d closed", *self.client_address[:2])
+
+
+class MemcacheServer(socketserver.ThreadingTCPServer):
+    """A memcached-protocol server over one shared :class:`Store`.
+
+    One thread serves each connection. ``stop()`` ends it gracefully: no new
+    connections, every command already received is answered, then idle
+    connections are closed.
+    """
+
+    daemon_threads = True
+    allow_reuse_address = True
+    block_on_close = False
+    request_queue_size = 1024  # memcached's listen backlog
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        store: Store,
+        *,
+        settings: Optional[Settings] = None,
+        registry: Optional[Registry] = None,
+        backlog: int = 1024,
+        bind_and_activate: bool = True,
+    ) -> None:
+        self.store = store
+        self.settings = settings or Settings()
+        self.registry = registry or default_registry
+        self.request_queue_size = backlog
+        self.started = time.time()
+        self.stopping = threading.Event()
+        self.total_connections = 0
+        self.bytes_read = 0
+        self.bytes_written = 0
+        self._handlers: set[MemcacheHandler] = set()
+        self._handlers_changed = threading.Condition()
+        self._serving = False
+        super().__init__(address, MemcacheHandler, bind_and_activate)
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        self._serving = True
+        try:
+            super().serve_forever(poll_interval)
+        finally:
+            self._serving = False
+
+    def _register(self, handler: MemcacheHandler) -> None:
+        with self._handlers_changed:
+            self._handlers.add(handler)
+            self.total_connections += 1
+
+    def _unregister(self, handler: MemcacheHandler) -> None:
+        with self._handlers_changed:
+            self._handlers.discard(handler)
+            self._handlers_changed.notify_all()
+
+    def connection_stats(self) -> dict[str, Any]:
+        with self._handlers_changed:
+            current = len(self._handlers)
+        return {
+            "curr_connections": current,
+            "total_connections": self.total_connections,
+            "rejected_connections": 0,
+            "max_connections": 0,
+            "bytes_read": self.bytes_read,
+            "bytes_written": self.bytes_written,
+            "accepting_conns": 0 if self.stopping.is_set() else 1,
+            "threads": current + 1,
+            "port": self.port,
+        }
+
+    def reset_stats(self) -> None:
+        self.total_connections = len(self._handlers)
+        self.bytes_read = self.bytes_written = 0
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.exception("error serving %s", client_address)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop accepting, let connections finish what they received, close them.
+
+        Safe to call from any thread but the one running ``serve_forever``.
+        """
+        self.stopping.set()
+        if self._serving:
+            self.shutdown()
+        self.server_close()
+        with self._handlers_changed:
+            for handler in list(self._handlers):
+                try:  # wakes a handler blocked in recv; its replies still go out
+                    handler.connection.shutdown(socket.SHUT_RD)
+                except OSError:
+                    pass
+            deadline = time.monotonic() + timeout
+            while self._handlers:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.warning("%d connections still busy at shutdown", len(self._handlers))
+                    break
+                self._handlers_changed.wait(left)

@@ -1,0 +1,209 @@
+"""One client connection's protocol state, with no socket in sight.
+
+A :class:`Session` is fed the bytes a client sent and returns the bytes to
+send back: it frames command lines and data blocks, looks verbs up in the
+registry and calls their handlers. Keeping sockets out of it lets the whole
+protocol be tested on in-memory bytes; the server only moves bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional
+
+from .errors import BadCommandLine, LineTooLong, ProtocolError, TooLarge
+from .protocol import (
+    DEFAULT_MAX_ITEM_SIZE,
+    ERROR,
+    MAX_LINE,
+    MAX_LONG_LINE,
+    NOT_STORED,
+    NOT_STORED_LITE,
+    parse_length,
+)
+from .registry import Registry, registry as default_registry
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .store import Store
+
+log = logging.getLogger(__name__)
+
+_INTERNAL_ERROR = b"SERVER_ERROR internal error\r\n"
+_BAD_DATA_CHUNK = b"CLIENT_ERROR bad data chunk\r\n"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Protocol behaviour shared by every connection of a server."""
+
+    #: "memcached", or "lite" for the seed assignment's reply shapes.
+    dialect: str = "memcached"
+    max_item_size: int = DEFAULT_MAX_ITEM_SIZE
+    #: The seed's demo of concurrency: random sleeps before set and get.
+    simulate_delay: bool = False
+
+    def __post_init__(self) -> None:
+        if self.dialect not in ("memcached", "lite"):
+            raise ValueError("dialect must be 'memcached' or 'lite'")
+
+
+class Session:
+    """Framing and dispatch for one connection; handlers receive it as ``ctx``.
+
+    Handlers use ``ctx.store``, ``ctx.settings``, ``ctx.lite`` and
+    ``ctx.not_stored`` (the dialect's spelling of NOT_STORED); ``ctx.server``
+    is the server object when there is one (for connection statistics), and
+    ``ctx.close()`` ends the connection after the current reply.
+    """
+
+    def __init__(
+        self,
+        store: "Store",
+        settings: Optional[Settings] = None,
+        registry: Optional[Registry] = None,
+        server: Any = None,
+        stop: Optional[threading.Event] = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings or Settings()
+        self.server = server
+        self.lite = self.settings.dialect == "lite"
+        self.not_stored = NOT_STORED_LITE if self.lite else NOT_STORED
+        self.closing = False
+        self._table = (registry or default_registry).table()
+        self._buf = bytearray()
+        self._swallow = 0
+        self._stop = stop or threading.Event()
+        self._delays = {b"set": 2.0, b"get": 1.0} if self.settings.simulate_delay else {}
+        log_ = store.log
+        self._sync = store.sync if log_ is not None and log_.always else None
+
+    def close(self) -> None:
+        """Ask for the connection to be closed once the pending replies are sent."""
+        self.closing = True
+
+    def feed(self, data: bytes) -> bytes:
+        """Take bytes from the client; return the replies to every command now complete.
+
+        Incomplete input (half a line, half a data block) is kept for the next
+        call. Replies of a whole batch come back as one bytes object, so the
+        server sends a pipelined batch with one write.
+        """
+        if self._swallow:
+            if len(data) <= self._swallow:
+                self._swallow -= len(data)
+                return b""
+            data = data[self._swallow :]
+            self._swallow = 0
+        buf = self._buf
+        buf += data
+        out: list[bytes] = []
+        pos = self._run(buf, out)
+        del buf[:pos]
+        if self._sync is not None and out:
+            self._sync()  # group commit: one fsync for the batch, before any reply
+        return b"".join(out)
+
+    def _run(self, buf: bytearray, out: list[bytes]) -> int:
+        """Execute every complete command in ``buf``; return how much was used."""
+        table = self._table
+        find = buf.find
+        n = len(buf)
+        pos = 0
+        while pos < n and not self.closing:
+            eol = find(b"\n", pos)
+            if eol < 0:
+                self._check_partial_line(buf, pos)
+                if self.closing:
+                    out.append(LineTooLong().to_bytes())
+                return n if self.closing else pos
+            line = bytes(buf[pos:eol])
+            if line[-1:] == b"\r":
+                line = line[:-1]
+            # memcached splits on spaces only (a tab stays inside a token and
+            # makes the key invalid) and ignores runs of them.
+            args = line.split(b" ")
+            if b"" in args:
+                args = [a for a in args if a]
+                if not args:
+                    out.append(ERROR)
+                    pos = eol + 1
+                    continue
+            row = table.get(args[0])
+            if row is None:
+                out.append(ERROR)
+                pos = eol + 1
+                continue
+            del args[0]
+            noreply = False
+            if row.noreply and len(args) > row.min_args and args[-1] == b"noreply":
+                args.pop()
+                noreply = True
+            data = None
+            try:
+                if len(args) < row.min_args or (row.max_args is not None and len(args) > row.max_args):
+                    raise BadCommandLine()
+                if row.data is not None:
+                    length = parse_length(args[row.data])
+                    start = eol + 1
+                    if length > self.settings.max_item_size:
+                        self.store.counters["store_too_large"] += 1
+                        pos = self._skip(start + length + 2, n)
+                        raise TooLarge()
+                    end = start + length
+                    if end + 2 > n:
+                        return pos  # wait for the rest of the data block
+                    data = bytes(buf[start:end])
+                    pos = end + 2
+                    if buf[end:pos] != b"\r\n":
+                        out.append(_BAD_DATA_CHUNK)
+                        continue
+                else:
+                    pos = eol + 1
+                if self._delays:
+                    self._simulated_delay(row.name)
+                reply = row.handler(self, args, data)
+            except ProtocolError as exc:
+                if pos <= eol:
+                    pos = eol + 1
+                out.append(exc.to_bytes())
+                if exc.close:
+                    self.closing = True
+                continue
+            except Exception:
+                if pos <= eol:
+                    pos = eol + 1
+                log.exception("handler for %r failed", row.name)
+                out.append(_INTERNAL_ERROR)
+                continue
+            if reply and not noreply:
+                out.append(reply)
+        return pos
+
+    def _skip(self, end: int, n: int) -> int:
+        """Swallow a refused data block up to ``end``, even past what has arrived."""
+        if end <= n:
+            return end
+        self._swallow = end - n
+        return n
+
+    def _check_partial_line(self, buf: bytearray, pos: int) -> None:
+        """Close the connection when a line grows past its limit without a newline."""
+        pending = len(buf) - pos
+        if pending <= MAX_LINE:
+            return
+        verb = bytes(buf[pos : pos + 32].split(b" ", 1)[0])
+        row = self._table.get(verb)
+        if row is not None and row.long_line and pending <= MAX_LONG_LINE:
+            return
+        log.warning("closing a connection: command line of over %d bytes with no newline", MAX_LINE)
+        self.closing = True
+
+    def _simulated_delay(self, verb: bytes) -> None:
+        most = self._delays.get(verb)
+        if most:
+            # waits on the stop event, not time.sleep: shutting down cuts it short
+            self._stop.wait(random.uniform(0.0, most))

@@ -1,7 +1,7 @@
 """memcachedlite: a memcached-compatible key-value server with durable storage.
 
 Public API: :class:`MemcacheServer`, :class:`Store`, the verb registry
-(:data:`registry`, :func:`command`, :class:`Registry`), :class:`Session`,
+(:data:`default_registry`, :func:`command`, :class:`Registry`), :class:`Session`,
 :class:`Settings` and the error types.
 """
 
@@ -18,7 +18,7 @@ from .errors import (  # noqa: E402
     ServerError,
     UnknownCommand,
 )
-from .registry import Command, Registry, command, registry  # noqa: E402
+from .registry import Command, Registry, command, default_registry  # noqa: E402
 from .store import Item, Store  # noqa: E402
 from .session import Session, Settings  # noqa: E402
 from . import commands as _commands  # noqa: E402,F401  (registers the built-in verbs)
@@ -42,5 +42,5 @@ __all__ = [
     "UnknownCommand",
     "__version__",
     "command",
-    "registry",
+    "default_registry",
 ]

@@ -123,9 +123,9 @@ class Registry:
 
 
 #: The registry the server uses unless given another; ``@command`` fills it.
-registry = Registry()
+default_registry = Registry()
 
 
 def command(name: Union[str, bytes, None] = None, **options: object) -> Callable[[Handler], Handler]:
     """Register a protocol verb in the default registry (see :class:`Registry`)."""
-    return registry.command(name, **options)
+    return default_registry.command(name, **options)

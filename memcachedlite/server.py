@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any, Optional
 
-from .registry import Registry, registry as default_registry
+from .registry import Registry, default_registry
 from .session import Session, Settings
 from .store import Store
 

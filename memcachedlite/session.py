@@ -24,7 +24,7 @@ from .protocol import (
     NOT_STORED_LITE,
     parse_length,
 )
-from .registry import Registry, registry as default_registry
+from .registry import Registry, default_registry
 
 if TYPE_CHECKING:  # pragma: no cover
     from .store import Store

@@ -16,7 +16,7 @@ from typing import Iterator, Optional
 
 import pytest
 
-from memcachedlite import MemcacheServer, Registry, Settings, Store, registry
+from memcachedlite import MemcacheServer, Registry, Settings, Store, default_registry
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -172,7 +172,7 @@ def connect() -> Iterator:
 @pytest.fixture
 def fresh_registry() -> Registry:
     """A copy of the default registry, to add verbs to without leaking them."""
-    return registry.copy()
+    return default_registry.copy()
 
 
 def free_port() -> int:

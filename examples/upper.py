@@ -1,0 +1,28 @@
+"""A verb of one's own: ``upper <key>`` upper-cases a stored value in place.
+
+Run it with::
+
+    mcl serve --load examples/upper.py
+
+then ``printf 'set k 0 0 5\\r\\nhello\\r\\nupper k\\r\\n' | nc 127.0.0.1 9889``.
+The change is logged as a plain ``set``, so the data file replays without
+this module loaded.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from memcachedlite import command
+from memcachedlite.protocol import END, NOT_FOUND, check_key, value_line
+from memcachedlite.session import Session
+
+
+@command("upper", min_args=1, max_args=1, mutates=True)
+def upper(ctx: Session, args: list[bytes], data: Optional[bytes]) -> bytes:
+    """upper <key>: upper-case the value in place and return it."""
+    key = check_key(args[0])
+    item = ctx.store.update(key, lambda item: item.value.upper())
+    if item is None:
+        return NOT_FOUND
+    return value_line(key, item.flags, item.value) + END

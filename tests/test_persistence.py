@@ -1,0 +1,326 @@
+"""The data file: format, replay, torn tails, damage, write failures, locking."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from memcachedlite import CorruptLogError, LogWriteError, Store
+from memcachedlite import log as datalog
+from memcachedlite.log import HEADER, DataLog, parse_records
+
+
+class Clock:
+    def __init__(self, now: float = 1_800_000_000) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "data.txt"
+
+
+def reopen(path: Path, **options) -> Store:
+    return Store(path, **options)
+
+
+def test_new_file_has_header_and_private_mode(path):
+    Store(path).close()
+    assert path.read_bytes() == HEADER
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_records_are_readable_and_checksummed(path):
+    s = Store(path)
+    s.set(b"k", b"v\r\n\0", 5, 0)
+    s.delete(b"k")
+    s.close()
+    body = path.read_bytes()[len(HEADER) :]
+    assert body.startswith(b"set k 5 0 4 1 ")
+    assert list(parse_records(path.read_bytes(), len(HEADER))) == [
+        (b"set", b"k", b"v\r\n\0", 5, 0, 1),
+        (b"delete", b"k"),
+    ]
+
+
+def test_every_mutation_survives_a_restart(path):
+    clock = Clock()
+    s = Store(path, clock=clock)
+    s.set(b"plain", b"x")
+    s.set(b"binary", b"a\r\nb\0c\r\n", flags=2**32 - 1)
+    s.set(b"ttl", b"t", exptime=100)
+    s.set(b"abs", b"t", exptime=int(clock.now) + 5000)
+    s.add(b"added", b"1")
+    s.set(b"r", b"old")
+    s.replace(b"r", b"new", flags=3)
+    s.set(b"cat", b"b")
+    s.append(b"cat", b"c")
+    s.prepend(b"cat", b"a")
+    s.set(b"n", b"10")
+    s.incr(b"n", 5)
+    s.decr(b"n", 1)
+    s.set(b"gone", b"x")
+    s.delete(b"gone")
+    s.set(b"touched", b"x")
+    s.touch(b"touched", 50)
+    s.set(b"c", b"1")
+    cas = s.peek(b"c").cas
+    assert s.cas(b"c", b"2", 0, 0, cas)
+    before = {k: s.peek(k) for k in s.keys()}
+    last_cas = max(item.cas for item in before.values())
+    s.close()
+
+    s2 = Store(path, clock=clock)
+    try:
+        after = {k: s2.peek(k) for k in s2.keys()}
+        assert after == before
+        assert after[b"n"].value == b"14"
+        assert after[b"cat"].value == b"abc"
+        assert after[b"ttl"].exptime == int(clock.now) + 100
+        assert after[b"touched"].exptime == int(clock.now) + 50
+        assert s2.set(b"new", b"x") > last_cas
+    finally:
+        s2.close()
+
+
+def test_expiry_is_absolute_across_restart(path):
+    clock = Clock()
+    s = Store(path, clock=clock)
+    s.set(b"short", b"x", exptime=10)
+    s.set(b"long", b"x", exptime=1000)
+    s.close()
+    clock.now += 11
+    s2 = Store(path, clock=clock)
+    try:
+        assert s2.peek(b"short") is None
+        assert s2.peek(b"long") is not None
+    finally:
+        s2.close()
+
+
+def test_cas_values_never_repeat_after_deleting_the_newest(path):
+    s = Store(path)
+    s.set(b"a", b"1")
+    top = s.set(b"b", b"2")
+    s.delete(b"b")
+    s.close()
+    s2 = Store(path)
+    try:
+        assert s2.set(b"c", b"3") > top
+    finally:
+        s2.close()
+
+
+def test_flush_all_is_replayed(path):
+    clock = Clock()
+    s = Store(path, clock=clock)
+    s.set(b"a", b"1")
+    s.flush_all()
+    s.set(b"b", b"2")
+    s.close()
+    s2 = Store(path, clock=clock)
+    try:
+        assert s2.keys() == [b"b"]
+    finally:
+        s2.close()
+
+
+def test_delayed_flush_all_is_replayed(path):
+    clock = Clock()
+    s = Store(path, clock=clock)
+    s.set(b"before", b"1")
+    s.flush_all(10)
+    clock.now += 5
+    s.set(b"during", b"2")
+    s.close()
+    s2 = Store(path, clock=clock)
+    assert sorted(s2.keys()) == [b"before", b"during"]
+    s2.close()
+    clock.now += 6  # past the flush moment
+    s3 = Store(path, clock=clock)
+    try:
+        assert s3.keys() == []
+        s3.set(b"after", b"3")
+        assert s3.keys() == [b"after"]
+    finally:
+        s3.close()
+
+
+def test_evicted_items_do_not_come_back(path):
+    s = Store(path, memory_limit=2000)
+    for i in range(30):
+        s.set(b"k%d" % i, b"x" * 100)
+    live = set(s.keys())
+    assert s.stats()["evictions"] > 0 and len(live) < 30
+    s.close()
+    s2 = Store(path, memory_limit=2000)
+    try:
+        assert set(s2.keys()) == live
+    finally:
+        s2.close()
+
+
+def _log_with_two_records(path: Path) -> int:
+    s = Store(path)
+    s.set(b"first", b"one")
+    size_before_last = path.stat().st_size
+    s.set(b"second", b"two\r\n2")
+    s.close()
+    return size_before_last
+
+
+def test_torn_last_record_cut_at_every_offset(path, caplog):
+    start = _log_with_two_records(path)
+    whole = path.read_bytes()
+    for cut in range(start, len(whole)):
+        path.write_bytes(whole[:cut])
+        caplog.clear()
+        s = Store(path)
+        try:
+            assert s.peek(b"first").value == b"one"
+            assert s.peek(b"second") is None
+        finally:
+            s.close()
+        if cut > start:
+            assert f"dropped its {cut - start} bytes at offset {start}" in caplog.text
+        assert path.stat().st_size == start  # cut back, ready to append
+
+
+def test_torn_header_is_rewritten(path):
+    path.write_bytes(HEADER[:5])
+    s = Store(path)
+    s.set(b"a", b"1")
+    s.close()
+    assert path.read_bytes().startswith(HEADER)
+
+
+def test_zero_filled_tail_is_treated_as_torn(path):
+    _log_with_two_records(path)
+    with open(path, "ab") as f:
+        f.write(b"\0" * 100)
+    s = Store(path)
+    try:
+        assert s.peek(b"second").value == b"two\r\n2"
+    finally:
+        s.close()
+
+
+def test_damage_in_the_middle_refuses_to_start(path):
+    start = _log_with_two_records(path)
+    data = bytearray(path.read_bytes())
+    data[start - 4] ^= 0x01  # inside the first record's data block
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptLogError) as err:
+        Store(path)
+    assert err.value.offset == len(HEADER)
+    assert f"offset {len(HEADER)}" in str(err.value)
+    # refusing to start does not modify the file
+    assert path.read_bytes() == bytes(data)
+
+
+def test_foreign_file_refuses_to_start(path):
+    path.write_bytes(b"key value\nother thing\n")
+    with pytest.raises(CorruptLogError, match="bad header"):
+        Store(path)
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        datalog._seal(b"bogus 1"),
+        b"delete k zzzzzzzz\r\n",
+        datalog._seal(b"touch k") ,
+        b"set k 0 0 1 1 00000000\r\nx\r\n",
+    ],
+    ids=["unknown-verb", "bad-crc-digits", "wrong-field-count", "bad-checksum"],
+)
+def test_each_kind_of_middle_damage_is_detected(path, record):
+    s = Store(path)
+    s.set(b"a", b"1")
+    s.close()
+    with open(path, "ab") as f:
+        f.write(record)
+        f.write(datalog.encode_set(b"b", b"2", 0, 0, 9))
+    with pytest.raises(CorruptLogError):
+        Store(path)
+
+
+def test_second_server_on_the_same_file_is_refused(path):
+    s = Store(path)
+    try:
+        with pytest.raises(RuntimeError, match="in use by another running server"):
+            Store(path)
+    finally:
+        s.close()
+
+
+def test_failed_write_changes_nothing(path, monkeypatch):
+    s = Store(path)
+    s.set(b"a", b"old")
+    size = path.stat().st_size
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(datalog.os, "write", full)
+    with pytest.raises(LogWriteError, match="out of disk space"):
+        s.set(b"a", b"new")
+    with pytest.raises(LogWriteError):
+        s.delete(b"a")
+    assert s.peek(b"a").value == b"old"  # reads keep working, memory unchanged
+    monkeypatch.undo()
+    assert path.stat().st_size == size
+    s.set(b"a", b"newer")  # writes work again once space returns
+    s.close()
+    s2 = Store(path)
+    assert s2.peek(b"a").value == b"newer"
+    s2.close()
+
+
+def test_partial_write_is_cut_back(path, monkeypatch):
+    s = Store(path)
+    size = path.stat().st_size
+    real_write = os.write
+    calls = []
+
+    def half_then_full(fd, data):
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(datalog.os, "write", half_then_full)
+    with pytest.raises(LogWriteError, match="I/O error"):
+        s.set(b"k", b"v" * 100)
+    monkeypatch.undo()
+    assert path.stat().st_size == size
+    assert s.peek(b"k") is None
+    s.set(b"k", b"ok")
+    s.close()
+    s2 = Store(path)
+    assert s2.peek(b"k").value == b"ok"
+    s2.close()
+
+
+def test_fsync_always_syncs_before_returning(path, monkeypatch):
+    syncs = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(datalog.os, "fsync", lambda fd: (syncs.append(fd), real_fsync(fd)))
+    log = DataLog(path, fsync="always")
+    log.append(b"x")
+    log.sync()
+    log.sync()  # nothing new: no second fsync
+    assert len(syncs) == 1 and log.synced == log.size
+    log.close()
+
+
+def test_unknown_fsync_policy_is_refused(path):
+    with pytest.raises(ValueError):
+        DataLog(path, fsync="sometimes")

@@ -159,6 +159,8 @@ def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:
 @click.option("--max-item-size", default="1m", show_default=True, callback=_size, envvar="MCL_MAX_ITEM_SIZE", help="Largest value accepted (bytes, or with k/m).")
 @click.option("--memory-limit", "-m", default=64, show_default=True, type=click.IntRange(1), envvar="MCL_MEMORY_LIMIT", help="Memory for items, in MiB; least recently used items are evicted past it.")
 @click.option("--no-evict", "-M", is_flag=True, envvar="MCL_NO_EVICT", help="Refuse new items when memory is full instead of evicting.")
+@click.option("--compact-min-size", default="64m", show_default=True, callback=_size, envvar="MCL_COMPACT_MIN_SIZE", help="Compact the data file once it is past this size and twice the live data.")
+@click.option("--repair", is_flag=True, envvar="MCL_REPAIR", help="Salvage a damaged data file (keeping a backup) before starting.")
 @click.option("--backlog", default=1024, show_default=True, type=click.IntRange(1), envvar="MCL_BACKLOG", help="Listen queue length.")
 @click.option("--load", "modules", multiple=True, metavar="MODULE", envvar="MCL_LOAD", help="Import MODULE (a dotted name or a .py file) to register its verbs; repeatable.")
 @click.option("--simulate-delay", is_flag=True, envvar="MCL_SIMULATE_DELAY", help="Sleep 0-2 s before each set and 0-1 s before each get (a concurrency demo).")
@@ -172,6 +174,8 @@ def serve(
     max_item_size: int,
     memory_limit: int,
     no_evict: bool,
+    compact_min_size: int,
+    repair: bool,
     backlog: int,
     modules: tuple[str, ...],
     simulate_delay: bool,
@@ -197,8 +201,16 @@ def serve(
             raise click.ClickException(f"cannot load {module}: {exc}") from None
     # A write past a file size limit must fail with EFBIG, not kill the server.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    if repair and os.path.exists(data_file):
+        _repair(data_file, only_if_damaged=True)
     try:
-        store = Store(data_file, fsync=fsync, memory_limit=memory_limit * 1024 * 1024, evict=not no_evict)
+        store = Store(
+            data_file,
+            fsync=fsync,
+            memory_limit=memory_limit * 1024 * 1024,
+            evict=not no_evict,
+            compact_min_size=compact_min_size,
+        )
     except CorruptLogError as exc:
         raise click.ClickException(f"{exc}; run 'mcl repair {data_file}' to salvage the valid records") from None
     except (OSError, RuntimeError) as exc:
@@ -228,6 +240,41 @@ def serve(
         server.stop()
         store.close()
         log.info("stopped; data file flushed")
+
+
+def _repair(path: str, only_if_damaged: bool) -> None:
+    from . import log as datalog
+    from .errors import CorruptLogError
+
+    try:
+        with open(path, "rb") as f:
+            buf = f.read()
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {path}: {exc.strerror}") from None
+    _, report = datalog.salvage(buf)
+    if only_if_damaged and not report.damaged_offsets:
+        return
+    if not buf.startswith(datalog.HEADER) and not report.records:
+        raise click.ClickException(f"{path} is not a memcachedlite data file; nothing to salvage")
+    try:
+        report = datalog.repair(path)
+    except (OSError, CorruptLogError) as exc:
+        raise click.ClickException(f"cannot repair {path}: {exc}") from None
+    click.echo(
+        f"{path}: kept {report.records} records, dropped {report.dropped_bytes} damaged bytes"
+        f" at offsets {', '.join(map(str, report.damaged_offsets)) or 'none'}; original saved as {report.backup}",
+        err=True,
+    )
+
+
+@main.command("repair")
+@click.argument("data_file", type=click.Path(exists=True, dir_okay=False))
+def repair_cmd(data_file: str) -> None:
+    """Salvage every intact record of a damaged DATA_FILE (the server must be stopped).
+
+    The original is kept as DATA_FILE.broken-<time>.
+    """
+    _repair(data_file, only_if_damaged=False)
 
 
 # -- the client ---------------------------------------------------------------
@@ -337,6 +384,18 @@ def flush_all(delay: int) -> None:
     """Invalidate every item (on every server given)."""
     with _talking(_config()) as client:
         client.flush_all(delay=delay, noreply=False)
+    click.echo("OK")
+
+
+@main.command()
+def compact() -> None:
+    """Ask the server(s) to compact the data file now."""
+    config = _config()
+    for server in config.servers:
+        with _talking(ClientConfig([server], config.timeout)) as client:
+            reply = client.raw_command("compact", b"\r\n")
+        if reply.strip() != b"OK":
+            raise ServerReplyError(reply.decode("utf-8", "replace").strip())
     click.echo("OK")
 
 

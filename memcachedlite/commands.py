@@ -202,6 +202,13 @@ def flush_all(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes
     return OK
 
 
+@command("compact", max_args=0)
+def compact(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
+    """compact: rewrite the data file to the live items now (not in memcached)."""
+    ctx.store.compact()
+    return OK
+
+
 @command("version", max_args=0)
 def version(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
     """version"""

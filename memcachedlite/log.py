@@ -19,12 +19,17 @@ replay never needs a user's module.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
 import os
+import re
+import shutil
 import threading
-from typing import Iterator, Union
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Optional, Union
 from zlib import crc32
 
 from .errors import CorruptLogError, LogWriteError
@@ -127,6 +132,143 @@ def parse_records(buf: Union[bytes, memoryview], start: int) -> Iterator[Record]
         raise bad from None
 
 
+_RECORD_START = re.compile(rb"\r\n(?=(?:set|delete|touch|flush_all|next_cas) )")
+
+
+def next_valid_record(buf: bytes, start: int) -> Optional[int]:
+    """The offset of the first intact record at or after ``start``, if any.
+
+    Candidates are line starts that begin with a record verb; the checksum
+    makes a false match in the middle of a value practically impossible.
+    """
+    for match in _RECORD_START.finditer(buf, max(start - 2, 0)):
+        offset = match.end()
+        try:
+            next(parse_records(buf, offset))
+        except (_Bad, StopIteration):
+            continue
+        return offset
+    return None
+
+
+@dataclass
+class RepairReport:
+    """What ``repair`` kept and dropped."""
+
+    records: int = 0
+    dropped_bytes: int = 0
+    damaged_offsets: list = field(default_factory=list)
+    backup: str = ""
+
+
+def salvage(buf: bytes) -> tuple[list[Record], RepairReport]:
+    """Every intact record of a data file's contents, skipping damaged stretches."""
+    report = RepairReport()
+    records: list[Record] = []
+    pos = len(HEADER) if buf.startswith(HEADER) else 0
+    while pos < len(buf):
+        try:
+            for record in parse_records(buf, pos):
+                records.append(record)
+            break
+        except _Bad as bad:
+            report.damaged_offsets.append(bad.offset)
+            nxt = next_valid_record(buf, bad.offset + 1)
+            end = len(buf) if nxt is None else nxt
+            report.dropped_bytes += end - bad.offset
+            pos = end
+    report.records = len(records)
+    return records, report
+
+
+def encode(record: Record) -> bytes:
+    """The bytes of one parsed record (the inverse of :func:`parse_records`)."""
+    kind = record[0]
+    if kind == b"set":
+        _, key, value, flags, exptime, cas = record
+        return encode_set(key, bytes(value), flags, exptime, cas)
+    if kind == b"delete":
+        return encode_delete(record[1])
+    if kind == b"touch":
+        return encode_touch(record[1], record[2])
+    if kind == b"flush_all":
+        return encode_flush(record[1])
+    return encode_next_cas(record[1])
+
+
+def repair(path: Union[str, os.PathLike]) -> RepairReport:
+    """Rewrite a damaged data file with every record that can be salvaged.
+
+    The original is kept beside it as ``<path>.broken-<unix time>``. The
+    rewrite goes through a temporary file and an atomic rename, so a crash
+    during repair leaves either the old file or the new one.
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        buf = f.read()
+    records, report = salvage(buf)
+    report.backup = f"{path}.broken-{int(time.time())}"
+    shutil.copy2(path, report.backup)
+    _write_atomically(path, [HEADER] + [encode(r) for r in records])
+    log.warning(
+        "%s repaired: kept %d records, dropped %d bytes at offsets %s; original saved as %s",
+        path, report.records, report.dropped_bytes, report.damaged_offsets, report.backup,
+    )
+    return report
+
+
+def _write_atomically(path: str, chunks: Iterable[bytes]) -> None:
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_directory(path)
+
+
+def _fsync_directory(path: str) -> None:
+    """Make a rename durable: fsync the directory holding ``path``."""
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Rewrite:
+    """A compaction in progress: a temporary file being filled with the live
+    items while the live file keeps taking appends, which are also kept here
+    to be copied over before the switch."""
+
+    def __init__(self, path: str) -> None:
+        self.tmp_path = path + ".compact"
+        self.fd = os.open(self.tmp_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self.pending: list[bytes] = []
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self.fd, view)
+            view = view[written:]
+        self.size += len(data)
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        with contextlib.suppress(OSError):
+            os.unlink(self.tmp_path)
+
+
 class DataLog:
     """One append-only data file, held open (and locked) for appending.
 
@@ -148,11 +290,14 @@ class DataLog:
         except BlockingIOError:
             os.close(self._fd)
             raise RuntimeError(f"{self.path} is in use by another running server") from None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path + ".compact")  # left by a compaction that crashed
         self.size = os.fstat(self._fd).st_size
         self.synced = self.size
         self._sync_lock = threading.Lock()
         self._closed = threading.Event()
         self._syncer: threading.Thread | None = None
+        self._rewrite: Optional[Rewrite] = None
         if self.size == 0:
             self.append(HEADER)
 
@@ -175,7 +320,10 @@ class DataLog:
             yield from parse_records(buf, len(HEADER))
         except _Bad as bad:
             damaged = bad.offset
-            if not bad.torn and buf[damaged:].strip(b"\0"):
+            torn = bad.torn or not buf[damaged:].strip(b"\0")
+            # A damaged length field can make a middle record look like it runs
+            # to the end; a valid record further on proves it is not a torn tail.
+            if not torn or next_valid_record(buf, damaged + 1) is not None:
                 raise CorruptLogError(self.path, damaged, str(bad)) from None
             self._truncate(damaged, len(buf) - damaged)
 
@@ -214,7 +362,47 @@ class DataLog:
             log.error("cannot write to %s: %s", self.path, exc)
             raise LogWriteError(f"cannot write data file: {reason}") from exc
         self.size = start + written
+        if self._rewrite is not None:
+            self._rewrite.pending.append(data)
         return self.size
+
+    # -- compaction -------------------------------------------------------
+
+    def start_rewrite(self) -> Rewrite:
+        """Begin a compaction. From now on appends are also kept for the new
+        file; the caller writes the live items with ``Rewrite.write`` and ends
+        with :meth:`finish_rewrite` or :meth:`abort_rewrite`, all under the
+        same lock that serializes appends for the first and last step."""
+        if self._rewrite is not None:
+            raise RuntimeError("a compaction is already running")
+        self._rewrite = Rewrite(self.path)
+        return self._rewrite
+
+    def abort_rewrite(self) -> None:
+        if self._rewrite is not None:
+            self._rewrite.abort()
+            self._rewrite = None
+
+    def finish_rewrite(self) -> int:
+        """Copy the appends made meanwhile, make the new file durable and put
+        it in place of the old one atomically. Returns the bytes saved."""
+        rewrite = self._rewrite
+        assert rewrite is not None
+        try:
+            rewrite.write(b"".join(rewrite.pending))
+            os.fsync(rewrite.fd)
+            os.rename(rewrite.tmp_path, self.path)
+        except OSError as exc:
+            self.abort_rewrite()
+            raise LogWriteError(f"compaction failed: {exc.strerror}") from exc
+        _fsync_directory(self.path)
+        with self._sync_lock:  # the background fsync must not see the old fd closed
+            old_fd, old_size = self._fd, self.size
+            self._fd = rewrite.fd
+            self.size = self.synced = rewrite.size
+            self._rewrite = None
+            os.close(old_fd)  # also releases the old file's lock; the new one is held
+        return old_size - self.size
 
     def sync(self) -> None:
         """Make everything appended so far durable (group commit)."""
@@ -251,6 +439,7 @@ class DataLog:
         if self._closed.is_set():
             return
         self._closed.set()
+        self.abort_rewrite()
         if self._syncer is not None:
             self._syncer.join()
         try:

@@ -40,6 +40,7 @@ class MemcacheHandler(socketserver.StreamRequestHandler):
             server=server,
             stop=server.stopping,
         )
+        self.bytes_read = self.bytes_written = 0  # this thread's own, summed by the server
         server._register(self)
         log.debug("connection from %s:%d", *self.client_address[:2])
 
@@ -55,14 +56,14 @@ class MemcacheHandler(socketserver.StreamRequestHandler):
                 break
             if not data:
                 break
+            self.bytes_read += len(data)
             reply = session.feed(data)
-            server.bytes_read += len(data)
             if reply:
                 try:
                     write(reply)
                 except OSError:
                     break
-                server.bytes_written += len(reply)
+                self.bytes_written += len(reply)
             if session.closing:
                 break
 
@@ -131,26 +132,33 @@ class MemcacheServer(socketserver.ThreadingTCPServer):
     def _unregister(self, handler: MemcacheHandler) -> None:
         with self._handlers_changed:
             self._handlers.discard(handler)
+            self.bytes_read += handler.bytes_read
+            self.bytes_written += handler.bytes_written
             self._handlers_changed.notify_all()
 
     def connection_stats(self) -> dict[str, Any]:
         with self._handlers_changed:
             current = len(self._handlers)
+            bytes_read = self.bytes_read + sum(h.bytes_read for h in self._handlers)
+            bytes_written = self.bytes_written + sum(h.bytes_written for h in self._handlers)
         return {
             "curr_connections": current,
             "total_connections": self.total_connections,
             "rejected_connections": 0,
             "max_connections": 0,
-            "bytes_read": self.bytes_read,
-            "bytes_written": self.bytes_written,
+            "bytes_read": bytes_read,
+            "bytes_written": bytes_written,
             "accepting_conns": 0 if self.stopping.is_set() else 1,
             "threads": current + 1,
             "port": self.port,
         }
 
     def reset_stats(self) -> None:
-        self.total_connections = len(self._handlers)
-        self.bytes_read = self.bytes_written = 0
+        with self._handlers_changed:
+            self.total_connections = len(self._handlers)
+            self.bytes_read = self.bytes_written = 0
+            for handler in self._handlers:
+                handler.bytes_read = handler.bytes_written = 0
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.exception("error serving %s", client_address)

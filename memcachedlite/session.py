@@ -150,7 +150,7 @@ class Session:
                     length = parse_length(args[row.data])
                     start = eol + 1
                     if length > self.settings.max_item_size:
-                        self.store.counters["store_too_large"] += 1
+                        self.store.count("store_too_large")
                         pos = self._skip(start + length + 2, n)
                         raise TooLarge()
                     end = start + length

@@ -17,7 +17,7 @@ from collections import OrderedDict
 from typing import Callable, Iterable, NamedTuple, Optional, Union
 
 from . import log as datalog
-from .errors import ClientError, OutOfMemory
+from .errors import ClientError, LogWriteError, OutOfMemory
 from .protocol import RELATIVE_EXPTIME_LIMIT, U64
 
 logger = logging.getLogger(__name__)
@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 #: Bytes counted per item on top of key and value, close to memcached's item header.
 ITEM_OVERHEAD = 56
 DEFAULT_MEMORY_LIMIT = 64 * 1024 * 1024
+#: The data file is compacted once it is past this size and twice the live data.
+DEFAULT_COMPACT_MIN_SIZE = 64 * 1024 * 1024
 
 _COUNTERS = (
     "cmd_get cmd_set cmd_touch cmd_flush get_hits get_misses get_expired get_flushed "
@@ -61,6 +63,7 @@ class Store:
         fsync: str = "everysec",
         memory_limit: int = DEFAULT_MEMORY_LIMIT,
         evict: bool = True,
+        compact_min_size: int = DEFAULT_COMPACT_MIN_SIZE,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._items: OrderedDict[bytes, Item] = OrderedDict()
@@ -72,6 +75,10 @@ class Store:
         self.flush_at = 0  # pending delayed flush_all, absolute time
         self._next_cas = 1
         self.counters = dict.fromkeys(_COUNTERS, 0)
+        self.compact_min_size = compact_min_size
+        self.compactions = 0
+        self._compact_lock = threading.Lock()
+        self._compactor: Optional[threading.Thread] = None
         self.log: Optional[datalog.DataLog] = None
         if path is not None:
             self.log = datalog.DataLog(path, fsync=fsync)
@@ -225,8 +232,12 @@ class Store:
         return victims
 
     def _append(self, record: bytes) -> None:
-        if self.log is not None:
-            self.log.append(record)
+        log = self.log
+        if log is not None:
+            size = log.append(record)
+            if size > self.compact_min_size and size > 2 * self.bytes and self._compactor is None:
+                self._compactor = threading.Thread(target=self._compact_in_background, name="mcl-compact", daemon=True)
+                self._compactor.start()
 
     def set(self, key: bytes, value: bytes, flags: int = 0, exptime: int = 0) -> int:
         """Store unconditionally; returns the new cas value (0 if stored already expired)."""
@@ -408,8 +419,67 @@ class Store:
             self.log.sync()
 
     def close(self) -> None:
+        compactor = self._compactor
+        if compactor is not None:
+            compactor.join()
         if self.log is not None:
             self.log.close()
+
+    # -- compaction ---------------------------------------------------------
+
+    def compact(self) -> int:
+        """Rewrite the data file to just the live items; returns the bytes saved.
+
+        Clients keep being served: the lock is held only to take a snapshot of
+        the item table and, at the end, to copy the changes made meanwhile and
+        rename the new file into place. A crash at any point leaves either the
+        complete old file or the complete new one.
+        """
+        if self.log is None:
+            return 0
+        with self._compact_lock:
+            with self._lock:
+                rewrite = self.log.start_rewrite()
+                snapshot = list(self._items.items())
+                next_cas, flush_at = self._next_cas, self.flush_at
+            try:
+                now = self.now()
+                rewrite.write(datalog.HEADER + datalog.encode_next_cas(next_cas))
+                encode = datalog.encode_set
+                chunk: list[bytes] = []
+                for key, (value, flags, exptime, cas) in snapshot:
+                    if exptime and exptime <= now:
+                        continue
+                    chunk.append(encode(key, value, flags, exptime, cas))
+                    if len(chunk) >= 2048:
+                        rewrite.write(b"".join(chunk))
+                        chunk.clear()
+                rewrite.write(b"".join(chunk))
+                if flush_at > now:
+                    rewrite.write(datalog.encode_flush(flush_at))
+                os.fsync(rewrite.fd)  # the bulk reaches the disk outside the lock
+                with self._lock:
+                    saved = self.log.finish_rewrite()
+            except OSError as exc:
+                with self._lock:
+                    self.log.abort_rewrite()
+                logger.error("compaction of %s failed: %s", self.log.path, exc)
+                raise LogWriteError(f"compaction failed: {exc.strerror}") from exc
+            except BaseException:
+                with self._lock:
+                    self.log.abort_rewrite()
+                raise
+            self.compactions += 1
+            logger.info("compacted %s: %d live items, %d bytes saved", self.log.path, len(snapshot), saved)
+            return saved
+
+    def _compact_in_background(self) -> None:
+        try:
+            self.compact()
+        except Exception:
+            logger.exception("background compaction failed; the data file is unchanged")
+        finally:
+            self._compactor = None
 
     def _replay(self) -> None:
         assert self.log is not None
@@ -444,6 +514,11 @@ class Store:
         logger.info("loaded %d items from %s (%d records)", len(items), self.log.path, count)
 
     # -- reporting ----------------------------------------------------------
+
+    def count(self, counter: str, n: int = 1) -> None:
+        """Add to one of the store's counters (for events seen outside the store)."""
+        with self._lock:
+            self.counters[counter] += n
 
     def stats(self) -> dict[str, int]:
         with self._lock:

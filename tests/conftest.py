@@ -232,6 +232,7 @@ class ServerProcess:
             if match:
                 return int(match.group(1))
             if self.proc.poll() is not None:
+                self._log.close()
                 raise RuntimeError(f"server exited early:\n{self.output()}")
             time.sleep(0.02)
         self.proc.kill()

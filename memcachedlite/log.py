@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import gc
 import logging
 import os
 import re
@@ -29,7 +30,7 @@ import shutil
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Optional, Union
+from typing import Callable, Iterable, Iterator, Optional, Union
 from zlib import crc32
 
 from .errors import CorruptLogError, LogWriteError
@@ -75,28 +76,27 @@ class _Bad(Exception):
         super().__init__(reason)
         self.torn = torn
         self.offset = 0
+        self.progress = (0, 0)  # records loaded and highest cas, before this one
 
 
-def parse_records(buf: Union[bytes, memoryview], start: int) -> Iterator[Record]:
-    """Yield each record from offset ``start`` to the end of ``buf``.
+def parse_one(buf: bytes, pos: int) -> tuple[Record, int]:
+    """Parse the record at ``pos``; return it and the offset just after it.
 
-    Raises :class:`_Bad` (with its ``offset``) at the first record that cannot
-    be read; the caller decides whether that is a torn tail or damage.
+    Raises :class:`_Bad` (with its ``offset``) when it cannot be read; the
+    caller decides whether that is a torn tail or damage.
     """
     n = len(buf)
-    pos = start
-    find = buf.find
     try:
-        while pos < n:
-            eol = find(b"\n", pos)
-            if eol < 0:
-                raise _Bad("record has no end of line", torn=True)
-            if buf[eol - 1] != 13:
-                raise _Bad("record line not ended by CRLF", torn=eol + 1 >= n)
-            line = buf[pos : eol - 1]
-            cut = line.rfind(b" ")
-            parts = line.split(b" ")
-            verb = parts[0]
+        eol = buf.find(b"\n", pos)
+        if eol < 0:
+            raise _Bad("record has no end of line", torn=True)
+        if buf[eol - 1] != 13:
+            raise _Bad("record line not ended by CRLF", torn=eol + 1 >= n)
+        line = buf[pos : eol - 1]
+        cut = line.rfind(b" ")
+        parts = line.split(b" ")
+        verb = parts[0]
+        try:
             crc = int(parts[-1], 16)
             if verb == b"set" and len(parts) == 7:
                 data_end = eol + 1 + int(parts[4])
@@ -107,29 +107,87 @@ def parse_records(buf: Union[bytes, memoryview], start: int) -> Iterator[Record]
                     raise _Bad("data block not ended by CRLF", torn=data_end + 2 >= n)
                 if crc32(value, crc32(line[:cut])) != crc:
                     raise _Bad("checksum mismatch", torn=data_end + 2 >= n)
-                yield (b"set", parts[1], value, int(parts[2]), int(parts[3]), int(parts[5]))
-                pos = data_end + 2
-                continue
+                return (b"set", parts[1], value, int(parts[2]), int(parts[3]), int(parts[5])), data_end + 2
             if crc32(line[:cut]) != crc:
                 raise _Bad("checksum mismatch", torn=eol + 1 >= n)
             if verb == b"delete" and len(parts) == 3:
-                yield (b"delete", parts[1])
-            elif verb == b"touch" and len(parts) == 4:
-                yield (b"touch", parts[1], int(parts[2]))
-            elif verb == b"flush_all" and len(parts) == 3:
-                yield (b"flush_all", int(parts[1]))
-            elif verb == b"next_cas" and len(parts) == 3:
-                yield (b"next_cas", int(parts[1]))
-            else:
-                raise _Bad(f"unknown record {bytes(verb[:20])!r}")
-            pos = eol + 1
+                return (b"delete", parts[1]), eol + 1
+            if verb == b"touch" and len(parts) == 4:
+                return (b"touch", parts[1], int(parts[2])), eol + 1
+            if verb == b"flush_all" and len(parts) == 3:
+                return (b"flush_all", int(parts[1])), eol + 1
+            if verb == b"next_cas" and len(parts) == 3:
+                return (b"next_cas", int(parts[1])), eol + 1
+        except ValueError as exc:
+            raise _Bad(f"malformed record: {exc}", torn=eol + 1 >= n) from None
+        raise _Bad(f"unknown record {bytes(verb[:20])!r}")
     except _Bad as bad:
         bad.offset = pos
         raise
-    except ValueError as exc:
-        bad = _Bad(f"malformed record: {exc}", torn=find(b"\n", pos) + 1 >= n)
-        bad.offset = pos
-        raise bad from None
+
+
+def parse_records(buf: bytes, start: int) -> Iterator[Record]:
+    """Yield each record from offset ``start`` to the end of ``buf``.
+
+    Raises :class:`_Bad` at the first record that cannot be read.
+    """
+    pos = start
+    n = len(buf)
+    while pos < n:
+        record, pos = parse_one(buf, pos)
+        yield record
+
+
+def load_records(
+    buf: bytes, start: int, items: dict, item_class: type, on_other: Callable[[Record], None]
+) -> tuple[int, int]:
+    """Replay ``buf`` from ``start`` into ``items`` (key -> ``item_class``
+    tuple); every record but ``set`` goes to ``on_other``. Returns the number
+    of records and the highest cas seen.
+
+    This is :func:`parse_records` with the common ``set`` record inlined,
+    because start-up time is mostly this loop; anything unusual takes the
+    general path, which also reports damage precisely.
+    """
+    n = len(buf)
+    pos = start
+    find = buf.find
+    starts = buf.startswith
+    make = tuple.__new__
+    count = max_cas = 0
+    while pos < n:
+        if starts(b"set ", pos):
+            eol = find(b"\r\n", pos)
+            head = buf[pos:eol]
+            try:
+                _, key, flags, exptime, length, cas, crc = head.split(b" ")
+                end = eol + 2 + int(length)
+                value = buf[eol + 2 : end]
+                if eol > 0 and buf[end : end + 2] == b"\r\n" and crc32(value, crc32(head[:-9])) == int(crc, 16):
+                    number = int(cas)
+                    items[key] = make(
+                        item_class,
+                        (value, 0 if flags == b"0" else int(flags), 0 if exptime == b"0" else int(exptime), number),
+                    )
+                    if number > max_cas:
+                        max_cas = number
+                    count += 1
+                    pos = end + 2
+                    continue
+            except ValueError:
+                pass  # not a well-formed set: the general path says what is wrong
+        try:
+            record, pos = parse_one(buf, pos)
+        except _Bad as bad:
+            bad.progress = (count, max_cas)
+            raise
+        count += 1
+        if record[0] == b"set":  # pragma: no cover - the fast path takes every good set
+            items[record[1]] = make(item_class, record[2:])
+            max_cas = max(max_cas, record[5])
+        else:
+            on_other(record)
+    return count, max_cas
 
 
 _RECORD_START = re.compile(rb"\r\n(?=(?:set|delete|touch|flush_all|next_cas) )")
@@ -303,10 +361,9 @@ class DataLog:
 
     # -- replay -----------------------------------------------------------
 
-    def replay(self) -> Iterator[Record]:
-        """Yield the records in the file, cutting off a torn last record.
-
-        Damage before the last record raises :class:`CorruptLogError`.
+    def load(self, items: dict, item_class: type, on_other: Callable[[Record], None]) -> tuple[int, int]:
+        """Replay the file into ``items`` (see :func:`load_records`), cutting
+        off a torn last record. Damage before it raises :class:`CorruptLogError`.
         """
         with open(self.path, "rb") as f:
             buf = f.read()
@@ -314,10 +371,12 @@ class DataLog:
             if HEADER.startswith(buf):  # crashed while writing the header itself
                 self._truncate(0, len(buf))
                 self.append(HEADER)
-                return
+                return 0, 0
             raise CorruptLogError(self.path, 0, "not a memcachedlite data file (bad header)")
+        collecting = gc.isenabled()
+        gc.disable()  # a million new tuples would trigger needless collections
         try:
-            yield from parse_records(buf, len(HEADER))
+            return load_records(buf, len(HEADER), items, item_class, on_other)
         except _Bad as bad:
             damaged = bad.offset
             torn = bad.torn or not buf[damaged:].strip(b"\0")
@@ -326,6 +385,10 @@ class DataLog:
             if not torn or next_valid_record(buf, damaged + 1) is not None:
                 raise CorruptLogError(self.path, damaged, str(bad)) from None
             self._truncate(damaged, len(buf) - damaged)
+            return bad.progress
+        finally:
+            if collecting:
+                gc.enable()
 
     def _truncate(self, offset: int, dropped: int) -> None:
         log.warning(

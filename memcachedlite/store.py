@@ -14,6 +14,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from operator import itemgetter
 from typing import Callable, Iterable, NamedTuple, Optional, Union
 
 from . import log as datalog
@@ -440,7 +441,7 @@ class Store:
         with self._compact_lock:
             with self._lock:
                 rewrite = self.log.start_rewrite()
-                snapshot = list(self._items.items())
+                snapshot = list(dict.items(self._items))  # dict's view: fast, order is not needed
                 next_cas, flush_at = self._next_cas, self.flush_at
             try:
                 now = self.now()
@@ -485,17 +486,11 @@ class Store:
         assert self.log is not None
         items = self._items
         now = self.now()
-        max_cas = 0
-        count = 0
-        for record in self.log.replay():
-            count += 1
+        next_cas = [0]
+
+        def apply(record: tuple) -> None:
             kind = record[0]
-            if kind == b"set":
-                _, key, value, flags, exptime, cas = record
-                items[key] = Item(value, flags, exptime, cas)
-                if cas > max_cas:
-                    max_cas = cas
-            elif kind == b"delete":
+            if kind == b"delete":
                 items.pop(record[1], None)
             elif kind == b"touch":
                 old = items.get(record[1])
@@ -503,14 +498,19 @@ class Store:
                     items[record[1]] = old._replace(exptime=record[2])
             elif kind == b"flush_all":
                 self._flush(record[1], now)
-            else:  # next_cas
-                max_cas = max(max_cas, record[1] - 1)
-        for key in [k for k, it in items.items() if it.exptime and it.exptime <= now]:
+            else:  # next_cas, written by compaction
+                next_cas[0] = max(next_cas[0], record[1])
+
+        count, max_cas = self.log.load(items, Item, apply)
+        # dict's own views: walking the OrderedDict's linked list is ten times slower
+        for key in [k for k, it in dict.items(items) if 0 < it[2] <= now]:
             del items[key]
-        self.bytes = sum(_size(k, it) for k, it in items.items())
+        values = dict.values(items)
+        self.bytes = sum(map(len, dict.keys(items))) + sum(map(len, map(itemgetter(0), values)))
+        self.bytes += ITEM_OVERHEAD * len(items)
         if self.flush_at <= now:
             self.flush_at = 0
-        self._next_cas = max_cas + 1
+        self._next_cas = max(max_cas + 1, next_cas[0], 1)
         logger.info("loaded %d items from %s (%d records)", len(items), self.log.path, count)
 
     # -- reporting ----------------------------------------------------------

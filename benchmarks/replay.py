@@ -1,0 +1,75 @@
+"""Start-up speed: how fast a data file of N small items is replayed.
+
+    python benchmarks/replay.py [--items 1000000] [--value-size 20]
+
+Writes a data file (in a temporary directory) with one ``set`` record per
+item, then times ``Store(path)`` and reports records per second and the
+peak resident memory of the process while loading.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from memcachedlite import Store  # noqa: E402
+from memcachedlite.log import HEADER, encode_set  # noqa: E402
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=1_000_000)
+    parser.add_argument("--value-size", type=int, default=20)
+    parser.add_argument("--repeat", type=int, default=3, help="loads to time; the median and best are shown")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "data.txt")
+        value = b"v" * args.value_size
+        with open(path, "wb") as f:
+            f.write(HEADER)
+            chunk = []
+            for i in range(args.items):
+                chunk.append(encode_set(b"key:%d" % i, value, 0, 0, i + 1))
+                if len(chunk) == 10000:
+                    f.write(b"".join(chunk))
+                    chunk.clear()
+            f.write(b"".join(chunk))
+        size = os.path.getsize(path)
+        times = []
+        for _ in range(args.repeat):
+            before = rss_mib()
+            start = time.perf_counter()
+            store = Store(path, memory_limit=1 << 40)
+            times.append(time.perf_counter() - start)
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            loaded = len(store)
+            after = rss_mib()
+            store.close()
+            del store
+    times.sort()
+    median, best = times[len(times) // 2], times[0]
+    print(f"file: {size / 2**20:.1f} MiB, {args.items} records of {args.value_size}-byte values")
+    print(
+        f"replayed {loaded} items: median {median:.2f} s ({args.items / median:,.0f} records/s),"
+        f" best {best:.2f} s ({args.items / best:,.0f} records/s) over {len(times)} loads"
+    )
+    print(f"RSS before {before:.0f} MiB, after {after:.0f} MiB, peak {peak:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -51,7 +51,7 @@ def _storage_args(args: list[bytes]) -> tuple[bytes, int, int]:
     return check_key(args[0]), parse_uint(args[1], U32), parse_int(args[2])
 
 
-_STORAGE = dict(min_args=2, max_args=4, data=-1, noreply=True, mutates=True)
+_STORAGE = dict(arities=(2, 4), data=-1, noreply=True, mutates=True)
 
 
 @command("set", **_STORAGE)
@@ -80,14 +80,16 @@ def replace(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
 def append(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
     """append <key> <flags> <exptime> <bytes> [noreply]: flags and exptime are ignored."""
     key, _, _ = _storage_args(args)
-    return STORED if ctx.store.append(key, data) else ctx.not_stored  # type: ignore[arg-type]
+    stored = ctx.store.append(key, data, ctx.settings.max_item_size)  # type: ignore[arg-type]
+    return STORED if stored else ctx.not_stored
 
 
 @command("prepend", **_STORAGE)
 def prepend(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
     """prepend <key> <flags> <exptime> <bytes> [noreply]: flags and exptime are ignored."""
     key, _, _ = _storage_args(args)
-    return STORED if ctx.store.prepend(key, data) else ctx.not_stored  # type: ignore[arg-type]
+    stored = ctx.store.prepend(key, data, ctx.settings.max_item_size)  # type: ignore[arg-type]
+    return STORED if stored else ctx.not_stored
 
 
 @command("cas", min_args=5, max_args=5, data=3, noreply=True, mutates=True)
@@ -128,8 +130,15 @@ def gets(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
     return _values(ctx, ctx.store.get_many(args), with_cas=True)
 
 
+def _exptime(token: bytes) -> int:
+    try:
+        return parse_int(token)
+    except BadCommandLine:
+        raise ClientError("invalid exptime argument") from None
+
+
 def _gat(ctx: "Session", args: list[bytes], with_cas: bool) -> bytes:
-    exptime = parse_int(args[0])
+    exptime = _exptime(args[0])
     keys = args[1:]
     for key in keys:
         check_key(key)
@@ -187,17 +196,14 @@ def decr(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
 def touch(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
     """touch <key> <exptime> [noreply]"""
     key = check_key(args[0])
-    try:
-        exptime = parse_int(args[1])
-    except BadCommandLine:
-        raise ClientError("invalid exptime argument") from None
+    exptime = _exptime(args[1])
     return TOUCHED if ctx.store.touch(key, exptime) else NOT_FOUND
 
 
 @command("flush_all", min_args=0, max_args=1, noreply=True, mutates=True)
 def flush_all(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
     """flush_all [delay] [noreply]"""
-    delay = parse_int(args[0]) if args else 0
+    delay = _exptime(args[0]) if args else 0
     ctx.store.flush_all(max(delay, 0))
     return OK
 

@@ -21,7 +21,7 @@ or ``None`` to send nothing, and raises a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator, Optional, Union
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional, Union
 
 if TYPE_CHECKING:  # pragma: no cover
     from .session import Session
@@ -37,7 +37,8 @@ class Command:
     of the argument announcing the length of a data block that follows the
     command line, or ``None`` when the verb takes no data block.
     ``long_line`` lets the command line exceed the usual limit, as memcached
-    allows for ``get`` with many keys.
+    allows for ``get`` with many keys. ``arities``, when given, lists the only
+    argument counts accepted (``set`` takes 2 or 4, never 3).
     """
 
     name: bytes
@@ -48,6 +49,13 @@ class Command:
     noreply: bool = False
     long_line: bool = False
     mutates: bool = False
+    arities: Optional[frozenset] = None
+
+    def accepts(self, count: int) -> bool:
+        """Whether ``count`` arguments (``noreply`` removed) fit this verb."""
+        if self.arities is not None:
+            return count in self.arities
+        return count >= self.min_args and (self.max_args is None or count <= self.max_args)
 
 
 class Registry:
@@ -67,6 +75,7 @@ class Registry:
         noreply: bool = False,
         long_line: bool = False,
         mutates: bool = False,
+        arities: Optional[Iterable[int]] = None,
     ) -> Command:
         """Register ``handler`` for ``name``; the explicit form of :meth:`command`."""
         verb = name.encode("ascii") if isinstance(name, str) else bytes(name)
@@ -76,7 +85,10 @@ class Registry:
             raise ValueError(f"verb {verb.decode('ascii', 'replace')!r} is already registered")
         if max_args is not None and max_args < min_args:
             raise ValueError("max_args is smaller than min_args")
-        row = Command(verb, handler, min_args, max_args, data, noreply, long_line, mutates)
+        allowed = frozenset(arities) if arities is not None else None
+        if allowed is not None:
+            min_args, max_args = min(allowed), max(allowed)
+        row = Command(verb, handler, min_args, max_args, data, noreply, long_line, mutates, allowed)
         self._commands[verb] = row
         return row
 

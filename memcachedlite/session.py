@@ -144,7 +144,7 @@ class Session:
                 noreply = True
             data = None
             try:
-                if len(args) < row.min_args or (row.max_args is not None and len(args) > row.max_args):
+                if not row.accepts(len(args)):
                     raise BadCommandLine()
                 if row.data is not None:
                     length = parse_length(args[row.data])

@@ -265,19 +265,23 @@ class Store:
             self._write(key, value, flags, self.absolute(exptime))
             return True
 
-    def append(self, key: bytes, value: bytes) -> bool:
-        """Add ``value`` after the existing data; flags and expiry are kept."""
-        return self._concat(key, value, after=True)
+    def append(self, key: bytes, value: bytes, limit: Optional[int] = None) -> bool:
+        """Add ``value`` after the existing data; flags and expiry are kept.
 
-    def prepend(self, key: bytes, value: bytes) -> bool:
-        """Add ``value`` before the existing data; flags and expiry are kept."""
-        return self._concat(key, value, after=False)
+        Refused (False) when the key is missing or the result would be larger
+        than ``limit``, as memcached refuses to grow an item past its limit.
+        """
+        return self._concat(key, value, True, limit)
 
-    def _concat(self, key: bytes, value: bytes, after: bool) -> bool:
+    def prepend(self, key: bytes, value: bytes, limit: Optional[int] = None) -> bool:
+        """Add ``value`` before the existing data; see :meth:`append`."""
+        return self._concat(key, value, False, limit)
+
+    def _concat(self, key: bytes, value: bytes, after: bool, limit: Optional[int]) -> bool:
         with self._lock:
             self.counters["cmd_set"] += 1
             old = self._live(key, self.now())
-            if old is None:
+            if old is None or (limit is not None and len(old.value) + len(value) > limit):
                 return False
             joined = old.value + value if after else value + old.value
             self._write(key, joined, old.flags, old.exptime)

@@ -3,7 +3,8 @@
 library or pymemcache, turn failures into one-line messages and exit codes.
 
 Exit codes: 0 success, 1 the key was missing or not stored, 2 bad usage,
-3 the server could not be reached, 4 the server answered with an error.
+3 the server could not be reached, 4 the server answered with an error,
+5 the server could not start.
 """
 
 from __future__ import annotations
@@ -45,6 +46,12 @@ class ServerReplyError(click.ClickException):
     """The server answered with CLIENT_ERROR or SERVER_ERROR."""
 
     exit_code = 4
+
+
+class CannotStart(click.ClickException):
+    """``mcl serve`` could not start (port in use, damaged data file...)."""
+
+    exit_code = 5
 
 
 def _split_servers(values: tuple[str, ...]) -> list[tuple[str, int]]:
@@ -92,11 +99,19 @@ def _talking(config: ClientConfig) -> Iterator[Any]:
         reason = exc.strerror or str(exc) or type(exc).__name__
         raise Unreachable(f"cannot reach server {config.describe()}: {reason}") from None
     except MemcacheClientError as exc:
-        raise ServerReplyError(f"the server refused the request: {exc}") from None
+        raise ServerReplyError(f"the server refused the request: {_reason(exc)}") from None
     except MemcacheError as exc:
-        raise ServerReplyError(f"server error: {exc}") from None
+        raise ServerReplyError(f"server error: {_reason(exc)}") from None
     finally:
         client.close()
+
+
+def _reason(exc: Exception) -> str:
+    """pymemcache puts the server's error text in as bytes; show it as text."""
+    text = exc.args[0] if exc.args else ""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return str(text) or type(exc).__name__
 
 
 def _key(key: str) -> bytes:
@@ -150,21 +165,28 @@ def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:
     return int(number) * scale
 
 
+_size_option = dict(callback=_size, metavar="SIZE", show_default=True, show_envvar=True)
+_option = dict(show_default=True, show_envvar=True)
+
+
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True, envvar="MCL_HOST", help="Address to listen on.")
-@click.option("--port", "-p", default=9889, show_default=True, type=click.IntRange(0, 65535), envvar="MCL_PORT", help="TCP port (0: any free port).")
-@click.option("--data-file", default="data.txt", show_default=True, type=click.Path(dir_okay=False), envvar="MCL_DATA_FILE", help="Append-only data file, replayed at start.")
-@click.option("--fsync", type=click.Choice(["always", "everysec", "no"]), default="everysec", show_default=True, envvar="MCL_FSYNC", help="When the data file is forced to disk.")
-@click.option("--dialect", type=click.Choice(["memcached", "lite"]), default="memcached", show_default=True, envvar="MCL_DIALECT", help="Reply shapes: memcached's, or the seed assignment's.")
-@click.option("--max-item-size", default="1m", show_default=True, callback=_size, envvar="MCL_MAX_ITEM_SIZE", help="Largest value accepted (bytes, or with k/m).")
-@click.option("--memory-limit", "-m", default=64, show_default=True, type=click.IntRange(1), envvar="MCL_MEMORY_LIMIT", help="Memory for items, in MiB; least recently used items are evicted past it.")
-@click.option("--no-evict", "-M", is_flag=True, envvar="MCL_NO_EVICT", help="Refuse new items when memory is full instead of evicting.")
-@click.option("--compact-min-size", default="64m", show_default=True, callback=_size, envvar="MCL_COMPACT_MIN_SIZE", help="Compact the data file once it is past this size and twice the live data.")
-@click.option("--repair", is_flag=True, envvar="MCL_REPAIR", help="Salvage a damaged data file (keeping a backup) before starting.")
-@click.option("--backlog", default=1024, show_default=True, type=click.IntRange(1), envvar="MCL_BACKLOG", help="Listen queue length.")
-@click.option("--load", "modules", multiple=True, metavar="MODULE", envvar="MCL_LOAD", help="Import MODULE (a dotted name or a .py file) to register its verbs; repeatable.")
-@click.option("--simulate-delay", is_flag=True, envvar="MCL_SIMULATE_DELAY", help="Sleep 0-2 s before each set and 0-1 s before each get (a concurrency demo).")
-@click.option("--verbose", "-v", count=True, help="Log more: -v for each connection.")
+@click.option("--host", default="127.0.0.1", envvar="MCL_HOST", help="Address to listen on.", **_option)
+@click.option("--port", "-p", default=9889, type=click.IntRange(0, 65535), envvar="MCL_PORT", help="TCP port (0: any free port).", **_option)
+@click.option("--data-file", default="data.txt", type=click.Path(dir_okay=False), envvar="MCL_DATA_FILE", help="Append-only data file, replayed at start.", **_option)
+@click.option("--fsync", type=click.Choice(["always", "everysec", "no"]), default="everysec", envvar="MCL_FSYNC", help="When the data file is forced to disk (see README).", **_option)
+@click.option("--dialect", type=click.Choice(["memcached", "lite"]), default="memcached", envvar="MCL_DIALECT", help="Reply shapes: memcached's, or the seed assignment's.", **_option)
+@click.option("--max-item-size", default="1m", envvar="MCL_MAX_ITEM_SIZE", help="Largest value accepted: bytes, or with a k or m suffix.", **_size_option)
+@click.option("--memory-limit", "-m", default=64, type=click.IntRange(1), envvar="MCL_MEMORY_LIMIT", help="Memory for items, in MiB; least recently used items are evicted past it.", **_option)
+@click.option("--no-evict", "-M", is_flag=True, envvar="MCL_NO_EVICT", help="Refuse new items when memory is full instead of evicting.", **_option)
+@click.option("--max-connections", "-c", default=1024, type=click.IntRange(1), envvar="MCL_MAX_CONNECTIONS", help="Connections served at once; more are refused.", **_option)
+@click.option("--idle-timeout", default=0.0, type=click.FloatRange(0), envvar="MCL_IDLE_TIMEOUT", help="Close connections idle this many seconds (0: never).", **_option)
+@click.option("--read-timeout", default=10.0, type=click.FloatRange(0), envvar="MCL_READ_TIMEOUT", help="Close a connection that stalls this long in the middle of a request (0: never).", **_option)
+@click.option("--backlog", default=1024, type=click.IntRange(1), envvar="MCL_BACKLOG", help="Listen queue length.", **_option)
+@click.option("--compact-min-size", default="64m", envvar="MCL_COMPACT_MIN_SIZE", help="Compact the data file once it is past this size and twice the live data.", **_size_option)
+@click.option("--repair", is_flag=True, envvar="MCL_REPAIR", help="Salvage a damaged data file (keeping a backup) before starting.", **_option)
+@click.option("--load", "modules", multiple=True, metavar="MODULE", envvar="MCL_LOAD", help="Import MODULE (a dotted name or a .py file) to register its verbs; repeatable.", show_envvar=True)
+@click.option("--simulate-delay", is_flag=True, envvar="MCL_SIMULATE_DELAY", help="Sleep 0-2 s before each set and 0-1 s before each get (the seed's concurrency demo).", **_option)
+@click.option("--verbose", "-v", count=True, help="Also log each connection opening and closing.")
 def serve(
     host: str,
     port: int,
@@ -174,14 +196,21 @@ def serve(
     max_item_size: int,
     memory_limit: int,
     no_evict: bool,
+    max_connections: int,
+    idle_timeout: float,
+    read_timeout: float,
+    backlog: int,
     compact_min_size: int,
     repair: bool,
-    backlog: int,
     modules: tuple[str, ...],
     simulate_delay: bool,
     verbose: int,
 ) -> None:
-    """Run the server until Ctrl-C or SIGTERM."""
+    """Run the server until Ctrl-C or SIGTERM.
+
+    On either, it stops accepting, answers every command already received,
+    flushes the data file and exits 0.
+    """
     from .errors import CorruptLogError
     from .server import MemcacheServer
     from .session import Settings
@@ -198,7 +227,24 @@ def serve(
         except click.ClickException:
             raise
         except Exception as exc:
-            raise click.ClickException(f"cannot load {module}: {exc}") from None
+            raise CannotStart(f"cannot load {module}: {exc}") from None
+    settings = Settings(dialect=dialect, max_item_size=max_item_size, simulate_delay=simulate_delay)
+    # Bind first: a port in use should not leave a new data file behind.
+    server = MemcacheServer(
+        (host, port),
+        None,
+        settings=settings,
+        backlog=backlog,
+        max_connections=max_connections,
+        idle_timeout=idle_timeout,
+        read_timeout=read_timeout,
+        bind_and_activate=False,
+    )
+    try:
+        server.server_bind()
+    except OSError as exc:
+        server.server_close()
+        raise CannotStart(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     # A write past a file size limit must fail with EFBIG, not kill the server.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     if repair and os.path.exists(data_file):
@@ -212,15 +258,14 @@ def serve(
             compact_min_size=compact_min_size,
         )
     except CorruptLogError as exc:
-        raise click.ClickException(f"{exc}; run 'mcl repair {data_file}' to salvage the valid records") from None
+        server.server_close()
+        raise CannotStart(f"{exc}; run 'mcl repair {data_file}' to salvage the valid records") from None
     except (OSError, RuntimeError) as exc:
-        raise click.ClickException(f"cannot open data file: {exc}") from None
-    settings = Settings(dialect=dialect, max_item_size=max_item_size, simulate_delay=simulate_delay)
-    try:
-        server = MemcacheServer((host, port), store, settings=settings, backlog=backlog)
-    except OSError as exc:
-        store.close()
-        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        server.server_close()
+        reason = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise CannotStart(f"cannot open data file: {reason}") from None
+    server.store = store
+    server.server_activate()
 
     def request_stop(signum: int, frame: object) -> None:
         if not server.stopping.is_set():
@@ -295,6 +340,8 @@ def get(key: str) -> None:
         raise NotFound(f"{key}: not found")
     out = click.get_binary_stream("stdout")
     out.write(value)
+    if out.isatty() and not value.endswith(b"\n"):
+        out.write(b"\n")  # keep the prompt off the value; pipes get the exact bytes
     out.flush()
 
 

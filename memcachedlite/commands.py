@@ -221,11 +221,18 @@ def version(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
     return b"VERSION %s\r\n" % __version__.encode("ascii")
 
 
-@command("verbosity", min_args=1, max_args=1, noreply=True)
-def verbosity(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
-    """verbosity <level> [noreply]: accepted for compatibility; logging is set by -v."""
-    parse_uint(args[0], U32)
-    return OK
+@command("verbosity", min_args=1, max_args=2)
+def verbosity(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> Optional[bytes]:
+    """verbosity <level> [noreply]: accepted for compatibility; logging is set by -v.
+
+    As in memcached, a lone ``noreply`` counts as the level (0) and the flag.
+    """
+    noreply = args[-1] == b"noreply"
+    level = args[0] if not (noreply and len(args) == 1) else b"0"
+    if len(args) == 2 and not noreply:
+        raise BadCommandLine()
+    parse_uint(level, U32)
+    return None if noreply else OK
 
 
 @command("quit", max_args=0)

@@ -15,11 +15,15 @@ from typing import Any, Optional
 from .registry import Registry, default_registry
 from .session import Session, Settings
 from .store import Store
+from .workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
 #: One receive takes at most this much; a pipelined batch is what one receive brings.
 RECV_SIZE = 256 * 1024
+TOO_MANY_CONNECTIONS = b"ERROR Too many open connections\r\n"  # memcached's words
+DEFAULT_MAX_CONNECTIONS = 1024
+DEFAULT_READ_TIMEOUT = 10.0
 
 
 class MemcacheHandler(socketserver.StreamRequestHandler):
@@ -49,9 +53,24 @@ class MemcacheHandler(socketserver.StreamRequestHandler):
         write = self.wfile.write
         session = self.session
         server = self.server
-        while True:
+        connection = self.connection
+        idle_timeout = server.idle_timeout or None
+        read_timeout = server.read_timeout or None
+        timeout = connection.gettimeout()
+        while not server.stopping.is_set() or session.pending():
+            # between requests: the idle timeout (none by default, as memcached);
+            # in the middle of one: the read timeout, so a stalled client
+            # cannot hold a worker forever.
+            wanted = read_timeout if session.pending() else idle_timeout
+            if wanted != timeout:
+                connection.settimeout(wanted)
+                timeout = wanted
             try:
                 data = read(RECV_SIZE)
+            except TimeoutError:
+                what = "in the middle of a request" if session.pending() else "while idle"
+                log.info("closing %s:%d: no data for %s s %s", *self.client_address[:2], timeout, what)
+                break
             except OSError:
                 break
             if not data:
@@ -76,12 +95,25 @@ class MemcacheHandler(socketserver.StreamRequestHandler):
         log.debug("connection from %s:%d closed", *self.client_address[:2])
 
 
+def _worker_stack_size() -> None:
+    """Workers only parse and dispatch: a small stack lets a thousand of them fit."""
+    try:
+        threading.stack_size(512 * 1024)
+    except (ValueError, RuntimeError):  # pragma: no cover - platform without the knob
+        pass
+
+
 class MemcacheServer(socketserver.ThreadingTCPServer):
     """A memcached-protocol server over one shared :class:`Store`.
 
-    One thread serves each connection. ``stop()`` ends it gracefully: no new
-    connections, every command already received is answered, then idle
-    connections are closed.
+    ``store`` may be None while the server is built unbound, but must be set
+    before it serves.
+
+    Each connection is served by a thread from a bounded pool of reused
+    workers; past ``max_connections`` a new connection is told
+    ``ERROR Too many open connections`` and closed, as memcached does.
+    ``stop()`` ends the server gracefully: no new connections, every command
+    already received is answered, then the connections are closed.
     """
 
     daemon_threads = True
@@ -92,26 +124,50 @@ class MemcacheServer(socketserver.ThreadingTCPServer):
     def __init__(
         self,
         address: tuple[str, int],
-        store: Store,
+        store: Optional[Store],
         *,
         settings: Optional[Settings] = None,
         registry: Optional[Registry] = None,
         backlog: int = 1024,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        idle_timeout: float = 0,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
         bind_and_activate: bool = True,
     ) -> None:
         self.store = store
         self.settings = settings or Settings()
         self.registry = registry or default_registry
         self.request_queue_size = backlog
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.read_timeout = read_timeout
         self.started = time.time()
         self.stopping = threading.Event()
         self.total_connections = 0
+        self.rejected_connections = 0
         self.bytes_read = 0
         self.bytes_written = 0
         self._handlers: set[MemcacheHandler] = set()
         self._handlers_changed = threading.Condition()
         self._serving = False
+        _worker_stack_size()
+        self.pool = WorkerPool(max_connections)
         super().__init__(address, MemcacheHandler, bind_and_activate)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Hand the connection to a pooled worker, or turn it away when all are busy."""
+        if self.stopping.is_set() or not self.pool.submit(self.process_request_thread, request, client_address):
+            self._reject(request, client_address)
+
+    def _reject(self, request: Any, client_address: Any) -> None:
+        with self._handlers_changed:
+            self.rejected_connections += 1
+        log.warning("rejected a connection from %s:%d: too many open connections", *client_address[:2])
+        try:
+            request.sendall(TOO_MANY_CONNECTIONS)
+        except OSError:
+            pass
+        self.shutdown_request(request)
 
     @property
     def port(self) -> int:
@@ -144,18 +200,19 @@ class MemcacheServer(socketserver.ThreadingTCPServer):
         return {
             "curr_connections": current,
             "total_connections": self.total_connections,
-            "rejected_connections": 0,
-            "max_connections": 0,
+            "rejected_connections": self.rejected_connections,
+            "max_connections": self.max_connections,
             "bytes_read": bytes_read,
             "bytes_written": bytes_written,
             "accepting_conns": 0 if self.stopping.is_set() else 1,
-            "threads": current + 1,
+            "threads": self.pool.size + 1,
             "port": self.port,
         }
 
     def reset_stats(self) -> None:
         with self._handlers_changed:
             self.total_connections = len(self._handlers)
+            self.rejected_connections = 0
             self.bytes_read = self.bytes_written = 0
             for handler in self._handlers:
                 handler.bytes_read = handler.bytes_written = 0
@@ -185,3 +242,4 @@ class MemcacheServer(socketserver.ThreadingTCPServer):
                     log.warning("%d connections still busy at shutdown", len(self._handlers))
                     break
                 self._handlers_changed.wait(left)
+        self.pool.close(timeout=1.0)

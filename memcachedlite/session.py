@@ -85,6 +85,10 @@ class Session:
         """Ask for the connection to be closed once the pending replies are sent."""
         self.closing = True
 
+    def pending(self) -> bool:
+        """Whether a request has begun arriving but is not complete yet."""
+        return bool(self._buf) or self._swallow > 0
+
     def feed(self, data: bytes) -> bytes:
         """Take bytes from the client; return the replies to every command now complete.
 

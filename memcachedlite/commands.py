@@ -229,9 +229,14 @@ def verbosity(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> Optio
     """
     noreply = args[-1] == b"noreply"
     level = args[0] if not (noreply and len(args) == 1) else b"0"
-    if len(args) == 2 and not noreply:
-        raise BadCommandLine()
-    parse_uint(level, U32)
+    try:
+        if len(args) == 2 and not noreply:
+            raise BadCommandLine()
+        parse_uint(level, U32)
+    except BadCommandLine:
+        if noreply:
+            return None  # errors are silenced by noreply too
+        raise
     return None if noreply else OK
 
 

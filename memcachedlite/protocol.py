@@ -38,8 +38,12 @@ ERROR = b"ERROR\r\n"
 
 
 def check_key(key: bytes) -> bytes:
-    """Reject keys memcached would not accept: too long, or holding spaces or
-    control characters (which would break the line-based framing)."""
+    """Reject keys over 250 bytes, and keys holding control characters.
+
+    memcached itself only refuses the long ones; control characters are
+    refused here too because a key with a newline or a tab in it cannot be
+    written back on a command line by most clients, nor read back safely.
+    """
     if len(key) > MAX_KEY or not key or len(key.translate(None, _CONTROL)) != len(key):
         raise BadCommandLine()
     return key
@@ -48,12 +52,13 @@ def check_key(key: bytes) -> bytes:
 def parse_uint(token: bytes, limit: int = U64) -> int:
     """A decimal unsigned integer below ``limit``; anything else is a bad line.
 
-    Only ASCII digits are accepted: ``int()`` alone would also take ``+1``,
-    ``1_000`` and surrounding whitespace, which memcached refuses.
+    Like memcached's ``strtoul``, a leading ``+`` is allowed; unlike a bare
+    ``int()``, underscores and whitespace are not.
     """
-    if not token or len(token) > 20 or token.strip(_DIGITS):
+    digits = token[1:] if token[:1] == b"+" else token
+    if not digits or len(digits) > 20 or digits.strip(_DIGITS):
         raise BadCommandLine()
-    value = int(token)
+    value = int(digits)
     if value >= limit:
         raise BadCommandLine()
     return value
@@ -66,9 +71,40 @@ def parse_int(token: bytes) -> int:
     return parse_uint(token, 1 << 63)
 
 
+#: memcached refuses lengths past INT_MAX - 2 outright, before reading any data.
+MAX_LENGTH = (1 << 31) - 3
+
+
 def parse_length(token: bytes) -> int:
-    """A data block length: unsigned, and below 2 GiB as in memcached."""
-    return parse_uint(token, 1 << 31)
+    """A data block length: unsigned, at most ``MAX_LENGTH`` as in memcached."""
+    return parse_uint(token, MAX_LENGTH + 1)
+
+
+_C_SPACE = b" \t\n\v\f\r"
+
+
+def parse_counter(value: bytes) -> int | None:
+    """The number an ``incr``/``decr`` finds in a stored value, or None.
+
+    memcached reads it with ``strtoull``: leading whitespace and a sign are
+    skipped, the digits must be followed by whitespace or the end, and a
+    value past 64 bits is not a number.
+    """
+    text = value.lstrip(_C_SPACE)
+    sign = text[:1]
+    if sign in (b"+", b"-"):
+        text = text[1:]
+    end = len(text) - len(text.lstrip(_DIGITS))
+    if end == 0 or (end < len(text) and text[end] not in _C_SPACE):
+        return None
+    number = int(text[:end])
+    if number >= U64:
+        return None
+    if sign == b"-":
+        number = -number % U64
+        if number >= 1 << 63:  # a negative number, as memcached sees it
+            return None
+    return number
 
 
 def value_line(key: bytes, flags: int, value: bytes, cas: int | None = None) -> bytes:

@@ -163,7 +163,8 @@ class Session:
                     data = bytes(buf[start:end])
                     pos = end + 2
                     if buf[end:pos] != b"\r\n":
-                        out.append(_BAD_DATA_CHUNK)
+                        if not noreply:
+                            out.append(_BAD_DATA_CHUNK)
                         continue
                 else:
                     pos = eol + 1
@@ -173,7 +174,10 @@ class Session:
             except ProtocolError as exc:
                 if pos <= eol:
                     pos = eol + 1
-                out.append(exc.to_bytes())
+                # As memcached 1.6 does, noreply silences errors too: a client
+                # that asked for no reply is not reading one.
+                if not noreply:
+                    out.append(exc.to_bytes())
                 if exc.close:
                     self.closing = True
                 continue
@@ -181,7 +185,8 @@ class Session:
                 if pos <= eol:
                     pos = eol + 1
                 log.exception("handler for %r failed", row.name)
-                out.append(_INTERNAL_ERROR)
+                if not noreply:
+                    out.append(_INTERNAL_ERROR)
                 continue
             if reply and not noreply:
                 out.append(reply)

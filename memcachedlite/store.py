@@ -19,7 +19,7 @@ from typing import Callable, Iterable, NamedTuple, Optional, Union
 
 from . import log as datalog
 from .errors import ClientError, LogWriteError, OutOfMemory
-from .protocol import RELATIVE_EXPTIME_LIMIT, U64
+from .protocol import RELATIVE_EXPTIME_LIMIT, U64, parse_counter
 
 logger = logging.getLogger(__name__)
 
@@ -350,10 +350,9 @@ class Store:
             if old is None:
                 self.counters[kind + "_misses"] += 1
                 return None
-            digits = old.value.rstrip(b" ")  # memcached may leave padding after a decr
-            if not digits.isdigit() or len(digits) > 20 or int(digits) >= U64:
+            number = parse_counter(old.value)
+            if number is None:
                 raise ClientError("cannot increment or decrement non-numeric value")
-            number = int(digits)
             number = (number + delta) % U64 if kind == "incr" else max(number - delta, 0)
             self._write(key, b"%d" % number, old.flags, old.exptime)
             self.counters[kind + "_hits"] += 1

@@ -456,10 +456,25 @@ def test_incr_decr_non_numeric_value(raw, stored):
     assert raw.ask(b"get n\r\n") == value(b"n", stored, 3) + END
 
 
+def test_incr_decr_plus_sign_is_a_number_as_in_memcached(raw):
+    assert raw.ask(b"set n 0 0 2\r\n10\r\nincr n +5\r\nset f +1 +0 +1\r\nx\r\n", replies=3) == b"STORED\r\n15\r\nSTORED\r\n"
+    assert raw.ask(b"get f\r\n") == value(b"f", b"x", 1) + END
+
+
+@pytest.mark.parametrize(
+    "stored, result",
+    [(b" 5", b"6"), (b"5\r\n", b"6"), (b"0" * 22 + b"1", b"2"), (b"+5", b"6"), (b"5 apples", b"6"), (b"-0", b"1")],
+    ids=["leading-space", "trailing-crlf", "23-digits", "plus", "number-then-words", "minus-zero"],
+)
+def test_incr_reads_stored_numbers_like_strtoull(raw, stored, result):
+    assert raw.ask(b"set n 0 0 %d\r\n%s\r\n" % (len(stored), stored)) == STORED
+    assert raw.ask(b"incr n 1\r\n") == result + b"\r\n"
+
+
 @pytest.mark.parametrize(
     "delta",
-    [b"abc", b"-1", b"%d" % U64, b"1.0", b"+1", b"0x10", b"1" * 21],
-    ids=["letters", "negative", "2**64", "decimal-point", "plus-sign", "hex", "21-digits"],
+    [b"abc", b"-1", b"%d" % U64, b"1.0", b"0x10", b"1" * 21],
+    ids=["letters", "negative", "2**64", "decimal-point", "hex", "21-digits"],
 )
 def test_incr_decr_bad_delta(raw, delta):
     assert raw.ask(b"set n 0 0 2\r\n10\r\n") == STORED
@@ -783,7 +798,6 @@ def _errors() -> list:
         ("set-flags-negative", b"set k -1 0 1\r\nx\r\n", BAD),
         ("set-flags-2**32", b"set k %d 0 1\r\nx\r\n" % U32, BAD),
         ("set-flags-hex", b"set k 0x1 0 1\r\nx\r\n", BAD),
-        ("set-flags-plus-sign", b"set k +1 0 1\r\nx\r\n", BAD),
         ("set-exptime-letters", b"set k 0 abc 1\r\nx\r\n", BAD),
         ("set-exptime-decimal-point", b"set k 0 1.5 1\r\nx\r\n", BAD),
         ("set-length-letters", b"set k 0 0 abc\r\n", BAD),
@@ -837,20 +851,20 @@ def _errors() -> list:
         ("bad-data-chunk-append", b"append sentinel 0 0 3\r\nnewXY", BAD_CHUNK),
         ("bad-data-chunk-cas", b"cas sentinel 0 0 3 1\r\nnewXY", BAD_CHUNK),
         ("bad-data-chunk-empty-value", b"set k 0 0 0\r\nXY", BAD_CHUNK),
-        # errors are sent even under noreply
-        ("noreply-set-flags-letters", b"set k abc 0 1 noreply\r\nx\r\n", BAD),
-        ("noreply-set-key-251-bytes", b"set %s 0 0 1 noreply\r\nx\r\n" % KEY_251, BAD),
-        ("noreply-bad-data-chunk", b"set k 0 0 3 noreply\r\nabcXY", BAD_CHUNK),
-        ("noreply-bad-data-chunk-lite-form", b"set k 3 noreply\r\nabcXY", BAD_CHUNK),
-        ("noreply-cas-unique-letters", b"cas sentinel 0 0 1 abc noreply\r\nx\r\n", BAD),
-        ("noreply-incr-delta-letters", b"incr num abc noreply\r\n", BAD_DELTA),
-        ("noreply-incr-non-numeric-value", b"incr sentinel 1 noreply\r\n", NON_NUMERIC),
-        ("noreply-decr-non-numeric-value", b"decr sentinel 1 noreply\r\n", NON_NUMERIC),
-        ("noreply-delete-hold-time-5", b"delete sentinel 5 noreply\r\n", DELETE_USAGE),
-        ("noreply-delete-key-251-bytes", b"delete %s noreply\r\n" % KEY_251, BAD),
-        ("noreply-touch-exptime-letters", b"touch sentinel abc noreply\r\n", BAD_EXPTIME),
-        ("noreply-flush_all-letters", b"flush_all abc noreply\r\n", BAD_EXPTIME),
-        ("noreply-verbosity-letters", b"verbosity abc noreply\r\n", BAD),
+        # as in memcached 1.6, noreply silences errors too (the client is not reading)
+        ("noreply-set-flags-letters", b"set k abc 0 1 noreply\r\nx\r\n", b""),
+        ("noreply-set-key-251-bytes", b"set %s 0 0 1 noreply\r\nx\r\n" % KEY_251, b""),
+        ("noreply-bad-data-chunk", b"set k 0 0 3 noreply\r\nabcXY", b""),
+        ("noreply-bad-data-chunk-lite-form", b"set k 3 noreply\r\nabcXY", b""),
+        ("noreply-cas-unique-letters", b"cas sentinel 0 0 1 abc noreply\r\nx\r\n", b""),
+        ("noreply-incr-delta-letters", b"incr num abc noreply\r\n", b""),
+        ("noreply-incr-non-numeric-value", b"incr sentinel 1 noreply\r\n", b""),
+        ("noreply-decr-non-numeric-value", b"decr sentinel 1 noreply\r\n", b""),
+        ("noreply-delete-hold-time-5", b"delete sentinel 5 noreply\r\n", b""),
+        ("noreply-delete-key-251-bytes", b"delete %s noreply\r\n" % KEY_251, b""),
+        ("noreply-touch-exptime-letters", b"touch sentinel abc noreply\r\n", b""),
+        ("noreply-flush_all-letters", b"flush_all abc noreply\r\n", b""),
+        ("noreply-verbosity-letters", b"verbosity abc noreply\r\n", b""),
     ]
     # every storage verb, with too few arguments and with the ambiguous three
     for verb in (b"set", b"add", b"replace", b"append", b"prepend"):
@@ -951,7 +965,6 @@ def small(start_server, connect) -> tuple[Running, Raw, Raw]:
         set_line(b"sentinel", b"x" * 11, verb=b"prepend"),
         b"cas sentinel 0 0 11 1\r\n" + b"x" * 11 + b"\r\n",
         b"set k 11\r\n" + b"x" * 11 + b"\r\n",
-        b"set k 0 0 11 noreply\r\n" + b"x" * 11 + b"\r\n",
         b"set k 0 0 700\r\n" + b"get k\r\n" * 100 + b"\r\n",
         b"set k 0 0 12\r\nabc\r\nget k\r\n\r\n",
     ],
@@ -963,7 +976,6 @@ def small(start_server, connect) -> tuple[Running, Raw, Raw]:
         "prepend",
         "cas",
         "lite-form",
-        "noreply",
         "data-looks-like-commands",
         "data-holds-crlf",
     ],
@@ -973,6 +985,12 @@ def test_item_over_small_limit_is_refused_and_swallowed(small, request_):
     assert talk(a, request_) == TOO_LARGE
     assert a.ask(b"get sentinel num k\r\n") == SENTINELS + END
     assert other.ask(b"get sentinel num k\r\n") == SENTINELS + END
+
+
+def test_item_over_small_limit_with_noreply_is_silently_swallowed(small):
+    _, a, _ = small
+    assert talk(a, b"set k 0 0 11 noreply\r\n" + b"x" * 11 + b"\r\n") == b""
+    assert a.ask(b"get sentinel num k\r\n") == SENTINELS + END
 
 
 def test_item_at_small_limit_is_stored(small):
@@ -1013,7 +1031,7 @@ def test_oversized_data_arriving_in_packets_after_the_reply(small):
 
 def test_oversized_data_tail_shares_a_packet_with_the_next_command(small):
     _, a, _ = small
-    a.send(b"set k 0 0 50 noreply\r\n" + b"y" * 30)
+    a.send(b"set k 0 0 50\r\n" + b"y" * 30)
     assert a.readline() == TOO_LARGE
     a.send(b"y" * 20)
     assert talk(a, b"\r\nget sentinel\r\n") == value(b"sentinel", b"old", 5) + END

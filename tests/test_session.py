@@ -79,8 +79,8 @@ def test_nothing_runs_after_close(session):
     assert session.store.peek(b"a") is None
 
 
-def test_noreply_hides_replies_but_not_errors(session):
-    assert session.feed(b"set a 0 0 1 noreply\r\n1\r\nincr a x noreply\r\n") == (
+def test_noreply_hides_replies_and_errors_as_memcached_does(session):
+    assert session.feed(b"set a 0 0 1 noreply\r\n1\r\nincr a x noreply\r\nincr a x\r\n") == (
         b"CLIENT_ERROR invalid numeric delta argument\r\n"
     )
     assert session.store.peek(b"a").value == b"1"

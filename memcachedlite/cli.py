@@ -114,6 +114,12 @@ def _reason(exc: Exception) -> str:
     return str(text) or type(exc).__name__
 
 
+def _binary_stream(name: str) -> Any:
+    """The byte stream under sys.stdin/sys.stdout (click 8.5 deprecates its helper)."""
+    stream = getattr(sys, name)
+    return getattr(stream, "buffer", stream)
+
+
 def _key(key: str) -> bytes:
     return os.fsencode(key)
 
@@ -338,7 +344,7 @@ def get(key: str) -> None:
         value = client.get(_key(key))
     if value is None:
         raise NotFound(f"{key}: not found")
-    out = click.get_binary_stream("stdout")
+    out = _binary_stream("stdout")
     out.write(value)
     if out.isatty() and not value.endswith(b"\n"):
         out.write(b"\n")  # keep the prompt off the value; pipes get the exact bytes
@@ -346,7 +352,7 @@ def get(key: str) -> None:
 
 
 def _store(verb: str, key: str, value: str, ttl: int, flags: int) -> None:
-    data = click.get_binary_stream("stdin").read() if value == "-" else os.fsencode(value)
+    data = _binary_stream("stdin").read() if value == "-" else os.fsencode(value)
     with _talking(_config()) as client:
         ok = getattr(client, verb)(_key(key), data, expire=ttl, noreply=False, flags=flags)
     if not ok:

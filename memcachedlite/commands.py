@@ -215,10 +215,16 @@ def compact(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
     return OK
 
 
-@command("version", max_args=0)
+#: What ``version`` answers: the memcached protocol level implemented, then
+#: this server's name and version. Clients such as libmemcached parse the
+#: leading major.minor.micro numbers and refuse a major version of 0.
+PROTOCOL_VERSION = f"1.6.0-memcachedlite-{__version__}"
+
+
+@command("version")
 def version(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
-    """version"""
-    return b"VERSION %s\r\n" % __version__.encode("ascii")
+    """version: extra words are ignored, as memcached 1.6 ignores them."""
+    return b"VERSION %s\r\n" % PROTOCOL_VERSION.encode("ascii")
 
 
 @command("verbosity", min_args=1, max_args=2)
@@ -259,7 +265,7 @@ def general_stats(ctx: "Session") -> list[tuple[str, object]]:
         ("pid", os.getpid()),
         ("uptime", int(now - started)),
         ("time", int(now)),
-        ("version", __version__),
+        ("version", PROTOCOL_VERSION),
         ("libevent", "none"),
         ("pointer_size", 64 if sys.maxsize > 2**32 else 32),
         ("rusage_user", "%.6f" % usage.ru_utime),
@@ -284,6 +290,14 @@ def general_stats(ctx: "Session") -> list[tuple[str, object]]:
         ("threads", conn.get("threads", 1)),
         ("conn_yields", 0),
         ("listen_disabled_num", 0),
+        ("lru_crawler_starts", store["lru_crawler_starts"]),
+        ("crawler_items_checked", store["crawler_items_checked"]),
+        ("crawler_reclaimed", store["crawler_reclaimed"]),
+        ("direct_reclaims", 0),
+        ("moves_to_cold", 0),
+        ("moves_to_warm", 0),
+        ("moves_within_lru", 0),
+        ("total_malloced", store["bytes"]),
         ("bytes", store["bytes"]),
         ("curr_items", store["curr_items"]),
         ("total_items", store["total_items"]),
@@ -309,6 +323,15 @@ def settings_stats(ctx: "Session") -> list[tuple[str, object]]:
         ("tcpport", conn.get("port", 0)),
         ("udpport", 0),
         ("evictions", "on" if store.evict else "off"),
+        ("lru_crawler", "yes"),
+        ("lru_crawler_sleep", 100000),
+        ("lru_crawler_tocrawl", 5000),
+        ("lru_maintainer_thread", "no"),
+        ("hot_lru_pct", 0),
+        ("warm_lru_pct", 0),
+        ("hot_max_factor", 0),
+        ("warm_max_factor", 0),
+        ("idle_timeout", int(conn.get("idle_timeout", 0))),
         ("item_size_max", ctx.settings.max_item_size),
         ("cas_enabled", "yes"),
         ("dialect", ctx.settings.dialect),
@@ -319,11 +342,15 @@ def settings_stats(ctx: "Session") -> list[tuple[str, object]]:
 
 @command("stats", max_args=1)
 def stats(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
-    """stats [settings|reset]"""
+    """stats [settings|items|slabs|reset]"""
     if not args:
         lines = general_stats(ctx)
     elif args[0] == b"settings":
         lines = settings_stats(ctx)
+    elif args[0] in (b"items", b"slabs"):
+        # No slab classes here: memory is Python's. A valid, empty answer keeps
+        # tools that ask for these (exporters, memcstat) working.
+        lines = [("active_slabs", 0), ("total_malloced", ctx.store.stats()["bytes"])] if args[0] == b"slabs" else []
     elif args[0] == b"reset":
         ctx.store.reset_stats()
         if ctx.server is not None:

@@ -174,6 +174,8 @@ class MemcacheServer(socketserver.ThreadingTCPServer):
         return self.server_address[1]
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
+        assert self.store is not None, "a server needs its store before it serves"
+        self.store.start_sweeper()
         self._serving = True
         try:
             super().serve_forever(poll_interval)
@@ -207,6 +209,7 @@ class MemcacheServer(socketserver.ThreadingTCPServer):
             "accepting_conns": 0 if self.stopping.is_set() else 1,
             "threads": self.pool.size + 1,
             "port": self.port,
+            "idle_timeout": self.idle_timeout,
         }
 
     def reset_stats(self) -> None:

@@ -33,7 +33,8 @@ _COUNTERS = (
     "cmd_get cmd_set cmd_touch cmd_flush get_hits get_misses get_expired get_flushed "
     "delete_hits delete_misses incr_hits incr_misses decr_hits decr_misses "
     "cas_hits cas_misses cas_badval touch_hits touch_misses total_items evictions "
-    "expired_unfetched reclaimed store_too_large store_no_memory"
+    "expired_unfetched reclaimed store_too_large store_no_memory "
+    "crawler_reclaimed crawler_items_checked lru_crawler_starts"
 ).split()
 
 
@@ -80,6 +81,10 @@ class Store:
         self.compactions = 0
         self._compact_lock = threading.Lock()
         self._compactor: Optional[threading.Thread] = None
+        self._sweeper: Optional[threading.Thread] = None
+        self._sweep_keys: list[bytes] = []
+        self._sweep_at = 0
+        self._closing = threading.Event()
         self.log: Optional[datalog.DataLog] = None
         if path is not None:
             self.log = datalog.DataLog(path, fsync=fsync)
@@ -423,11 +428,57 @@ class Store:
             self.log.sync()
 
     def close(self) -> None:
-        compactor = self._compactor
-        if compactor is not None:
-            compactor.join()
+        self._closing.set()
+        for thread in (self._compactor, self._sweeper):
+            if thread is not None:
+                thread.join()
         if self.log is not None:
             self.log.close()
+
+    # -- reclaiming expired items -------------------------------------------
+
+    def reclaim_expired(self, limit: int = 5000) -> int:
+        """Drop expired items among the next ``limit`` keys of a walk over
+        the table; returns how many were dropped.
+
+        Expired items are otherwise only noticed when touched, so memory held
+        by keys nobody asks for again would never come back. The walk works on
+        a copy of the key list, refreshed each round, and holds the lock for
+        one slice at a time. Nothing is logged: the records already carry the
+        absolute expiry, so a replay drops these items too.
+        """
+        with self._lock:
+            if self._sweep_at >= len(self._sweep_keys):
+                self._sweep_keys = list(dict.keys(self._items))
+                self._sweep_at = 0
+                self.counters["lru_crawler_starts"] += 1
+            keys = self._sweep_keys[self._sweep_at : self._sweep_at + limit]
+            self._sweep_at += len(keys)
+            now = self.now()
+            items = self._items
+            dropped = 0
+            for key in keys:
+                item = items.get(key)
+                if item is not None and 0 < item[2] <= now:
+                    self._drop(key, item)
+                    dropped += 1
+            counters = self.counters
+            counters["crawler_items_checked"] += len(keys)
+            counters["crawler_reclaimed"] += dropped
+            counters["reclaimed"] += dropped
+            return dropped
+
+    def start_sweeper(self, interval: float = 0.1, per_round: int = 5000) -> None:
+        """Reclaim expired items in the background, ``per_round`` keys every ``interval`` s."""
+        if self._sweeper is not None:
+            return
+
+        def sweep() -> None:
+            while not self._closing.wait(interval):
+                self.reclaim_expired(per_round)
+
+        self._sweeper = threading.Thread(target=sweep, name="mcl-sweeper", daemon=True)
+        self._sweeper.start()
 
     # -- compaction ---------------------------------------------------------
 

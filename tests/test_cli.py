@@ -19,6 +19,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from memcachedlite import Store, __version__
+from memcachedlite.commands import PROTOCOL_VERSION
 from memcachedlite.cli import main
 from tests.conftest import ROOT, Raw, free_port
 
@@ -181,7 +182,7 @@ def test_stats_table(server) -> None:
     result = mcl("-s", addr(server), "stats")
     assert_clean(result, 0)
     rows = dict(line.split(None, 1) for line in result.stdout.splitlines())
-    assert rows["version"] == __version__
+    assert rows["version"] == PROTOCOL_VERSION
     assert rows["curr_items"] == "1"
     assert rows["pid"] == str(os.getpid())
     result = mcl("-s", addr(server), "stats", "settings")
@@ -197,7 +198,7 @@ def test_stats_json(server) -> None:
     data = json.loads(result.stdout)
     assert list(data) == [addr(server)]
     assert int(data[addr(server)]["curr_items"]) == 1
-    assert data[addr(server)]["version"] == __version__
+    assert data[addr(server)]["version"] == PROTOCOL_VERSION
 
 
 def test_server_from_the_mcl_server_environment_variable(server) -> None:
@@ -413,7 +414,7 @@ def test_sigterm_exits_0_and_leaves_the_data_file_complete(spawn) -> None:
     _store_some(proc.port)
     idle = Raw(proc.port)  # an idle client must not hold the shutdown up
     try:
-        assert idle.ask(b"version\r\n") == b"VERSION %s\r\n" % __version__.encode()
+        assert idle.ask(b"version\r\n") == b"VERSION %s\r\n" % PROTOCOL_VERSION.encode()
         assert proc.terminate(timeout=20) == 0
         assert idle.closed_by_peer(wait=5)
     finally:
@@ -556,7 +557,7 @@ def test_simulate_delay_does_not_hold_back_other_clients(spawn) -> None:
     fast = Raw(proc.port)
     try:
         for i in range(20):
-            assert fast.ask(b"version\r\n") == b"VERSION %s\r\n" % __version__.encode()
+            assert fast.ask(b"version\r\n") == b"VERSION %s\r\n" % PROTOCOL_VERSION.encode()
             assert fast.ask(b"delete nothing%d\r\n" % i) == b"NOT_FOUND\r\n"
     finally:
         fast.close()

@@ -14,7 +14,7 @@ from pymemcache.client.base import Client
 from pymemcache.client.hash import HashClient
 from pymemcache.exceptions import MemcacheClientError, MemcacheServerError
 
-from memcachedlite import __version__
+from memcachedlite.commands import PROTOCOL_VERSION
 
 BINARY = b"line one\r\nline two\r\n\x00\x01\xff END\r\n\r\nVALUE x 0 1\r\n"
 
@@ -185,14 +185,14 @@ def test_pymemcache_touch(server) -> None:
 
 def test_pymemcache_flush_all_stats_version(server) -> None:
     with pymemcache_client(server.port) as c:
-        assert c.version() == __version__.encode()
+        assert c.version() == PROTOCOL_VERSION.encode()
         c.set_many({b"a": b"1", b"b": b"2"})
         c.get(b"a")
         c.get(b"zz")
         stats = c.stats()
         assert stats[b"curr_items"] == 2
         assert stats[b"get_hits"] >= 1 and stats[b"get_misses"] >= 1
-        assert stats[b"version"] == __version__.encode()
+        assert stats[b"version"] == PROTOCOL_VERSION.encode()
         assert stats[b"curr_connections"] >= 1
         settings = c.stats("settings")
         assert settings[b"item_size_max"] == 1024 * 1024

@@ -19,10 +19,11 @@ from typing import Iterator
 
 import pytest
 
-from memcachedlite import MemcacheServer, Settings, Store, __version__
+from memcachedlite import MemcacheServer, Settings, Store
+from memcachedlite.commands import PROTOCOL_VERSION
 from tests.conftest import Raw, Running
 
-VERSION = b"VERSION %s\r\n" % __version__.encode("ascii")
+VERSION = b"VERSION %s\r\n" % PROTOCOL_VERSION.encode("ascii")
 STORED = b"STORED\r\n"
 NOT_STORED = b"NOT_STORED\r\n"
 EXISTS = b"EXISTS\r\n"
@@ -1162,7 +1163,7 @@ def test_stats_lists_every_counter(server, raw):
         if name != "version":
             assert s[name].isdigit(), (name, s[name])
     assert int(s["pid"]) == os.getpid()
-    assert s["version"] == __version__
+    assert s["version"] == PROTOCOL_VERSION
     assert abs(int(s["time"]) - time.time()) <= 5
     assert 0 <= int(s["uptime"]) <= 60
     assert int(s["limit_maxbytes"]) == 64 * MIB

@@ -139,11 +139,12 @@ def parse_records(buf: bytes, start: int) -> Iterator[Record]:
 
 
 def load_records(
-    buf: bytes, start: int, items: dict, item_class: type, on_other: Callable[[Record], None]
+    buf: bytes, start: int, items: dict, pack: Callable[..., bytes], on_other: Callable[[Record], None]
 ) -> tuple[int, int]:
-    """Replay ``buf`` from ``start`` into ``items`` (key -> ``item_class``
-    tuple); every record but ``set`` goes to ``on_other``. Returns the number
-    of records and the highest cas seen.
+    """Replay ``buf`` from ``start`` into ``items`` (key -> the store's item
+    form, ``pack(cas, exptime, flags) + b" <flags> <bytes>\\r\\n<value>\\r\\n"``,
+    see :mod:`memcachedlite.store`); every record but ``set`` goes to
+    ``on_other``. Returns the number of records and the highest cas seen.
 
     This is :func:`parse_records` with the common ``set`` record inlined,
     because start-up time is mostly this loop; anything unusual takes the
@@ -153,7 +154,6 @@ def load_records(
     pos = start
     find = buf.find
     starts = buf.startswith
-    make = tuple.__new__
     count = max_cas = 0
     while pos < n:
         if starts(b"set ", pos):
@@ -165,10 +165,9 @@ def load_records(
                 value = buf[eol + 2 : end]
                 if eol > 0 and buf[end : end + 2] == b"\r\n" and crc32(value, crc32(head[:-9])) == int(crc, 16):
                     number = int(cas)
-                    items[key] = make(
-                        item_class,
-                        (value, 0 if flags == b"0" else int(flags), 0 if exptime == b"0" else int(exptime), number),
-                    )
+                    meta = pack(number, 0 if exptime == b"0" else int(exptime), 0 if flags == b"0" else int(flags))
+                    # the value is followed by CRLF in the file too: one slice takes both
+                    items[key] = b"%b %b %b\r\n%b" % (meta, flags, length, buf[eol + 2 : end + 2])
                     if number > max_cas:
                         max_cas = number
                     count += 1
@@ -183,8 +182,9 @@ def load_records(
             raise
         count += 1
         if record[0] == b"set":  # pragma: no cover - the fast path takes every good set
-            items[record[1]] = make(item_class, record[2:])
-            max_cas = max(max_cas, record[5])
+            _, key, value, flags, exptime, cas = record
+            items[key] = b"%b %d %d\r\n%b\r\n" % (pack(cas, exptime, flags), flags, len(value), value)
+            max_cas = max(max_cas, cas)
         else:
             on_other(record)
     return count, max_cas
@@ -361,7 +361,7 @@ class DataLog:
 
     # -- replay -----------------------------------------------------------
 
-    def load(self, items: dict, item_class: type, on_other: Callable[[Record], None]) -> tuple[int, int]:
+    def load(self, items: dict, pack: Callable[..., bytes], on_other: Callable[[Record], None]) -> tuple[int, int]:
         """Replay the file into ``items`` (see :func:`load_records`), cutting
         off a torn last record. Damage before it raises :class:`CorruptLogError`.
         """
@@ -376,7 +376,7 @@ class DataLog:
         collecting = gc.isenabled()
         gc.disable()  # a million new tuples would trigger needless collections
         try:
-            return load_records(buf, len(HEADER), items, item_class, on_other)
+            return load_records(buf, len(HEADER), items, pack, on_other)
         except _Bad as bad:
             damaged = bad.offset
             torn = bad.torn or not buf[damaged:].strip(b"\0")

@@ -5,16 +5,24 @@ Every mutation takes the store's lock, works out its effect, appends that
 effect to the data file and only then changes memory (write-ahead): a change
 that cannot be logged is refused with :class:`~memcachedlite.errors.LogWriteError`
 and memory is left as it was.
+
+Items are kept as one bytes object each, laid out so that a ``get`` reply is
+``b"VALUE " + key + item[META:]``::
+
+    pack(cas, exptime, flags)  b" <flags> <bytes>\r\n"  <value>  b"\r\n"
+
+(``pack`` is the 20-byte little-endian struct ``<QqI``). One object per item
+instead of a tuple of four keeps memory close to memcached's and makes reads a
+single concatenation; :class:`Item` is the decoded view handed to callers.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import struct
 import threading
 import time
-from collections import OrderedDict
-from operator import itemgetter
 from typing import Callable, Iterable, NamedTuple, Optional, Union
 
 from . import log as datalog
@@ -23,8 +31,9 @@ from .protocol import RELATIVE_EXPTIME_LIMIT, U64, parse_counter
 
 logger = logging.getLogger(__name__)
 
-#: Bytes counted per item on top of key and value, close to memcached's item header.
-ITEM_OVERHEAD = 56
+#: Bytes counted per item on top of key and value: the two objects' headers,
+#: the item's metadata and its slot in the table, as measured on CPython 3.11.
+ITEM_OVERHEAD = 120
 DEFAULT_MEMORY_LIMIT = 64 * 1024 * 1024
 #: The data file is compacted once it is past this size and twice the live data.
 DEFAULT_COMPACT_MIN_SIZE = 64 * 1024 * 1024
@@ -47,8 +56,34 @@ class Item(NamedTuple):
     cas: int
 
 
-def _size(key: bytes, item: Item) -> int:
-    return len(key) + len(item.value) + ITEM_OVERHEAD
+_META = struct.Struct("<QqI")  # cas, exptime, flags
+META = _META.size
+pack_meta = _META.pack
+_unpack = _META.unpack_from
+_NEVER = bytes(8)  # exptime 0, as packed
+
+
+def make_item(value: bytes, flags: int, exptime: int, cas: int) -> bytes:
+    """The stored form of an item (see the module docstring)."""
+    return b"%b %d %d\r\n%b\r\n" % (pack_meta(cas, exptime, flags), flags, len(value), value)
+
+
+def decode(blob: bytes) -> Item:
+    cas, exptime, flags = _unpack(blob)
+    return Item(blob[blob.index(b"\n", META) + 1 : -2], flags, exptime, cas)
+
+
+def _exptime(blob: bytes) -> int:
+    return 0 if blob[8:16] == _NEVER else _unpack(blob)[1]
+
+
+def _with_exptime(blob: bytes, exptime: int) -> bytes:
+    cas, _, flags = _unpack(blob)
+    return pack_meta(cas, exptime, flags) + blob[META:]
+
+
+def _size(key: bytes, blob: bytes) -> int:
+    return len(key) + len(blob) + ITEM_OVERHEAD
 
 
 class Store:
@@ -68,7 +103,9 @@ class Store:
         compact_min_size: int = DEFAULT_COMPACT_MIN_SIZE,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._items: OrderedDict[bytes, Item] = OrderedDict()
+        # Insertion order is the LRU order: a write or a bump re-inserts at the end.
+        self._items: dict[bytes, bytes] = {}
+        self._bumped: set[bytes] = set()  # read since the last LRU round; see _bump
         self._lock = threading.RLock()
         self._clock = clock
         self.memory_limit = memory_limit
@@ -115,41 +152,57 @@ class Store:
 
     # -- reading ------------------------------------------------------------
 
-    def _live(self, key: bytes, now: int) -> Optional[Item]:
-        """The item under ``key`` unless it has expired (then it is dropped)."""
-        item = self._items.get(key)
-        if item is None:
+    def _live(self, key: bytes, now: int) -> Optional[bytes]:
+        """The stored item under ``key`` unless it has expired (then it is dropped)."""
+        blob = self._items.get(key)
+        if blob is None:
             return None
-        exp = item.exptime
-        if exp and exp <= now:
-            self._drop(key, item)
+        if blob[8:16] != _NEVER and 0 < _unpack(blob)[1] <= now:
+            self._drop(key, blob)
             self.counters["reclaimed"] += 1
             return None
-        return item
+        return blob
 
-    def _drop(self, key: bytes, item: Item) -> None:
+    def _drop(self, key: bytes, blob: bytes) -> None:
         del self._items[key]
-        self.bytes -= _size(key, item)
+        self.bytes -= _size(key, blob)
+
+    def _bump(self, key: bytes, blob: bytes) -> None:
+        """Move a read item to the young end of the LRU order.
+
+        memcached bumps an item at most once a minute; here at most once per
+        round, a round ending when half the items have been bumped. That keeps
+        reads from re-inserting hot keys over and over, which would make the
+        table grow and rebuild itself all the time.
+        """
+        bumped = self._bumped
+        if key not in bumped:
+            if len(bumped) > len(self._items) >> 1:
+                bumped.clear()
+            bumped.add(key)
+            items = self._items
+            del items[key]
+            items[key] = blob
 
     def get(self, key: bytes) -> Optional[Item]:
         """The live item under ``key``, counted as a get."""
         with self._lock:
-            return self._get(key, self.now())
+            blob = self._get(key, self.now())
+            return None if blob is None else decode(blob)
 
-    def _get(self, key: bytes, now: int) -> Optional[Item]:
+    def _get(self, key: bytes, now: int) -> Optional[bytes]:
         counters = self.counters
         counters["cmd_get"] += 1
-        item = self._items.get(key)
-        if item is not None:
-            exp = item.exptime
-            if exp and exp <= now:
-                self._drop(key, item)
+        blob = self._items.get(key)
+        if blob is not None:
+            if blob[8:16] != _NEVER and 0 < _unpack(blob)[1] <= now:
+                self._drop(key, blob)
                 counters["get_expired"] += 1
                 counters["reclaimed"] += 1
             else:
-                self._items.move_to_end(key)
+                self._bump(key, blob)
                 counters["get_hits"] += 1
-                return item
+                return blob
         counters["get_misses"] += 1
         return None
 
@@ -159,15 +212,54 @@ class Store:
             now = self.now()
             found = []
             for key in keys:
-                item = self._get(key, now)
-                if item is not None:
-                    found.append((key, item))
+                blob = self._get(key, now)
+                if blob is not None:
+                    found.append((key, decode(blob)))
             return found
+
+    def render(self, keys: list[bytes], with_cas: bool = False, lite: bool = False) -> bytes:
+        """The whole reply to ``get``/``gets`` for ``keys``, ``END`` included.
+
+        The hot path of the server: each hit is the stored item appended to
+        ``VALUE <key>``, with no decoding.
+        """
+        with self._lock:
+            now = self.now()
+            counters = self.counters
+            items = self._items
+            parts = []
+            hits = 0
+            for key in keys:
+                blob = items.get(key)
+                if blob is None:
+                    continue
+                if blob[8:16] != _NEVER and 0 < _unpack(blob)[1] <= now:
+                    self._drop(key, blob)
+                    counters["get_expired"] += 1
+                    counters["reclaimed"] += 1
+                    continue
+                hits += 1
+                if key not in self._bumped:
+                    self._bump(key, blob)
+                if with_cas:
+                    end = blob.index(b"\r\n", META)
+                    parts.append(b"VALUE %b%b %d%b" % (key, blob[META:end], _unpack(blob)[0], blob[end:]))
+                elif lite:
+                    end = blob.index(b"\r\n", META)
+                    parts.append(b"VALUE %b %d%b" % (key, len(blob) - end - 4, blob[end:]))
+                else:
+                    parts.append(b"VALUE " + key + blob[META:])
+            counters["cmd_get"] += len(keys)
+            counters["get_hits"] += hits
+            counters["get_misses"] += len(keys) - hits
+            parts.append(b"END\r\n")
+            return b"".join(parts)
 
     def peek(self, key: bytes) -> Optional[Item]:
         """The live item without counting it or refreshing its LRU place."""
         with self._lock:
-            return self._live(key, self.now())
+            blob = self._live(key, self.now())
+            return None if blob is None else decode(blob)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -175,7 +267,7 @@ class Store:
     def keys(self) -> list[bytes]:
         with self._lock:
             now = self.now()
-            return [k for k, it in self._items.items() if not (it.exptime and it.exptime <= now)]
+            return [k for k, b in self._items.items() if not 0 < _exptime(b) <= now]
 
     # -- writing ------------------------------------------------------------
 
@@ -184,55 +276,64 @@ class Store:
         self._next_cas = cas + 1
         return cas
 
-    def _write(self, key: bytes, value: bytes, flags: int, exptime: int, extra: bytes = b"") -> int:
+    def _write(self, key: bytes, value: bytes, flags: int, exptime: int) -> int:
         """Log and apply a set of ``key``; the one path every store takes.
 
-        ``exptime`` is already absolute. ``extra`` is logged in the same write
-        (the victims of eviction, for instance). Caller holds the lock.
+        ``exptime`` is already absolute. Evicted items are logged as deletes
+        in the same write. Caller holds the lock.
         """
         now = self.now()
         if self.flush_at and self.flush_at > now and (not exptime or exptime > self.flush_at):
             exptime = self.flush_at  # a pending flush_all covers items written before it
-        old = self._items.get(key)
+        items = self._items
+        old = items.get(key)
         if exptime and exptime <= now:  # stored already expired: the effect is a delete
             if old is not None:
-                self._append(datalog.encode_delete(key) + extra)
+                self._append(datalog.encode_delete(key))
                 self._drop(key, old)
-            elif extra:
-                self._append(extra)
             self.counters["total_items"] += 1
             return 0
-        cas = self._new_cas()
-        item = Item(value, flags, exptime, cas)
-        grow = _size(key, item) - (_size(key, old) if old is not None else 0)
+        cas = self._next_cas
+        blob = make_item(value, flags, exptime, cas)
+        grow = len(blob) - len(old) if old is not None else _size(key, blob)
         victims = self._victims(key, grow) if self.bytes + grow > self.memory_limit else ()
         record = datalog.encode_set(key, value, flags, exptime, cas)
         if victims:
-            record += b"".join(datalog.encode_delete(v) for v in victims)
-        self._append(record + extra)
+            record += b"".join([datalog.encode_delete(v) for v in victims])
+        self._append(record)
+        self._next_cas = cas + 1
         for victim in victims:
-            self._drop(victim, self._items[victim])
-        self.counters["evictions"] += len(victims)
-        self._items[key] = item
-        self._items.move_to_end(key)
+            self._drop(victim, items[victim])
+        if victims:
+            self.counters["evictions"] += len(victims)
+        if old is not None:
+            del items[key]  # re-inserted below, at the young end
+        items[key] = blob
         self.bytes += grow
         self.counters["total_items"] += 1
         return cas
 
     def _victims(self, key: bytes, grow: int) -> list[bytes]:
-        """Least recently used keys to evict so that ``grow`` more bytes fit."""
-        need = self.bytes + grow - self.memory_limit
+        """Least recently used keys to evict so that ``grow`` more bytes fit.
+
+        A little more than needed (1% of the limit) goes at once, so that one
+        walk from the old end of the table serves many stores.
+        """
         if not self.evict:
             self.counters["store_no_memory"] += 1
             raise OutOfMemory()
+        need = self.bytes + grow - self.memory_limit
+        want = need + self.memory_limit // 100
+        items = self._items
         victims = []
-        for other, item in self._items.items():
-            if need <= 0:
+        freed = 0
+        for other in items:
+            if freed >= want:
                 break
             if other != key:
                 victims.append(other)
-                need -= _size(other, item)
-        if need > 0:
+                freed += _size(other, items[other])
+        if freed < need:
             self.counters["store_no_memory"] += 1
             raise OutOfMemory()
         return victims
@@ -255,8 +356,9 @@ class Store:
         """Store only if ``key`` holds no live item."""
         with self._lock:
             self.counters["cmd_set"] += 1
-            if self._live(key, self.now()) is not None:
-                self._items.move_to_end(key)  # memcached bumps the item it refused to replace
+            blob = self._live(key, self.now())
+            if blob is not None:
+                self._bump(key, blob)  # memcached bumps the item it refused to replace
                 return False
             self._write(key, value, flags, self.absolute(exptime))
             return True
@@ -285,8 +387,11 @@ class Store:
     def _concat(self, key: bytes, value: bytes, after: bool, limit: Optional[int]) -> bool:
         with self._lock:
             self.counters["cmd_set"] += 1
-            old = self._live(key, self.now())
-            if old is None or (limit is not None and len(old.value) + len(value) > limit):
+            blob = self._live(key, self.now())
+            if blob is None:
+                return False
+            old = decode(blob)
+            if limit is not None and len(old.value) + len(value) > limit:
                 return False
             joined = old.value + value if after else value + old.value
             self._write(key, joined, old.flags, old.exptime)
@@ -301,11 +406,11 @@ class Store:
         with self._lock:
             counters = self.counters
             counters["cmd_set"] += 1
-            old = self._live(key, self.now())
-            if old is None:
+            blob = self._live(key, self.now())
+            if blob is None:
                 counters["cas_misses"] += 1
                 return None
-            if old.cas != unique:
+            if _unpack(blob)[0] != unique:
                 counters["cas_badval"] += 1
                 return False
             self._write(key, value, flags, self.absolute(exptime))
@@ -321,23 +426,24 @@ class Store:
         missing. Logged as a plain ``set``, so replay needs no user code.
         """
         with self._lock:
-            old = self._live(key, self.now())
-            if old is None:
+            blob = self._live(key, self.now())
+            if blob is None:
                 return None
+            old = decode(blob)
             value = change(old)
             if value is None:
                 return old
             self._write(key, value, old.flags, old.exptime)
-            return self._items[key]
+            return decode(self._items[key])
 
     def delete(self, key: bytes) -> bool:
         with self._lock:
-            old = self._live(key, self.now())
-            if old is None:
+            blob = self._live(key, self.now())
+            if blob is None:
                 self.counters["delete_misses"] += 1
                 return False
             self._append(datalog.encode_delete(key))
-            self._drop(key, old)
+            self._drop(key, blob)
             self.counters["delete_hits"] += 1
             return True
 
@@ -351,10 +457,11 @@ class Store:
 
     def _arith(self, key: bytes, delta: int, kind: str) -> Optional[int]:
         with self._lock:
-            old = self._live(key, self.now())
-            if old is None:
+            blob = self._live(key, self.now())
+            if blob is None:
                 self.counters[kind + "_misses"] += 1
                 return None
+            old = decode(blob)
             number = parse_counter(old.value)
             if number is None:
                 raise ClientError("cannot increment or decrement non-numeric value")
@@ -382,8 +489,8 @@ class Store:
             return found
 
     def _touch(self, key: bytes, exptime: int, now: int) -> Optional[Item]:
-        old = self._live(key, now)
-        if old is None:
+        blob = self._live(key, now)
+        if blob is None:
             self.counters["touch_misses"] += 1
             return None
         self.counters["touch_hits"] += 1
@@ -392,13 +499,14 @@ class Store:
             absolute = self.flush_at
         if absolute and absolute <= now:
             self._append(datalog.encode_delete(key))
-            self._drop(key, old)
-            return old
+            self._drop(key, blob)
+            return decode(blob)
         self._append(datalog.encode_touch(key, absolute))
-        item = old._replace(exptime=absolute)
-        self._items[key] = item
-        self._items.move_to_end(key)
-        return item
+        blob = _with_exptime(blob, absolute)
+        items = self._items
+        del items[key]
+        items[key] = blob
+        return decode(blob)
 
     def flush_all(self, delay: int = 0) -> None:
         """Invalidate every item now, or everything written before ``delay`` seconds pass."""
@@ -416,9 +524,11 @@ class Store:
             self.flush_at = 0
             return
         self.flush_at = at
-        for key, item in self._items.items():
-            if not item.exptime or item.exptime > at:
-                self._items[key] = item._replace(exptime=at)
+        items = self._items
+        for key, blob in list(items.items()):
+            exptime = _exptime(blob)
+            if not exptime or exptime > at:
+                items[key] = _with_exptime(blob, at)
 
     # -- durability ---------------------------------------------------------
 
@@ -449,7 +559,7 @@ class Store:
         """
         with self._lock:
             if self._sweep_at >= len(self._sweep_keys):
-                self._sweep_keys = list(dict.keys(self._items))
+                self._sweep_keys = list(self._items)
                 self._sweep_at = 0
                 self.counters["lru_crawler_starts"] += 1
             keys = self._sweep_keys[self._sweep_at : self._sweep_at + limit]
@@ -458,9 +568,9 @@ class Store:
             items = self._items
             dropped = 0
             for key in keys:
-                item = items.get(key)
-                if item is not None and 0 < item[2] <= now:
-                    self._drop(key, item)
+                blob = items.get(key)
+                if blob is not None and 0 < _exptime(blob) <= now:
+                    self._drop(key, blob)
                     dropped += 1
             counters = self.counters
             counters["crawler_items_checked"] += len(keys)
@@ -495,14 +605,15 @@ class Store:
         with self._compact_lock:
             with self._lock:
                 rewrite = self.log.start_rewrite()
-                snapshot = list(dict.items(self._items))  # dict's view: fast, order is not needed
+                snapshot = list(self._items.items())
                 next_cas, flush_at = self._next_cas, self.flush_at
             try:
                 now = self.now()
                 rewrite.write(datalog.HEADER + datalog.encode_next_cas(next_cas))
                 encode = datalog.encode_set
                 chunk: list[bytes] = []
-                for key, (value, flags, exptime, cas) in snapshot:
+                for key, blob in snapshot:
+                    value, flags, exptime, cas = decode(blob)
                     if exptime and exptime <= now:
                         continue
                     chunk.append(encode(key, value, flags, exptime, cas))
@@ -549,19 +660,16 @@ class Store:
             elif kind == b"touch":
                 old = items.get(record[1])
                 if old is not None:
-                    items[record[1]] = old._replace(exptime=record[2])
+                    items[record[1]] = _with_exptime(old, record[2])
             elif kind == b"flush_all":
                 self._flush(record[1], now)
             else:  # next_cas, written by compaction
                 next_cas[0] = max(next_cas[0], record[1])
 
-        count, max_cas = self.log.load(items, Item, apply)
-        # dict's own views: walking the OrderedDict's linked list is ten times slower
-        for key in [k for k, it in dict.items(items) if 0 < it[2] <= now]:
+        count, max_cas = self.log.load(items, pack_meta, apply)
+        for key in [k for k, b in items.items() if 0 < _exptime(b) <= now]:
             del items[key]
-        values = dict.values(items)
-        self.bytes = sum(map(len, dict.keys(items))) + sum(map(len, map(itemgetter(0), values)))
-        self.bytes += ITEM_OVERHEAD * len(items)
+        self.bytes = sum(map(len, items)) + sum(map(len, items.values())) + ITEM_OVERHEAD * len(items)
         if self.flush_at <= now:
             self.flush_at = 0
         self._next_cas = max(max_cas + 1, next_cas[0], 1)

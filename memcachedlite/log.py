@@ -342,12 +342,7 @@ class DataLog:
         self.path = os.fspath(path)
         self.policy = fsync
         self.always = fsync == "always"
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._fd)
-            raise RuntimeError(f"{self.path} is in use by another running server") from None
+        self._fd = self._open_locked()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path + ".compact")  # left by a compaction that crashed
         self.size = os.fstat(self._fd).st_size
@@ -358,6 +353,29 @@ class DataLog:
         self._rewrite: Optional[Rewrite] = None
         if self.size == 0:
             self.append(HEADER)
+
+    def _open_locked(self) -> int:
+        """Open the file and take its lock, or refuse: two servers appending to
+        one log would corrupt it.
+
+        A compaction renames a new file over the path; a server that opened the
+        old one just before could lock it once it is released. The lock only
+        counts if the locked file is still the one at the path.
+        """
+        for _ in range(100):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise RuntimeError(f"{self.path} is in use by another running server") from None
+            try:
+                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    return fd
+            except FileNotFoundError:
+                pass
+            os.close(fd)  # replaced under us: lock the file that is there now
+        raise RuntimeError(f"{self.path} keeps being replaced; is another server compacting it?")  # pragma: no cover
 
     # -- replay -----------------------------------------------------------
 

@@ -22,6 +22,7 @@ from .registry import Command, Registry, command, default_registry  # noqa: E402
 from .store import Item, Store  # noqa: E402
 from .session import Session, Settings  # noqa: E402
 from . import commands as _commands  # noqa: E402,F401  (registers the built-in verbs)
+from . import admin as _admin  # noqa: E402,F401  (registers lru_crawler metadump)
 from .server import MemcacheHandler, MemcacheServer  # noqa: E402
 
 __all__ = [

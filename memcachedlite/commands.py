@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import resource
+import ssl
 import sys
 import time
 from typing import TYPE_CHECKING, Optional
@@ -27,6 +28,7 @@ from .protocol import (
     U32,
     U64,
     check_key,
+    check_keys,
     parse_int,
     parse_uint,
     value_line,
@@ -117,17 +119,15 @@ def _values(ctx: "Session", found: list, with_cas: bool) -> bytes:
 @command("get", min_args=1, long_line=True)
 def get(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
     """get <key>*"""
-    for key in args:
-        check_key(key)
-    return _values(ctx, ctx.store.get_many(args), with_cas=False)
+    check_keys(args)
+    return ctx.store.render(args, with_cas=False, lite=ctx.lite)
 
 
 @command("gets", min_args=1, long_line=True)
 def gets(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
     """gets <key>*: like get, with each item's cas unique."""
-    for key in args:
-        check_key(key)
-    return _values(ctx, ctx.store.get_many(args), with_cas=True)
+    check_keys(args)
+    return ctx.store.render(args, with_cas=True)
 
 
 def _exptime(token: bytes) -> int:
@@ -210,8 +210,12 @@ def flush_all(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes
 
 @command("compact", max_args=0)
 def compact(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
-    """compact: rewrite the data file to the live items now (not in memcached)."""
-    ctx.store.compact()
+    """compact: start rewriting the data file to the live items (not in memcached).
+
+    Answers at once, as Redis's BGREWRITEAOF does; ``stats`` shows
+    ``compacting`` and ``compactions``.
+    """
+    ctx.store.start_compaction()
     return OK
 
 
@@ -282,7 +286,10 @@ def general_stats(ctx: "Session") -> list[tuple[str, object]]:
         "cas_misses cas_hits cas_badval touch_hits touch_misses"
     ).split():
         lines.append((name, store[name]))
+    auth = getattr(server, "auth", None)
     lines += [
+        ("auth_cmds", auth.auth_cmds if auth is not None else 0),
+        ("auth_errors", auth.auth_errors if auth is not None else 0),
         ("bytes_read", conn.get("bytes_read", 0)),
         ("bytes_written", conn.get("bytes_written", 0)),
         ("limit_maxbytes", store["limit_maxbytes"]),
@@ -298,6 +305,10 @@ def general_stats(ctx: "Session") -> list[tuple[str, object]]:
         ("moves_to_warm", 0),
         ("moves_within_lru", 0),
         ("total_malloced", store["bytes"]),
+        ("compactions", store["compactions"]),
+        ("compaction_failures", store["compaction_failures"]),
+        ("compacting", store["compacting"]),
+        ("data_file_bytes", store["data_file_bytes"]),
         ("bytes", store["bytes"]),
         ("curr_items", store["curr_items"]),
         ("total_items", store["total_items"]),
@@ -317,6 +328,8 @@ def settings_stats(ctx: "Session") -> list[tuple[str, object]]:
     server = ctx.server
     conn = server.connection_stats() if server is not None else {}
     log_ = store.log
+    auth = getattr(server, "auth", None)
+    tls = getattr(server, "ssl_context", None)
     return [
         ("maxbytes", store.memory_limit),
         ("maxconns", conn.get("max_connections", 0)),
@@ -337,6 +350,11 @@ def settings_stats(ctx: "Session") -> list[tuple[str, object]]:
         ("dialect", ctx.settings.dialect),
         ("data_file", log_.path if log_ is not None else ""),
         ("fsync", log_.policy if log_ is not None else "none"),
+        # memcached's names; auth_enabled_ascii is the auth file's path or "no"
+        ("auth_enabled_sasl", "no"),
+        ("auth_enabled_ascii", auth.path if auth is not None else "no"),
+        ("ssl_enabled", "yes" if tls is not None else "no"),
+        ("ssl_verify_mode", 2 if tls is not None and tls.verify_mode == ssl.CERT_REQUIRED else 0),
     ]
 
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 import logging
 import socket
 import socketserver
+import ssl
 import threading
 import time
 from typing import Any, Optional
 
 from .registry import Registry, default_registry
+from .security import AuthFile, PathLike, exposure_warning
 from .session import Session, Settings
 from .store import Store
 from .workers import WorkerPool
@@ -43,6 +45,7 @@ class MemcacheHandler(socketserver.StreamRequestHandler):
             server.registry,
             server=server,
             stop=server.stopping,
+            auth=server.auth,
         )
         self.bytes_read = self.bytes_written = 0  # this thread's own, summed by the server
         server._register(self)
@@ -56,6 +59,8 @@ class MemcacheHandler(socketserver.StreamRequestHandler):
         connection = self.connection
         idle_timeout = server.idle_timeout or None
         read_timeout = server.read_timeout or None
+        if server.ssl_context is not None and not self._handshake():
+            return
         timeout = connection.gettimeout()
         while not server.stopping.is_set() or session.pending():
             # between requests: the idle timeout (none by default, as memcached);
@@ -85,6 +90,18 @@ class MemcacheHandler(socketserver.StreamRequestHandler):
                 self.bytes_written += len(reply)
             if session.closing:
                 break
+
+    def _handshake(self) -> bool:
+        """The TLS handshake, on this worker thread and bounded by the read
+        timeout, so a slow or plain-text client never holds up the accept loop."""
+        connection = self.connection
+        connection.settimeout(self.server.read_timeout or DEFAULT_READ_TIMEOUT)
+        try:
+            connection.do_handshake()
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            log.info("TLS handshake with %s:%d failed: %s", *self.client_address[:2], exc)
+            return False
+        return True
 
     def finish(self) -> None:
         try:
@@ -133,6 +150,8 @@ class MemcacheServer(socketserver.ThreadingTCPServer):
         idle_timeout: float = 0,
         read_timeout: float = DEFAULT_READ_TIMEOUT,
         bind_and_activate: bool = True,
+        ssl_context: ssl.SSLContext | None = None,
+        auth_file: PathLike | None = None,
     ) -> None:
         self.store = store
         self.settings = settings or Settings()
@@ -150,9 +169,48 @@ class MemcacheServer(socketserver.ThreadingTCPServer):
         self._handlers: set[MemcacheHandler] = set()
         self._handlers_changed = threading.Condition()
         self._serving = False
+        self._state_lock = threading.Lock()
+        #: With a context, every connection speaks TLS (see ``get_request``).
+        self.ssl_context = ssl_context
+        #: With an auth file, a connection must authenticate before anything else.
+        self.auth = AuthFile(auth_file) if auth_file is not None else None
         _worker_stack_size()
         self.pool = WorkerPool(max_connections)
         super().__init__(address, MemcacheHandler, bind_and_activate)
+
+    def get_request(self) -> tuple[Any, Any]:
+        request, client_address = super().get_request()
+        if self.ssl_context is not None:
+            # No I/O here: the handshake runs on the connection's worker.
+            try:
+                request = self.ssl_context.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
+            except (OSError, ValueError):
+                request.close()
+                raise OSError("cannot set up TLS on an accepted connection") from None
+        return request, client_address
+
+    def server_activate(self) -> None:
+        super().server_activate()
+        ctx = self.ssl_context
+        warning = exposure_warning(
+            self.server_address[0],
+            tls=ctx is not None,
+            client_certs=ctx is not None and ctx.verify_mode == ssl.CERT_REQUIRED,
+            auth=self.auth is not None,
+        )
+        if warning:
+            log.warning("%s", warning)
+
+    def reload_auth(self) -> int:
+        """Reread the auth file (the CLI does on SIGHUP); return how many users it holds.
+
+        A file that cannot be read or is malformed raises
+        :class:`~memcachedlite.security.AuthFileError` and the users already
+        loaded stay in force. Connections already authenticated stay so.
+        """
+        if self.auth is None:
+            raise RuntimeError("this server has no auth file")
+        return self.auth.reload()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Hand the connection to a pooled worker, or turn it away when all are busy."""
@@ -163,10 +221,11 @@ class MemcacheServer(socketserver.ThreadingTCPServer):
         with self._handlers_changed:
             self.rejected_connections += 1
         log.warning("rejected a connection from %s:%d: too many open connections", *client_address[:2])
-        try:
-            request.sendall(TOO_MANY_CONNECTIONS)
-        except OSError:
-            pass
+        if not isinstance(request, ssl.SSLSocket):  # over TLS, a reply would need a handshake here
+            try:
+                request.sendall(TOO_MANY_CONNECTIONS)
+            except OSError:
+                pass
         self.shutdown_request(request)
 
     @property
@@ -175,12 +234,26 @@ class MemcacheServer(socketserver.ThreadingTCPServer):
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         assert self.store is not None, "a server needs its store before it serves"
+        with self._state_lock:
+            if self.stopping.is_set():  # stopped before it started
+                return
+            self._serving = True
         self.store.start_sweeper()
-        self._serving = True
         try:
             super().serve_forever(poll_interval)
         finally:
             self._serving = False
+
+    def shutdown(self) -> None:
+        """Stop the ``serve_forever`` loop; harmless if it never started.
+
+        (socketserver's own would wait forever for a loop that never ran.)
+        """
+        with self._state_lock:
+            self.stopping.set()
+            if not self._serving:
+                return
+        super().shutdown()
 
     def _register(self, handler: MemcacheHandler) -> None:
         with self._handlers_changed:
@@ -228,14 +301,14 @@ class MemcacheServer(socketserver.ThreadingTCPServer):
 
         Safe to call from any thread but the one running ``serve_forever``.
         """
-        self.stopping.set()
-        if self._serving:
-            self.shutdown()
+        self.shutdown()
         self.server_close()
         with self._handlers_changed:
             for handler in list(self._handlers):
                 try:  # wakes a handler blocked in recv; its replies still go out
-                    handler.connection.shutdown(socket.SHUT_RD)
+                    # socket.socket's own shutdown: SSLSocket's would drop TLS and
+                    # let the last replies leave in clear text.
+                    socket.socket.shutdown(handler.connection, socket.SHUT_RD)
                 except OSError:
                     pass
             deadline = time.monotonic() + timeout

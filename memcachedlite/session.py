@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
-from .errors import BadCommandLine, LineTooLong, ProtocolError, TooLarge
+from .errors import BadCommandLine, LineTooLong, LogWriteError, ProtocolError, TooLarge
 from .protocol import (
     DEFAULT_MAX_ITEM_SIZE,
     ERROR,
@@ -25,14 +25,26 @@ from .protocol import (
     parse_length,
 )
 from .registry import Registry, default_registry
+from .security import MAX_AUTH_TOKEN
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .security import AuthFile
     from .store import Store
 
 log = logging.getLogger(__name__)
 
 _INTERNAL_ERROR = b"SERVER_ERROR internal error\r\n"
 _BAD_DATA_CHUNK = b"CLIENT_ERROR bad data chunk\r\n"
+# memcached's words for its text-protocol authentication (proto_text.c)
+_UNAUTHENTICATED = b"CLIENT_ERROR unauthenticated\r\n"
+_AUTH_FAILURE = b"CLIENT_ERROR authentication failure\r\n"
+_AUTH_BAD_FORMAT = b"CLIENT_ERROR bad authentication token format\r\n"
+_AUTH_BAD_TERMINATION = b"CLIENT_ERROR bad command line termination\r\n"
+_AUTH_STORED = b"STORED\r\n"
+
+
+def _always() -> bool:
+    return True
 
 
 @dataclass(frozen=True)
@@ -56,7 +68,9 @@ class Session:
     Handlers use ``ctx.store``, ``ctx.settings``, ``ctx.lite`` and
     ``ctx.not_stored`` (the dialect's spelling of NOT_STORED); ``ctx.server``
     is the server object when there is one (for connection statistics), and
-    ``ctx.close()`` ends the connection after the current reply.
+    ``ctx.close()`` ends the connection after the current reply. With ``auth``
+    (a :class:`~memcachedlite.security.AuthFile`), the client must
+    authenticate before any handler runs (see ``_run_unauthenticated``).
     """
 
     def __init__(
@@ -66,6 +80,7 @@ class Session:
         registry: Optional[Registry] = None,
         server: Any = None,
         stop: Optional[threading.Event] = None,
+        auth: AuthFile | None = None,
     ) -> None:
         self.store = store
         self.settings = settings or Settings()
@@ -80,6 +95,22 @@ class Session:
         self._delays = {b"set": 2.0, b"get": 1.0} if self.settings.simulate_delay else {}
         log_ = store.log
         self._sync = store.sync if log_ is not None and log_.always else None
+        # Batching holds the store's lock while a batch runs: not with the
+        # simulated delays, which would hold it for seconds.
+        self._batched = log_ is not None and not self._delays
+        self._auth = auth
+        if auth is not None:
+            # Until the client authenticates, feed() runs the gate instead of
+            # the dispatch loop; without auth the loop pays nothing for it.
+            self._run = self._run_unauthenticated  # type: ignore[method-assign]
+            # and the connection counts as mid-request: the server's read
+            # timeout, not the idle one, bounds how long it may stay silent.
+            self.pending = _always  # type: ignore[method-assign]
+
+    @property
+    def authenticated(self) -> bool:
+        """False only while an auth file is in force and the client has not authenticated."""
+        return "_run" not in self.__dict__
 
     def close(self) -> None:
         """Ask for the connection to be closed once the pending replies are sent."""
@@ -105,18 +136,29 @@ class Session:
         buf = self._buf
         buf += data
         out: list[bytes] = []
-        pos = self._run(buf, out)
+        if not self._batched:
+            pos = self._run(buf, out)
+        else:
+            store = self.store
+            opened = store.begin_batch()  # one write to the data file for the whole batch
+            try:
+                pos = self._run(buf, out)
+            finally:
+                try:
+                    store.end_batch(opened)
+                except LogWriteError as exc:
+                    # Undone in memory: acknowledge nothing of this batch.
+                    out = [exc.to_bytes() for reply in out if reply]
         del buf[:pos]
         if self._sync is not None and out:
             self._sync()  # group commit: one fsync for the batch, before any reply
         return b"".join(out)
 
-    def _run(self, buf: bytearray, out: list[bytes]) -> int:
-        """Execute every complete command in ``buf``; return how much was used."""
+    def _run(self, buf: bytearray, out: list[bytes], pos: int = 0) -> int:
+        """Execute every complete command in ``buf`` from ``pos``; return how much was used."""
         table = self._table
         find = buf.find
         n = len(buf)
-        pos = 0
         while pos < n and not self.closing:
             eol = find(b"\n", pos)
             if eol < 0:
@@ -191,6 +233,78 @@ class Session:
             if reply and not noreply:
                 out.append(reply)
         return pos
+
+    def _run_unauthenticated(self, buf: bytearray, out: list[bytes], pos: int = 0) -> int:
+        """The gate before authentication, as memcached's ``-Y``.
+
+        A ``set <key> <flags> <exptime> <bytes>`` whose data is ``user password``
+        authenticates (``STORED``; the key is ignored and nothing is stored).
+        Every other line is answered ``CLIENT_ERROR unauthenticated``, even
+        under noreply, and a data block it announces is swallowed unread so the
+        stream stays in step. Unlike memcached, the authenticating ``set``
+        honours ``noreply`` (pymemcache sends it by default).
+        """
+        n = len(buf)
+        while pos < n and not self.closing:
+            eol = buf.find(b"\n", pos)
+            if eol < 0:
+                if n - pos > MAX_LINE:  # no long lines before authenticating
+                    log.warning("closing a connection: command line of over %d bytes with no newline", MAX_LINE)
+                    out.append(LineTooLong().to_bytes())
+                    self.closing = True
+                    return n
+                return pos
+            args = [a for a in bytes(buf[pos:eol]).rstrip(b"\r").split(b" ") if a]
+            if len(args) >= 5 and args[0] == b"set":
+                try:
+                    length = parse_length(args[4])
+                except ProtocolError:
+                    out.append(_UNAUTHENTICATED)
+                    pos = eol + 1
+                    continue
+                noreply = args[-1] == b"noreply" and len(args) > 5
+                start = eol + 1
+                if length > MAX_AUTH_TOKEN:
+                    pos = self._skip(start + length + 2, n)
+                    if not noreply:
+                        out.append(_AUTH_BAD_FORMAT)
+                    continue
+                end = start + length
+                if end + 2 > n:
+                    return pos  # wait for the rest of the token
+                pos = end + 2
+                reply = self._authenticate(bytes(buf[start:end]), buf[end:pos] == b"\r\n")
+                if not noreply:
+                    out.append(reply)
+                if reply is _AUTH_STORED:
+                    return self._run(buf, out, pos)
+                continue
+            out.append(_UNAUTHENTICATED)
+            pos = eol + 1
+            row = self._table.get(args[0]) if args else None
+            if row is not None and row.data is not None:
+                if row.noreply and len(args) > row.min_args + 1 and args[-1] == b"noreply":
+                    args.pop()
+                if row.accepts(len(args) - 1):
+                    try:
+                        length = parse_length(args[1:][row.data])
+                    except ProtocolError:
+                        continue
+                    pos = self._skip(pos + length + 2, n)
+        return pos
+
+    def _authenticate(self, token: bytes, terminated: bool) -> bytes:
+        if not terminated:
+            return _AUTH_BAD_TERMINATION
+        words = [w for w in token.split(b" ") if w]
+        if len(words) < 2:
+            return _AUTH_BAD_FORMAT
+        assert self._auth is not None
+        if not self._auth.check(words[0], words[1]):
+            log.info("authentication failed for user %r", words[0].decode("utf-8", "replace"))
+            return _AUTH_FAILURE
+        del self._run, self.pending  # back to the class's own methods
+        return _AUTH_STORED
 
     def _skip(self, end: int, n: int) -> int:
         """Swallow a refused data block up to ``end``, even past what has arrived."""

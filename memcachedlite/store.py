@@ -23,10 +23,11 @@ import os
 import struct
 import threading
 import time
-from typing import Callable, Iterable, NamedTuple, Optional, Union
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Union
 
 from . import log as datalog
-from .errors import ClientError, LogWriteError, OutOfMemory
+from .errors import ClientError, LogWriteError, OutOfMemory, ServerError
 from .protocol import RELATIVE_EXPTIME_LIMIT, U64, parse_counter
 
 logger = logging.getLogger(__name__)
@@ -116,12 +117,17 @@ class Store:
         self.counters = dict.fromkeys(_COUNTERS, 0)
         self.compact_min_size = compact_min_size
         self.compactions = 0
+        self.compaction_failures = 0
         self._compact_lock = threading.Lock()
         self._compactor: Optional[threading.Thread] = None
         self._sweeper: Optional[threading.Thread] = None
         self._sweep_keys: list[bytes] = []
         self._sweep_at = 0
         self._closing = threading.Event()
+        # While a batch is open: the records waiting for one write, and how to
+        # put memory back if that write fails (see batch()).
+        self._pending: Optional[list[bytes]] = None
+        self._undo: Optional[list[tuple]] = None
         self.log: Optional[datalog.DataLog] = None
         if path is not None:
             self.log = datalog.DataLog(path, fsync=fsync)
@@ -290,6 +296,7 @@ class Store:
         if exptime and exptime <= now:  # stored already expired: the effect is a delete
             if old is not None:
                 self._append(datalog.encode_delete(key))
+                self._remember(key, old)
                 self._drop(key, old)
             self.counters["total_items"] += 1
             return 0
@@ -302,6 +309,9 @@ class Store:
             record += b"".join([datalog.encode_delete(v) for v in victims])
         self._append(record)
         self._next_cas = cas + 1
+        if self._undo is not None:
+            self._undo.append((key, old))
+            self._undo.extend((victim, items[victim]) for victim in victims)
         for victim in victims:
             self._drop(victim, items[victim])
         if victims:
@@ -339,12 +349,78 @@ class Store:
         return victims
 
     def _append(self, record: bytes) -> None:
+        if self._pending is not None:
+            self._pending.append(record)
+            return
         log = self.log
         if log is not None:
             size = log.append(record)
             if size > self.compact_min_size and size > 2 * self.bytes and self._compactor is None:
                 self._compactor = threading.Thread(target=self._compact_in_background, name="mcl-compact", daemon=True)
                 self._compactor.start()
+
+    # -- batches ------------------------------------------------------------
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group the changes made inside into one write to the data file.
+
+        The server wraps each pipelined batch of a connection in one, so a
+        hundred ``set`` commands cost one system call. The lock is held
+        throughout, so no other connection sees a change before it is
+        written. If the write fails, every change of the batch is undone in
+        memory and :class:`LogWriteError` is raised: the caller must then not
+        acknowledge any of them.
+        """
+        opened = self.begin_batch()
+        try:
+            yield
+        finally:
+            self.end_batch(opened)
+
+    def begin_batch(self) -> bool:
+        """The first half of :meth:`batch`; returns what to pass to :meth:`end_batch`."""
+        self._lock.acquire()
+        if self._pending is not None or self.log is None:  # nested, or nothing to write to
+            return False
+        self._pending, self._undo = [], []
+        return True
+
+    def end_batch(self, opened: bool) -> None:
+        """Write the batch's records (if ``opened``) and release the lock."""
+        try:
+            if opened:
+                pending, undo = self._pending, self._undo
+                self._pending = self._undo = None
+                if pending:
+                    try:
+                        self._append(b"".join(pending) if len(pending) > 1 else pending[0])
+                    except LogWriteError:
+                        self._rollback(undo)  # type: ignore[arg-type]
+                        raise
+        finally:
+            self._lock.release()
+
+    def _remember(self, key: bytes, old: Optional[bytes]) -> None:
+        """Note what ``key`` held before a change made inside a batch."""
+        if self._undo is not None:
+            self._undo.append((key, old))
+
+    def _rollback(self, undo: list[tuple]) -> None:
+        items = self._items
+        for entry in reversed(undo):
+            if entry[0] is None:  # a whole table, replaced by flush_all
+                _, self._items, self.bytes, self.flush_at = entry
+                items = self._items
+                continue
+            key, old = entry
+            current = items.pop(key, None)
+            if current is not None:
+                self.bytes -= _size(key, current)
+            if old is not None:
+                items[key] = old
+                self.bytes += _size(key, old)
+        logger.warning("a batch of %d changes could not be written and was undone", len(undo))
 
     def set(self, key: bytes, value: bytes, flags: int = 0, exptime: int = 0) -> int:
         """Store unconditionally; returns the new cas value (0 if stored already expired)."""
@@ -443,6 +519,7 @@ class Store:
                 self.counters["delete_misses"] += 1
                 return False
             self._append(datalog.encode_delete(key))
+            self._remember(key, blob)
             self._drop(key, blob)
             self.counters["delete_hits"] += 1
             return True
@@ -497,6 +574,7 @@ class Store:
         absolute = self.absolute(exptime, now)
         if self.flush_at and self.flush_at > now and (not absolute or absolute > self.flush_at):
             absolute = self.flush_at
+        self._remember(key, blob)
         if absolute and absolute <= now:
             self._append(datalog.encode_delete(key))
             self._drop(key, blob)
@@ -515,11 +593,14 @@ class Store:
             now = self.now()
             at = self.absolute(delay, now) if delay > 0 else 0
             self._append(datalog.encode_flush(at))
+            if self._undo is not None:
+                self._undo.append((None, dict(self._items) if at > now else self._items, self.bytes, self.flush_at))
             self._flush(at, now)
 
     def _flush(self, at: int, now: int) -> None:
         if at <= now:
-            self._items.clear()
+            self._items = {}  # a new table: a batch can still put the old one back
+            self._bumped.clear()
             self.bytes = 0
             self.flush_at = 0
             return
@@ -602,6 +683,8 @@ class Store:
         """
         if self.log is None:
             return 0
+        if self._pending is not None and self._lock._is_owned():  # type: ignore[attr-defined]
+            raise ServerError("cannot compact inside a batch; use start_compaction()")
         with self._compact_lock:
             with self._lock:
                 rewrite = self.log.start_rewrite()
@@ -639,10 +722,24 @@ class Store:
             logger.info("compacted %s: %d live items, %d bytes saved", self.log.path, len(snapshot), saved)
             return saved
 
+    def start_compaction(self) -> bool:
+        """Compact in a background thread (as Redis's BGREWRITEAOF); False if one already runs."""
+        with self._lock:
+            if self._compactor is not None or self.log is None:
+                return False
+            self._compactor = threading.Thread(target=self._compact_in_background, name="mcl-compact", daemon=True)
+            self._compactor.start()
+            return True
+
+    @property
+    def compacting(self) -> bool:
+        return self._compactor is not None
+
     def _compact_in_background(self) -> None:
         try:
             self.compact()
         except Exception:
+            self.compaction_failures += 1
             logger.exception("background compaction failed; the data file is unchanged")
         finally:
             self._compactor = None
@@ -662,7 +759,11 @@ class Store:
                 if old is not None:
                     items[record[1]] = _with_exptime(old, record[2])
             elif kind == b"flush_all":
-                self._flush(record[1], now)
+                if record[1] <= now:
+                    items.clear()  # in place: the loader keeps filling this very dict
+                    self.flush_at = 0
+                else:
+                    self._flush(record[1], now)
             else:  # next_cas, written by compaction
                 next_cas[0] = max(next_cas[0], record[1])
 
@@ -688,6 +789,10 @@ class Store:
             out["curr_items"] = len(self._items)
             out["bytes"] = self.bytes
             out["limit_maxbytes"] = self.memory_limit
+            out["compactions"] = self.compactions
+            out["compaction_failures"] = self.compaction_failures
+            out["compacting"] = int(self._compactor is not None)
+            out["data_file_bytes"] = self.log.size if self.log is not None else 0
             return out
 
     def reset_stats(self) -> None:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -167,12 +168,17 @@ def test_compact_verb_and_cli(server, tmp_path: Path) -> None:
     c = Raw(server.port)
     try:
         c.ask(b"set a 0 0 1\r\n1\r\nset a 0 0 1\r\n2\r\n", replies=2)
-        assert c.ask(b"compact\r\n") == b"OK\r\n"
+        assert c.ask(b"compact\r\n") == b"OK\r\n"  # started in the background
         assert c.ask(b"get a\r\n") == b"VALUE a 0 1\r\n2\r\nEND\r\n"
+        deadline = time.monotonic() + 10
+        while server.store.compactions < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.store.compactions == 1
     finally:
         c.close()
     result = CliRunner().invoke(main, ["--server", f"127.0.0.1:{server.port}", "compact"])
-    assert result.exit_code == 0 and result.output == "OK\n"
+    assert result.exit_code == 0, result.output
+    assert "compacted to" in result.output and result.output.endswith("OK\n")
     assert server.store.compactions == 2
 
 

@@ -324,3 +324,53 @@ def test_fsync_always_syncs_before_returning(path, monkeypatch):
 def test_unknown_fsync_policy_is_refused(path):
     with pytest.raises(ValueError):
         DataLog(path, fsync="sometimes")
+
+
+def test_a_pipelined_batch_is_one_write(path, monkeypatch):
+    from memcachedlite import Session
+
+    s = Store(path)
+    writes = []
+    real_write = os.write
+    monkeypatch.setattr(datalog.os, "write", lambda fd, data: (writes.append(len(data)), real_write(fd, data))[1])
+    session = Session(s)
+    batch = b"".join(b"set k%d 0 0 1\r\n%d\r\n" % (i, i % 10) for i in range(100)) + b"delete k0\r\nincr k1 5\r\n"
+    assert session.feed(batch) == b"STORED\r\n" * 100 + b"DELETED\r\n6\r\n"
+    assert len(writes) == 1
+    monkeypatch.undo()
+    s.close()
+    s2 = Store(path)
+    try:
+        assert len(s2.keys()) == 99 and s2.peek(b"k1").value == b"6"
+    finally:
+        s2.close()
+
+
+def test_a_batch_that_cannot_be_written_is_undone_and_not_acknowledged(path, monkeypatch):
+    from memcachedlite import Session
+
+    s = Store(path, memory_limit=3000)
+    s.set(b"keep", b"old")
+    s.set(b"gone", b"x")
+    for i in range(3):
+        s.set(b"e%d" % i, b"y" * 400)
+    before = {k: s.peek(k) for k in s.keys()}
+    size, used = path.stat().st_size, s.bytes
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(datalog.os, "write", full)
+    session = Session(s)
+    batch = (
+        b"set keep 0 0 3\r\nnew\r\ndelete gone\r\nset big 0 0 900\r\n" + b"z" * 900 + b"\r\n"
+        b"touch e0 100\r\nget keep\r\nflush_all\r\nset after 0 0 1\r\n1\r\nset noisy 0 0 1 noreply\r\n1\r\n"
+    )
+    replies = session.feed(batch)
+    error = b"SERVER_ERROR cannot write data file: out of disk space\r\n"
+    assert replies == error * 7  # one per reply the batch would have sent
+    monkeypatch.undo()
+    assert {k: s.peek(k) for k in s.keys()} == before
+    assert s.bytes == used and path.stat().st_size == size
+    assert session.feed(b"set keep 0 0 3\r\nnew\r\n") == b"STORED\r\n"  # space is back
+    s.close()

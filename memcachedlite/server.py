@@ -21,8 +21,10 @@ from .workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
-#: One receive takes at most this much; a pipelined batch is what one receive brings.
-RECV_SIZE = 256 * 1024
+#: One receive takes at most this much; a pipelined batch is what one receive
+#: brings. Received into one reused buffer: a fresh 256 KiB object per receive
+#: (above glibc's mmap threshold) cost 15-20 us a request.
+RECV_SIZE = 64 * 1024
 TOO_MANY_CONNECTIONS = b"ERROR Too many open connections\r\n"  # memcached's words
 DEFAULT_MAX_CONNECTIONS = 1024
 DEFAULT_READ_TIMEOUT = 10.0
@@ -52,7 +54,8 @@ class MemcacheHandler(socketserver.StreamRequestHandler):
         log.debug("connection from %s:%d", *self.client_address[:2])
 
     def handle(self) -> None:
-        read = self.rfile.read1  # at most one recv: returns what has arrived
+        buffer = memoryview(bytearray(RECV_SIZE))
+        read = self.rfile.readinto1  # at most one recv: takes what has arrived
         write = self.wfile.write
         session = self.session
         server = self.server
@@ -71,17 +74,17 @@ class MemcacheHandler(socketserver.StreamRequestHandler):
                 connection.settimeout(wanted)
                 timeout = wanted
             try:
-                data = read(RECV_SIZE)
+                count = read(buffer)
             except TimeoutError:
                 what = "in the middle of a request" if session.pending() else "while idle"
                 log.info("closing %s:%d: no data for %s s %s", *self.client_address[:2], timeout, what)
                 break
             except OSError:
                 break
-            if not data:
+            if not count:
                 break
-            self.bytes_read += len(data)
-            reply = session.feed(data)
+            self.bytes_read += count
+            reply = session.feed(buffer[:count])
             if reply:
                 try:
                     write(reply)

@@ -12,7 +12,7 @@ import logging
 import random
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from .errors import BadCommandLine, LineTooLong, LogWriteError, ProtocolError, TooLarge
 from .protocol import (
@@ -120,7 +120,7 @@ class Session:
         """Whether a request has begun arriving but is not complete yet."""
         return bool(self._buf) or self._swallow > 0
 
-    def feed(self, data: bytes) -> bytes:
+    def feed(self, data: Union[bytes, memoryview]) -> bytes:
         """Take bytes from the client; return the replies to every command now complete.
 
         Incomplete input (half a line, half a data block) is kept for the next

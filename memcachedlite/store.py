@@ -123,6 +123,9 @@ class Store:
         self._sweeper: Optional[threading.Thread] = None
         self._sweep_keys: list[bytes] = []
         self._sweep_at = 0
+        # Whether some item may carry an expiry: the sweeper idles when none does.
+        self._may_expire = True
+        self._expiring_seen = False
         self._closing = threading.Event()
         # While a batch is open: the records waiting for one write, and how to
         # put memory back if that write fails (see batch()).
@@ -302,6 +305,8 @@ class Store:
             return 0
         cas = self._next_cas
         blob = make_item(value, flags, exptime, cas)
+        if exptime:
+            self._may_expire = self._expiring_seen = True
         grow = len(blob) - len(old) if old is not None else _size(key, blob)
         victims = self._victims(key, grow) if self.bytes + grow > self.memory_limit else ()
         record = datalog.encode_set(key, value, flags, exptime, cas)
@@ -311,7 +316,8 @@ class Store:
         self._next_cas = cas + 1
         if self._undo is not None:
             self._undo.append((key, old))
-            self._undo.extend((victim, items[victim]) for victim in victims)
+            if victims:
+                self._undo.extend([(victim, items[victim]) for victim in victims])
         for victim in victims:
             self._drop(victim, items[victim])
         if victims:
@@ -581,6 +587,8 @@ class Store:
             return decode(blob)
         self._append(datalog.encode_touch(key, absolute))
         blob = _with_exptime(blob, absolute)
+        if absolute:
+            self._may_expire = self._expiring_seen = True
         items = self._items
         del items[key]
         items[key] = blob
@@ -605,6 +613,7 @@ class Store:
             self.flush_at = 0
             return
         self.flush_at = at
+        self._may_expire = self._expiring_seen = True
         items = self._items
         for key, blob in list(items.items()):
             exptime = _exptime(blob)
@@ -640,19 +649,30 @@ class Store:
         """
         with self._lock:
             if self._sweep_at >= len(self._sweep_keys):
+                if not self._may_expire:  # the last round found nothing with an expiry
+                    return 0
                 self._sweep_keys = list(self._items)
                 self._sweep_at = 0
+                self._may_expire = self._expiring_seen = False
                 self.counters["lru_crawler_starts"] += 1
             keys = self._sweep_keys[self._sweep_at : self._sweep_at + limit]
             self._sweep_at += len(keys)
             now = self.now()
             items = self._items
             dropped = 0
+            expiring = False
             for key in keys:
                 blob = items.get(key)
-                if blob is not None and 0 < _exptime(blob) <= now:
-                    self._drop(key, blob)
-                    dropped += 1
+                if blob is not None and blob[8:16] != _NEVER:
+                    if _unpack(blob)[1] <= now:
+                        self._drop(key, blob)
+                        dropped += 1
+                    else:
+                        expiring = True
+            if expiring:
+                self._expiring_seen = True
+            if self._sweep_at >= len(self._sweep_keys) and self._expiring_seen:
+                self._may_expire = True  # items left that will expire: go round again
             counters = self.counters
             counters["crawler_items_checked"] += len(keys)
             counters["crawler_reclaimed"] += dropped

@@ -62,10 +62,13 @@ def parse_uint(token: bytes, limit: int = U64) -> int:
     Like memcached's ``strtoul``, a leading ``+`` is allowed; unlike a bare
     ``int()``, underscores and whitespace are not.
     """
-    digits = token[1:] if token[:1] == b"+" else token
-    if not digits or len(digits) > 20 or digits.strip(_DIGITS):
-        raise BadCommandLine()
-    value = int(digits)
+    if token.isdigit() and len(token) <= 20:  # the usual case: plain ASCII digits
+        value = int(token)
+    else:
+        digits = token[1:] if token[:1] == b"+" else token
+        if not digits.isdigit() or len(digits) > 20:
+            raise BadCommandLine()
+        value = int(digits)
     if value >= limit:
         raise BadCommandLine()
     return value

@@ -89,7 +89,7 @@ class Session:
         self.not_stored = NOT_STORED_LITE if self.lite else NOT_STORED
         self.closing = False
         self._table = (registry or default_registry).table()
-        self._buf = bytearray()
+        self._buf = b""  # what has arrived but is not a whole command yet
         self._swallow = 0
         self._stop = stop or threading.Event()
         self._delays = {b"set": 2.0, b"get": 1.0} if self.settings.simulate_delay else {}
@@ -133,8 +133,9 @@ class Session:
                 return b""
             data = data[self._swallow :]
             self._swallow = 0
-        buf = self._buf
-        buf += data
+        # bytes, not a bytearray: lines and data blocks are then sliced out
+        # with one copy each; only an incomplete tail is carried over.
+        buf = self._buf + data if self._buf else bytes(data)
         out: list[bytes] = []
         if not self._batched:
             pos = self._run(buf, out)
@@ -149,12 +150,12 @@ class Session:
                 except LogWriteError as exc:
                     # Undone in memory: acknowledge nothing of this batch.
                     out = [exc.to_bytes() for reply in out if reply]
-        del buf[:pos]
+        self._buf = buf[pos:] if pos < len(buf) else b""
         if self._sync is not None and out:
             self._sync()  # group commit: one fsync for the batch, before any reply
         return b"".join(out)
 
-    def _run(self, buf: bytearray, out: list[bytes], pos: int = 0) -> int:
+    def _run(self, buf: bytes, out: list[bytes], pos: int = 0) -> int:
         """Execute every complete command in ``buf`` from ``pos``; return how much was used."""
         table = self._table
         find = buf.find
@@ -166,9 +167,7 @@ class Session:
                 if self.closing:
                     out.append(LineTooLong().to_bytes())
                 return n if self.closing else pos
-            line = bytes(buf[pos:eol])
-            if line[-1:] == b"\r":
-                line = line[:-1]
+            line = buf[pos : eol - 1] if eol > pos and buf[eol - 1] == 13 else buf[pos:eol]
             # memcached splits on spaces only (a tab stays inside a token and
             # makes the key invalid) and ignores runs of them.
             args = line.split(b" ")
@@ -190,7 +189,10 @@ class Session:
                 noreply = True
             data = None
             try:
-                if not row.accepts(len(args)):
+                count = len(args)
+                if count < row.min_args or (row.max_args is not None and count > row.max_args) or (
+                    row.arities is not None and count not in row.arities
+                ):
                     raise BadCommandLine()
                 if row.data is not None:
                     length = parse_length(args[row.data])
@@ -202,7 +204,7 @@ class Session:
                     end = start + length
                     if end + 2 > n:
                         return pos  # wait for the rest of the data block
-                    data = bytes(buf[start:end])
+                    data = buf[start:end]
                     pos = end + 2
                     if buf[end:pos] != b"\r\n":
                         if not noreply:
@@ -234,7 +236,7 @@ class Session:
                 out.append(reply)
         return pos
 
-    def _run_unauthenticated(self, buf: bytearray, out: list[bytes], pos: int = 0) -> int:
+    def _run_unauthenticated(self, buf: bytes, out: list[bytes], pos: int = 0) -> int:
         """The gate before authentication, as memcached's ``-Y``.
 
         A ``set <key> <flags> <exptime> <bytes>`` whose data is ``user password``
@@ -313,7 +315,7 @@ class Session:
         self._swallow = end - n
         return n
 
-    def _check_partial_line(self, buf: bytearray, pos: int) -> None:
+    def _check_partial_line(self, buf: bytes, pos: int) -> None:
         """Close the connection when a line grows past its limit without a newline."""
         pending = len(buf) - pos
         if pending <= MAX_LINE:

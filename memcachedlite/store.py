@@ -432,7 +432,7 @@ class Store:
         """Store unconditionally; returns the new cas value (0 if stored already expired)."""
         with self._lock:
             self.counters["cmd_set"] += 1
-            return self._write(key, value, flags, self.absolute(exptime))
+            return self._write(key, value, flags, self.absolute(exptime) if exptime else 0)
 
     def add(self, key: bytes, value: bytes, flags: int = 0, exptime: int = 0) -> bool:
         """Store only if ``key`` holds no live item."""

@@ -30,7 +30,9 @@ def start_server(data_file: str) -> tuple[subprocess.Popen, int, str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen(
         [sys.executable, "-m", "memcachedlite", "serve", "--port", "0", "--data-file", data_file, "-m", "4096"],
-        stdout=log, stderr=subprocess.STDOUT, env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
     )
     log.close()
     deadline = time.monotonic() + 30
@@ -115,8 +117,10 @@ def main() -> None:
     print(f"{args.items} items; data file {size_before / 2**20:.0f} MiB -> {size_after / 2**20:.0f} MiB")
     print(f"compaction took {ended - began:.2f} s; {len(during)} gets answered meanwhile")
     print(f"get latency before: p50 {idle[len(idle) // 2] * 1e3:.3f} ms, max {idle[-1] * 1e3:.2f} ms")
-    print(f"get latency during: p50 {during[len(during) // 2] * 1e3:.3f} ms, p99 {p99 * 1e3:.2f} ms, "
-          f"longest pause {during[-1] * 1e3:.1f} ms")
+    print(
+        f"get latency during: p50 {during[len(during) // 2] * 1e3:.3f} ms, p99 {p99 * 1e3:.2f} ms, "
+        f"longest pause {during[-1] * 1e3:.1f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from . import admin as _admin  # noqa: E402,F401  (registers lru_crawler metadump)
+from . import commands as _commands  # noqa: E402,F401  (registers the built-in verbs)
 from .errors import (  # noqa: E402
     BadCommandLine,
     ClientError,
@@ -19,11 +21,9 @@ from .errors import (  # noqa: E402
     UnknownCommand,
 )
 from .registry import Command, Registry, command, default_registry  # noqa: E402
-from .store import Item, Store  # noqa: E402
-from .session import Session, Settings  # noqa: E402
-from . import commands as _commands  # noqa: E402,F401  (registers the built-in verbs)
-from . import admin as _admin  # noqa: E402,F401  (registers lru_crawler metadump)
 from .server import MemcacheHandler, MemcacheServer  # noqa: E402
+from .session import Session, Settings  # noqa: E402
+from .store import Item, Store  # noqa: E402
 
 __all__ = [
     "BadCommandLine",

@@ -117,7 +117,7 @@ def _talking(config: ClientConfig) -> Iterator[Any]:
         yield client
     except MemcacheIllegalInputError as exc:
         raise click.UsageError(str(exc)) from None
-    except (OSError, socket.timeout) as exc:
+    except (TimeoutError, OSError) as exc:
         reason = exc.strerror or str(exc) or type(exc).__name__
         raise Unreachable(f"cannot reach server {config.describe()}: {reason}") from None
     except MemcacheClientError as exc:
@@ -163,19 +163,46 @@ def _key(key: str) -> Any:
     multiple=True,
     envvar="MCL_SERVER",
     metavar="HOST:PORT",
-    help=f"Server to talk to; repeat it (or give a comma list) to spread keys over several.  [default: {DEFAULT_SERVER}; env: MCL_SERVER]",
+    help=(
+        "Server to talk to; repeat it (or give a comma list) to spread keys over several."
+        f"  [default: {DEFAULT_SERVER}; env: MCL_SERVER]"
+    ),
 )
 @click.option("--timeout", default=5.0, show_default=True, envvar="MCL_TIMEOUT", help="Seconds to wait for the server.")
-@click.option("--tls", is_flag=True, envvar="MCL_TLS",
-              help="Connect over TLS (implied by the other --tls options).  [env: MCL_TLS]")
-@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), default=None, envvar="MCL_TLS_CA",
-              help="CA certificate(s) to verify the server with, instead of the system's.  [env: MCL_TLS_CA]")
-@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None, envvar="MCL_TLS_CLIENT_CERT",
-              help="Client certificate, for a server started with --tls-ca.  [env: MCL_TLS_CLIENT_CERT]")
-@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None, envvar="MCL_TLS_CLIENT_KEY",
-              help="Private key of --tls-cert, if not in that file.  [env: MCL_TLS_CLIENT_KEY]")
-@click.option("--credentials", type=click.Path(exists=True, dir_okay=False), default=None, envvar="MCL_CREDENTIALS",
-              help="Authenticate with the first user:password line of this file.  [env: MCL_CREDENTIALS]")
+@click.option(
+    "--tls",
+    is_flag=True,
+    envvar="MCL_TLS",
+    help="Connect over TLS (implied by the other --tls options).  [env: MCL_TLS]",
+)
+@click.option(
+    "--tls-ca",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    envvar="MCL_TLS_CA",
+    help="CA certificate(s) to verify the server with, instead of the system's.  [env: MCL_TLS_CA]",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    envvar="MCL_TLS_CLIENT_CERT",
+    help="Client certificate, for a server started with --tls-ca.  [env: MCL_TLS_CLIENT_CERT]",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    envvar="MCL_TLS_CLIENT_KEY",
+    help="Private key of --tls-cert, if not in that file.  [env: MCL_TLS_CLIENT_KEY]",
+)
+@click.option(
+    "--credentials",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    envvar="MCL_CREDENTIALS",
+    help="Authenticate with the first user:password line of this file.  [env: MCL_CREDENTIALS]",
+)
 @click.version_option(__version__, prog_name="memcachedlite")
 @click.pass_context
 def main(
@@ -247,30 +274,161 @@ _file = click.Path(exists=True, dir_okay=False)
 
 @main.command()
 @click.option("--host", default="127.0.0.1", envvar="MCL_HOST", help="Address to listen on.", **_option)
-@click.option("--port", "-p", default=9889, type=click.IntRange(0, 65535), envvar="MCL_PORT", help="TCP port (0: any free port).", **_option)
-@click.option("--data-file", default="data.txt", type=click.Path(dir_okay=False), envvar="MCL_DATA_FILE", help="Append-only data file, replayed at start.", **_option)
-@click.option("--fsync", type=click.Choice(["always", "everysec", "no"]), default="everysec", envvar="MCL_FSYNC", help="When the data file is forced to disk (see README).", **_option)
-@click.option("--dialect", type=click.Choice(["memcached", "lite"]), default="memcached", envvar="MCL_DIALECT", help="Reply shapes: memcached's, or the seed assignment's.", **_option)
-@click.option("--max-item-size", default="1m", envvar="MCL_MAX_ITEM_SIZE", help="Largest value accepted: bytes, or with a k or m suffix.", **_size_option)
-@click.option("--memory-limit", "-m", default=64, type=click.IntRange(1), envvar="MCL_MEMORY_LIMIT", help="Memory for items, in MiB; least recently used items are evicted past it.", **_option)
-@click.option("--no-evict", "-M", is_flag=True, envvar="MCL_NO_EVICT", help="Refuse new items when memory is full instead of evicting.", **_option)
-@click.option("--max-connections", "-c", default=1024, type=click.IntRange(1), envvar="MCL_MAX_CONNECTIONS", help="Connections served at once; more are refused.", **_option)
-@click.option("--idle-timeout", default=0.0, type=click.FloatRange(0), envvar="MCL_IDLE_TIMEOUT", help="Close connections idle this many seconds (0: never).", **_option)
-@click.option("--read-timeout", default=10.0, type=click.FloatRange(0), envvar="MCL_READ_TIMEOUT", help="Close a connection that stalls this long in the middle of a request (0: never).", **_option)
-@click.option("--backlog", default=1024, type=click.IntRange(1), envvar="MCL_BACKLOG", help="Listen queue length.", **_option)
-@click.option("--compact-min-size", default="64m", envvar="MCL_COMPACT_MIN_SIZE", help="Compact the data file once it is past this size and twice the live data.", **_size_option)
-@click.option("--repair", is_flag=True, envvar="MCL_REPAIR", help="Salvage a damaged data file (keeping a backup) before starting.", **_option)
-@click.option("--load", "modules", multiple=True, metavar="MODULE", envvar="MCL_LOAD", help="Import MODULE (a dotted name or a .py file) to register its verbs; repeatable.", show_envvar=True)
-@click.option("--tls-cert", type=_file, default=None, envvar="MCL_TLS_CERT",
-              help="Serve TLS with this certificate (PEM, with its chain).", **_option)
-@click.option("--tls-key", type=_file, default=None, envvar="MCL_TLS_KEY",
-              help="Private key of --tls-cert, if not in that file.", **_option)
-@click.option("--tls-ca", type=_file, default=None, envvar="MCL_TLS_CLIENT_CA",
-              help="Require client certificates signed by this CA.", **_option)
-@click.option("--auth-file", type=_file, default=None, envvar="MCL_AUTH_FILE",
-              help="Require authentication: user:password lines (memcached's -Y), reread on SIGHUP.", **_option)
-@click.option("--cpu", default="auto", envvar="MCL_CPU", metavar="auto|none|N", help="Keep the server on one CPU: 'auto' picks the last one allowed, N that one, 'none' lets the OS move it.", **_option)
-@click.option("--simulate-delay", is_flag=True, envvar="MCL_SIMULATE_DELAY", help="Sleep 0-2 s before each set and 0-1 s before each get (the seed's concurrency demo).", **_option)
+@click.option(
+    "--port",
+    "-p",
+    default=9889,
+    type=click.IntRange(0, 65535),
+    envvar="MCL_PORT",
+    help="TCP port (0: any free port).",
+    **_option,
+)
+@click.option(
+    "--data-file",
+    default="data.txt",
+    type=click.Path(dir_okay=False),
+    envvar="MCL_DATA_FILE",
+    help="Append-only data file, replayed at start.",
+    **_option,
+)
+@click.option(
+    "--fsync",
+    type=click.Choice(["always", "everysec", "no"]),
+    default="everysec",
+    envvar="MCL_FSYNC",
+    help="When the data file is forced to disk (see README).",
+    **_option,
+)
+@click.option(
+    "--dialect",
+    type=click.Choice(["memcached", "lite"]),
+    default="memcached",
+    envvar="MCL_DIALECT",
+    help="Reply shapes: memcached's, or the seed assignment's.",
+    **_option,
+)
+@click.option(
+    "--max-item-size",
+    default="1m",
+    envvar="MCL_MAX_ITEM_SIZE",
+    help="Largest value accepted: bytes, or with a k or m suffix.",
+    **_size_option,
+)
+@click.option(
+    "--memory-limit",
+    "-m",
+    default=64,
+    type=click.IntRange(1),
+    envvar="MCL_MEMORY_LIMIT",
+    help="Memory for items, in MiB; least recently used items are evicted past it.",
+    **_option,
+)
+@click.option(
+    "--no-evict",
+    "-M",
+    is_flag=True,
+    envvar="MCL_NO_EVICT",
+    help="Refuse new items when memory is full instead of evicting.",
+    **_option,
+)
+@click.option(
+    "--max-connections",
+    "-c",
+    default=1024,
+    type=click.IntRange(1),
+    envvar="MCL_MAX_CONNECTIONS",
+    help="Connections served at once; more are refused.",
+    **_option,
+)
+@click.option(
+    "--idle-timeout",
+    default=0.0,
+    type=click.FloatRange(0),
+    envvar="MCL_IDLE_TIMEOUT",
+    help="Close connections idle this many seconds (0: never).",
+    **_option,
+)
+@click.option(
+    "--read-timeout",
+    default=10.0,
+    type=click.FloatRange(0),
+    envvar="MCL_READ_TIMEOUT",
+    help="Close a connection that stalls this long in the middle of a request (0: never).",
+    **_option,
+)
+@click.option(
+    "--backlog", default=1024, type=click.IntRange(1), envvar="MCL_BACKLOG", help="Listen queue length.", **_option
+)
+@click.option(
+    "--compact-min-size",
+    default="64m",
+    envvar="MCL_COMPACT_MIN_SIZE",
+    help="Compact the data file once it is past this size and twice the live data.",
+    **_size_option,
+)
+@click.option(
+    "--repair",
+    is_flag=True,
+    envvar="MCL_REPAIR",
+    help="Salvage a damaged data file (keeping a backup) before starting.",
+    **_option,
+)
+@click.option(
+    "--load",
+    "modules",
+    multiple=True,
+    metavar="MODULE",
+    envvar="MCL_LOAD",
+    help="Import MODULE (a dotted name or a .py file) to register its verbs; repeatable.",
+    show_envvar=True,
+)
+@click.option(
+    "--tls-cert",
+    type=_file,
+    default=None,
+    envvar="MCL_TLS_CERT",
+    help="Serve TLS with this certificate (PEM, with its chain).",
+    **_option,
+)
+@click.option(
+    "--tls-key",
+    type=_file,
+    default=None,
+    envvar="MCL_TLS_KEY",
+    help="Private key of --tls-cert, if not in that file.",
+    **_option,
+)
+@click.option(
+    "--tls-ca",
+    type=_file,
+    default=None,
+    envvar="MCL_TLS_CLIENT_CA",
+    help="Require client certificates signed by this CA.",
+    **_option,
+)
+@click.option(
+    "--auth-file",
+    type=_file,
+    default=None,
+    envvar="MCL_AUTH_FILE",
+    help="Require authentication: user:password lines (memcached's -Y), reread on SIGHUP.",
+    **_option,
+)
+@click.option(
+    "--cpu",
+    default="auto",
+    envvar="MCL_CPU",
+    metavar="auto|none|N",
+    help="Keep the server on one CPU: 'auto' picks the last one allowed, N that one, 'none' lets the OS move it.",
+    **_option,
+)
+@click.option(
+    "--simulate-delay",
+    is_flag=True,
+    envvar="MCL_SIMULATE_DELAY",
+    help="Sleep 0-2 s before each set and 0-1 s before each get (the seed's concurrency demo).",
+    **_option,
+)
 @click.option("--verbose", "-v", count=True, help="Also log each connection opening and closing.")
 def serve(
     host: str,
@@ -389,7 +547,13 @@ def serve(
         signal.signal(signal.SIGHUP, request_reload)
     log.info(
         "memcachedlite %s listening on %s:%d%s, data in %s (%d items, fsync %s)",
-        __version__, host, server.port, _security_summary(tls_context, auth_file), data_file, len(store), fsync,
+        __version__,
+        host,
+        server.port,
+        _security_summary(tls_context, auth_file),
+        data_file,
+        len(store),
+        fsync,
     )
     try:
         server.serve_forever()
@@ -645,7 +809,8 @@ def _bench_report(server: str, result: Any) -> None:
     for sample in result.error_samples:
         click.echo(f"  e.g. {sample}")
     click.echo(
-        f"client CPU   {result.client_cpu_percent:.0f}% (100 per busy core: near {max(1, result.processes) * 100}% the client may be the limit)"
+        f"client CPU   {result.client_cpu_percent:.0f}% (100 per busy core: near"
+        f" {max(1, result.processes) * 100}% the client may be the limit)"
     )
 
 
@@ -681,8 +846,16 @@ def _store(verb: str, key: str, value: str, ttl: int, flags: int) -> None:
     click.echo("STORED")
 
 
-_ttl = click.option("--ttl", default=0, show_default=True, type=click.IntRange(0), help="Seconds until the item expires (0: never).")
-_flags = click.option("--flags", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1), help="32-bit client flags kept with the value.")
+_ttl = click.option(
+    "--ttl", default=0, show_default=True, type=click.IntRange(0), help="Seconds until the item expires (0: never)."
+)
+_flags = click.option(
+    "--flags",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, 2**32 - 1),
+    help="32-bit client flags kept with the value.",
+)
 
 
 @main.command("set")
@@ -753,7 +926,9 @@ def touch(key: str, ttl: int) -> None:
 
 
 @main.command("flush-all")
-@click.option("--delay", default=0, show_default=True, type=click.IntRange(0), help="Seconds before the items are invalidated.")
+@click.option(
+    "--delay", default=0, show_default=True, type=click.IntRange(0), help="Seconds before the items are invalidated."
+)
 def flush_all(delay: int) -> None:
     """Invalidate every item (on every server given)."""
     with _talking(_config()) as client:
@@ -762,7 +937,13 @@ def flush_all(delay: int) -> None:
 
 
 @main.command()
-@click.option("--wait", default=600.0, show_default=True, type=click.FloatRange(0), help="Seconds to wait for it to finish (0: just start it).")
+@click.option(
+    "--wait",
+    default=600.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Seconds to wait for it to finish (0: just start it).",
+)
 def compact(wait: float) -> None:
     """Compact the data file of the server(s) now, and wait until it is done."""
     import time

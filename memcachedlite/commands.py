@@ -283,11 +283,27 @@ def general_stats(ctx: "Session") -> list[tuple[str, object]]:
         ("rejected_connections", conn.get("rejected_connections", 0)),
         ("connection_structures", conn.get("curr_connections", 0)),
     ]
-    for name in (
-        "cmd_get cmd_set cmd_flush cmd_touch get_hits get_misses get_expired get_flushed "
-        "delete_misses delete_hits incr_misses incr_hits decr_misses decr_hits "
-        "cas_misses cas_hits cas_badval touch_hits touch_misses"
-    ).split():
+    for name in [
+        "cmd_get",
+        "cmd_set",
+        "cmd_flush",
+        "cmd_touch",
+        "get_hits",
+        "get_misses",
+        "get_expired",
+        "get_flushed",
+        "delete_misses",
+        "delete_hits",
+        "incr_misses",
+        "incr_hits",
+        "decr_misses",
+        "decr_hits",
+        "cas_misses",
+        "cas_hits",
+        "cas_badval",
+        "touch_hits",
+        "touch_misses",
+    ]:
         lines.append((name, store[name]))
     auth = getattr(server, "auth", None)
     lines += [

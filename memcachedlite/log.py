@@ -270,7 +270,11 @@ def repair(path: Union[str, os.PathLike]) -> RepairReport:
     _write_atomically(path, [HEADER] + [encode(r) for r in records])
     log.warning(
         "%s repaired: kept %d records, dropped %d bytes at offsets %s; original saved as %s",
-        path, report.records, report.dropped_bytes, report.damaged_offsets, report.backup,
+        path,
+        report.records,
+        report.dropped_bytes,
+        report.damaged_offsets,
+        report.backup,
     )
     return report
 

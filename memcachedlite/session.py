@@ -190,8 +190,10 @@ class Session:
             data = None
             try:
                 count = len(args)
-                if count < row.min_args or (row.max_args is not None and count > row.max_args) or (
-                    row.arities is not None and count not in row.arities
+                if (
+                    count < row.min_args
+                    or (row.max_args is not None and count > row.max_args)
+                    or (row.arities is not None and count not in row.arities)
                 ):
                     raise BadCommandLine()
                 if row.data is not None:

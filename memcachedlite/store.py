@@ -39,13 +39,36 @@ DEFAULT_MEMORY_LIMIT = 64 * 1024 * 1024
 #: The data file is compacted once it is past this size and twice the live data.
 DEFAULT_COMPACT_MIN_SIZE = 64 * 1024 * 1024
 
-_COUNTERS = (
-    "cmd_get cmd_set cmd_touch cmd_flush get_hits get_misses get_expired get_flushed "
-    "delete_hits delete_misses incr_hits incr_misses decr_hits decr_misses "
-    "cas_hits cas_misses cas_badval touch_hits touch_misses total_items evictions "
-    "expired_unfetched reclaimed store_too_large store_no_memory "
-    "crawler_reclaimed crawler_items_checked lru_crawler_starts"
-).split()
+_COUNTERS = [
+    "cmd_get",
+    "cmd_set",
+    "cmd_touch",
+    "cmd_flush",
+    "get_hits",
+    "get_misses",
+    "get_expired",
+    "get_flushed",
+    "delete_hits",
+    "delete_misses",
+    "incr_hits",
+    "incr_misses",
+    "decr_hits",
+    "decr_misses",
+    "cas_hits",
+    "cas_misses",
+    "cas_badval",
+    "touch_hits",
+    "touch_misses",
+    "total_items",
+    "evictions",
+    "expired_unfetched",
+    "reclaimed",
+    "store_too_large",
+    "store_no_memory",
+    "crawler_reclaimed",
+    "crawler_items_checked",
+    "lru_crawler_starts",
+]
 
 
 class Item(NamedTuple):

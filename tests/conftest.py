@@ -3,6 +3,7 @@ as subprocesses), the real memcached, and a small raw-socket client."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -76,7 +77,7 @@ class Raw:
                 if not chunk:
                     return True
                 self.buf += chunk
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             return False
         except ConnectionResetError:
             return True
@@ -86,7 +87,7 @@ class Raw:
         self.sock.settimeout(wait)
         try:
             chunk = self.sock.recv(65536)
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             return not self.buf
         finally:
             self.sock.settimeout(10.0)
@@ -193,8 +194,8 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
             time.sleep(0.02)
 
 
-@pytest.fixture
-def memcached() -> Iterator[int]:
+@contextlib.contextmanager
+def running_memcached() -> Iterator[int]:
     """The real memcached on a free port of 127.0.0.1. Missing binary fails, not skips."""
     binary = shutil.which("memcached") or "/usr/bin/memcached"
     assert os.path.exists(binary), "memcached is not installed (apt-get install memcached)"
@@ -210,6 +211,13 @@ def memcached() -> Iterator[int]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.fixture
+def memcached() -> Iterator[int]:
+    """The real memcached, one per test (see :func:`running_memcached`)."""
+    with running_memcached() as port:
+        yield port
 
 
 class ServerProcess:

@@ -19,8 +19,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from memcachedlite import Store, __version__
-from memcachedlite.commands import PROTOCOL_VERSION
 from memcachedlite.cli import main
+from memcachedlite.commands import PROTOCOL_VERSION
 from tests.conftest import ROOT, Raw, free_port
 
 BINARY = b"line one\r\nline two\r\n\x00\x01\xff END\r\n\r\nVALUE x 0 1\r\n"

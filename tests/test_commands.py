@@ -458,7 +458,10 @@ def test_incr_decr_non_numeric_value(raw, stored):
 
 
 def test_incr_decr_plus_sign_is_a_number_as_in_memcached(raw):
-    assert raw.ask(b"set n 0 0 2\r\n10\r\nincr n +5\r\nset f +1 +0 +1\r\nx\r\n", replies=3) == b"STORED\r\n15\r\nSTORED\r\n"
+    assert (
+        raw.ask(b"set n 0 0 2\r\n10\r\nincr n +5\r\nset f +1 +0 +1\r\nx\r\n", replies=3)
+        == b"STORED\r\n15\r\nSTORED\r\n"
+    )
     assert raw.ask(b"get f\r\n") == value(b"f", b"x", 1) + END
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import resource
 import signal
-import socket
 import threading
 import time
 from pathlib import Path
@@ -48,9 +47,7 @@ def test_kill_9_under_load_loses_nothing_acknowledged(spawn, tmp_path: Path, pol
     proc = spawn("--fsync", policy)
     acked: dict[bytes, int] = {}
     stop = threading.Event()
-    threads = [
-        threading.Thread(target=write_until_killed, args=(proc.port, w, acked, stop)) for w in range(WRITERS)
-    ]
+    threads = [threading.Thread(target=write_until_killed, args=(proc.port, w, acked, stop)) for w in range(WRITERS)]
     for t in threads:
         t.start()
     deadline = time.monotonic() + 10
@@ -129,7 +126,7 @@ def test_sigterm_mid_pipeline_answers_what_it_received(spawn, tmp_path: Path) ->
         while True:
             try:
                 chunk = c.sock.recv(65536)
-            except (ConnectionResetError, socket.timeout):
+            except (TimeoutError, ConnectionResetError):
                 break
             if not chunk:
                 break

@@ -22,11 +22,8 @@ differences") and asserted on its own in :func:`test_documented_difference`;
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import socket
-import subprocess
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -34,7 +31,7 @@ from typing import Any, Iterator
 import pytest
 
 from memcachedlite.commands import PROTOCOL_VERSION
-from tests.conftest import Raw, free_port, wait_for_port
+from tests.conftest import Raw, running_memcached
 
 #: No single read may stall longer than this; a stall is reported, not waited out.
 READ_TIMEOUT = 2.0
@@ -53,20 +50,8 @@ def shared_memcached() -> Iterator[int]:
     """One real memcached for the whole module (the conftest fixture starts one
     per test, and memcached takes a second to exit). Every scenario begins with
     ``flush_all`` on a new connection, which also cancels a delayed flush."""
-    binary = shutil.which("memcached") or "/usr/bin/memcached"
-    assert os.path.exists(binary), "memcached is not installed (apt-get install memcached)"
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "64", "-t", "2", "-u", "nobody"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port)
+    with running_memcached() as port:
         yield port
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 # -- the harness --------------------------------------------------------------

@@ -434,9 +434,7 @@ def test_dump_to_a_closed_pipe_is_a_one_line_error(start_server) -> None:
         f"sys.argv = ['mcl', '-s', '127.0.0.1:{source.port}', 'dump']\n"
         "main()\n"
     )
-    pipe = subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT
-    )
+    pipe = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
     assert pipe.stdout is not None and pipe.stderr is not None
     pipe.stdout.read(100)
     pipe.stdout.close()  # as 'mcl dump | head -c 100' does

@@ -187,11 +187,34 @@ def test_read_timeout_closes_a_stalled_request(tmp_path: Path, partial: bytes) -
 
 
 def _garbage(rng: random.Random) -> bytes:
-    pieces = [b"get", b"set", b"gets", b"cas", b"incr", b"touch", b"gat", b" ", b"\r\n", b"\n", b"0", b"1", b"-1",
-              b"99999999999999999999999", b"noreply", b"\x00", b"\xff", b"k", b"x" * 300, b"stats", b"append"]
+    pieces = [
+        b"get",
+        b"set",
+        b"gets",
+        b"cas",
+        b"incr",
+        b"touch",
+        b"gat",
+        b" ",
+        b"\r\n",
+        b"\n",
+        b"0",
+        b"1",
+        b"-1",
+        b"99999999999999999999999",
+        b"noreply",
+        b"\x00",
+        b"\xff",
+        b"k",
+        b"x" * 300,
+        b"stats",
+        b"append",
+    ]
     while True:
-        out = b"".join(rng.choice(pieces) if rng.random() < 0.6 else bytes([rng.randrange(256)])
-                       for _ in range(rng.randrange(1, 60)))
+        out = b"".join(
+            rng.choice(pieces) if rng.random() < 0.6 else bytes([rng.randrange(256)])
+            for _ in range(rng.randrange(1, 60))
+        )
         if b"flush" not in out and b"sentinel" not in out:
             return out
 
@@ -319,19 +342,55 @@ def test_memcstat_reads_the_stats(server) -> None:
 
 def test_stats_has_every_key_the_prometheus_exporter_reads(raw) -> None:
     general = raw.ask(b"stats\r\n").decode()
-    for key in (
-        "uptime time version rusage_user rusage_system bytes limit_maxbytes curr_items total_items "
-        "bytes_read bytes_written curr_connections total_connections rejected_connections conn_yields "
-        "listen_disabled_num evictions reclaimed store_too_large store_no_memory lru_crawler_starts "
-        "direct_reclaims crawler_items_checked crawler_reclaimed moves_to_cold moves_to_warm moves_within_lru "
-        "total_malloced accepting_conns cmd_flush cmd_set cas_badval"
-    ).split():
+    for key in [
+        "uptime",
+        "time",
+        "version",
+        "rusage_user",
+        "rusage_system",
+        "bytes",
+        "limit_maxbytes",
+        "curr_items",
+        "total_items",
+        "bytes_read",
+        "bytes_written",
+        "curr_connections",
+        "total_connections",
+        "rejected_connections",
+        "conn_yields",
+        "listen_disabled_num",
+        "evictions",
+        "reclaimed",
+        "store_too_large",
+        "store_no_memory",
+        "lru_crawler_starts",
+        "direct_reclaims",
+        "crawler_items_checked",
+        "crawler_reclaimed",
+        "moves_to_cold",
+        "moves_to_warm",
+        "moves_within_lru",
+        "total_malloced",
+        "accepting_conns",
+        "cmd_flush",
+        "cmd_set",
+        "cas_badval",
+    ]:
         assert f"\r\nSTAT {key} " in "\r\n" + general, key
     for op in ("get", "delete", "incr", "decr", "cas", "touch"):
         assert f"STAT {op}_hits " in general and f"STAT {op}_misses " in general
     settings = raw.ask(b"stats settings\r\n").decode()
-    for key in ("maxconns", "lru_crawler", "lru_crawler_sleep", "lru_crawler_tocrawl", "lru_maintainer_thread",
-                "hot_lru_pct", "warm_lru_pct", "hot_max_factor", "warm_max_factor"):
+    for key in (
+        "maxconns",
+        "lru_crawler",
+        "lru_crawler_sleep",
+        "lru_crawler_tocrawl",
+        "lru_maintainer_thread",
+        "hot_lru_pct",
+        "warm_lru_pct",
+        "hot_max_factor",
+        "warm_max_factor",
+    ):
         assert f"STAT {key} " in settings, key
     assert raw.ask(b"stats items\r\n") == b"END\r\n"
     assert raw.ask(b"stats slabs\r\n").startswith(b"STAT active_slabs 0\r\n")

@@ -236,7 +236,7 @@ def test_foreign_file_refuses_to_start(path):
     [
         datalog._seal(b"bogus 1"),
         b"delete k zzzzzzzz\r\n",
-        datalog._seal(b"touch k") ,
+        datalog._seal(b"touch k"),
         b"set k 0 0 1 1 00000000\r\nx\r\n",
     ],
     ids=["unknown-verb", "bad-crc-digits", "wrong-field-count", "bad-checksum"],

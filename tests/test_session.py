@@ -193,7 +193,27 @@ def test_copy_and_remove_leave_the_original_alone():
 def test_builtins_are_registered_in_the_default_registry():
     from memcachedlite import default_registry
 
-    for verb in "set add replace append prepend cas get gets gat gats delete incr decr touch flush_all version verbosity quit stats".split():
+    for verb in [
+        "set",
+        "add",
+        "replace",
+        "append",
+        "prepend",
+        "cas",
+        "get",
+        "gets",
+        "gat",
+        "gats",
+        "delete",
+        "incr",
+        "decr",
+        "touch",
+        "flush_all",
+        "version",
+        "verbosity",
+        "quit",
+        "stats",
+    ]:
         assert verb in default_registry
 
 

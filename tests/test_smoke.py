@@ -5,6 +5,7 @@ def test_set_get(raw):
 
 def test_subprocess(spawn):
     from tests.conftest import Raw
+
     p = spawn()
     r = Raw(p.port)
     assert r.ask(b"set a 0 0 1\r\nx\r\n") == b"STORED\r\n"

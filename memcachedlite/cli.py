@@ -109,7 +109,12 @@ class ClientConfig:
 @contextmanager
 def _talking(config: ClientConfig) -> Iterator[Any]:
     """A connected client; connection failures and error replies become exit codes."""
-    from pymemcache.exceptions import MemcacheClientError, MemcacheError, MemcacheIllegalInputError
+    from pymemcache.exceptions import (
+        MemcacheClientError,
+        MemcacheError,
+        MemcacheIllegalInputError,
+        MemcacheUnexpectedCloseError,
+    )
 
     client = config.client()
     try:
@@ -120,6 +125,9 @@ def _talking(config: ClientConfig) -> Iterator[Any]:
     except (TimeoutError, OSError) as exc:
         reason = exc.strerror or str(exc) or type(exc).__name__
         raise Unreachable(f"cannot reach server {config.describe()}: {reason}") from None
+    except MemcacheUnexpectedCloseError:
+        hint = "" if config.tls_context is not None else " (if it serves TLS, add --tls)"
+        raise Unreachable(f"server {config.describe()} closed the connection{hint}") from None
     except MemcacheClientError as exc:
         reason = _reason(exc)
         if reason == "unauthenticated":

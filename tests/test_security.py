@@ -848,3 +848,9 @@ def test_memory_stays_flat_whatever_a_client_sends(spawn) -> None:
     finally:
         raw.close()
     assert p.terminate() == 0
+
+
+def test_plain_mcl_against_a_tls_server_says_to_add_tls(tls_server: Running) -> None:
+    result = CliRunner().invoke(main, ["--server", f"127.0.0.1:{tls_server.port}", "get", "k"])
+    assert result.exit_code == 3
+    assert "closed the connection (if it serves TLS, add --tls)" in result.output

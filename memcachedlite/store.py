@@ -258,11 +258,13 @@ class Store:
         with self._lock:
             now = self.now()
             counters = self.counters
-            items = self._items
-            parts = []
+            get = self._items.get
+            bumped = self._bumped
+            parts: list[bytes] = []
+            add = parts.extend
             hits = 0
             for key in keys:
-                blob = items.get(key)
+                blob = get(key)
                 if blob is None:
                     continue
                 if blob[8:16] != _NEVER and 0 < _unpack(blob)[1] <= now:
@@ -271,16 +273,16 @@ class Store:
                     counters["reclaimed"] += 1
                     continue
                 hits += 1
-                if key not in self._bumped:
+                if key not in bumped:
                     self._bump(key, blob)
                 if with_cas:
                     end = blob.index(b"\r\n", META)
-                    parts.append(b"VALUE %b%b %d%b" % (key, blob[META:end], _unpack(blob)[0], blob[end:]))
+                    add((b"VALUE ", key, b"%b %d" % (blob[META:end], _unpack(blob)[0]), blob[end:]))
                 elif lite:
                     end = blob.index(b"\r\n", META)
-                    parts.append(b"VALUE %b %d%b" % (key, len(blob) - end - 4, blob[end:]))
+                    add((b"VALUE ", key, b" %d" % (len(blob) - end - 4), blob[end:]))
                 else:
-                    parts.append(b"VALUE " + key + blob[META:])
+                    add((b"VALUE ", key, blob[META:]))  # one copy: join does the rest
             counters["cmd_get"] += len(keys)
             counters["get_hits"] += hits
             counters["get_misses"] += len(keys) - hits

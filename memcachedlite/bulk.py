@@ -80,7 +80,13 @@ def _describe(server: Server) -> str:
 class Connection:
     """A plain memcached text-protocol connection with a buffered reader."""
 
-    def __init__(self, server: Server, timeout: float, tls_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        server: Server,
+        timeout: float,
+        tls_context: ssl.SSLContext | None = None,
+        credentials: bytes | None = None,
+    ) -> None:
         self.server = server
         sock = socket.create_connection(server, timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -93,6 +99,12 @@ class Connection:
         self.sock = sock
         self._buf = b""
         self._pos = 0
+        if credentials is not None:  # memcached's text-protocol authentication
+            self.send(b"set auth 0 0 %d\r\n%s\r\n" % (len(credentials), credentials))
+            line = self.readline()
+            if line != b"STORED\r\n":
+                self.close()
+                raise _error(server, "authentication", line)
 
     def __enter__(self) -> Connection:
         return self
@@ -417,10 +429,12 @@ class Loader:
         timeout: float,
         route: Callable[[bytes], Server] | None = None,
         tls_context: ssl.SSLContext | None = None,
+        credentials: bytes | None = None,
     ) -> None:
         self.servers = servers
         self.timeout = timeout
         self.tls_context = tls_context
+        self.credentials = credentials
         self.route = route or (lambda key: servers[0])
         self.report = LoadReport()
         self._conns: dict[Server, Connection] = {}
@@ -439,7 +453,7 @@ class Loader:
     def _conn(self, server: Server) -> Connection:
         conn = self._conns.get(server)
         if conn is None:
-            conn = self._conns[server] = Connection(server, self.timeout, self.tls_context)
+            conn = self._conns[server] = Connection(server, self.timeout, self.tls_context, self.credentials)
         return conn
 
     def load(self, items: Iterable[DumpItem], progress: Callable[[], None] = lambda: None) -> LoadReport:

@@ -1074,7 +1074,7 @@ def dump(file: str) -> None:
     with _bulk_errors(config), ExitStack() as stack:
         listing = []
         for server in config.servers:
-            conn = stack.enter_context(bulk.Connection(server, config.timeout, _bulk_tls(config)))
+            conn = stack.enter_context(bulk.Connection(server, config.timeout, _bulk_tls(config), config.credentials))
             listing.append((conn, bulk.server_time(conn), bulk.metadump(conn)))
         total = sum(len(entries) for _, _, entries in listing)
         out = sys.stdout.buffer if file == "-" else stack.enter_context(bulk.atomic_output(file))
@@ -1130,7 +1130,9 @@ def load(file: str) -> None:
                 raise click.ClickException(f"cannot read {file}: {exc.strerror}") from None
             length = os.fstat(stream.fileno()).st_size
         source = bulk.Source(stream)
-        loader = stack.enter_context(bulk.Loader(config.servers, config.timeout, route, _bulk_tls(config)))
+        loader = stack.enter_context(
+            bulk.Loader(config.servers, config.timeout, route, _bulk_tls(config), config.credentials)
+        )
         bar = stack.enter_context(_bulk_progress(length, f"loading {name}"))
         shown = [source.bytes_read]
 

@@ -854,3 +854,20 @@ def test_plain_mcl_against_a_tls_server_says_to_add_tls(tls_server: Running) -> 
     result = CliRunner().invoke(main, ["--server", f"127.0.0.1:{tls_server.port}", "get", "k"])
     assert result.exit_code == 3
     assert "closed the connection (if it serves TLS, add --tls)" in result.output
+
+
+def test_dump_and_load_log_in_with_credentials(auth_server: Running, tmp_path: Path) -> None:
+    creds = write_auth(tmp_path / "creds", "alice:secret\n")
+    server = ["--server", f"127.0.0.1:{auth_server.port}", "--credentials", str(creds)]
+    runner = CliRunner()
+    assert runner.invoke(main, [*server, "set", "k", "v"]).exit_code == 0
+    dump = tmp_path / "dump.jsonl"
+    result = runner.invoke(main, [*server, "dump", str(dump)])
+    assert result.exit_code == 0, result.output
+    assert runner.invoke(main, [*server, "delete", "k"]).exit_code == 0
+    result = runner.invoke(main, [*server, "load", str(dump)])
+    assert result.exit_code == 0, result.output
+    assert runner.invoke(main, [*server, "get", "k"]).stdout_bytes == b"v"
+    # without credentials the dump says why it cannot
+    result = runner.invoke(main, ["--server", f"127.0.0.1:{auth_server.port}", "dump", str(tmp_path / "x.jsonl")])
+    assert result.exit_code != 0 and "unauthenticated" in result.output

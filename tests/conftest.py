@@ -176,10 +176,20 @@ def fresh_registry() -> Registry:
     return default_registry.copy()
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on now, and never one already handed out in this
+    run: bind(0) may give back the port it just gave, and a test that asks
+    for several (a cluster) would then start two listeners on one port."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def wait_for_port(port: int, timeout: float = 10.0) -> None:

@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from pymemcache.client.base import Client
 
 from memcachedlite import Store
@@ -109,7 +108,9 @@ def test_pymemcache_example_spreads_over_servers_from_mcl_server(start_server) -
     done = _run_example(env={"MCL_SERVER": spec})
     assert done.returncode == 0, done.stderr
     assert done.stdout.endswith(EXAMPLE_OUTPUT)
-    assert all(len(s.store) > 0 for s in servers)
+    # Nine keys over three servers hashed by their random ports: one of them
+    # stays empty in about 8% of runs, two of them almost never (0.015%).
+    assert sum(1 for s in servers if len(s.store)) >= 2
     assert sum(len(s.store) for s in servers) == 9  # profile visits tags blob user:0-4 (greeting deleted)
 
 
@@ -189,9 +190,8 @@ def test_systemd_unit_command_line_starts_a_server(tmp_path: Path) -> None:
 
 
 def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.skip("systemd-analyze is not installed; the unit is still checked by the tests above")
+    analyze = shutil.which("systemd-analyze") or "/usr/bin/systemd-analyze"
+    assert os.path.exists(analyze), "systemd-analyze is not installed (apt-get install systemd)"
     # verify checks that ExecStart's program exists: point it at this Python
     text = UNIT.read_text()
     text, count = re.subn(r"^ExecStart=\S+", f"ExecStart={sys.executable} -m memcachedlite", text, flags=re.M)

@@ -23,7 +23,7 @@ import subprocess
 MEMCCAPABLE = shutil.which("memccapable") or "/usr/bin/memccapable"
 #: memccapable writes test names to stdout and verdicts to stderr; unbuffered,
 #: the two interleave in order in one captured transcript.
-UNBUFFERED = [stdbuf, "-o0", "-e0"] if (stdbuf := shutil.which("stdbuf")) else []
+UNBUFFERED = [shutil.which("stdbuf") or "/usr/bin/stdbuf", "-o0", "-e0"]  # coreutils
 #: per-read timeout inside memccapable (-t), and a bound on the whole run
 IO_TIMEOUT = 5
 RUN_TIMEOUT = 120

@@ -19,6 +19,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from contextlib import ExitStack, contextmanager
 from typing import Any, Iterator, Optional
 
@@ -954,8 +955,6 @@ def flush_all(delay: int) -> None:
 )
 def compact(wait: float) -> None:
     """Compact the data file of the server(s) now, and wait until it is done."""
-    import time
-
     config = _config()
     for server in config.servers:
         one = config.only(server)

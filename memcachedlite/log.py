@@ -532,7 +532,3 @@ class DataLog:
         except OSError:  # pragma: no cover - reported by sync() when it matters
             log.exception("final fsync of %s failed", self.path)
         os.close(self._fd)
-
-    @property
-    def closed(self) -> bool:
-        return self._closed.is_set()

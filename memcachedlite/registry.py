@@ -53,9 +53,9 @@ class Command:
 
     def accepts(self, count: int) -> bool:
         """Whether ``count`` arguments (``noreply`` removed) fit this verb."""
-        if self.arities is not None:
+        if self.arities is not None:  # every bounded row has its counts listed
             return count in self.arities
-        return count >= self.min_args and (self.max_args is None or count <= self.max_args)
+        return count >= self.min_args
 
 
 class Registry:
@@ -85,9 +85,11 @@ class Registry:
             raise ValueError(f"verb {verb.decode('ascii', 'replace')!r} is already registered")
         if max_args is not None and max_args < min_args:
             raise ValueError("max_args is smaller than min_args")
-        allowed = frozenset(arities) if arities is not None else None
-        if allowed is not None:
+        if arities is not None:
+            allowed: Optional[frozenset] = frozenset(arities)
             min_args, max_args = min(allowed), max(allowed)
+        else:
+            allowed = frozenset(range(min_args, max_args + 1)) if max_args is not None else None
         row = Command(verb, handler, min_args, max_args, data, noreply, long_line, mutates, allowed)
         self._commands[verb] = row
         return row

@@ -189,12 +189,7 @@ class Session:
                 noreply = True
             data = None
             try:
-                count = len(args)
-                if (
-                    count < row.min_args
-                    or (row.max_args is not None and count > row.max_args)
-                    or (row.arities is not None and count not in row.arities)
-                ):
+                if not row.accepts(len(args)):
                     raise BadCommandLine()
                 if row.data is not None:
                     length = parse_length(args[row.data])

@@ -238,17 +238,6 @@ class Store:
         counters["get_misses"] += 1
         return None
 
-    def get_many(self, keys: Iterable[bytes]) -> list[tuple[bytes, Item]]:
-        """The live items among ``keys``, in order, each counted as a get."""
-        with self._lock:
-            now = self.now()
-            found = []
-            for key in keys:
-                blob = self._get(key, now)
-                if blob is not None:
-                    found.append((key, decode(blob)))
-            return found
-
     def render(self, keys: list[bytes], with_cas: bool = False, lite: bool = False) -> bytes:
         """The whole reply to ``get``/``gets`` for ``keys``, ``END`` included.
 
@@ -317,8 +306,7 @@ class Store:
         in the same write. Caller holds the lock.
         """
         now = self.now()
-        if self.flush_at and self.flush_at > now and (not exptime or exptime > self.flush_at):
-            exptime = self.flush_at  # a pending flush_all covers items written before it
+        exptime = self._before_flush(exptime, now)
         items = self._items
         old = items.get(key)
         if exptime and exptime <= now:  # stored already expired: the effect is a delete
@@ -339,11 +327,9 @@ class Store:
             record += b"".join([datalog.encode_delete(v) for v in victims])
         self._append(record)
         self._next_cas = cas + 1
-        if self._undo is not None:
-            self._undo.append((key, old))
-            if victims:
-                self._undo.extend([(victim, items[victim]) for victim in victims])
+        self._remember(key, old)
         for victim in victims:
+            self._remember(victim, items[victim])
             self._drop(victim, items[victim])
         if victims:
             self.counters["evictions"] += len(victims)
@@ -353,6 +339,14 @@ class Store:
         self.bytes += grow
         self.counters["total_items"] += 1
         return cas
+
+    def _before_flush(self, exptime: int, now: int) -> int:
+        """An expiry no later than a pending delayed flush_all, which covers
+        every item written or touched before it falls due."""
+        at = self.flush_at
+        if at > now and (not exptime or exptime > at):
+            return at
+        return exptime
 
     def _victims(self, key: bytes, grow: int) -> list[bytes]:
         """Least recently used keys to evict so that ``grow`` more bytes fit.
@@ -387,8 +381,7 @@ class Store:
         if log is not None:
             size = log.append(record)
             if size > self.compact_min_size and size > 2 * self.bytes and self._compactor is None:
-                self._compactor = threading.Thread(target=self._compact_in_background, name="mcl-compact", daemon=True)
-                self._compactor.start()
+                self.start_compaction()
 
     # -- batches ------------------------------------------------------------
 
@@ -603,8 +596,7 @@ class Store:
             return None
         self.counters["touch_hits"] += 1
         absolute = self.absolute(exptime, now)
-        if self.flush_at and self.flush_at > now and (not absolute or absolute > self.flush_at):
-            absolute = self.flush_at
+        absolute = self._before_flush(absolute, now)
         self._remember(key, blob)
         if absolute and absolute <= now:
             self._append(datalog.encode_delete(key))
@@ -836,7 +828,7 @@ class Store:
             out["limit_maxbytes"] = self.memory_limit
             out["compactions"] = self.compactions
             out["compaction_failures"] = self.compaction_failures
-            out["compacting"] = int(self._compactor is not None)
+            out["compacting"] = int(self.compacting)
             out["data_file_bytes"] = self.log.size if self.log is not None else 0
             return out
 

@@ -116,7 +116,7 @@ class Running:
 
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator:
-    """Factory: start_server(store=None, settings=None, registry=None, **store_options)."""
+    """Factory: start_server(store=None, settings=None, registry=None, server_options=None, **store_options)."""
     running: list[Running] = []
     stores: list[Store] = []
 
@@ -124,12 +124,13 @@ def start_server(tmp_path: Path) -> Iterator:
         store: Optional[Store] = None,
         settings: Optional[Settings] = None,
         registry: Optional[Registry] = None,
+        server_options: Optional[dict] = None,
         **store_options: object,
     ) -> Running:
         if store is None:
             store = Store(tmp_path / f"data-{len(stores)}.txt", **store_options)  # type: ignore[arg-type]
             stores.append(store)
-        server = MemcacheServer(("127.0.0.1", 0), store, settings=settings, registry=registry)
+        server = MemcacheServer(("127.0.0.1", 0), store, settings=settings, registry=registry, **(server_options or {}))
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         thread.start()
         r = Running(server, thread)

@@ -19,28 +19,10 @@ from memcachedlite import MemcacheServer, Store
 from tests.conftest import Raw
 
 
-def start(store: Store, **options) -> tuple[MemcacheServer, threading.Thread]:
-    server = MemcacheServer(("127.0.0.1", 0), store, **options)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    return server, thread
-
-
-def stop(server: MemcacheServer, thread: threading.Thread) -> None:
-    server.stopping.set()
-    server.shutdown()
-    thread.join(10)
-    server.stop()
-
-
 @pytest.fixture
-def limited(tmp_path: Path):
+def limited(start_server) -> MemcacheServer:
     """A server that takes at most 3 connections."""
-    store = Store(tmp_path / "data.txt")
-    server, thread = start(store, max_connections=3)
-    yield server
-    stop(server, thread)
-    store.close()
+    return start_server(server_options={"max_connections": 3}).server
 
 
 def stats_of(port: int) -> dict[str, str]:
@@ -85,9 +67,8 @@ def test_worker_threads_are_reused(limited, connect) -> None:
     assert limited.pool.size == 1  # ten connections, one thread
 
 
-def test_no_evict_answers_out_of_memory(tmp_path: Path) -> None:
-    store = Store(tmp_path / "data.txt", memory_limit=4000, evict=False)
-    server, thread = start(store)
+def test_no_evict_answers_out_of_memory(start_server) -> None:
+    server = start_server(memory_limit=4000, evict=False)
     c = Raw(server.port)
     try:
         replies = [c.ask(b"set k%d 0 0 500\r\n%s\r\n" % (i, b"x" * 500)) for i in range(12)]
@@ -100,8 +81,6 @@ def test_no_evict_answers_out_of_memory(tmp_path: Path) -> None:
         assert b"STAT store_no_memory %d\r\n" % (12 - stored) in s
     finally:
         c.close()
-        stop(server, thread)
-        store.close()
 
 
 def test_lru_evicts_the_least_recently_used(tmp_path: Path) -> None:
@@ -139,51 +118,31 @@ def test_expired_items_are_reclaimed_without_being_asked_for(tmp_path: Path) -> 
         store.close()
 
 
-def test_background_sweeper_runs_in_a_served_store(tmp_path: Path) -> None:
+def test_background_sweeper_runs_in_a_served_store(start_server) -> None:
     now = [1_800_000_000.0]
-    store = Store(tmp_path / "data.txt", clock=lambda: now[0])
-    server, thread = start(store)
-    try:
-        store.set(b"soon", b"x", exptime=5)
-        now[0] += 6
-        deadline = time.monotonic() + 5
-        while len(store) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert len(store) == 0
-    finally:
-        stop(server, thread)
-        store.close()
+    store = start_server(clock=lambda: now[0]).store
+    store.set(b"soon", b"x", exptime=5)
+    now[0] += 6
+    deadline = time.monotonic() + 5
+    while len(store) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(store) == 0
 
 
-def test_idle_timeout_closes_idle_connections(tmp_path: Path) -> None:
-    store = Store(tmp_path / "data.txt")
-    server, thread = start(store, idle_timeout=0.3)
-    c = Raw(server.port)
-    try:
-        assert c.ask(b"version\r\n").startswith(b"VERSION")
-        assert c.closed_by_peer(wait=5)
-    finally:
-        c.close()
-        stop(server, thread)
-        store.close()
+def test_idle_timeout_closes_idle_connections(start_server, connect) -> None:
+    c = connect(start_server(server_options={"idle_timeout": 0.3}).port)
+    assert c.ask(b"version\r\n").startswith(b"VERSION")
+    assert c.closed_by_peer(wait=5)
 
 
 @pytest.mark.parametrize("partial", [b"get k", b"set k 0 0 10\r\nabc"], ids=["half-a-line", "half-a-block"])
-def test_read_timeout_closes_a_stalled_request(tmp_path: Path, partial: bytes) -> None:
-    store = Store(tmp_path / "data.txt")
-    server, thread = start(store, read_timeout=0.3)
-    c = Raw(server.port)
-    other = Raw(server.port)
-    try:
-        c.send(partial)
-        assert c.closed_by_peer(wait=5)
-        assert other.ask(b"version\r\n").startswith(b"VERSION")  # idle is fine: no idle timeout
-        assert store.peek(b"k") is None
-    finally:
-        c.close()
-        other.close()
-        stop(server, thread)
-        store.close()
+def test_read_timeout_closes_a_stalled_request(start_server, connect, partial: bytes) -> None:
+    server = start_server(server_options={"read_timeout": 0.3})
+    c, other = connect(server.port), connect(server.port)
+    c.send(partial)
+    assert c.closed_by_peer(wait=5)
+    assert other.ask(b"version\r\n").startswith(b"VERSION")  # idle is fine: no idle timeout
+    assert server.store.peek(b"k") is None
 
 
 def _garbage(rng: random.Random) -> bytes:

@@ -376,25 +376,22 @@ def test_a_batch_that_cannot_be_written_is_undone_and_not_acknowledged(path, mon
     s.close()
 
 
-def test_group_commit_one_fsync_covers_concurrent_writers(tmp_path, monkeypatch):
+def test_group_commit_one_fsync_covers_concurrent_writers(start_server, monkeypatch):
     """With --fsync always, writers that arrive while an fsync runs share the next one."""
     import threading
 
-    from memcachedlite import MemcacheServer
     from tests.conftest import Raw
 
     syncs = []
     real_fsync = os.fsync
 
-    def slow_fsync(fd):
+    def counted_fsync(fd):
         syncs.append(fd)
         real_fsync(fd)
 
-    monkeypatch.setattr(datalog.os, "fsync", slow_fsync)
-    store = Store(tmp_path / "data.txt", fsync="always")
-    server = MemcacheServer(("127.0.0.1", 0), store)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
+    monkeypatch.setattr(datalog.os, "fsync", counted_fsync)
+    server = start_server(fsync="always")
+    store = server.store
     writers, each = 20, 30
 
     def write(n):
@@ -405,16 +402,11 @@ def test_group_commit_one_fsync_covers_concurrent_writers(tmp_path, monkeypatch)
         finally:
             c.close()
 
-    try:
-        threads = [threading.Thread(target=write, args=(n,)) for n in range(writers)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-        assert len(store) == writers * each  # every acknowledged write...
-        assert store.log.synced == store.log.size  # ...is on disk
-        assert 0 < len(syncs) < writers * each  # and fsyncs were shared
-    finally:
-        server.stop()
-        thread.join(10)
-        store.close()
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(store) == writers * each  # every acknowledged write...
+    assert store.log.synced == store.log.size  # ...is on disk
+    assert 0 < len(syncs) < writers * each  # and fsyncs were shared

@@ -10,17 +10,16 @@ import signal
 import socket
 import ssl
 import subprocess
-import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 from click.testing import CliRunner
 from pymemcache.client.base import Client
 from pymemcache.exceptions import MemcacheClientError, MemcacheUnexpectedCloseError
 
-from memcachedlite import MemcacheServer, Session, Settings, Store
+from memcachedlite import Session, Settings, Store
 from memcachedlite.cli import main
 from memcachedlite.security import (
     MAX_AUTH_TOKEN,
@@ -101,26 +100,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
 
 
 @pytest.fixture
-def start(tmp_path: Path) -> Iterator:
+def start(start_server) -> Callable[..., Running]:
     """Factory: an in-process server on 127.0.0.1 with server options (TLS, auth file...)."""
-    running: list[Running] = []
-    stores: list[Store] = []
-
-    def start_(**server_options: object) -> Running:
-        store = Store(tmp_path / f"data-{len(stores)}.txt")
-        stores.append(store)
-        server = MemcacheServer(("127.0.0.1", 0), store, **server_options)  # type: ignore[arg-type]
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        thread.start()
-        r = Running(server, thread)
-        running.append(r)
-        return r
-
-    yield start_
-    for r in running:
-        r.stop()
-    for s in stores:
-        s.close()
+    return lambda **server_options: start_server(server_options=server_options)
 
 
 class TLSRaw(Raw):

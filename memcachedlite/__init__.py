@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 
 from . import admin as _admin  # noqa: E402,F401  (registers lru_crawler metadump)
 from . import commands as _commands  # noqa: E402,F401  (registers the built-in verbs)
+from . import meta as _meta  # noqa: E402,F401  (registers the meta verbs)
 from .errors import (  # noqa: E402
     BadCommandLine,
     ClientError,

@@ -62,8 +62,15 @@ def metadump_lines(ctx: Session) -> bytes:
         exp = item.exptime if item.exptime else -1
         size = len(key) + len(item.value) + ITEM_OVERHEAD
         lines.append(
-            b"key=%s exp=%d la=%d cas=%d fetch=no cls=1 size=%d\n"
-            % (quote_from_bytes(key, safe="").encode("ascii"), exp, now, item.cas, size)
+            b"key=%s exp=%d la=%d cas=%d fetch=%s cls=1 size=%d\n"
+            % (
+                quote_from_bytes(key, safe="").encode("ascii"),
+                exp,
+                item.atime or now,
+                item.cas,
+                b"yes" if item.fetched else b"no",
+                size,
+            )
         )
     return b"".join(lines)
 

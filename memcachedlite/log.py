@@ -7,8 +7,13 @@ File format (version 1), documented in ``docs/data-file.md``::
     set <key> <flags> <exptime> <bytes> <cas> <crc>\\r\\n<data>\\r\\n
     delete <key> <crc>\\r\\n
     touch <key> <exptime> <crc>\\r\\n
+    invalidate <key> <cas> <crc>\\r\\n
     flush_all <at> <crc>\\r\\n
     next_cas <cas> <crc>\\r\\n
+
+A key is written as it is, except a key stored through the meta protocol's
+base64 form (``b`` flag), which may hold any byte, written ``=<base64>``, and
+a text key beginning with ``=``, written with one more ``=`` in front.
 
 Fields are ASCII decimal; ``exptime`` and ``at`` are absolute unix times (0:
 never / now). ``crc`` is the CRC-32 of the line before the space that
@@ -19,6 +24,7 @@ replay never needs a user's module.
 
 from __future__ import annotations
 
+import binascii
 import contextlib
 import errno
 import fcntl
@@ -43,22 +49,55 @@ FSYNC_POLICIES = ("always", "everysec", "no")
 Record = tuple  # ("set", key, value, flags, exptime, cas) | ("delete", key) | ...
 
 
+def key_field(key: bytes, binary: bool = False) -> bytes:
+    """How ``key`` is written in a record (see the module docstring).
+
+    ``binary`` keys (stored with the meta ``b`` flag) go in base64 so that
+    any byte is safe and a replay knows to answer them in base64 again.
+    """
+    if binary:
+        return b"=" + binascii.b2a_base64(key, newline=False)
+    if key[:1] == b"=":
+        return b"=" + key
+    return key
+
+
+def read_key(field: bytes) -> tuple[bytes, bool]:
+    """The key a record's key field stands for, and whether it is binary."""
+    if field[:2] == b"==":
+        return field[1:], False
+    if field[:1] == b"=":
+        return binascii.a2b_base64(field[1:]), True
+    return field, False
+
+
 def _seal(head: bytes, data: bytes = b"") -> bytes:
     crc = crc32(data, crc32(head)) if data else crc32(head)
     return b"%s %08x\r\n" % (head, crc)
 
 
-def encode_set(key: bytes, value: bytes, flags: int, exptime: int, cas: int) -> bytes:
-    head = b"set %s %d %d %d %d" % (key, flags, exptime, len(value), cas)
+def encode_set(key: bytes, value: bytes, flags: int, exptime: int, cas: int, binary: bool = False) -> bytes:
+    if binary or key[0] == 61:  # "=": see key_field
+        key = key_field(key, binary)
+    return _set_record(key, value, flags, exptime, cas)
+
+
+def _set_record(field: bytes, value: bytes, flags: int, exptime: int, cas: int) -> bytes:
+    head = b"set %s %d %d %d %d" % (field, flags, exptime, len(value), cas)
     return b"%s %08x\r\n%s\r\n" % (head, crc32(value, crc32(head)), value)
 
 
-def encode_delete(key: bytes) -> bytes:
-    return _seal(b"delete " + key)
+def encode_delete(key: bytes, binary: bool = False) -> bytes:
+    return _seal(b"delete " + key_field(key, binary))
 
 
-def encode_touch(key: bytes, exptime: int) -> bytes:
-    return _seal(b"touch %s %d" % (key, exptime))
+def encode_touch(key: bytes, exptime: int, binary: bool = False) -> bytes:
+    return _seal(b"touch %s %d" % (key_field(key, binary), exptime))
+
+
+def encode_invalidate(key: bytes, cas: int, binary: bool = False) -> bytes:
+    """The item under ``key`` is now stale, with this cas (meta delete with ``I``)."""
+    return _seal(b"invalidate %s %d" % (key_field(key, binary), cas))
 
 
 def encode_flush(at: int) -> bytes:
@@ -114,6 +153,8 @@ def parse_one(buf: bytes, pos: int) -> tuple[Record, int]:
                 return (b"delete", parts[1]), eol + 1
             if verb == b"touch" and len(parts) == 4:
                 return (b"touch", parts[1], int(parts[2])), eol + 1
+            if verb == b"invalidate" and len(parts) == 4:
+                return (b"invalidate", parts[1], int(parts[2])), eol + 1
             if verb == b"flush_all" and len(parts) == 3:
                 return (b"flush_all", int(parts[1])), eol + 1
             if verb == b"next_cas" and len(parts) == 3:
@@ -143,8 +184,10 @@ def load_records(
 ) -> tuple[int, int]:
     """Replay ``buf`` from ``start`` into ``items`` (key -> the store's item
     form, ``pack(cas, exptime, flags) + b" <flags> <bytes>\\r\\n<value>\\r\\n"``,
-    see :mod:`memcachedlite.store`); every record but ``set`` goes to
-    ``on_other``. Returns the number of records and the highest cas seen.
+    see :mod:`memcachedlite.store`); every other record, and a ``set`` of a
+    key written in its ``=`` form (see :func:`key_field`), goes to
+    ``on_other``. Returns the number of records and the highest cas seen
+    by this loop.
 
     This is :func:`parse_records` with the common ``set`` record inlined,
     because start-up time is mostly this loop; anything unusual takes the
@@ -163,7 +206,12 @@ def load_records(
                 _, key, flags, exptime, length, cas, crc = head.split(b" ")
                 end = eol + 2 + int(length)
                 value = buf[eol + 2 : end]
-                if eol > 0 and buf[end : end + 2] == b"\r\n" and crc32(value, crc32(head[:-9])) == int(crc, 16):
+                if (
+                    eol > 0
+                    and key[0] != 61
+                    and buf[end : end + 2] == b"\r\n"
+                    and crc32(value, crc32(head[:-9])) == int(crc, 16)
+                ):
                     number = int(cas)
                     meta = pack(number, 0 if exptime == b"0" else int(exptime), 0 if flags == b"0" else int(flags))
                     # the value is followed by CRLF in the file too: one slice takes both
@@ -181,7 +229,7 @@ def load_records(
             bad.progress = (count, max_cas)
             raise
         count += 1
-        if record[0] == b"set":  # pragma: no cover - the fast path takes every good set
+        if record[0] == b"set" and record[1][0] != 61:  # pragma: no cover - the fast path takes these
             _, key, value, flags, exptime, cas = record
             items[key] = b"%b %d %d\r\n%b\r\n" % (pack(cas, exptime, flags), flags, len(value), value)
             max_cas = max(max_cas, cas)
@@ -190,7 +238,7 @@ def load_records(
     return count, max_cas
 
 
-_RECORD_START = re.compile(rb"\r\n(?=(?:set|delete|touch|flush_all|next_cas) )")
+_RECORD_START = re.compile(rb"\r\n(?=(?:set|delete|touch|invalidate|flush_all|next_cas) )")
 
 
 def next_valid_record(buf: bytes, start: int) -> Optional[int]:
@@ -240,15 +288,18 @@ def salvage(buf: bytes) -> tuple[list[Record], RepairReport]:
 
 
 def encode(record: Record) -> bytes:
-    """The bytes of one parsed record (the inverse of :func:`parse_records`)."""
+    """The bytes of one parsed record (the inverse of :func:`parse_records`;
+    keys stay in their written form, see :func:`read_key`)."""
     kind = record[0]
     if kind == b"set":
-        _, key, value, flags, exptime, cas = record
-        return encode_set(key, bytes(value), flags, exptime, cas)
+        _, field, value, flags, exptime, cas = record
+        return _set_record(field, bytes(value), flags, exptime, cas)
     if kind == b"delete":
-        return encode_delete(record[1])
+        return _seal(b"delete " + record[1])
     if kind == b"touch":
-        return encode_touch(record[1], record[2])
+        return _seal(b"touch %s %d" % (record[1], record[2]))
+    if kind == b"invalidate":
+        return _seal(b"invalidate %s %d" % (record[1], record[2]))
     if kind == b"flush_all":
         return encode_flush(record[1])
     return encode_next_cas(record[1])

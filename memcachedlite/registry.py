@@ -38,7 +38,10 @@ class Command:
     command line, or ``None`` when the verb takes no data block.
     ``long_line`` lets the command line exceed the usual limit, as memcached
     allows for ``get`` with many keys. ``arities``, when given, lists the only
-    argument counts accepted (``set`` takes 2 or 4, never 3).
+    argument counts accepted (``set`` takes 2 or 4, never 3). ``check``, for
+    verbs with a data block, vets the command line before the block is read:
+    an error it raises leaves the block unread, to be taken as the next
+    command (as memcached does for a meta set with a bad key).
     """
 
     name: bytes
@@ -50,6 +53,7 @@ class Command:
     long_line: bool = False
     mutates: bool = False
     arities: Optional[frozenset] = None
+    check: Optional[Callable[[list], None]] = None
 
     def accepts(self, count: int) -> bool:
         """Whether ``count`` arguments (``noreply`` removed) fit this verb."""
@@ -76,6 +80,7 @@ class Registry:
         long_line: bool = False,
         mutates: bool = False,
         arities: Optional[Iterable[int]] = None,
+        check: Optional[Callable[[list], None]] = None,
     ) -> Command:
         """Register ``handler`` for ``name``; the explicit form of :meth:`command`."""
         verb = name.encode("ascii") if isinstance(name, str) else bytes(name)
@@ -90,7 +95,7 @@ class Registry:
             min_args, max_args = min(allowed), max(allowed)
         else:
             allowed = frozenset(range(min_args, max_args + 1)) if max_args is not None else None
-        row = Command(verb, handler, min_args, max_args, data, noreply, long_line, mutates, allowed)
+        row = Command(verb, handler, min_args, max_args, data, noreply, long_line, mutates, allowed, check)
         self._commands[verb] = row
         return row
 

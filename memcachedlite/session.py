@@ -192,6 +192,8 @@ class Session:
                 if not row.accepts(len(args)):
                     raise BadCommandLine()
                 if row.data is not None:
+                    if row.check is not None:
+                        row.check(args)
                     length = parse_length(args[row.data])
                     start = eol + 1
                     if length > self.settings.max_item_size:

@@ -9,15 +9,24 @@ and memory is left as it was.
 Items are kept as one bytes object each, laid out so that a ``get`` reply is
 ``b"VALUE " + key + item[META:]``::
 
-    pack(cas, exptime, flags)  b" <flags> <bytes>\r\n"  <value>  b"\r\n"
+    pack(atime, state, cas, exptime, flags)  b" <flags> <bytes>\r\n"  <value>  b"\r\n"
 
-(``pack`` is the 20-byte little-endian struct ``<QqI``). One object per item
-instead of a tuple of four keeps memory close to memcached's and makes reads a
-single concatenation; :class:`Item` is the decoded view handed to callers.
+(``pack`` is the 25-byte little-endian struct ``<IBQqI``: last access time,
+state bits, cas, exptime, client flags). One object per item instead of a
+tuple keeps memory close to memcached's and makes reads a single
+concatenation; :class:`Item` is the decoded view handed to callers.
+
+The state bits are memcached's: whether the item was fetched since it was
+stored, whether it was marked stale (meta delete with ``I``), and whether a
+client was already told it won the right to recache it. The last access time
+is refreshed when a read moves the item in the LRU order, at most once per
+round (see :meth:`Store._bump`), as memcached refreshes it at most once a
+minute.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import struct
@@ -71,39 +80,77 @@ _COUNTERS = [
 ]
 
 
+#: Item state bits (memcached's ITEM_FETCHED, and the meta protocol's stale
+#: and win-token-sent marks).
+FETCHED = 1
+STALE = 2
+WIN_SENT = 4
+#: The key was given in base64 (meta ``b``): the meta ``k`` flag answers in base64.
+BINARY_KEY = 8
+
+
 class Item(NamedTuple):
-    """One stored value. ``exptime`` is an absolute unix time, 0 for never."""
+    """One stored value. ``exptime`` is an absolute unix time, 0 for never;
+    ``atime`` the unix time of the last access; ``state`` the bits above."""
 
     value: bytes
     flags: int
     exptime: int
     cas: int
+    atime: int = 0
+    state: int = 0
+
+    @property
+    def fetched(self) -> bool:
+        return bool(self.state & FETCHED)
+
+    @property
+    def stale(self) -> bool:
+        return bool(self.state & STALE)
+
+    @property
+    def win_sent(self) -> bool:
+        return bool(self.state & WIN_SENT)
 
 
-_META = struct.Struct("<QqI")  # cas, exptime, flags
+_META = struct.Struct("<IBQqI")  # atime, state, cas, exptime, flags
 META = _META.size
 pack_meta = _META.pack
 _unpack = _META.unpack_from
+_STATE = 4  # offset of the state byte
+_EXP = slice(13, 21)  # where exptime lies, to test it for 0 without unpacking
 _NEVER = bytes(8)  # exptime 0, as packed
 
 
-def make_item(value: bytes, flags: int, exptime: int, cas: int) -> bytes:
+def make_item(value: bytes, flags: int, exptime: int, cas: int, atime: int = 0, state: int = 0) -> bytes:
     """The stored form of an item (see the module docstring)."""
-    return b"%b %d %d\r\n%b\r\n" % (pack_meta(cas, exptime, flags), flags, len(value), value)
+    return b"%b %d %d\r\n%b\r\n" % (pack_meta(atime, state, cas, exptime, flags), flags, len(value), value)
 
 
 def decode(blob: bytes) -> Item:
-    cas, exptime, flags = _unpack(blob)
-    return Item(blob[blob.index(b"\n", META) + 1 : -2], flags, exptime, cas)
+    atime, state, cas, exptime, flags = _unpack(blob)
+    return Item(blob[blob.index(b"\n", META) + 1 : -2], flags, exptime, cas, atime, state)
 
 
 def _exptime(blob: bytes) -> int:
-    return 0 if blob[8:16] == _NEVER else _unpack(blob)[1]
+    return 0 if blob[_EXP] == _NEVER else _unpack(blob)[3]
+
+
+def _cas(blob: bytes) -> int:
+    return _unpack(blob)[2]
 
 
 def _with_exptime(blob: bytes, exptime: int) -> bytes:
-    cas, _, flags = _unpack(blob)
-    return pack_meta(cas, exptime, flags) + blob[META:]
+    atime, state, cas, _, flags = _unpack(blob)
+    return pack_meta(atime, state, cas, exptime, flags) + blob[META:]
+
+
+def _with_state(blob: bytes, state: int, atime: Optional[int] = None, cas: Optional[int] = None) -> bytes:
+    old_atime, _, old_cas, exptime, flags = _unpack(blob)
+    return (
+        pack_meta(old_atime if atime is None else atime, state, old_cas if cas is None else cas, exptime, flags)
+        + blob[META:]
+    )
 
 
 def _size(key: bytes, blob: bytes) -> int:
@@ -189,7 +236,7 @@ class Store:
         blob = self._items.get(key)
         if blob is None:
             return None
-        if blob[8:16] != _NEVER and 0 < _unpack(blob)[1] <= now:
+        if blob[_EXP] != _NEVER and 0 < _unpack(blob)[3] <= now:
             self._drop(key, blob)
             self.counters["reclaimed"] += 1
             return None
@@ -199,22 +246,29 @@ class Store:
         del self._items[key]
         self.bytes -= _size(key, blob)
 
-    def _bump(self, key: bytes, blob: bytes) -> None:
-        """Move a read item to the young end of the LRU order.
+    def _bump(self, key: bytes, blob: bytes, now: int) -> bytes:
+        """Record a read of ``key``: mark it fetched and, once per round, move
+        it to the young end of the LRU order with ``now`` as its last access.
+        Returns the item as stored afterwards.
 
         memcached bumps an item at most once a minute; here at most once per
         round, a round ending when half the items have been bumped. That keeps
         reads from re-inserting hot keys over and over, which would make the
-        table grow and rebuild itself all the time.
+        table grow and rebuild itself all the time. Callers skip the call when
+        the key is already in ``_bumped`` and the item is marked fetched.
         """
         bumped = self._bumped
+        items = self._items
         if key not in bumped:
-            if len(bumped) > len(self._items) >> 1:
+            if len(bumped) > len(items) >> 1:
                 bumped.clear()
             bumped.add(key)
-            items = self._items
+            blob = _with_state(blob, blob[_STATE] | FETCHED, atime=now)
             del items[key]
-            items[key] = blob
+        elif not blob[_STATE] & FETCHED:
+            blob = _with_state(blob, blob[_STATE] | FETCHED)
+        items[key] = blob
+        return blob
 
     def get(self, key: bytes) -> Optional[Item]:
         """The live item under ``key``, counted as a get."""
@@ -227,12 +281,13 @@ class Store:
         counters["cmd_get"] += 1
         blob = self._items.get(key)
         if blob is not None:
-            if blob[8:16] != _NEVER and 0 < _unpack(blob)[1] <= now:
+            if blob[_EXP] != _NEVER and 0 < _unpack(blob)[3] <= now:
                 self._drop(key, blob)
                 counters["get_expired"] += 1
                 counters["reclaimed"] += 1
             else:
-                self._bump(key, blob)
+                if key not in self._bumped or not blob[_STATE] & FETCHED:
+                    self._bump(key, blob, now)
                 counters["get_hits"] += 1
                 return blob
         counters["get_misses"] += 1
@@ -256,17 +311,17 @@ class Store:
                 blob = get(key)
                 if blob is None:
                     continue
-                if blob[8:16] != _NEVER and 0 < _unpack(blob)[1] <= now:
+                if blob[_EXP] != _NEVER and 0 < _unpack(blob)[3] <= now:
                     self._drop(key, blob)
                     counters["get_expired"] += 1
                     counters["reclaimed"] += 1
                     continue
                 hits += 1
-                if key not in bumped:
-                    self._bump(key, blob)
+                if key not in bumped or not blob[_STATE] & FETCHED:
+                    self._bump(key, blob, now)
                 if with_cas:
                     end = blob.index(b"\r\n", META)
-                    add((b"VALUE ", key, b"%b %d" % (blob[META:end], _unpack(blob)[0]), blob[end:]))
+                    add((b"VALUE ", key, b"%b %d" % (blob[META:end], _cas(blob)), blob[end:]))
                 elif lite:
                     end = blob.index(b"\r\n", META)
                     add((b"VALUE ", key, b" %d" % (len(blob) - end - 4), blob[end:]))
@@ -299,34 +354,45 @@ class Store:
         self._next_cas = cas + 1
         return cas
 
-    def _write(self, key: bytes, value: bytes, flags: int, exptime: int) -> int:
+    def _write(
+        self, key: bytes, value: bytes, flags: int, exptime: int, cas: Optional[int] = None, state: int = 0
+    ) -> int:
         """Log and apply a set of ``key``; the one path every store takes.
 
-        ``exptime`` is already absolute. Evicted items are logged as deletes
-        in the same write. Caller holds the lock.
+        ``exptime`` is already absolute. ``cas`` overrides the next cas value
+        (the meta protocol's ``E`` flag) and ``state`` gives the new item's
+        state bits (a stale item is logged as its set and an invalidate).
+        Evicted items are logged as deletes in the same write. Caller holds
+        the lock.
         """
         now = self.now()
         exptime = self._before_flush(exptime, now)
         items = self._items
         old = items.get(key)
+        binary = bool(state & BINARY_KEY)
         if exptime and exptime <= now:  # stored already expired: the effect is a delete
             if old is not None:
-                self._append(datalog.encode_delete(key))
+                self._append(datalog.encode_delete(key, binary))
                 self._remember(key, old)
                 self._drop(key, old)
             self.counters["total_items"] += 1
             return 0
-        cas = self._next_cas
-        blob = make_item(value, flags, exptime, cas)
+        given = cas is not None
+        if cas is None:
+            cas = self._next_cas
+        blob = make_item(value, flags, exptime, cas, now, state)
         if exptime:
             self._may_expire = self._expiring_seen = True
         grow = len(blob) - len(old) if old is not None else _size(key, blob)
         victims = self._victims(key, grow) if self.bytes + grow > self.memory_limit else ()
-        record = datalog.encode_set(key, value, flags, exptime, cas)
+        record = datalog.encode_set(key, value, flags, exptime, cas, binary)
+        if state & STALE:
+            record += datalog.encode_invalidate(key, cas, binary)
         if victims:
-            record += b"".join([datalog.encode_delete(v) for v in victims])
+            record += b"".join([datalog.encode_delete(v, bool(items[v][_STATE] & BINARY_KEY)) for v in victims])
         self._append(record)
-        self._next_cas = cas + 1
+        if not given:
+            self._next_cas = cas + 1
         self._remember(key, old)
         for victim in victims:
             self._remember(victim, items[victim])
@@ -458,7 +524,9 @@ class Store:
             self.counters["cmd_set"] += 1
             blob = self._live(key, self.now())
             if blob is not None:
-                self._bump(key, blob)  # memcached bumps the item it refused to replace
+                # memcached moves the item it refused to replace up the LRU order
+                del self._items[key]
+                self._items[key] = blob
                 return False
             self._write(key, value, flags, self.absolute(exptime))
             return True
@@ -510,7 +578,7 @@ class Store:
             if blob is None:
                 counters["cas_misses"] += 1
                 return None
-            if _unpack(blob)[0] != unique:
+            if _cas(blob) != unique:
                 counters["cas_badval"] += 1
                 return False
             self._write(key, value, flags, self.absolute(exptime))
@@ -536,13 +604,87 @@ class Store:
             self._write(key, value, old.flags, old.exptime)
             return decode(self._items[key])
 
+    # -- primitives for the meta protocol -----------------------------------
+
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
+        """Hold the store's lock, so that a sequence of calls (a meta command
+        reads, decides, then writes) is one step to every other connection."""
+        with self._lock:
+            yield
+
+    def fetch(self, key: bytes, bump: bool = True) -> Optional[Item]:
+        """The live item under ``key`` as it was before this read, counted as
+        a get. The read marks the item fetched and refreshes its place in the
+        LRU order, unless ``bump`` is False (meta ``u``)."""
+        with self._lock:
+            now = self.now()
+            if bump:
+                blob = self._get(key, now)
+            else:
+                blob = self._live(key, now)
+                counters = self.counters
+                counters["cmd_get"] += 1
+                counters["get_hits" if blob is not None else "get_misses"] += 1
+            return None if blob is None else decode(blob)
+
+    def put(
+        self,
+        key: bytes,
+        value: bytes,
+        flags: int = 0,
+        exptime: int = 0,
+        *,
+        cas: Optional[int] = None,
+        stale: bool = False,
+        state: int = 0,
+    ) -> int:
+        """Store unconditionally with an *absolute* ``exptime``; returns the cas.
+
+        ``cas`` gives the item that cas instead of the next one; ``stale``
+        stores it already marked stale; ``state`` sets further state bits
+        (an item made by the meta protocol's vivify-on-miss starts with its
+        win token sent). The meta commands decide the conditions themselves
+        under :meth:`atomic`.
+        """
+        with self._lock:
+            self.counters["cmd_set"] += 1
+            return self._write(key, value, flags, exptime, cas, state | (STALE if stale else 0))
+
+    def mark(self, key: bytes, *, stale: bool = False, win: Optional[bool] = None, cas: Optional[int] = None) -> bool:
+        """Change the meta state of the live item under ``key``; False if none.
+
+        ``stale`` marks it stale and gives it a new cas (``cas``, or the next
+        one): a logged change, so a restart keeps it. ``win`` sets or clears
+        the mark that a client was told to recache the item; that mark is not
+        logged and lasts while the server runs, as in memcached.
+        """
+        with self._lock:
+            blob = self._live(key, self.now())
+            if blob is None:
+                return False
+            state = blob[_STATE]
+            if win is not None:
+                state = state | WIN_SENT if win else state & ~WIN_SENT
+            if not stale:
+                self._items[key] = _with_state(blob, state)
+                return True
+            if cas is None:
+                cas = self._next_cas
+            self._append(datalog.encode_invalidate(key, cas, bool(state & BINARY_KEY)))
+            if cas == self._next_cas:
+                self._next_cas = cas + 1
+            self._remember(key, blob)
+            self._items[key] = _with_state(blob, state | STALE, cas=cas)
+            return True
+
     def delete(self, key: bytes) -> bool:
         with self._lock:
             blob = self._live(key, self.now())
             if blob is None:
                 self.counters["delete_misses"] += 1
                 return False
-            self._append(datalog.encode_delete(key))
+            self._append(datalog.encode_delete(key, bool(blob[_STATE] & BINARY_KEY)))
             self._remember(key, blob)
             self._drop(key, blob)
             self.counters["delete_hits"] += 1
@@ -598,11 +740,12 @@ class Store:
         absolute = self.absolute(exptime, now)
         absolute = self._before_flush(absolute, now)
         self._remember(key, blob)
+        binary = bool(blob[_STATE] & BINARY_KEY)
         if absolute and absolute <= now:
-            self._append(datalog.encode_delete(key))
+            self._append(datalog.encode_delete(key, binary))
             self._drop(key, blob)
             return decode(blob)
-        self._append(datalog.encode_touch(key, absolute))
+        self._append(datalog.encode_touch(key, absolute, binary))
         blob = _with_exptime(blob, absolute)
         if absolute:
             self._may_expire = self._expiring_seen = True
@@ -680,8 +823,8 @@ class Store:
             expiring = False
             for key in keys:
                 blob = items.get(key)
-                if blob is not None and blob[8:16] != _NEVER:
-                    if _unpack(blob)[1] <= now:
+                if blob is not None and blob[_EXP] != _NEVER:
+                    if _unpack(blob)[3] <= now:
                         self._drop(key, blob)
                         dropped += 1
                     else:
@@ -733,10 +876,13 @@ class Store:
                 encode = datalog.encode_set
                 chunk: list[bytes] = []
                 for key, blob in snapshot.items():
-                    value, flags, exptime, cas = decode(blob)
+                    value, flags, exptime, cas, _, state = decode(blob)
                     if exptime and exptime <= now:
                         continue
-                    chunk.append(encode(key, value, flags, exptime, cas))
+                    binary = bool(state & BINARY_KEY)
+                    chunk.append(encode(key, value, flags, exptime, cas, binary))
+                    if state & STALE:
+                        chunk.append(datalog.encode_invalidate(key, cas, binary))
                     if len(chunk) >= 2048:
                         rewrite.write(b"".join(chunk))
                         chunk.clear()
@@ -789,22 +935,35 @@ class Store:
 
         def apply(record: tuple) -> None:
             kind = record[0]
-            if kind == b"delete":
-                items.pop(record[1], None)
-            elif kind == b"touch":
-                old = items.get(record[1])
-                if old is not None:
-                    items[record[1]] = _with_exptime(old, record[2])
-            elif kind == b"flush_all":
+            if kind == b"flush_all":
                 if record[1] <= now:
                     items.clear()  # in place: the loader keeps filling this very dict
                     self.flush_at = 0
                 else:
                     self._flush(record[1], now)
-            else:  # next_cas, written by compaction
+                return
+            if kind == b"next_cas":  # written by compaction
                 next_cas[0] = max(next_cas[0], record[1])
+                return
+            key, binary = datalog.read_key(record[1])
+            if kind == b"set":  # of a key written in its "=" form
+                _, _, value, flags, exptime, cas = record
+                items.pop(key, None)  # re-inserted at the young end, as the loader does
+                items[key] = make_item(bytes(value), flags, exptime, cas, now, BINARY_KEY if binary else 0)
+                next_cas[0] = max(next_cas[0], cas + 1)
+            elif kind == b"delete":
+                items.pop(key, None)
+            elif kind == b"touch":
+                old = items.get(key)
+                if old is not None:
+                    items[key] = _with_exptime(old, record[2])
+            else:  # invalidate
+                old = items.get(key)
+                if old is not None:
+                    items[key] = _with_state(old, old[_STATE] | STALE, cas=record[2])
+                    next_cas[0] = max(next_cas[0], record[2] + 1)
 
-        count, max_cas = self.log.load(items, pack_meta, apply)
+        count, max_cas = self.log.load(items, functools.partial(pack_meta, now, 0), apply)
         for key in [k for k, b in items.items() if 0 < _exptime(b) <= now]:
             del items[key]
         self.bytes = sum(map(len, items)) + sum(map(len, items.values())) + ITEM_OVERHEAD * len(items)

@@ -52,9 +52,12 @@ class Raw:
         return data
 
     def reply(self) -> bytes:
-        """One whole reply: a single line, or VALUE/STAT lines up to END."""
+        """One whole reply: a single line, VALUE/STAT lines up to END, or a
+        meta ``VA`` line with its data block."""
         line = self.readline()
         out = line
+        if line.startswith(b"VA "):
+            return out + self.read_exactly(int(line.split()[1]) + 2)
         while line.startswith((b"VALUE ", b"STAT ")):
             if line.startswith(b"VALUE "):
                 size = int(line.split()[3])

@@ -161,8 +161,8 @@ class Conversation:
         return b"".join(out)
 
 
-def converse(port: int, scenario: Scenario) -> list[bytes]:
-    talk = Conversation(port, scenario.pad)
+def converse(port: int, scenario: Scenario, conversation: type = Conversation) -> list[bytes]:
+    talk = conversation(port, scenario.pad)
     try:
         talk.step(b"flush_all\r\n")
         return [talk.step(step) for step in scenario.steps]

@@ -3,6 +3,7 @@ restart from the data file must give back the very same state."""
 
 from __future__ import annotations
 
+import base64
 import itertools
 import threading
 from pathlib import Path
@@ -11,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from memcachedlite import MemcacheServer, Store
+from memcachedlite.store import BINARY_KEY
 from tests.conftest import Raw
 
 KEYS = [b"a", b"b", b"c", b"n"]
@@ -22,6 +24,17 @@ values = st.binary(max_size=12) | st.sampled_from([b"0", b"7", b"184467440737095
 flags = st.sampled_from([0, 1, 2**32 - 1])
 # relative, absolute (beyond 30 days), negative, none
 exptimes = st.sampled_from([0, 0, 5, 100, -1, START + 50, 60 * 60 * 24 * 31])
+
+
+def meta_flags(choices: list[str]):
+    """A few distinct meta flags, as the tail of a command line."""
+    return st.lists(st.sampled_from(choices), unique=True, max_size=4).map(
+        lambda chosen: "".join(" " + flag for flag in chosen).encode()
+    )
+
+
+def _meta_key(key: bytes, flags: bytes) -> bytes:
+    return base64.b64encode(key) if b" b" in flags else key
 
 
 def storage(verb: str):
@@ -47,11 +60,28 @@ commands = st.one_of(
     st.tuples(exptimes, keys).map(lambda t: b"gat %d %s\r\n" % t),
     st.sampled_from([b"flush_all\r\n", b"flush_all 10\r\n"]),
     st.integers(1, 20).map(lambda s: ("tick", s)),
+    # the meta commands, with the flags that change what is stored
+    st.tuples(keys, values, meta_flags(["T5", "T-1", "F3", "MA", "MP", "ME", "MR", "I", "C2", "E99", "b"])).map(
+        lambda t: b"ms %s %d%s\r\n%s\r\n" % (_meta_key(t[0], t[2]), len(t[1]), t[2], t[1])
+    ),
+    st.tuples(keys, meta_flags(["I", "T30", "x", "C1", "E77", "b"])).map(
+        lambda t: b"md %s%s\r\n" % (_meta_key(t[0], t[1]), t[1])
+    ),
+    st.tuples(keys, meta_flags(["N0", "N50", "J9", "D3", "MD", "T7", "E55", "b"])).map(
+        lambda t: b"ma %s%s\r\n" % (_meta_key(t[0], t[1]), t[1])
+    ),
+    st.tuples(keys, meta_flags(["N20", "T9", "v", "b"])).map(lambda t: b"mg %s%s\r\n" % (_meta_key(t[0], t[1]), t[1])),
 )
 
 
 def snapshot(store: Store) -> dict:
-    return {k: store.peek(k) for k in store.keys()}
+    """What the data file keeps of each item: not the last access time nor
+    whether it was fetched, which last only while the server runs."""
+    out = {}
+    for key in store.keys():
+        item = store.peek(key)
+        out[key] = (item.value, item.flags, item.exptime, item.cas, item.stale, item.state & BINARY_KEY)
+    return out
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

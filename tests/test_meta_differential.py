@@ -600,3 +600,19 @@ def test_meta_harness_normalises(shared_memcached: int) -> None:
     assert theirs[5] == b"EX c0\r\n"
     scenario.pad = True
     assert converse(shared_memcached, scenario)[3] == b"VA 1 s1\r\n9\r\n"
+
+
+def test_documented_me_exp_sign(shared_memcached: int, server) -> None:
+    """memcached 1.6.18's ``me`` prints the TTL left negated; ours prints it as it is."""
+
+    def exp(port: int) -> int:
+        raw = Raw(port, timeout=READ_TIMEOUT)
+        try:
+            raw.ask(b"ms ttl 1 T100\r\nx\r\n")
+            line = raw.ask(b"me ttl\r\n")
+        finally:
+            raw.close()
+        return int(re.search(rb" exp=(-?\d+) ", line).group(1))
+
+    assert -100 <= exp(shared_memcached) <= -99
+    assert 99 <= exp(server.port) <= 100

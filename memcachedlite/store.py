@@ -9,19 +9,21 @@ and memory is left as it was.
 Items are kept as one bytes object each, laid out so that a ``get`` reply is
 ``b"VALUE " + key + item[META:]``::
 
-    pack(atime, state, cas, exptime, flags)  b" <flags> <bytes>\r\n"  <value>  b"\r\n"
+    pack(fetched, atime, state, cas, exptime, flags)  b" <flags> <bytes>\r\n"  <value>  b"\r\n"
 
-(``pack`` is the 25-byte little-endian struct ``<IBQqI``: last access time,
-state bits, cas, exptime, client flags). One object per item instead of a
-tuple keeps memory close to memcached's and makes reads a single
-concatenation; :class:`Item` is the decoded view handed to callers.
+(``pack`` is the 26-byte big-endian struct ``>BIBQqI``: whether the item was
+fetched, its last access time, the other state bits, cas, exptime, client
+flags). One object per item instead of a tuple keeps memory close to
+memcached's and makes reads a single concatenation; :class:`Item` is the
+decoded view handed to callers. The fetched byte and the access time lead,
+big-endian, so that one comparison of the first five bytes tells whether a
+read must refresh them (see :meth:`Store._bump`).
 
 The state bits are memcached's: whether the item was fetched since it was
-stored, whether it was marked stale (meta delete with ``I``), and whether a
-client was already told it won the right to recache it. The last access time
-is refreshed when a read moves the item in the LRU order, at most once per
-round (see :meth:`Store._bump`), as memcached refreshes it at most once a
-minute.
+stored, whether it was marked stale (meta delete with ``I``), whether a
+client was already told it won the right to recache it, and whether its key
+was given in base64. As in memcached, a read refreshes the last access time,
+and moves the item to the young end of the LRU order, at most once a minute.
 """
 
 from __future__ import annotations
@@ -113,44 +115,54 @@ class Item(NamedTuple):
         return bool(self.state & WIN_SENT)
 
 
-_META = struct.Struct("<IBQqI")  # atime, state, cas, exptime, flags
+_META = struct.Struct(">BIBQqI")  # fetched, atime, state, cas, exptime, flags
 META = _META.size
 pack_meta = _META.pack
 _unpack = _META.unpack_from
-_STATE = 4  # offset of the state byte
-_EXP = slice(13, 21)  # where exptime lies, to test it for 0 without unpacking
+_STATE = 5  # offset of the state byte (every bit but FETCHED, which has its own)
+_EXP = slice(14, 22)  # where exptime lies, to test it for 0 without unpacking
 _NEVER = bytes(8)  # exptime 0, as packed
+_recent = struct.Struct(">BI").pack
+#: A read refreshes an item's last access time and LRU place at most this
+#: often (memcached's ITEM_UPDATE_INTERVAL), so hot items are not rebuilt.
+ATIME_INTERVAL = 60
+
+
+def _header(state: int, atime: int, cas: int, exptime: int, flags: int) -> bytes:
+    return pack_meta(state & FETCHED, atime, state & ~FETCHED, cas, exptime, flags)
 
 
 def make_item(value: bytes, flags: int, exptime: int, cas: int, atime: int = 0, state: int = 0) -> bytes:
     """The stored form of an item (see the module docstring)."""
-    return b"%b %d %d\r\n%b\r\n" % (pack_meta(atime, state, cas, exptime, flags), flags, len(value), value)
+    return b"%b %d %d\r\n%b\r\n" % (_header(state, atime, cas, exptime, flags), flags, len(value), value)
 
 
 def decode(blob: bytes) -> Item:
-    atime, state, cas, exptime, flags = _unpack(blob)
-    return Item(blob[blob.index(b"\n", META) + 1 : -2], flags, exptime, cas, atime, state)
+    fetched, atime, state, cas, exptime, flags = _unpack(blob)
+    return Item(blob[blob.index(b"\n", META) + 1 : -2], flags, exptime, cas, atime, state | fetched)
 
 
 def _exptime(blob: bytes) -> int:
-    return 0 if blob[_EXP] == _NEVER else _unpack(blob)[3]
+    return 0 if blob[_EXP] == _NEVER else _unpack(blob)[4]
 
 
 def _cas(blob: bytes) -> int:
-    return _unpack(blob)[2]
+    return _unpack(blob)[3]
 
 
 def _with_exptime(blob: bytes, exptime: int) -> bytes:
-    atime, state, cas, _, flags = _unpack(blob)
-    return pack_meta(atime, state, cas, exptime, flags) + blob[META:]
+    fetched, atime, state, cas, _, flags = _unpack(blob)
+    return pack_meta(fetched, atime, state, cas, exptime, flags) + blob[META:]
 
 
-def _with_state(blob: bytes, state: int, atime: Optional[int] = None, cas: Optional[int] = None) -> bytes:
-    old_atime, _, old_cas, exptime, flags = _unpack(blob)
-    return (
-        pack_meta(old_atime if atime is None else atime, state, old_cas if cas is None else cas, exptime, flags)
-        + blob[META:]
-    )
+def _with_state(blob: bytes, state: int, cas: Optional[int] = None) -> bytes:
+    """``blob`` with new state bits (FETCHED included) and, if given, a new cas."""
+    _, atime, _, old_cas, exptime, flags = _unpack(blob)
+    return _header(state, atime, old_cas if cas is None else cas, exptime, flags) + blob[META:]
+
+
+def _state(blob: bytes) -> int:
+    return blob[_STATE] | blob[0]
 
 
 def _size(key: bytes, blob: bytes) -> int:
@@ -176,7 +188,6 @@ class Store:
     ) -> None:
         # Insertion order is the LRU order: a write or a bump re-inserts at the end.
         self._items: dict[bytes, bytes] = {}
-        self._bumped: set[bytes] = set()  # read since the last LRU round; see _bump
         self._lock = threading.RLock()
         self._clock = clock
         self.memory_limit = memory_limit
@@ -236,7 +247,7 @@ class Store:
         blob = self._items.get(key)
         if blob is None:
             return None
-        if blob[_EXP] != _NEVER and 0 < _unpack(blob)[3] <= now:
+        if blob[_EXP] != _NEVER and 0 < _unpack(blob)[4] <= now:
             self._drop(key, blob)
             self.counters["reclaimed"] += 1
             return None
@@ -246,29 +257,25 @@ class Store:
         del self._items[key]
         self.bytes -= _size(key, blob)
 
-    def _bump(self, key: bytes, blob: bytes, now: int) -> bytes:
-        """Record a read of ``key``: mark it fetched and, once per round, move
-        it to the young end of the LRU order with ``now`` as its last access.
-        Returns the item as stored afterwards.
+    def _bump(self, key: bytes, blob: bytes, now: int) -> None:
+        """Record a read of ``key``: mark it fetched, make ``now`` its last
+        access and move it to the young end of the LRU order.
 
-        memcached bumps an item at most once a minute; here at most once per
-        round, a round ending when half the items have been bumped. That keeps
-        reads from re-inserting hot keys over and over, which would make the
-        table grow and rebuild itself all the time. Callers skip the call when
-        the key is already in ``_bumped`` and the item is marked fetched.
+        Readers call this only when the item was never fetched or its last
+        access is over ``ATIME_INTERVAL`` old (see :meth:`_bump_below`), as
+        memcached bumps an item at most once a minute. That keeps reads of hot
+        keys from rebuilding and re-inserting them over and over.
         """
-        bumped = self._bumped
+        _, _, state, cas, exptime, flags = _unpack(blob)
         items = self._items
-        if key not in bumped:
-            if len(bumped) > len(items) >> 1:
-                bumped.clear()
-            bumped.add(key)
-            blob = _with_state(blob, blob[_STATE] | FETCHED, atime=now)
-            del items[key]
-        elif not blob[_STATE] & FETCHED:
-            blob = _with_state(blob, blob[_STATE] | FETCHED)
-        items[key] = blob
-        return blob
+        del items[key]
+        items[key] = pack_meta(1, now, state, cas, exptime, flags) + blob[META:]
+
+    @staticmethod
+    def _bump_below(now: int) -> bytes:
+        """Items whose first five bytes compare at or below this need a
+        :meth:`_bump` when read: never fetched, or last read too long ago."""
+        return _recent(1, max(now - ATIME_INTERVAL, 0))
 
     def get(self, key: bytes) -> Optional[Item]:
         """The live item under ``key``, counted as a get."""
@@ -281,12 +288,12 @@ class Store:
         counters["cmd_get"] += 1
         blob = self._items.get(key)
         if blob is not None:
-            if blob[_EXP] != _NEVER and 0 < _unpack(blob)[3] <= now:
+            if blob[_EXP] != _NEVER and 0 < _unpack(blob)[4] <= now:
                 self._drop(key, blob)
                 counters["get_expired"] += 1
                 counters["reclaimed"] += 1
             else:
-                if key not in self._bumped or not blob[_STATE] & FETCHED:
+                if blob[:5] <= self._bump_below(now):
                     self._bump(key, blob, now)
                 counters["get_hits"] += 1
                 return blob
@@ -303,7 +310,7 @@ class Store:
             now = self.now()
             counters = self.counters
             get = self._items.get
-            bumped = self._bumped
+            below = self._bump_below(now)
             parts: list[bytes] = []
             add = parts.extend
             hits = 0
@@ -311,13 +318,13 @@ class Store:
                 blob = get(key)
                 if blob is None:
                     continue
-                if blob[_EXP] != _NEVER and 0 < _unpack(blob)[3] <= now:
+                if blob[_EXP] != _NEVER and 0 < _unpack(blob)[4] <= now:
                     self._drop(key, blob)
                     counters["get_expired"] += 1
                     counters["reclaimed"] += 1
                     continue
                 hits += 1
-                if key not in bumped or not blob[_STATE] & FETCHED:
+                if blob[:5] <= below:
                     self._bump(key, blob, now)
                 if with_cas:
                     end = blob.index(b"\r\n", META)
@@ -663,7 +670,7 @@ class Store:
             blob = self._live(key, self.now())
             if blob is None:
                 return False
-            state = blob[_STATE]
+            state = _state(blob)
             if win is not None:
                 state = state | WIN_SENT if win else state & ~WIN_SENT
             if not stale:
@@ -768,7 +775,6 @@ class Store:
     def _flush(self, at: int, now: int) -> None:
         if at <= now:
             self._items = {}  # a new table: a batch can still put the old one back
-            self._bumped.clear()
             self.bytes = 0
             self.flush_at = 0
             return
@@ -824,7 +830,7 @@ class Store:
             for key in keys:
                 blob = items.get(key)
                 if blob is not None and blob[_EXP] != _NEVER:
-                    if _unpack(blob)[3] <= now:
+                    if _unpack(blob)[4] <= now:
                         self._drop(key, blob)
                         dropped += 1
                     else:
@@ -960,10 +966,10 @@ class Store:
             else:  # invalidate
                 old = items.get(key)
                 if old is not None:
-                    items[key] = _with_state(old, old[_STATE] | STALE, cas=record[2])
+                    items[key] = _with_state(old, _state(old) | STALE, cas=record[2])
                     next_cas[0] = max(next_cas[0], record[2] + 1)
 
-        count, max_cas = self.log.load(items, functools.partial(pack_meta, now, 0), apply)
+        count, max_cas = self.log.load(items, functools.partial(pack_meta, 0, now, 0), apply)
         for key in [k for k, b in items.items() if 0 < _exptime(b) <= now]:
             del items[key]
         self.bytes = sum(map(len, items)) + sum(map(len, items.values())) + ITEM_OVERHEAD * len(items)

@@ -2,10 +2,10 @@
 
     python benchmarks/run.py [--quick] [--json out.json] [--png chart.png]
 
-Starts memcached (``memcached -l 127.0.0.1 -p <free port> -U 0 -t 2``) and
-memcachedlite (``python -m memcachedlite serve`` from this checkout, with a
-data file in a temporary directory) on free ports of 127.0.0.1, one at a time
-and fresh for every measurement, and runs the same workloads against each,
+Starts memcached (``memcached -l 127.0.0.1 -p <free port> -U 0 -t 1``) and
+memcachedlite (``python -m memcachedlite serve --cpu N`` from this checkout,
+with a data file in a temporary directory) on free ports of 127.0.0.1, one at
+a time and fresh for every measurement, and runs the same workloads against each,
 alternating the order round by round (A B, B A, A B). It prints a table of
 medians with [min-max] and the ratio memcachedlite/memcached, and checks the
 targets of the performance issue.
@@ -27,13 +27,31 @@ Options: ``--quick`` (1 round of short runs, under two minutes), ``--rounds``,
 ``--duration``, ``--only W1,W3``, ``--json FILE`` (every run and the summary),
 ``--png FILE`` (a chart; needs matplotlib: ``pip install '.[bench]'``),
 ``--profile DIR`` (record memcachedlite with py-spy during each run and print
-its hot spots; numbers taken while profiling are slower). A full run takes
-about 7 minutes on 2 cores. Every process started is stopped at the end, on
+its hot spots; numbers taken while profiling are slower), ``--no-pin`` (see
+"CPU placement" below). A full run takes about 7 minutes on 2 cores. Every process started is stopped at the end, on
 errors and on Ctrl-C too.
 
-Both servers share the machine with the load generator: on 2 cores a Python
-client can be the limit for memcached (see "client CPU" in the JSON), which
-flatters the ratios; memcslap's rows are a check on that.
+CPU placement (the same budget for both servers): with two or more CPUs
+allowed, the last one is the server's and the others are the clients'.
+memcachedlite runs with ``--cpu N`` on it; memcached runs with one worker
+thread (``-t 1``) and is pinned to the same CPU, all its threads included
+(``sched_setaffinity`` before it starts): each server gets exactly one core.
+The load generator's worker processes (``LoadConfig.cpus``), memcslap and
+this script keep to the other CPUs, so the load never takes CPU time from the
+server it measures. Without that, the OS placed one of the load generator's
+processes on the server's core in some runs and not in others, and W1-W3
+varied by up to 2-3x between rounds (W1 p50 26-95 us, W2 28k-40k ops/s in 5
+rounds). ``--no-pin`` restores the old placement for comparison (nothing
+pinned but memcachedlite's own ``--cpu auto``; memcached with ``-t 2``). With
+a single CPU allowed nothing can be kept apart: nothing is pinned, and
+memcached still runs with ``-t 1``.
+
+The load generator shares the machine with the server: on 2 cores a Python
+client on one core can be the limit for memcached, which flatters the ratios;
+memcslap's rows are a check on that. After the table, runs are listed where
+the load generator used >= 90% of its CPUs ("client-bound") or where other
+programs took >= 10% of the server's CPU ("disturbed", from /proc/stat; only
+when pinned); the JSON has both figures for every run.
 """
 
 from __future__ import annotations
@@ -78,10 +96,40 @@ class Settings:
     memcslap_ops: int = 1000  # per thread; 50 threads
     only: set | None = None
     profile_dir: Path | None = None
+    #: Keep servers and load apart (see "CPU placement" in the module docstring).
+    pin: bool = True
+    #: Filled by place(): the servers' CPU and the load's, None when not pinned.
+    server_cpu: int | None = None
+    client_cpus: tuple[int, ...] | None = None
 
     @classmethod
     def quick(cls) -> Settings:
         return cls(rounds=1, duration=1.5, warmup=0.5, memcslap_ops=200)
+
+
+# -- placement ------------------------------------------------------------------
+
+
+def place(settings: Settings) -> str:
+    """Choose the server's CPU and the load's; pin this script to the load's.
+
+    Returns a line saying what was chosen.
+    """
+    if not settings.pin:
+        return "CPU placement: not pinned (--no-pin): memcachedlite --cpu auto, memcached -t 2"
+    if not hasattr(os, "sched_setaffinity"):
+        return "CPU placement: not pinned (this platform cannot)"
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        return f"CPU placement: not pinned (only CPU {allowed[0]} allowed); memcached -t 1"
+    settings.server_cpu = allowed[-1]  # the one memcachedlite's --cpu auto picks
+    settings.client_cpus = tuple(allowed[:-1])
+    os.sched_setaffinity(0, settings.client_cpus)  # this script, and memcslap after it
+    clients = ",".join(map(str, settings.client_cpus))
+    return (
+        f"CPU placement: servers on CPU {settings.server_cpu} (memcachedlite --cpu {settings.server_cpu}, "
+        f"memcached -t 1), load generator and this script on CPU {clients}"
+    )
 
 
 # -- servers --------------------------------------------------------------------
@@ -131,9 +179,10 @@ class Server:
 
     name = ""
 
-    def __init__(self, workdir: Path, fsync: str = "everysec") -> None:
+    def __init__(self, workdir: Path, fsync: str = "everysec", settings: Settings | None = None) -> None:
         self.workdir = workdir
         self.fsync = fsync
+        self.settings = settings or Settings(pin=False)
         self.port = 0
         self.proc: subprocess.Popen | None = None
         self.log_path = workdir / f"{self.name}-{time.monotonic_ns()}.log"
@@ -154,6 +203,7 @@ class Server:
     def start(self) -> None:
         self.port = free_port()
         env = dict(os.environ, PYTHONPATH=str(ROOT))
+        cpu = self.settings.server_cpu
         self.proc = subprocess.Popen(
             self.command(),
             stdout=self._log,
@@ -161,6 +211,8 @@ class Server:
             env=env,
             cwd=self.workdir,
             start_new_session=True,  # a Ctrl-C reaches us, and we stop the server in order
+            # on its CPU from the first instruction: every thread it starts inherits it
+            preexec_fn=None if cpu is None else lambda: os.sched_setaffinity(0, {cpu}),
         )
         try:
             wait_for_port(self.port, self.proc)
@@ -200,7 +252,8 @@ class Memcached(Server):
 
     def command(self) -> list[str]:
         binary = shutil.which("memcached") or "/usr/bin/memcached"
-        cmd = [binary, "-l", "127.0.0.1", "-p", str(self.port), "-U", "0", "-t", "2"]
+        threads = "2" if not self.settings.pin else "1"  # -t 1: one core, as memcachedlite
+        cmd = [binary, "-l", "127.0.0.1", "-p", str(self.port), "-U", "0", "-t", threads]
         if os.geteuid() == 0:
             cmd += ["-u", "nobody"]  # memcached refuses to run as root otherwise
         return cmd
@@ -222,6 +275,8 @@ class Lite(Server):
             str(data),
             "--fsync",
             self.fsync,
+            "--cpu",
+            "auto" if self.settings.server_cpu is None else str(self.settings.server_cpu),
         ]
 
 
@@ -352,41 +407,93 @@ class Measure:
     errors: int = 0
     error_kinds: dict[str, int] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
+    #: What makes the figures less trustworthy (see load()): shown after the table.
+    warnings: list[str] = field(default_factory=list)
+
+
+def cpu_busy_seconds(cpu: int) -> float:
+    """Seconds CPU ``cpu`` has spent running programs (or stolen by the hypervisor), from /proc/stat.
+
+    Interrupt and softirq time is left out: much of it is the network traffic
+    of the benchmark itself, and it is not counted as the server's either.
+    """
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{cpu} "):
+                user, nice, system, _idle, _iowait, _irq, _softirq, steal = map(int, line.split()[1:9])
+                return (user + nice + system + steal) / _TICK
+    raise KeyError(cpu)
 
 
 class CpuSampler:
-    """Server CPU use while the load is measured, from the load's progress calls."""
+    """Server CPU use while the load is measured, from the load's progress calls.
 
-    def __init__(self, pid: int, warmup: float, total: float) -> None:
+    With the server pinned to ``server_cpu``, also how busy that CPU was with
+    anything else (:meth:`others_percent`): some other program on the machine,
+    which makes the run slower than it should be.
+    """
+
+    def __init__(self, pid: int, warmup: float, total: float, server_cpu: int | None = None) -> None:
         self.pid = pid
         self.warmup = warmup
         self.total = total
-        self.samples: list[tuple[float, float]] = []
+        self.server_cpu = server_cpu
+        self.samples: list[tuple[float, float, float]] = []
 
     def __call__(self, elapsed: float, ops: int, errors: int) -> None:
         if self.warmup <= elapsed <= self.total + 0.01:
-            with contextlib.suppress(OSError):
-                self.samples.append((time.monotonic(), cpu_seconds(self.pid)))
+            with contextlib.suppress(OSError, KeyError, ValueError):
+                busy = cpu_busy_seconds(self.server_cpu) if self.server_cpu is not None else 0.0
+                self.samples.append((time.monotonic(), cpu_seconds(self.pid), busy))
 
     def percent(self) -> float | None:
         if len(self.samples) < 2:
             return None
-        (t0, c0), (t1, c1) = self.samples[0], self.samples[-1]
+        (t0, c0, _), (t1, c1, _) = self.samples[0], self.samples[-1]
         return round(100.0 * (c1 - c0) / (t1 - t0), 1) if t1 > t0 else None
+
+    def others_percent(self) -> float | None:
+        """CPU use of everything but the server on the server's CPU (None when not pinned)."""
+        if self.server_cpu is None or len(self.samples) < 2:
+            return None
+        (t0, c0, b0), (t1, c1, b1) = self.samples[0], self.samples[-1]
+        if t1 <= t0:
+            return None
+        return round(max(0.0, 100.0 * ((b1 - b0) - (c1 - c0)) / (t1 - t0)), 1)
+
+
+#: A run is flagged when the load generator used this share of its CPUs (it,
+#: not the server, may then be the limit) or when other programs took this
+#: many percent of the server's CPU.
+CLIENT_BOUND = 0.9
+DISTURBED = 10.0
 
 
 def load(server: Server, settings: Settings, m: Measure, tag: str = "", **options: Any) -> loadgen.BenchResult:
     """Run the project's load generator against ``server`` and note what it saw."""
     options.setdefault("duration", settings.duration)
     options.setdefault("warmup", settings.warmup)
+    options.setdefault("cpus", settings.client_cpus)
     config = loadgen.LoadConfig(host="127.0.0.1", port=server.port, **options)
-    sampler = CpuSampler(server.pid, config.warmup, config.warmup + config.duration)
+    sampler = CpuSampler(server.pid, config.warmup, config.warmup + config.duration, settings.server_cpu)
     result = loadgen.run(config, progress=sampler, progress_interval=0.25)
     m.errors += result.errors
     for kind, n in result.error_kinds.items():
         m.error_kinds[kind] = m.error_kinds.get(kind, 0) + n
     server_cpu = sampler.percent()
-    m.notes[f"loadgen{tag}"] = dict(result.to_dict(), server_cpu_percent=server_cpu)
+    others = sampler.others_percent()
+    client_cores = len(config.cpus) if config.cpus else os.cpu_count() or 1
+    client_share = result.client_cpu_percent / 100 / min(client_cores, max(1, result.processes))
+    m.notes[f"loadgen{tag}"] = dict(
+        result.to_dict(),
+        server_cpu_percent=server_cpu,
+        others_on_server_cpu_percent=others,
+        client_share_of_its_cpus=round(client_share, 2),
+    )
+    if client_share >= CLIENT_BOUND:
+        m.warnings.append(f"client-bound{tag} ({100 * client_share:.0f}% of its CPUs)")
+    if others is not None and others >= DISTURBED:
+        m.warnings.append(f"disturbed{tag} (other programs took {others:.0f}% of the server's CPU)")
     if server_cpu is not None and result.ops_per_sec:
         m.metrics[f"server CPU us/op{tag}"] = round(server_cpu / 100 * 1e6 / result.ops_per_sec, 2)
     return result
@@ -476,6 +583,7 @@ def memcslap(server: Server, s: Settings, m: Measure) -> None:
             f"--test={test}",
             "--tcp-nodelay",
         ]
+        # memcslap runs where this script runs: on the load's CPUs (see place())
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         except subprocess.TimeoutExpired:
@@ -559,7 +667,7 @@ def run_all(settings: Settings, workdir: Path, log: Callable[[str], None]) -> li
                 fsync = workload.lite_fsync if name == LITE else "everysec"
                 m = Measure(workload.id, name, round_ + 1)
                 started = time.monotonic()
-                with SERVERS[name](workdir, fsync=fsync) as server:
+                with SERVERS[name](workdir, fsync=fsync, settings=settings) as server:
                     with profiled(server, f"{workload.id}-round{round_ + 1}", settings):
                         workload.run(server, settings, m)
                     m.notes["server_cpu_seconds_total"] = cpu_seconds(server.pid)
@@ -795,6 +903,12 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     parser.add_argument("--json", type=Path, help="write every run and the summary to this file")
     parser.add_argument("--png", type=Path, help="draw the ratios to this PNG (needs matplotlib)")
     parser.add_argument("--profile", type=Path, metavar="DIR", help="py-spy memcachedlite into DIR; print hot spots")
+    parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="let the OS place servers and load (memcached -t 2), as before; "
+        "default: servers on the last CPU, load on the others",
+    )
     args = parser.parse_args(argv)
     settings = Settings.quick() if args.quick else Settings()
     for name in ("rounds", "duration", "warmup", "w5_items", "memcslap_ops"):
@@ -808,6 +922,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     if settings.rounds < 1 or settings.duration <= 0 or settings.warmup < 0 or settings.w5_items < 1:
         parser.error("--rounds, --duration and --w5-items must be positive")
     settings.profile_dir = args.profile
+    settings.pin = not args.no_pin
     return args, settings
 
 
@@ -836,6 +951,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Python {info['python']}  code {info.get('code', '?')}"
     )
     log(f"rounds {settings.rounds}, {settings.duration:g} s measured after {settings.warmup:g} s warm-up per run")
+    info["placement"] = place(settings)
+    log(info["placement"])
     try:
         with tempfile.TemporaryDirectory(prefix="mcl-bench-") as tmp:
             measures = run_all(settings, Path(tmp), log)
@@ -853,6 +970,15 @@ def main(argv: list[str] | None = None) -> int:
         "ratio = memcachedlite / memcached; ↑ higher is better, ↓ lower is better; errors memcachedlite/memcached"
     )
     log(format_table(rows))
+    flagged = [m for m in measures if m.warnings]
+    if flagged:
+        log(
+            f"\nruns to read with care (client-bound: the load generator used >= {100 * CLIENT_BOUND:.0f}% "
+            f"of its CPUs, so it may be the limit; disturbed: other programs took >= {DISTURBED:g}% of the "
+            "server's CPU):"
+        )
+        for m in flagged:
+            log(f"  {m.workload} round {m.round} {m.server}: {'; '.join(m.warnings)}")
     profiles = print_profiles(settings, log)
     errors = sum(m.errors for m in measures)
     if args.json is not None:

@@ -13,6 +13,8 @@ How a run goes:
   each open their share of the ``connections`` as non-blocking sockets driven
   by one ``selectors`` loop, so 50 connections cost two processes, not 50
   threads fighting over a GIL.
+  With ``cpus`` they keep to those CPUs (``benchmarks/run.py`` gives them
+  every CPU but the server's).
 - With ``prefill`` every key of the key space is stored first (pipelined, 100
   sets a send; each reply checked), split between the workers.
 - Every worker then says it is ready, and the parent hands all of them the
@@ -110,6 +112,11 @@ class LoadConfig:
     seed: int = 0
     #: Bound on the prefill, in seconds (it is an error not to finish in time).
     prefill_timeout: float = 300.0
+    #: CPUs the worker processes may run on (``os.sched_setaffinity``), e.g. all
+    #: but the server's, so that the load never competes with the server for
+    #: its core; None: wherever the OS puts them. Ignored for ``processes=0``
+    #: and where the platform cannot pin.
+    cpus: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -125,6 +132,7 @@ class LoadConfig:
             (self.reply_timeout > 0, "reply_timeout must be positive"),
             (self.connect_timeout > 0, "connect_timeout must be positive"),
             (0 < self.port < 65536, "port must be between 1 and 65535"),
+            (self.cpus is None or len(self.cpus) > 0, "cpus must name at least one CPU"),
         ]
         for ok, message in checks:
             if not ok:
@@ -819,6 +827,7 @@ def _worker_main(
     """
     if abort is None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+        _pin(config.cpus)
     worker = None
     try:
         worker = _Worker(config, index, connections, pipe.send, abort)
@@ -847,6 +856,20 @@ def _worker_main(
         if worker is not None:
             worker.close()
         pipe.close()
+
+
+def _pin(cpus: tuple[int, ...] | None) -> None:
+    """Keep this (worker) process on ``cpus``, when asked and possible.
+
+    A CPU that is not allowed here (or a platform without affinity) leaves the
+    process where it is: the load still runs, only less predictably placed.
+    """
+    if not cpus or not hasattr(os, "sched_setaffinity"):
+        return
+    try:
+        os.sched_setaffinity(0, cpus)
+    except (OSError, ValueError):
+        pass
 
 
 # -- the parent ---------------------------------------------------------------------

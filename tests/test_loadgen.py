@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import selectors
 import socket
 import sys
@@ -82,6 +83,8 @@ def test_config_is_checked() -> None:
         LoadConfig(connections=0)
     assert LoadConfig(connections=1).worker_processes() == 1
     assert LoadConfig(connections=8, processes=0).worker_processes() == 0
+    with pytest.raises(ValueError, match="cpus"):
+        LoadConfig(cpus=())
 
 
 # -- against real servers ------------------------------------------------------------
@@ -106,7 +109,10 @@ def test_load_in_process_counts_ops_with_no_errors(server) -> None:
 
 
 def test_pipelined_multiget_in_a_worker_process(server) -> None:
-    config = LoadConfig(port=server.port, connections=2, processes=1, pipeline=5, multiget=4, keys=100, **QUICK)
+    cpus = tuple(sorted(os.sched_getaffinity(0)))[:1]  # the workers keep to the CPU they are given
+    config = LoadConfig(
+        port=server.port, connections=2, processes=1, pipeline=5, multiget=4, keys=100, cpus=cpus, **QUICK
+    )
     result = loadgen.run(config)
     assert result.processes == 1
     assert result.errors == 0, result.error_samples
@@ -136,6 +142,17 @@ def test_replies_of_the_real_memcached_pass_every_check(memcached) -> None:
     result = loadgen.run(config)
     assert result.errors == 0, result.error_samples
     assert result.ops > 0 and result.hits == result.keys
+
+
+def test_pinning_keeps_to_the_cpus_given_and_ignores_impossible_ones() -> None:
+    allowed = os.sched_getaffinity(0)
+    try:
+        loadgen._pin((min(allowed),))
+        assert os.sched_getaffinity(0) == {min(allowed)}
+        loadgen._pin((10_000,))  # no such CPU: the process stays where it is
+        assert os.sched_getaffinity(0) == {min(allowed)}
+    finally:
+        os.sched_setaffinity(0, allowed)
 
 
 def test_an_unreachable_server_raises() -> None:

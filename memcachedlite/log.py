@@ -79,10 +79,11 @@ def _seal(head: bytes, data: bytes = b"") -> bytes:
 def encode_set(key: bytes, value: bytes, flags: int, exptime: int, cas: int, binary: bool = False) -> bytes:
     if binary or key[0] == 61:  # "=": see key_field
         key = key_field(key, binary)
-    return _set_record(key, value, flags, exptime, cas)
+    return set_record(key, value, flags, exptime, cas)
 
 
-def _set_record(field: bytes, value: bytes, flags: int, exptime: int, cas: int) -> bytes:
+def set_record(field: bytes, value: bytes, flags: int, exptime: int, cas: int) -> bytes:
+    """A ``set`` record whose key is already in its written form (:func:`key_field`)."""
     head = b"set %s %d %d %d %d" % (field, flags, exptime, len(value), cas)
     return b"%s %08x\r\n%s\r\n" % (head, crc32(value, crc32(head)), value)
 
@@ -293,7 +294,7 @@ def encode(record: Record) -> bytes:
     kind = record[0]
     if kind == b"set":
         _, field, value, flags, exptime, cas = record
-        return _set_record(field, bytes(value), flags, exptime, cas)
+        return set_record(field, bytes(value), flags, exptime, cas)
     if kind == b"delete":
         return _seal(b"delete " + record[1])
     if kind == b"touch":

@@ -372,14 +372,14 @@ class Store:
         Evicted items are logged as deletes in the same write. Caller holds
         the lock.
         """
-        now = self.now()
-        exptime = self._before_flush(exptime, now)
+        now = int(self._clock())
+        if self.flush_at:
+            exptime = self._before_flush(exptime, now)
         items = self._items
         old = items.get(key)
-        binary = bool(state & BINARY_KEY)
         if exptime and exptime <= now:  # stored already expired: the effect is a delete
             if old is not None:
-                self._append(datalog.encode_delete(key, binary))
+                self._append(datalog.encode_delete(key, bool(state & BINARY_KEY)))
                 self._remember(key, old)
                 self._drop(key, old)
             self.counters["total_items"] += 1
@@ -387,20 +387,31 @@ class Store:
         given = cas is not None
         if cas is None:
             cas = self._next_cas
-        blob = make_item(value, flags, exptime, cas, now, state)
+        # make_item and encode_set, spelled out: this is the path of every set
+        blob = b"%b %d %d\r\n%b\r\n" % (pack_meta(0, now, state, cas, exptime, flags), flags, len(value), value)
         if exptime:
             self._may_expire = self._expiring_seen = True
-        grow = len(blob) - len(old) if old is not None else _size(key, blob)
+        grow = len(blob) - len(old) if old is not None else len(key) + len(blob) + ITEM_OVERHEAD
         victims = self._victims(key, grow) if self.bytes + grow > self.memory_limit else ()
-        record = datalog.encode_set(key, value, flags, exptime, cas, binary)
-        if state & STALE:
-            record += datalog.encode_invalidate(key, cas, binary)
+        if state or key[0] == 61:  # a key that needs its "=" form, or a stale item
+            binary = bool(state & BINARY_KEY)
+            record = datalog.encode_set(key, value, flags, exptime, cas, binary)
+            if state & STALE:
+                record += datalog.encode_invalidate(key, cas, binary)
+        else:
+            record = datalog.set_record(key, value, flags, exptime, cas)
         if victims:
             record += b"".join([datalog.encode_delete(v, bool(items[v][_STATE] & BINARY_KEY)) for v in victims])
-        self._append(record)
+        pending = self._pending
+        if pending is not None:
+            pending.append(record)
+        else:
+            self._append(record)
         if not given:
             self._next_cas = cas + 1
-        self._remember(key, old)
+        undo = self._undo
+        if undo is not None:
+            undo.append((key, old))
         for victim in victims:
             self._remember(victim, items[victim])
             self._drop(victim, items[victim])

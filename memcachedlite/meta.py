@@ -242,8 +242,10 @@ def _reply(code: bytes, flags: bytes, meta: Meta, quiet_codes: tuple = ()) -> Op
     return code + flags + b"\r\n"
 
 
-def _ttl_left(item: Item, now: int) -> int:
-    return -1 if not item.exptime else item.exptime - now
+def _ttl_left(exptime: int, now: int) -> int:
+    """What the ``t`` flag shows: -1 for no expiry, else the seconds left
+    (0 once past, where memcached 1.6.18 shows a wrapped-around number)."""
+    return -1 if not exptime else max(exptime - now, 0)
 
 
 def _absolute(store: "Store", ttl: int, now: int) -> int:
@@ -264,16 +266,23 @@ def mg(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> Optional[byt
     key = meta.key
     with store.atomic():
         now = store.now()
-        item = store.fetch(key, bump=_u not in flags)
+        item = store.fetch(key, bump=_u not in flags, count=False)
         won = created = False
         if item is None:
+            store.count("cmd_get")
             if _N not in flags:
+                store.count("get_misses")
                 return _reply(_EN, meta.echo(), meta, (_EN,))
+            store.count("get_hits")  # memcached counts the read that creates the item as a hit
             exptime = _absolute(store, meta.number(_N), now)
             state = BINARY_KEY if meta.binary else 0
-            cas = store.put(key, b"", 0, exptime, cas=meta.new_cas, state=state)
+            read = state if _u in flags else state | FETCHED  # this read is its first fetch
+            cas = store.put(key, b"", 0, exptime, cas=meta.new_cas, state=read)
             item = Item(b"", 0, exptime, cas, now, state)
             won = created = True
+        elif _T not in flags:  # a read that touches counts as a touch only, as gat does
+            store.count("cmd_get")
+            store.count("get_hits")
         out = []
         add = out.append
         exptime = item.exptime
@@ -287,7 +296,7 @@ def mg(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> Optional[byt
             elif flag == _s:
                 add(b" s%d" % len(item.value))
             elif flag == _t:
-                add(b" t-1" if not exptime else b" t%d" % (exptime - now))
+                add(b" t%d" % _ttl_left(exptime, now))
             elif flag == _c:
                 add(b" c%d" % item.cas)
             elif flag == _f:
@@ -335,6 +344,7 @@ def ms(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> Optional[byt
     key = meta.key
     with store.atomic():
         now = store.now()
+        store.count("cmd_set")  # every meta set, stored or not, as memcached counts
         old = store.peek(key)
         code = _HD
         stale = False
@@ -362,10 +372,8 @@ def ms(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> Optional[byt
                     code = _NS
                 value, client_flags, exptime = joined, old.flags, old.exptime
         if code is not _HD:
-            if old is None or mode != _ADD:
-                store.count("cmd_set")
             return _reply(code, meta.echo(b"Okc"), meta)
-        if _C in flags and not stale:
+        if _C in flags:
             store.count("cas_hits")
         state = BINARY_KEY if meta.binary else 0
         if old is not None and mode in (_APPEND, _PREPEND):
@@ -391,6 +399,7 @@ def md(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> Optional[byt
             store.count("delete_misses")
             return _reply(_NF, meta.echo(), meta)
         if _C in flags and meta.number(_C) != item.cas:
+            store.count("delete_misses")  # as memcached counts a delete refused for its cas
             return _reply(_EX, meta.echo(), meta)
         new_cas = meta.new_cas
         if _I in flags or _x in flags:
@@ -451,7 +460,7 @@ def ma(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> Optional[byt
             state = item.state & BINARY_KEY
             cas = store.put(key, value, item.flags, exptime, cas=meta.new_cas, state=state)
             store.count(kind + "_hits")
-    out = meta.echo(b"Okct", cas, exptime - now if exptime else -1)
+    out = meta.echo(b"Okct", cas, _ttl_left(exptime, now))
     if meta.quiet and not created:
         return None
     if _v in flags:
@@ -480,7 +489,7 @@ def me(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
     size = 56 + len(key) + 1 + (4 if item.flags else 0) + len(item.value) + 2
     return b"ME %b exp=%d la=%d cas=%d fetch=%b cls=1 size=%d\r\n" % (
         b64encode(key) if item.state & BINARY_KEY else key,
-        _ttl_left(item, now),
+        _ttl_left(item.exptime, now),
         now - item.atime if item.atime else 0,
         item.cas,
         b"yes" if item.fetched else b"no",

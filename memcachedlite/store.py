@@ -388,7 +388,8 @@ class Store:
         if cas is None:
             cas = self._next_cas
         # make_item and encode_set, spelled out: this is the path of every set
-        blob = b"%b %d %d\r\n%b\r\n" % (pack_meta(0, now, state, cas, exptime, flags), flags, len(value), value)
+        header = pack_meta(state & FETCHED, now, state & ~FETCHED, cas, exptime, flags)
+        blob = b"%b %d %d\r\n%b\r\n" % (header, flags, len(value), value)
         if exptime:
             self._may_expire = self._expiring_seen = True
         grow = len(blob) - len(old) if old is not None else len(key) + len(blob) + ITEM_OVERHEAD
@@ -631,16 +632,17 @@ class Store:
         with self._lock:
             yield
 
-    def fetch(self, key: bytes, bump: bool = True) -> Optional[Item]:
+    def fetch(self, key: bytes, bump: bool = True, count: bool = True) -> Optional[Item]:
         """The live item under ``key`` as it was before this read, counted as
-        a get. The read marks the item fetched and refreshes its place in the
-        LRU order, unless ``bump`` is False (meta ``u``)."""
+        a get unless ``count`` is False. The read marks the item fetched and
+        refreshes its place in the LRU order, unless ``bump`` is False (meta
+        ``u``)."""
         with self._lock:
             now = self.now()
-            if bump:
-                blob = self._get(key, now)
-            else:
-                blob = self._live(key, now)
+            blob = self._live(key, now)
+            if blob is not None and bump and blob[:5] <= self._bump_below(now):
+                self._bump(key, blob, now)
+            if count:
                 counters = self.counters
                 counters["cmd_get"] += 1
                 counters["get_hits" if blob is not None else "get_misses"] += 1
@@ -661,12 +663,11 @@ class Store:
 
         ``cas`` gives the item that cas instead of the next one; ``stale``
         stores it already marked stale; ``state`` sets further state bits
-        (an item made by the meta protocol's vivify-on-miss starts with its
-        win token sent). The meta commands decide the conditions themselves
-        under :meth:`atomic`.
+        (``BINARY_KEY``, or ``FETCHED`` for an item created by a read). The
+        meta commands decide the conditions, and count what memcached counts,
+        themselves under :meth:`atomic`: this counts nothing.
         """
         with self._lock:
-            self.counters["cmd_set"] += 1
             return self._write(key, value, flags, exptime, cas, state | (STALE if stale else 0))
 
     def mark(self, key: bytes, *, stale: bool = False, win: Optional[bool] = None, cas: Optional[int] = None) -> bool:

@@ -285,9 +285,13 @@ def mg(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> Optional[byt
             store.count("get_hits")
         out = []
         add = out.append
-        exptime = item.exptime
+        # flags act in the order given: a t before N or T shows the TTL before it
+        exptime = 0 if created else item.exptime
         for flag, rest in flags.items():
-            if flag == _T:
+            if flag == _N:
+                if created:
+                    exptime = item.exptime
+            elif flag == _T:
                 exptime = _absolute(store, meta.number(_T), now)
                 store.touch(key, exptime)  # absolute times pass through memcached's rule unchanged
             elif flag == _R:
@@ -457,7 +461,7 @@ def ma(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> Optional[byt
             number = (number + delta) % U64 if kind == "incr" else max(number - delta, 0)
             exptime = _absolute(store, meta.number(_T), now) if _T in flags else item.exptime
             value = b"%d" % number
-            state = item.state & BINARY_KEY
+            state = item.state & (BINARY_KEY | FETCHED)  # changed in place, as memcached does
             cas = store.put(key, value, item.flags, exptime, cas=meta.new_cas, state=state)
             store.count(kind + "_hits")
     out = meta.echo(b"Okct", cas, _ttl_left(exptime, now))

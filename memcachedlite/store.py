@@ -728,7 +728,8 @@ class Store:
             if number is None:
                 raise ClientError("cannot increment or decrement non-numeric value")
             number = (number + delta) % U64 if kind == "incr" else max(number - delta, 0)
-            self._write(key, b"%d" % number, old.flags, old.exptime)
+            # changed in place, as memcached does: still fetched, same key form
+            self._write(key, b"%d" % number, old.flags, old.exptime, state=old.state & (FETCHED | BINARY_KEY))
             self.counters[kind + "_hits"] += 1
             return number
 

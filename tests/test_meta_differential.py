@@ -421,6 +421,7 @@ QUIET = [
 STALE = [
     S("vivify-miss-wins", b"mg k N30 v c t s f\r\n", b"mg k N30 v c t\r\n", b"mg k v c t\r\n"),
     S("vivify-without-value", b"mg k N30 s\r\n", b"mg k s k\r\n"),
+    S("vivify-t-before-N-shows-no-ttl", b"mg k f c v t l h N30\r\n", b"mg k t h\r\n"),
     S("vivify-hit-no-win", _ms(b"k", b"x"), b"mg k N30 v t\r\n"),
     S("vivify-then-set-clears", b"mg k N30 v c\r\n", _ms(b"k", b"new"), b"mg k v c t\r\n"),
     S("vivify-then-ms-with-cas", b"mg k N30 c\r\n", _ms(b"k", b"new", b"C{cas1}"), b"mg k v\r\n"),
@@ -499,6 +500,8 @@ BASE64 = [
 
 INTEROP = [
     S("classic-set-then-mg", _set(b"k", b"hi", 5), b"mg k v f c s\r\n", b"gets k\r\n"),
+    S("incr-and-ma-keep-the-fetched-mark", _set(b"i", b"41", 2), b"get i\r\n", b"incr i 1\r\n", b"mg i h\r\n"),
+    S("ma-keeps-the-fetched-mark", _set(b"i", b"41"), b"mg i v\r\n", b"ma i\r\n", b"mg i h v\r\n"),
     S("ms-then-classic-get-gets", _ms(b"k", b"yo", b"F9 c"), b"get k\r\n", b"gets k\r\n"),
     S("ms-then-classic-cas", _ms(b"k", b"yo", b"c"), b"cas k 0 0 1 {cas1}\r\nz\r\n", b"mg k v f\r\n"),
     S("ms-then-classic-cas-wrong", _ms(b"k", b"yo"), b"cas k 0 0 1 1\r\nz\r\n"),

@@ -189,6 +189,8 @@ class Store:
         # Insertion order is the LRU order: a write or a bump re-inserts at the end.
         self._items: dict[bytes, bytes] = {}
         self._lock = threading.RLock()
+        self._below_at = -1  # the second _below was worked out for; see _bump_below
+        self._below = b""
         self._clock = clock
         self.memory_limit = memory_limit
         self.evict = evict
@@ -271,11 +273,14 @@ class Store:
         del items[key]
         items[key] = pack_meta(1, now, state, cas, exptime, flags) + blob[META:]
 
-    @staticmethod
-    def _bump_below(now: int) -> bytes:
+    def _bump_below(self, now: int) -> bytes:
         """Items whose first five bytes compare at or below this need a
-        :meth:`_bump` when read: never fetched, or last read too long ago."""
-        return _recent(1, max(now - ATIME_INTERVAL, 0))
+        :meth:`_bump` when read: never fetched, or last read too long ago.
+        Worked out once a second, not once a read."""
+        if now != self._below_at:
+            self._below_at = now
+            self._below = _recent(1, max(now - ATIME_INTERVAL, 0))
+        return self._below
 
     def get(self, key: bytes) -> Optional[Item]:
         """The live item under ``key``, counted as a get."""

@@ -197,9 +197,17 @@ def metadump(conn: Connection) -> list[MetaEntry]:
 
 
 def fetch(conn: Connection, keys: list[bytes]) -> dict[bytes, tuple[bytes, int]]:
-    """``get`` of ``keys`` in one request: key -> (value, flags) for those still there."""
-    conn.send(b"get " + b" ".join(keys) + b"\r\n")
-    found = {}
+    """``get`` of ``keys`` in one request: key -> (value, flags) for those still there.
+
+    Keys only the meta protocol's base64 form can carry (a space, CRLF or
+    another control byte, stored with ``ms ... b``) are read with ``mg``
+    instead: on a ``get`` line they would split into other keys or commands.
+    """
+    text = [key for key in keys if _is_text_key(key)]
+    found = _fetch_binary(conn, [key for key in keys if not _is_text_key(key)])
+    if not text:
+        return found
+    conn.send(b"get " + b" ".join(text) + b"\r\n")
     while True:
         line = conn.readline()
         if line.startswith(b"VALUE "):
@@ -212,6 +220,32 @@ def fetch(conn: Connection, keys: list[bytes]) -> dict[bytes, tuple[bytes, int]]
             return found
         else:
             raise _error(conn.server, "get", line)
+
+
+def _is_text_key(key: bytes) -> bool:
+    try:
+        check_key(key)
+    except BadCommandLine:
+        return False
+    return True
+
+
+def _fetch_binary(conn: Connection, keys: list[bytes]) -> dict[bytes, tuple[bytes, int]]:
+    """``mg <base64 key> b v f`` for each of ``keys``, pipelined."""
+    found: dict[bytes, tuple[bytes, int]] = {}
+    if not keys:
+        return found
+    conn.send(b"".join(b"mg %s b v f\r\n" % base64.b64encode(key) for key in keys))
+    for key in keys:
+        line = conn.readline()
+        parts = line.split()
+        if parts[:1] == [b"EN"]:
+            continue
+        if parts[:1] != [b"VA"] or len(parts) < 3 or not parts[2].startswith(b"f"):
+            raise _error(conn.server, "mg", line)
+        value = conn.read_exactly(int(parts[1]) + 2)[:-2]
+        found[key] = (value, int(parts[2][1:]))
+    return found
 
 
 def dump_server(
@@ -348,7 +382,7 @@ class Source:
             raise BadLine(f"flags {flags} out of range")
         if ttl < 0:
             raise BadLine(f"negative ttl {ttl}")
-        return DumpItem(_valid_key(key), value, flags, ttl)
+        return DumpItem(_valid_key(key, binary=True), value, flags, ttl)
 
     @staticmethod
     def _parse_seed(line: bytes) -> DumpItem:
@@ -362,12 +396,16 @@ class Source:
         return DumpItem(_valid_key(key), value)
 
 
-def _valid_key(key: bytes) -> bytes:
+def _valid_key(key: bytes, binary: bool = False) -> bytes:
+    """``key`` if a server can store it: any non-empty bytes up to 250 with
+    ``binary`` (dumps carry keys stored in base64 form), else a text key."""
+    if len(key) > MAX_KEY:
+        raise BadLine(f"key of {len(key)} bytes (at most {MAX_KEY})")
+    if binary and key:
+        return key
     try:
         return check_key(key)
     except BadCommandLine:
-        if len(key) > MAX_KEY:
-            raise BadLine(f"key of {len(key)} bytes (at most {MAX_KEY})") from None
         raise BadLine(f"key {key[:40]!r} is empty or holds spaces or control characters") from None
 
 
@@ -396,6 +434,10 @@ def exptime(ttl: int, now: int | None = None) -> int:
 
 
 def set_command(item: DumpItem, now: int) -> bytes:
+    """A ``set``, or for a key only the base64 form can carry, the meta ``ms ... b``."""
+    if not _is_text_key(item.key):
+        head = b"ms %s %d b F%d T%d" % (base64.b64encode(item.key), len(item.value), item.flags, exptime(item.ttl, now))
+        return head + b"\r\n" + item.value + b"\r\n"
     return b"set %s %d %d %d\r\n%s\r\n" % (item.key, item.flags, exptime(item.ttl, now), len(item.value), item.value)
 
 
@@ -405,9 +447,9 @@ def send_batch(conn: Connection, commands: list[bytes]) -> LoadReport:
     report = LoadReport()
     for _ in commands:
         line = conn.readline().rstrip()
-        if line == b"STORED":
+        if line in (b"STORED", b"HD"):
             report.stored += 1
-        elif line in (b"NOT_STORED", b"NOT-STORED"):
+        elif line in (b"NOT_STORED", b"NOT-STORED", b"NS"):
             report.not_stored += 1
         else:
             report.failed += 1

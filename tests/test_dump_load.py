@@ -154,6 +154,36 @@ def test_a_quick_round_trip_keeps_ttl_within_a_second(start_server, tmp_path: Pa
     assert target.store.peek(b"forever").exptime == 0
 
 
+def test_keys_stored_in_base64_form_round_trip_and_cannot_inject(start_server, tmp_path: Path) -> None:
+    """A key stored with ``ms ... b`` may hold CRLF: the dump reads it with
+    ``mg``, never on a ``get`` line where it would run as a command."""
+    source, target = start_server(), start_server()
+    keys = [b"x\r\nflush_all", b"with space", b"nul\x00", b"\xff"]
+    c = Raw(source.port)
+    try:
+        for i, key in enumerate(keys):
+            assert c.ask(b"ms %s 2 b F%d T3600\r\nv%d\r\n" % (base64.b64encode(key), i, i)) == b"HD\r\n"
+        assert c.ask(b"set plain 0 0 1\r\np\r\n") == b"STORED\r\n"
+    finally:
+        c.close()
+    path = tmp_path / "d.jsonl"
+    assert_exit(mcl("-s", addr(source), "dump", str(path)), 0)
+    assert len(source.store) == 5  # nothing was flushed on the way
+    result = mcl("-s", addr(target), "load", str(path))
+    assert_exit(result, 0)
+    assert "loaded 5 of 5 items" in result.stdout
+    for i, key in enumerate(keys):
+        item = target.store.peek(key)
+        assert (item.value, item.flags) == (b"v%d" % i, i)
+        assert abs(item.exptime - source.store.peek(key).exptime) <= 1
+    assert target.store.peek(b"plain").value == b"p"
+    c = Raw(target.port)
+    try:  # stored in base64 form again, so a meta client gets the key back that way
+        assert c.ask(b"mg %s b k\r\n" % base64.b64encode(keys[1])) == b"HD k%s b\r\n" % base64.b64encode(keys[1])
+    finally:
+        c.close()
+
+
 def test_dump_format_is_documented_json_lines(server) -> None:
     server.store.set(b"k", NASTY, 9, 0)
     result = mcl("-s", addr(server), "dump")  # standard output by default

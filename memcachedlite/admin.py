@@ -7,15 +7,15 @@ and written against the public :class:`~memcachedlite.store.Store` methods only.
 
 ``lru_crawler metadump all`` answers one line per live item, then ``END``::
 
-    key=<url-encoded key> exp=<absolute unix time, -1 for never> la=<unix time> cas=<cas> fetch=no cls=1 size=<bytes>\\n
+    key=<url-encoded key> exp=<unix time, -1: never> la=<unix time> cas=<cas> fetch=<yes|no> cls=1 size=<bytes>\\n
     ...
     END\\r\\n
 
 As in memcached, the item lines end with a bare ``\\n`` and only ``END`` with
 ``\\r\\n``; keys are percent-encoded (every byte but ``A-Z a-z 0-9 - . _ ~``
-as ``%XX``). memcachedlite keeps neither last-access times nor fetch marks nor
-slab classes, so ``la`` is the time of the dump, ``fetch`` is always ``no`` and
-``cls`` always 1 (the one class ``metadump 1`` lists).
+as ``%XX``). ``la`` is the item's last access and ``fetch`` whether it was
+read since it was stored; there are no slab classes, so ``cls`` is always 1
+(the one class ``metadump 1`` lists).
 """
 
 from __future__ import annotations

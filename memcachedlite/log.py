@@ -11,9 +11,10 @@ File format (version 1), documented in ``docs/data-file.md``::
     flush_all <at> <crc>\\r\\n
     next_cas <cas> <crc>\\r\\n
 
-A key is written as it is, except a key stored through the meta protocol's
-base64 form (``b`` flag), which may hold any byte, written ``=<base64>``, and
-a text key beginning with ``=``, written with one more ``=`` in front.
+A key stored through the meta protocol's base64 form (``b`` flag) may hold
+any byte: its records are ``bset``, ``bdelete``, ``btouch`` and
+``binvalidate``, the same records with the key in base64. Files written
+before these existed never hold them, so they read as they always did.
 
 Fields are ASCII decimal; ``exptime`` and ``at`` are absolute unix times (0:
 never / now). ``crc`` is the CRC-32 of the line before the space that
@@ -49,26 +50,16 @@ FSYNC_POLICIES = ("always", "everysec", "no")
 Record = tuple  # ("set", key, value, flags, exptime, cas) | ("delete", key) | ...
 
 
-def key_field(key: bytes, binary: bool = False) -> bytes:
-    """How ``key`` is written in a record (see the module docstring).
-
-    ``binary`` keys (stored with the meta ``b`` flag) go in base64 so that
-    any byte is safe and a replay knows to answer them in base64 again.
-    """
-    if binary:
-        return b"=" + binascii.b2a_base64(key, newline=False)
-    if key[:1] == b"=":
-        return b"=" + key
-    return key
+def _key(key: bytes, binary: bool) -> bytes:
+    return binascii.b2a_base64(key, newline=False) if binary else key
 
 
-def read_key(field: bytes) -> tuple[bytes, bool]:
-    """The key a record's key field stands for, and whether it is binary."""
-    if field[:2] == b"==":
-        return field[1:], False
-    if field[:1] == b"=":
-        return binascii.a2b_base64(field[1:]), True
-    return field, False
+def record_key(verb: bytes, field: bytes) -> tuple[bytes, bytes, bool]:
+    """A parsed record's kind (``set``...), key and whether the key is binary,
+    from its verb (``set`` or ``bset``...) and key field."""
+    if verb in _BINARY_VERBS:
+        return verb[1:], binascii.a2b_base64(field), True
+    return verb, field, False
 
 
 def _seal(head: bytes, data: bytes = b"") -> bytes:
@@ -77,28 +68,28 @@ def _seal(head: bytes, data: bytes = b"") -> bytes:
 
 
 def encode_set(key: bytes, value: bytes, flags: int, exptime: int, cas: int, binary: bool = False) -> bytes:
-    if binary or key[0] == 61:  # "=": see key_field
-        key = key_field(key, binary)
+    if binary:
+        return set_record(_key(key, True), value, flags, exptime, cas, b"bset")
     return set_record(key, value, flags, exptime, cas)
 
 
-def set_record(field: bytes, value: bytes, flags: int, exptime: int, cas: int) -> bytes:
-    """A ``set`` record whose key is already in its written form (:func:`key_field`)."""
-    head = b"set %s %d %d %d %d" % (field, flags, exptime, len(value), cas)
+def set_record(field: bytes, value: bytes, flags: int, exptime: int, cas: int, verb: bytes = b"set") -> bytes:
+    """A ``set`` (or ``bset``) record of a key field as written."""
+    head = b"%s %s %d %d %d %d" % (verb, field, flags, exptime, len(value), cas)
     return b"%s %08x\r\n%s\r\n" % (head, crc32(value, crc32(head)), value)
 
 
 def encode_delete(key: bytes, binary: bool = False) -> bytes:
-    return _seal(b"delete " + key_field(key, binary))
+    return _seal(b"bdelete " + _key(key, True) if binary else b"delete " + key)
 
 
 def encode_touch(key: bytes, exptime: int, binary: bool = False) -> bytes:
-    return _seal(b"touch %s %d" % (key_field(key, binary), exptime))
+    return _seal(b"%s %s %d" % (b"btouch" if binary else b"touch", _key(key, binary), exptime))
 
 
 def encode_invalidate(key: bytes, cas: int, binary: bool = False) -> bytes:
     """The item under ``key`` is now stale, with this cas (meta delete with ``I``)."""
-    return _seal(b"invalidate %s %d" % (key_field(key, binary), cas))
+    return _seal(b"%s %s %d" % (b"binvalidate" if binary else b"invalidate", _key(key, binary), cas))
 
 
 def encode_flush(at: int) -> bytes:
@@ -107,6 +98,9 @@ def encode_flush(at: int) -> bytes:
 
 def encode_next_cas(cas: int) -> bytes:
     return _seal(b"next_cas %d" % cas)
+
+
+_BINARY_VERBS = frozenset([b"bset", b"bdelete", b"btouch", b"binvalidate"])
 
 
 class _Bad(Exception):
@@ -136,9 +130,15 @@ def parse_one(buf: bytes, pos: int) -> tuple[Record, int]:
         cut = line.rfind(b" ")
         parts = line.split(b" ")
         verb = parts[0]
+        kind = verb[1:] if verb in _BINARY_VERBS else verb
         try:
             crc = int(parts[-1], 16)
-            if verb == b"set" and len(parts) == 7:
+            if kind is not verb and len(parts) > 2:
+                try:
+                    binascii.a2b_base64(parts[1], strict_mode=True)
+                except binascii.Error:
+                    raise ValueError("key is not base64") from None
+            if kind == b"set" and len(parts) == 7:
                 data_end = eol + 1 + int(parts[4])
                 if data_end + 2 > n:
                     raise _Bad("data block runs past the end of the file", torn=True)
@@ -147,15 +147,15 @@ def parse_one(buf: bytes, pos: int) -> tuple[Record, int]:
                     raise _Bad("data block not ended by CRLF", torn=data_end + 2 >= n)
                 if crc32(value, crc32(line[:cut])) != crc:
                     raise _Bad("checksum mismatch", torn=data_end + 2 >= n)
-                return (b"set", parts[1], value, int(parts[2]), int(parts[3]), int(parts[5])), data_end + 2
+                return (verb, parts[1], value, int(parts[2]), int(parts[3]), int(parts[5])), data_end + 2
             if crc32(line[:cut]) != crc:
                 raise _Bad("checksum mismatch", torn=eol + 1 >= n)
-            if verb == b"delete" and len(parts) == 3:
-                return (b"delete", parts[1]), eol + 1
-            if verb == b"touch" and len(parts) == 4:
-                return (b"touch", parts[1], int(parts[2])), eol + 1
-            if verb == b"invalidate" and len(parts) == 4:
-                return (b"invalidate", parts[1], int(parts[2])), eol + 1
+            if kind == b"delete" and len(parts) == 3:
+                return (verb, parts[1]), eol + 1
+            if kind == b"touch" and len(parts) == 4:
+                return (verb, parts[1], int(parts[2])), eol + 1
+            if kind == b"invalidate" and len(parts) == 4:
+                return (verb, parts[1], int(parts[2])), eol + 1
             if verb == b"flush_all" and len(parts) == 3:
                 return (b"flush_all", int(parts[1])), eol + 1
             if verb == b"next_cas" and len(parts) == 3:
@@ -185,9 +185,8 @@ def load_records(
 ) -> tuple[int, int]:
     """Replay ``buf`` from ``start`` into ``items`` (key -> the store's item
     form, ``pack(cas, exptime, flags) + b" <flags> <bytes>\\r\\n<value>\\r\\n"``,
-    see :mod:`memcachedlite.store`); every other record, and a ``set`` of a
-    key written in its ``=`` form (see :func:`key_field`), goes to
-    ``on_other``. Returns the number of records and the highest cas seen
+    see :mod:`memcachedlite.store`); every other record, ``bset`` included,
+    goes to ``on_other``. Returns the number of records and the highest cas seen
     by this loop.
 
     This is :func:`parse_records` with the common ``set`` record inlined,
@@ -207,12 +206,7 @@ def load_records(
                 _, key, flags, exptime, length, cas, crc = head.split(b" ")
                 end = eol + 2 + int(length)
                 value = buf[eol + 2 : end]
-                if (
-                    eol > 0
-                    and key[0] != 61
-                    and buf[end : end + 2] == b"\r\n"
-                    and crc32(value, crc32(head[:-9])) == int(crc, 16)
-                ):
+                if eol > 0 and buf[end : end + 2] == b"\r\n" and crc32(value, crc32(head[:-9])) == int(crc, 16):
                     number = int(cas)
                     meta = pack(number, 0 if exptime == b"0" else int(exptime), 0 if flags == b"0" else int(flags))
                     # the value is followed by CRLF in the file too: one slice takes both
@@ -230,7 +224,7 @@ def load_records(
             bad.progress = (count, max_cas)
             raise
         count += 1
-        if record[0] == b"set" and record[1][0] != 61:  # pragma: no cover - the fast path takes these
+        if record[0] == b"set":  # pragma: no cover - the fast path takes every good set
             _, key, value, flags, exptime, cas = record
             items[key] = b"%b %d %d\r\n%b\r\n" % (pack(cas, exptime, flags), flags, len(value), value)
             max_cas = max(max_cas, cas)
@@ -239,7 +233,7 @@ def load_records(
     return count, max_cas
 
 
-_RECORD_START = re.compile(rb"\r\n(?=(?:set|delete|touch|invalidate|flush_all|next_cas) )")
+_RECORD_START = re.compile(rb"\r\n(?=(?:b?(?:set|delete|touch|invalidate)|flush_all|next_cas) )")
 
 
 def next_valid_record(buf: bytes, start: int) -> Optional[int]:
@@ -290,17 +284,16 @@ def salvage(buf: bytes) -> tuple[list[Record], RepairReport]:
 
 def encode(record: Record) -> bytes:
     """The bytes of one parsed record (the inverse of :func:`parse_records`;
-    keys stay in their written form, see :func:`read_key`)."""
-    kind = record[0]
+    a ``b`` record's key stays in base64)."""
+    verb = record[0]
+    kind = verb[1:] if verb in _BINARY_VERBS else verb
     if kind == b"set":
         _, field, value, flags, exptime, cas = record
-        return set_record(field, bytes(value), flags, exptime, cas)
+        return set_record(field, bytes(value), flags, exptime, cas, verb)
     if kind == b"delete":
-        return _seal(b"delete " + record[1])
-    if kind == b"touch":
-        return _seal(b"touch %s %d" % (record[1], record[2]))
-    if kind == b"invalidate":
-        return _seal(b"invalidate %s %d" % (record[1], record[2]))
+        return _seal(verb + b" " + record[1])
+    if kind in (b"touch", b"invalidate"):
+        return _seal(b"%s %s %d" % (verb, record[1], record[2]))
     if kind == b"flush_all":
         return encode_flush(record[1])
     return encode_next_cas(record[1])

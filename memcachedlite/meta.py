@@ -269,11 +269,13 @@ def mg(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> Optional[byt
         item = store.fetch(key, bump=_u not in flags, count=False)
         won = created = False
         if item is None:
-            store.count("cmd_get")
             if _N not in flags:
+                store.count("cmd_get")
                 store.count("get_misses")
                 return _reply(_EN, meta.echo(), meta, (_EN,))
-            store.count("get_hits")  # memcached counts the read that creates the item as a hit
+            if _T not in flags:  # memcached counts the read that creates the item as a hit
+                store.count("cmd_get")  # (with T, as a touch only)
+                store.count("get_hits")
             exptime = _absolute(store, meta.number(_N), now)
             state = BINARY_KEY if meta.binary else 0
             read = state if _u in flags else state | FETCHED  # this read is its first fetch
@@ -332,7 +334,8 @@ def _check_ms(args: list[bytes]) -> None:
     _check_line(args, 2)
 
 
-_SET, _ADD, _APPEND, _PREPEND, _REPLACE = b"SEAPR"
+_SET_MODES = b"SEAPR"
+_SET, _ADD, _APPEND, _PREPEND, _REPLACE = _SET_MODES
 
 
 @command("ms", data=1, mutates=True, check=_check_ms)
@@ -341,7 +344,7 @@ def ms(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> Optional[byt
     meta = parse(args, first_flag=2)
     flags = meta.flags
     mode = meta.number(_M, _SET)
-    if mode not in b"SEAPR":
+    if mode not in _SET_MODES:
         raise ClientError("invalid mode for ms M token")
     assert data is not None
     store = ctx.store
@@ -360,13 +363,13 @@ def ms(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> Optional[byt
                 code = _NF
                 store.count("cas_misses")
             elif wanted != old.cas:
-                if _I in flags and wanted < old.cas:
+                if _I in flags and 0 < wanted < old.cas:
                     stale = True  # an older value may still be stored, marked stale
                     exptime = old.exptime
                 else:
                     code = _EX
                     store.count("cas_badval")
-        if code is _HD:
+        if code == _HD:
             if (old is not None) if mode == _ADD else (old is None and mode != _SET):
                 code = _NS  # add of a present key; append, prepend or replace of a missing one
             elif mode in (_APPEND, _PREPEND):
@@ -375,14 +378,14 @@ def ms(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> Optional[byt
                 if len(joined) > ctx.settings.max_item_size:
                     code = _NS
                 value, client_flags, exptime = joined, old.flags, old.exptime
-        if code is not _HD:
+        if code != _HD:
             return _reply(code, meta.echo(b"Okc"), meta)
         if _C in flags:
             store.count("cas_hits")
         state = BINARY_KEY if meta.binary else 0
         if old is not None and mode in (_APPEND, _PREPEND):
             state = old.state & BINARY_KEY  # the item keeps the key form it was stored with
-        if stale and old is not None:
+        if stale:
             state |= old.state & WIN_SENT
         cas = store.put(key, value, client_flags, exptime, cas=meta.new_cas, stale=stale, state=state)
     return _reply(_HD, meta.echo(b"Okc", cas), meta, (_HD,))
@@ -414,7 +417,7 @@ def md(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> Optional[byt
                 )
             else:
                 if _T in flags:
-                    store.touch(key, _absolute(store, meta.number(_T), now))
+                    store.touch(key, _absolute(store, meta.number(_T), now), count=False)
                 store.mark(key, stale=True, win=False, cas=new_cas)  # the next reader may win
         else:
             store.delete(key)
@@ -452,7 +455,7 @@ def ma(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> Optional[byt
             cas = store.put(key, value, 0, exptime, cas=meta.new_cas, state=state)
             created = True
         else:
-            if _C in flags and meta.number(_C) != item.cas:
+            if meta.number(_C) not in (0, item.cas):  # C0 asks for no check, as in memcached
                 return _reply(_EX, meta.echo(), meta)
             number = parse_counter(item.value)
             if number is None:

@@ -244,14 +244,17 @@ class Store:
 
     # -- reading ------------------------------------------------------------
 
-    def _live(self, key: bytes, now: int) -> Optional[bytes]:
-        """The stored item under ``key`` unless it has expired (then it is dropped)."""
+    def _live(self, key: bytes, now: int, read: bool = False) -> Optional[bytes]:
+        """The stored item under ``key`` unless it has expired (then it is
+        dropped, and counted as ``get_expired`` too when this is a ``read``)."""
         blob = self._items.get(key)
         if blob is None:
             return None
         if blob[_EXP] != _NEVER and 0 < _unpack(blob)[4] <= now:
             self._drop(key, blob)
             self.counters["reclaimed"] += 1
+            if read:
+                self.counters["get_expired"] += 1
             return None
         return blob
 
@@ -399,7 +402,7 @@ class Store:
             self._may_expire = self._expiring_seen = True
         grow = len(blob) - len(old) if old is not None else len(key) + len(blob) + ITEM_OVERHEAD
         victims = self._victims(key, grow) if self.bytes + grow > self.memory_limit else ()
-        if state or key[0] == 61:  # a key that needs its "=" form, or a stale item
+        if state:  # a key given in base64 (its own records), or a stale item
             binary = bool(state & BINARY_KEY)
             record = datalog.encode_set(key, value, flags, exptime, cas, binary)
             if state & STALE:
@@ -644,7 +647,7 @@ class Store:
         ``u``)."""
         with self._lock:
             now = self.now()
-            blob = self._live(key, now)
+            blob = self._live(key, now, read=True)
             if blob is not None and bump and blob[:5] <= self._bump_below(now):
                 self._bump(key, blob, now)
             if count:
@@ -693,10 +696,11 @@ class Store:
             if not stale:
                 self._items[key] = _with_state(blob, state)
                 return True
+            given = cas is not None
             if cas is None:
                 cas = self._next_cas
             self._append(datalog.encode_invalidate(key, cas, bool(state & BINARY_KEY)))
-            if cas == self._next_cas:
+            if not given:
                 self._next_cas = cas + 1
             self._remember(key, blob)
             self._items[key] = _with_state(blob, state | STALE, cas=cas)
@@ -738,11 +742,13 @@ class Store:
             self.counters[kind + "_hits"] += 1
             return number
 
-    def touch(self, key: bytes, exptime: int) -> bool:
-        """Give ``key`` a new expiry without changing its value."""
+    def touch(self, key: bytes, exptime: int, count: bool = True) -> bool:
+        """Give ``key`` a new expiry without changing its value; ``count``
+        False leaves the touch counters alone (meta ``md I T``)."""
         with self._lock:
-            self.counters["cmd_touch"] += 1
-            return self._touch(key, exptime, self.now()) is not None
+            if count:
+                self.counters["cmd_touch"] += 1
+            return self._touch(key, exptime, self.now(), count) is not None
 
     def gat(self, keys: Iterable[bytes], exptime: int) -> list[tuple[bytes, Item]]:
         """Get and touch: the live items among ``keys``, each given a new expiry."""
@@ -756,12 +762,14 @@ class Store:
                     found.append((key, item))
             return found
 
-    def _touch(self, key: bytes, exptime: int, now: int) -> Optional[Item]:
+    def _touch(self, key: bytes, exptime: int, now: int, count: bool = True) -> Optional[Item]:
         blob = self._live(key, now)
         if blob is None:
-            self.counters["touch_misses"] += 1
+            if count:
+                self.counters["touch_misses"] += 1
             return None
-        self.counters["touch_hits"] += 1
+        if count:
+            self.counters["touch_hits"] += 1
         absolute = self.absolute(exptime, now)
         absolute = self._before_flush(absolute, now)
         self._remember(key, blob)
@@ -969,8 +977,8 @@ class Store:
             if kind == b"next_cas":  # written by compaction
                 next_cas[0] = max(next_cas[0], record[1])
                 return
-            key, binary = datalog.read_key(record[1])
-            if kind == b"set":  # of a key written in its "=" form
+            kind, key, binary = datalog.record_key(kind, record[1])
+            if kind == b"set":  # bset: the loader takes every plain set
                 _, _, value, flags, exptime, cas = record
                 items.pop(key, None)  # re-inserted at the young end, as the loader does
                 items[key] = make_item(bytes(value), flags, exptime, cas, now, BINARY_KEY if binary else 0)

@@ -575,6 +575,9 @@ MEMCACHED_COUNTS = [
     ("mg-vivify", b"mg j N30\r\n", {"cmd_get": 1, "get_hits": 1}),
     ("ms-current-cas-I", ms(b"k", b"z", b"C{cas} I"), {"cmd_set": 1, "cas_hits": 1}),
     ("ms-stale-win", b"md k I\r\n" + ms(b"k", b"z", b"C{cas} I"), {"cmd_set": 1, "cas_hits": 1}),
+    ("md-invalidate-with-T", b"md k I T30\r\n", {}),
+    ("mg-vivify-with-T", b"mg j N30 T30\r\n", {"cmd_touch": 1, "touch_hits": 1}),
+    ("ma-C0-is-no-check", b"ma n C0\r\n", {"incr_hits": 1}),
 ]
 
 
@@ -643,3 +646,20 @@ def test_error_leaves_data_intact(timed: Raw, line: bytes, error: bytes) -> None
     assert timed.ask(b"mg k v f c t s\r\n") == b"VA 3 f5 c42 t100 s3\r\nold\r\n"
     assert timed.ask(b"me k\r\n").startswith(b"ME k exp=100 la=0 cas=42 fetch=yes")
     assert timed.quiet()
+
+
+def test_C0_on_ma_is_no_check_and_on_ms_no_stale_win(raw: Raw) -> None:
+    """memcached 1.6.18: ma takes C0 as "no cas given"; ms C0 I is refused, not stored stale."""
+    assert raw.ask(ms(b"n", b"5")) == b"HD\r\n"
+    assert raw.ask(b"ma n C0 v\r\n") == b"VA 1\r\n6\r\n"
+    assert raw.ask(ms(b"n", b"9", b"C0 I")) == b"EX\r\n"
+    assert raw.ask(b"mg n v\r\n") == b"VA 1\r\n6\r\n"
+
+
+def test_a_meta_read_of_an_expired_item_counts_as_expired(start_server, connect, clock: Clock) -> None:
+    running = start_server(clock=clock)
+    conn = connect(running.port)
+    assert conn.ask(ms(b"a", b"x", b"T10") + ms(b"b", b"x", b"T10"), 2) == b"HD\r\nHD\r\n"
+    clock.advance(11)
+    assert conn.ask(b"mg a v\r\nget b\r\n", 2) == b"EN\r\nEND\r\n"
+    assert running.store.stats()["get_expired"] == 2

@@ -8,7 +8,9 @@ import threading
 import time
 from pathlib import Path
 
-from memcachedlite import Store
+import pytest
+
+from memcachedlite import CorruptLogError, Store
 from memcachedlite import log as datalog
 from memcachedlite.log import HEADER, parse_records
 from tests.conftest import Raw
@@ -110,25 +112,60 @@ def test_meta_changes_survive_a_restart(start_server, tmp_path: Path) -> None:
         c.close()
 
 
-def test_the_data_file_spells_odd_keys_in_base64(tmp_path: Path) -> None:
+def test_keys_given_in_base64_have_records_of_their_own(tmp_path: Path) -> None:
     path = tmp_path / "data.txt"
     store = Store(path)
     store.put(b"a b", b"1", state=8)
-    store.set(b"=eq", b"2")
+    store.set(b"=eq", b"2")  # a text key that merely begins with "=" stays as it is
     store.put(b"a b", b"3", state=8)
     store.mark(b"a b", stale=True)
     store.touch(b"=eq", 100)
     store.delete(b"a b")
     store.close()
     data = path.read_bytes()
-    assert b"set =YSBi 0 0 1 1 " in data
-    assert b"set ==eq 0 0 1 2 " in data
-    assert b"invalidate =YSBi 4 " in data
-    assert b"touch ==eq " in data and b"delete =YSBi " in data
+    assert b"\r\nbset YSBi 0 0 1 1 " in data
+    assert b"\r\nset =eq 0 0 1 2 " in data
+    assert b"\r\nbinvalidate YSBi 4 " in data
+    assert b"\r\ntouch =eq " in data and b"\r\nbdelete YSBi " in data
     assert b"a b" not in data
     # a record rewritten from its parsed form is byte for byte the original
     records = list(parse_records(data, len(HEADER)))
     assert HEADER + b"".join(datalog.encode(r) for r in records) == data
+    again = Store(path)
+    try:
+        assert again.keys() == [b"=eq"] and again.peek(b"=eq").value == b"2"
+    finally:
+        again.close()
+
+
+def test_files_written_before_base64_keys_read_as_before(tmp_path: Path) -> None:
+    """Version-1 files could hold text keys such as "=abc" and "==x": they
+    must come back as those very keys."""
+    path = tmp_path / "data.txt"
+    path.write_bytes(
+        HEADER
+        + datalog.encode_set(b"=abcd", b"one", 0, 0, 1)
+        + datalog.encode_set(b"=abc", b"two", 0, 0, 2)
+        + datalog.encode_set(b"==x", b"three", 0, 0, 3)
+        + datalog.encode_touch(b"=abc", NOW + 100)
+        + datalog.encode_delete(b"=abcd")
+    )
+    store = Store(path, clock=Clock())
+    try:
+        assert {k: store.peek(k).value for k in store.keys()} == {b"=abc": b"two", b"==x": b"three"}
+        assert store.peek(b"=abc").exptime == NOW + 100
+    finally:
+        store.close()
+
+
+def test_a_binary_record_with_a_bad_key_is_damage_with_an_offset(tmp_path: Path) -> None:
+    path = tmp_path / "data.txt"
+    bad = datalog.encode_delete(b"k").replace(b"delete k", b"bdelete !!")
+    bad = datalog._seal(bad.rsplit(b" ", 1)[0])  # a valid checksum over a key that is not base64
+    path.write_bytes(HEADER + bad + datalog.encode_set(b"k", b"v", 0, 0, 1))
+    with pytest.raises(CorruptLogError) as caught:
+        Store(path)
+    assert caught.value.offset == len(HEADER)
 
 
 def test_compaction_and_repair_keep_meta_state(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from contextlib import ExitStack, contextmanager
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import click
 
@@ -164,6 +164,17 @@ def _key(key: str) -> Any:
     return os.fsencode(key)
 
 
+_file = click.Path(exists=True, dir_okay=False)
+
+
+def _file_option(flag: str, envvar: str, help: str, **options: Any) -> Callable:
+    """An option naming a file that must exist (certificates, keys, credentials),
+    its variable named in the help when click is not asked to show it."""
+    if not options.get("show_envvar"):
+        help = f"{help}  [env: {envvar}]"
+    return click.option(flag, type=_file, default=None, envvar=envvar, help=help, **options)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--server",
@@ -184,34 +195,10 @@ def _key(key: str) -> Any:
     envvar="MCL_TLS",
     help="Connect over TLS (implied by the other --tls options).  [env: MCL_TLS]",
 )
-@click.option(
-    "--tls-ca",
-    type=click.Path(exists=True, dir_okay=False),
-    default=None,
-    envvar="MCL_TLS_CA",
-    help="CA certificate(s) to verify the server with, instead of the system's.  [env: MCL_TLS_CA]",
-)
-@click.option(
-    "--tls-cert",
-    type=click.Path(exists=True, dir_okay=False),
-    default=None,
-    envvar="MCL_TLS_CLIENT_CERT",
-    help="Client certificate, for a server started with --tls-ca.  [env: MCL_TLS_CLIENT_CERT]",
-)
-@click.option(
-    "--tls-key",
-    type=click.Path(exists=True, dir_okay=False),
-    default=None,
-    envvar="MCL_TLS_CLIENT_KEY",
-    help="Private key of --tls-cert, if not in that file.  [env: MCL_TLS_CLIENT_KEY]",
-)
-@click.option(
-    "--credentials",
-    type=click.Path(exists=True, dir_okay=False),
-    default=None,
-    envvar="MCL_CREDENTIALS",
-    help="Authenticate with the first user:password line of this file.  [env: MCL_CREDENTIALS]",
-)
+@_file_option("--tls-ca", "MCL_TLS_CA", "CA certificate(s) to verify the server with, instead of the system's.")
+@_file_option("--tls-cert", "MCL_TLS_CLIENT_CERT", "Client certificate, for a server started with --tls-ca.")
+@_file_option("--tls-key", "MCL_TLS_CLIENT_KEY", "Private key of --tls-cert, if not in that file.")
+@_file_option("--credentials", "MCL_CREDENTIALS", "Authenticate with the first user:password line of this file.")
 @click.version_option(__version__, prog_name="memcachedlite")
 @click.pass_context
 def main(
@@ -278,7 +265,6 @@ def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:
 
 _size_option = dict(callback=_size, metavar="SIZE", show_default=True, show_envvar=True)
 _option = dict(show_default=True, show_envvar=True)
-_file = click.Path(exists=True, dir_okay=False)
 
 
 @main.command()
@@ -391,36 +377,13 @@ _file = click.Path(exists=True, dir_okay=False)
     help="Import MODULE (a dotted name or a .py file) to register its verbs; repeatable.",
     show_envvar=True,
 )
-@click.option(
-    "--tls-cert",
-    type=_file,
-    default=None,
-    envvar="MCL_TLS_CERT",
-    help="Serve TLS with this certificate (PEM, with its chain).",
-    **_option,
-)
-@click.option(
-    "--tls-key",
-    type=_file,
-    default=None,
-    envvar="MCL_TLS_KEY",
-    help="Private key of --tls-cert, if not in that file.",
-    **_option,
-)
-@click.option(
-    "--tls-ca",
-    type=_file,
-    default=None,
-    envvar="MCL_TLS_CLIENT_CA",
-    help="Require client certificates signed by this CA.",
-    **_option,
-)
-@click.option(
+@_file_option("--tls-cert", "MCL_TLS_CERT", "Serve TLS with this certificate (PEM, with its chain).", **_option)
+@_file_option("--tls-key", "MCL_TLS_KEY", "Private key of --tls-cert, if not in that file.", **_option)
+@_file_option("--tls-ca", "MCL_TLS_CLIENT_CA", "Require client certificates signed by this CA.", **_option)
+@_file_option(
     "--auth-file",
-    type=_file,
-    default=None,
-    envvar="MCL_AUTH_FILE",
-    help="Require authentication: user:password lines (memcached's -Y), reread on SIGHUP.",
+    "MCL_AUTH_FILE",
+    "Require authentication: user:password lines (memcached's -Y), reread on SIGHUP.",
     **_option,
 )
 @click.option(
@@ -648,7 +611,7 @@ def _repair(path: str, only_if_damaged: bool) -> None:
 
 
 @main.command("repair")
-@click.argument("data_file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("data_file", type=_file)
 def repair_cmd(data_file: str) -> None:
     """Salvage every intact record of a damaged DATA_FILE (the server must be stopped).
 

@@ -55,23 +55,24 @@ class Meta:
     """The parsed flags of one meta command line.
 
     ``flags`` maps each flag letter (an int) to the rest of its token, in the
-    order the client gave them: replies echo flags in that order.
+    order the client gave them: replies echo flags in that order. ``numbers``
+    holds the values of the numeric flags, read once while parsing.
     """
 
-    __slots__ = ("key", "binary", "flags")
+    __slots__ = ("key", "binary", "flags", "numbers")
 
-    def __init__(self, key: bytes, binary: bool, flags: dict[int, bytes]) -> None:
+    def __init__(self, key: bytes, binary: bool, flags: dict[int, bytes], numbers: dict[int, int]) -> None:
         self.key = key
         self.binary = binary
         self.flags = flags
+        self.numbers = numbers
 
     @property
     def quiet(self) -> bool:
         return _q in self.flags
 
     def number(self, flag: int, default: int = 0) -> int:
-        token = self.flags.get(flag)
-        return default if token is None else _NUMBERS[flag](token)
+        return self.numbers.get(flag, default)
 
     def key_field(self, binary: Optional[bool] = None) -> bytes:
         """The key as the ``k`` flag returns it: in base64 if it came so, or
@@ -83,7 +84,7 @@ class Meta:
     @property
     def new_cas(self) -> Optional[int]:
         """The cas a change should give the item (``E``), or None for the next one."""
-        return self.number(_E) if _E in self.flags else None
+        return self.numbers.get(_E)
 
     def echo(self, letters: bytes = b"Ok", cas: int = 0, ttl: int = -1) -> bytes:
         """The reply flags among ``letters`` that do not need the item itself:
@@ -188,6 +189,7 @@ def parse(args: list[bytes], first_flag: int = 1, flag_error: Optional[str] = No
         raise BadCommandLine()
     try:
         flags: dict[int, bytes] = {}
+        numbers: dict[int, int] = {}
         problem: Optional[ClientError] = None
         for arg in args[first_flag:]:
             letter = arg[0]
@@ -200,7 +202,7 @@ def parse(args: list[bytes], first_flag: int = 1, flag_error: Optional[str] = No
             check = _NUMBERS.get(letter)
             if check is not None:
                 try:
-                    check(rest)
+                    numbers[letter] = check(rest)
                 except ClientError as exc:  # BadCommandLine too, for F
                     problem = exc
         if problem is not None:
@@ -213,8 +215,8 @@ def parse(args: list[bytes], first_flag: int = 1, flag_error: Optional[str] = No
     if len(flags.get(_O, b"")) + 1 > _MAX_OPAQUE:
         raise ClientError("opaque token too long")
     if key is not None:
-        return Meta(key, True, flags)
-    return Meta(check_key(token), False, flags)
+        return Meta(key, True, flags, numbers)
+    return Meta(check_key(token), False, flags, numbers)
 
 
 def _check_line(args: list[bytes], need: int, too_long: str = "options flags too long") -> None:

@@ -286,27 +286,8 @@ class Store:
         return self._below
 
     def get(self, key: bytes) -> Optional[Item]:
-        """The live item under ``key``, counted as a get."""
-        with self._lock:
-            blob = self._get(key, self.now())
-            return None if blob is None else decode(blob)
-
-    def _get(self, key: bytes, now: int) -> Optional[bytes]:
-        counters = self.counters
-        counters["cmd_get"] += 1
-        blob = self._items.get(key)
-        if blob is not None:
-            if blob[_EXP] != _NEVER and 0 < _unpack(blob)[4] <= now:
-                self._drop(key, blob)
-                counters["get_expired"] += 1
-                counters["reclaimed"] += 1
-            else:
-                if blob[:5] <= self._bump_below(now):
-                    self._bump(key, blob, now)
-                counters["get_hits"] += 1
-                return blob
-        counters["get_misses"] += 1
-        return None
+        """The live item under ``key``, counted as a get (see :meth:`fetch`)."""
+        return self.fetch(key)
 
     def render(self, keys: list[bytes], with_cas: bool = False, lite: bool = False) -> bytes:
         """The whole reply to ``get``/``gets`` for ``keys``, ``END`` included.

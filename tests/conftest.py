@@ -118,6 +118,14 @@ class Running:
 
 
 @pytest.fixture
+def no_mcl_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The user's own MCL_* settings must not leak into tests of mcl."""
+    for name in list(os.environ):
+        if name.startswith("MCL_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
 def start_server(tmp_path: Path) -> Iterator:
     """Factory: start_server(store=None, settings=None, registry=None, server_options=None, **store_options)."""
     running: list[Running] = []

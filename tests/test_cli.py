@@ -27,12 +27,7 @@ BINARY = b"line one\r\nline two\r\n\x00\x01\xff END\r\n\r\nVALUE x 0 1\r\n"
 RUN_TIMEOUT = 60
 
 
-@pytest.fixture(autouse=True)
-def _no_mcl_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The user's own MCL_* settings must not leak into these tests."""
-    for name in list(os.environ):
-        if name.startswith("MCL_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("no_mcl_environment")
 
 
 def mcl(*args: str, input: bytes | None = None, env: dict | None = None) -> Result:

@@ -27,11 +27,7 @@ MEMCACHED_TOOL = "/usr/share/memcached/scripts/memcached-tool"
 NASTY = b"line\r\nEND\r\n\x00NUL\x00 VALUE x 0 1\r\n\xff"
 
 
-@pytest.fixture(autouse=True)
-def _no_mcl_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("MCL_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("no_mcl_environment")
 
 
 def mcl(*args: str, input: bytes | None = None) -> Result:

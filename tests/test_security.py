@@ -39,11 +39,7 @@ AUTH = b"set auth 0 0 12\r\nalice secret\r\n"
 WAIT = 10.0
 
 
-@pytest.fixture(autouse=True)
-def _no_mcl_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("MCL_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("no_mcl_environment")
 
 
 # -- throwaway certificates ------------------------------------------------------

@@ -377,23 +377,37 @@ def settings_stats(ctx: "Session") -> list[tuple[str, object]]:
     ]
 
 
+def stats_lines(ctx: "Session", group: Optional[bytes] = None) -> list[tuple[str, object]]:
+    """The ``(name, value)`` pairs of ``stats [group]``, for any protocol that
+    reports them (the text ``stats`` and the binary STAT opcode share this).
+
+    Raises :class:`BadCommandLine` for a group this server does not know.
+    ``reset`` is not a group: see :func:`reset_stats`.
+    """
+    if group is None:
+        return general_stats(ctx)
+    if group == b"settings":
+        return settings_stats(ctx)
+    if group in (b"items", b"slabs"):
+        # No slab classes here: memory is Python's. A valid, empty answer keeps
+        # tools that ask for these (exporters, memcstat) working.
+        return [("active_slabs", 0), ("total_malloced", ctx.store.stats()["bytes"])] if group == b"slabs" else []
+    raise BadCommandLine()
+
+
+def reset_stats(ctx: "Session") -> None:
+    """``stats reset``: zero the counters of the store and of the server."""
+    ctx.store.reset_stats()
+    if ctx.server is not None:
+        ctx.server.reset_stats()
+
+
 @command("stats", max_args=1)
 def stats(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
     """stats [settings|items|slabs|reset]"""
-    if not args:
-        lines = general_stats(ctx)
-    elif args[0] == b"settings":
-        lines = settings_stats(ctx)
-    elif args[0] in (b"items", b"slabs"):
-        # No slab classes here: memory is Python's. A valid, empty answer keeps
-        # tools that ask for these (exporters, memcstat) working.
-        lines = [("active_slabs", 0), ("total_malloced", ctx.store.stats()["bytes"])] if args[0] == b"slabs" else []
-    elif args[0] == b"reset":
-        ctx.store.reset_stats()
-        if ctx.server is not None:
-            ctx.server.reset_stats()
+    if args and args[0] == b"reset":
+        reset_stats(ctx)
         return RESET
-    else:
-        raise BadCommandLine()
+    lines = stats_lines(ctx, args[0] if args else None)
     body = b"".join(b"STAT %s %s\r\n" % (name.encode(), str(value).encode()) for name, value in lines)
     return body + END

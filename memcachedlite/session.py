@@ -149,11 +149,21 @@ class Session:
                     store.end_batch(opened)
                 except LogWriteError as exc:
                     # Undone in memory: acknowledge nothing of this batch.
-                    out = [exc.to_bytes() for reply in out if reply]
+                    out = [self.failed_reply(reply, exc) for reply in out]
         self._buf = buf[pos:] if pos < len(buf) else b""
         if self._sync is not None and out:
             self._sync()  # group commit: one fsync for the batch, before any reply
         return b"".join(out)
+
+    def failed_reply(self, reply: bytes, exc: ProtocolError) -> bytes:
+        """What replaces ``reply`` when its batch could not be made durable.
+
+        Every reply of such a batch becomes the error, so nothing is
+        acknowledged; a reply that was empty (``noreply``) stays empty. A
+        protocol with its own framing (the binary one) overrides this, and may
+        answer an error even for an empty (quiet) reply.
+        """
+        return exc.to_bytes() if reply else b""
 
     def _run(self, buf: bytes, out: list[bytes], pos: int = 0) -> int:
         """Execute every complete command in ``buf`` from ``pos``; return how much was used."""

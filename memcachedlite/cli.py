@@ -597,7 +597,7 @@ def _repair(path: str, only_if_damaged: bool) -> None:
     _, report = datalog.salvage(buf)
     if only_if_damaged and not report.damaged_offsets:
         return
-    if not buf.startswith(datalog.HEADER) and not report.records:
+    if datalog.read_header(buf) is None and not report.records:
         raise click.ClickException(f"{path} is not a memcachedlite data file; nothing to salvage")
     try:
         report = datalog.repair(path)
@@ -608,6 +608,19 @@ def _repair(path: str, only_if_damaged: bool) -> None:
         f" at offsets {', '.join(map(str, report.damaged_offsets)) or 'none'}; original saved as {report.backup}",
         err=True,
     )
+    if report.cut_offset is not None:
+        click.echo(
+            f"{path}: cut at offset {report.cut_offset}, past the last sync: what a crash leaves;"
+            " the file is a prefix of what was written",
+            err=True,
+        )
+    if report.kept_across_damage:
+        click.echo(
+            f"{path}: WARNING: damage lay in data that had reached the disk (synced up to {report.synced});"
+            " the records after it were kept, so the result may combine changes that never existed together."
+            f" Compare with {report.backup} before you rely on it.",
+            err=True,
+        )
 
 
 @main.command("repair")

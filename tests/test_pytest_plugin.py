@@ -5,13 +5,13 @@ against the real memcached, and a teardown that leaves no thread or port."""
 
 from __future__ import annotations
 
-import socket
 import threading
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT, running_memcached
+from tests.test_testing_api import refused
 
 pytest_plugins = ["pytester"]
 
@@ -25,22 +25,21 @@ def project(pytester: pytest.Pytester) -> pytest.Pytester:
     return pytester
 
 
-def refused(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=5).close()
-    except ConnectionRefusedError:
-        return True
-    return False
+@pytest.fixture
+def records(project: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Where the throwaway project's tests note what they saw, with ``record(name, value)``
+    from its conftest."""
+    monkeypatch.setenv("RECORD_DIR", str(tmp_path))
+    project.makeconftest(
+        """
+        import os, pathlib
 
-
-PORTS_SEEN = """
-    import os, pathlib
-
-    def record(name, value):
-        out = pathlib.Path(os.environ["RECORD_DIR"]) / name
-        with open(out, "a") as f:
-            f.write(str(value) + "\\n")
-"""
+        def record(name, value):
+            with open(pathlib.Path(os.environ["RECORD_DIR"]) / name, "a") as f:
+                f.write(str(value) + "\\n")
+        """
+    )
+    return tmp_path
 
 
 def test_the_entry_point_alone_loads_the_plugin(project: pytest.Pytester) -> None:
@@ -79,11 +78,7 @@ def test_a_suite_that_uses_no_fixture_starts_nothing(project: pytest.Pytester) -
     project.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
 
 
-def test_each_test_starts_on_an_empty_server_shared_by_the_session(
-    project: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("RECORD_DIR", str(tmp_path))
-    project.makeconftest(PORTS_SEEN)
+def test_each_test_starts_on_an_empty_server_shared_by_the_session(project: pytest.Pytester, records: Path) -> None:
     project.makepyfile(
         """
         import pytest
@@ -106,7 +101,7 @@ def test_each_test_starts_on_an_empty_server_shared_by_the_session(
     )
     threads_before = set(threading.enumerate())
     project.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=5)
-    ports = set((tmp_path / "ports").read_text().split())
+    ports = set((records / "ports").read_text().split())
     assert len(ports) == 1  # one session-wide server
     assert set(threading.enumerate()) <= threads_before  # every thread it started was joined
     assert refused(int(ports.pop()))  # and its port freed
@@ -137,11 +132,7 @@ def test_factories_give_several_servers_with_their_own_options(project: pytest.P
     project.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=3)
 
 
-def test_xdist_workers_each_get_a_server_of_their_own(
-    project: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("RECORD_DIR", str(tmp_path))
-    project.makeconftest(PORTS_SEEN)
+def test_xdist_workers_each_get_a_server_of_their_own(project: pytest.Pytester, records: Path) -> None:
     project.makepyfile(
         """
         import os
@@ -158,7 +149,7 @@ def test_xdist_workers_each_get_a_server_of_their_own(
     # pytest-benchmark, where installed, warns about xdist: not ours to judge.
     result = project.runpytest_subprocess("-n", "2", "-p", "xdist", "-p", "no:benchmark", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=8)
-    seen = {tuple(line.split()) for line in (tmp_path / "ports").read_text().splitlines()}
+    seen = {tuple(line.split()) for line in (records / "ports").read_text().splitlines()}
     workers = {worker for worker, _ in seen}
     ports = {port for _, port in seen}
     assert workers == {"gw0", "gw1"} and len(ports) == 2 and len(seen) == 2  # one server per worker

@@ -206,3 +206,11 @@ def test_the_cache_failure_example_passes(project: pytest.Pytester) -> None:
     threads_before = set(threading.enumerate())
     project.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=6)
     assert set(threading.enumerate()) <= threads_before
+
+
+def test_the_readme_example_passes(project: pytest.Pytester) -> None:
+    readme = (ROOT / "README.md").read_text()
+    example = readme.split("<!-- plugin-example -->\n```python\n", 1)[1].split("```", 1)[0]
+    assert len(example.strip().splitlines()) <= 12  # "a ten-line example", give or take the imports
+    project.makepyfile(test_readme=example)
+    project.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)

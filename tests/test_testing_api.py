@@ -324,3 +324,20 @@ own = server_factory(memory_limit=3)
 
 def test_server_factory_gives_a_fixture_with_its_options(own: BackgroundServer) -> None:
     assert settings_of(own.client())[b"maxbytes"] == 3 * 1024 * 1024
+
+
+def test_a_port_taken_while_refusing_is_reported_and_can_be_retried() -> None:
+    with BackgroundServer() as server:
+        assert repr(server) == f"<BackgroundServer {server.address}>"
+        server.faults.refuse_connections()
+        squatter = socket.socket()
+        try:
+            squatter.bind(("127.0.0.1", server.port))
+            squatter.listen()
+            with pytest.raises(RuntimeError, match=f"cannot listen on {server.address} again"):
+                server.faults.accept_connections()
+        finally:
+            squatter.close()
+        server.faults.accept_connections()
+        assert server.client().set("k", b"v") and server.faults.active == []
+    assert repr(server) == "<BackgroundServer stopped>"

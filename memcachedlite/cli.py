@@ -491,7 +491,7 @@ def _pin_to_one_cpu(choice: str) -> None:
     log.info("running on CPU %d (--cpu none to let the OS move it)", target)
 
 
-def _repair(path: str, only_if_damaged: bool) -> None:
+def _repair(path: str) -> None:
     from . import log as datalog
     from .errors import CorruptLogError
 
@@ -501,8 +501,6 @@ def _repair(path: str, only_if_damaged: bool) -> None:
     except OSError as exc:
         raise click.ClickException(f"cannot read {path}: {exc.strerror}") from None
     _, report = datalog.salvage(buf)
-    if only_if_damaged and not report.damaged_offsets:
-        return
     if not buf.startswith(datalog.HEADER) and not report.records:
         raise click.ClickException(f"{path} is not a memcachedlite data file; nothing to salvage")
     try:
@@ -523,7 +521,7 @@ def repair_cmd(data_file: str) -> None:
 
     The original is kept as DATA_FILE.broken-<time>.
     """
-    _repair(data_file, only_if_damaged=False)
+    _repair(data_file)
 
 
 # -- benchmark -------------------------------------------------------------------

@@ -43,6 +43,7 @@ __all__ = [
     "BackgroundServer",
     "ExternalServer",
     "Faults",
+    "join_address",
     "serve_in_background",
     "server_factory",
     "split_address",
@@ -62,6 +63,11 @@ def split_address(address: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit():
         raise ValueError(f"{address!r} is not HOST:PORT")
     return host.strip("[]"), int(port)
+
+
+def join_address(host: str, port: int) -> str:
+    """``"HOST:PORT"``, with an IPv6 host in brackets (the inverse of :func:`split_address`)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class _Switch:
@@ -299,7 +305,7 @@ class BackgroundServer:
     @property
     def address(self) -> str:
         """``"HOST:PORT"``, the form Django's ``LOCATION`` and most clients take."""
-        return f"{self.host}:{self.port}"
+        return join_address(self.host, self.port)
 
     @property
     def store(self) -> Store:
@@ -474,7 +480,7 @@ class ExternalServer:
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        return join_address(self.host, self.port)
 
     @property
     def faults(self) -> Faults:

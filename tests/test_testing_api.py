@@ -18,6 +18,7 @@ from memcachedlite.testing import (
     DISK_FULL,
     BackgroundServer,
     ExternalServer,
+    join_address,
     serve_in_background,
     server_factory,
     split_address,
@@ -314,7 +315,7 @@ def test_external_server_has_no_faults() -> None:
         with pytest.raises(RuntimeError, match="fault injection needs the in-process"):
             _ = external.faults
         external.stop()
-    assert split_address("[::1]:11211") == ("::1", 11211)
+    assert split_address("[::1]:11211") == ("::1", 11211) and join_address("::1", 11211) == "[::1]:11211"
     with pytest.raises(ValueError):
         split_address("localhost")
 

@@ -214,3 +214,22 @@ def test_the_readme_example_passes(project: pytest.Pytester) -> None:
     assert len(example.strip().splitlines()) <= 12  # "a ten-line example", give or take the imports
     project.makepyfile(test_readme=example)
     project.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
+
+
+def test_external_mode_against_an_mcl_serve_process(project: pytest.Pytester, spawn) -> None:
+    proc = spawn("--no-data-file")
+    project.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.parametrize("n", range(2))
+        def test_clean(memcached, memcached_server, n):
+            assert memcached.get("left-over") is None
+            memcached.set("left-over", b"x")
+            assert b"memcachedlite" in memcached.version()
+            with pytest.raises(AttributeError):
+                memcached_server.store  # not in this process
+        """
+    )
+    project.runpytest("-p", "no:cacheprovider", f"--memcached-external=127.0.0.1:{proc.port}").assert_outcomes(passed=2)
+    assert proc.terminate() == 0

@@ -108,8 +108,8 @@ class Faults:
         """Wait ``seconds`` before answering each command (only ``verbs``, if given).
 
         The wait is per command, on the connection's own thread: other
-        connections are not held up (with a data file, a pipelined batch holds
-        the store while it runs, so they are).
+        connections are not held up, except on a server with a data file,
+        where a connection's batch holds the store while it runs.
         """
         if seconds < 0:
             raise ValueError("a delay cannot be negative")

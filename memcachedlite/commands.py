@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING, Optional
 
 from . import __version__
-from .errors import BadCommandLine, ClientError
+from .errors import BadCommandLine, ClientError, ProtocolError
 from .protocol import (
     DELETED,
     END,
@@ -34,7 +34,7 @@ from .protocol import (
     value_line,
     value_line_lite,
 )
-from .registry import command
+from .registry import command, default_registry
 
 if TYPE_CHECKING:  # pragma: no cover
     from .session import Session
@@ -65,6 +65,42 @@ def set_(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
     key, flags, exptime = _storage_args(args)
     ctx.store.set(key, data, flags, exptime)  # type: ignore[arg-type]
     return STORED
+
+
+#: One ``set`` command line with memcached's four arguments: a key of
+#: printable bytes (the rule check_key applies), decimal flags and exptime.
+SET_LINE = rb"set ([!-~\x80-\xff]{1,250}) (\d{1,20}) (-?\d{1,20}) (?P<length>\d{1,10})(?P<noreply> noreply)?\r\n"
+
+
+def set_batch(ctx: "Session", requests: list) -> list[Optional[bytes]]:
+    """The batch form of ``set``: pipelined sets stored under one lock.
+
+    Each request is parsed as :func:`set_` parses it and stored as
+    :meth:`Store.set` stores it; one that :func:`set_` would refuse gets
+    the same error line.
+    """
+    entries = []
+    stored: list[int] = []  # which request each entry came from
+    replies: list[Optional[bytes]] = [STORED] * len(requests)
+    for i, (found, data) in enumerate(requests):
+        key, flags, exptime, length = found.groups()[:4]
+        if flags == b"0" and exptime == b"0":
+            entries.append((key, data, 0, 0))
+        else:
+            try:
+                _, number, when = _storage_args([key, flags, exptime, length])
+            except ProtocolError as exc:
+                replies[i] = exc.to_bytes()
+                continue
+            entries.append((key, data, number, when))
+        stored.append(i)
+    for i, error in zip(stored, ctx.store.set_many(entries), strict=True):
+        if error is not None:
+            replies[i] = error.to_bytes()
+    return replies
+
+
+default_registry.add_batch("set", set_batch, SET_LINE)
 
 
 @command("add", **_STORAGE)

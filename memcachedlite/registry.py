@@ -20,6 +20,8 @@ or ``None`` to send nothing, and raises a
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional, Union
 
@@ -27,6 +29,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .session import Session
 
 Handler = Callable[["Session", list, Optional[bytes]], Optional[bytes]]
+#: A batch form: (ctx, [(match, data), ...]) -> one reply (or None) per request.
+BatchHandler = Callable[["Session", list], list]
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,10 @@ class Command:
     verbs with a data block, vets the command line before the block is read:
     an error it raises leaves the block unread, to be taken as the next
     command (as memcached does for a meta set with a bad key).
+
+    ``batch`` and ``batch_line``, when given (see :meth:`Registry.add_batch`),
+    let the session hand a run of pipelined commands of this verb to one
+    call instead of one call each.
     """
 
     name: bytes
@@ -54,6 +62,8 @@ class Command:
     mutates: bool = False
     arities: Optional[frozenset] = None
     check: Optional[Callable[[list], None]] = None
+    batch: Optional[BatchHandler] = None
+    batch_line: Optional[re.Pattern] = None
 
     def accepts(self, count: int) -> bool:
         """Whether ``count`` arguments (``noreply`` removed) fit this verb."""
@@ -110,6 +120,29 @@ class Registry:
             return handler
 
         return register
+
+    def add_batch(self, name: Union[str, bytes], handler: BatchHandler, line: Union[bytes, re.Pattern]) -> Command:
+        """Give the registered verb ``name`` a batch form.
+
+        When a client pipelines several commands of the verb back to back,
+        the session matches each command line with ``line`` (a regular
+        expression of the whole line, CRLF included; for a verb with a data
+        block, a group named ``length`` gives its length, and a group named
+        ``noreply`` marks noreply) and calls ``handler(ctx, requests)`` once,
+        with ``requests`` a list of ``(match, data)``. It returns one reply
+        per request: bytes, None for no reply, or a request's error line,
+        exactly what the plain handler would have answered or raised. A line
+        the expression does not match, and a lone command, go to the plain
+        handler, which stays the reference the batch form is tested against.
+        """
+        verb = name.encode("ascii") if isinstance(name, str) else bytes(name)
+        row = self._commands.get(verb)
+        if row is None:
+            raise ValueError(f"verb {verb.decode('ascii', 'replace')!r} is not registered")
+        pattern = re.compile(line) if isinstance(line, bytes) else line
+        row = dataclasses.replace(row, batch=handler, batch_line=pattern)
+        self._commands[verb] = row
+        return row
 
     def remove(self, name: Union[str, bytes]) -> None:
         """Drop a verb; mostly for tests and for replacing a built-in on purpose."""

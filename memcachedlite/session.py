@@ -24,7 +24,7 @@ from .protocol import (
     NOT_STORED_LITE,
     parse_length,
 )
-from .registry import Registry, default_registry
+from .registry import Command, Registry, default_registry
 from .security import MAX_AUTH_TOKEN
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -217,6 +217,17 @@ class Session:
                 out.append(ERROR)
                 pos = eol + 1
                 continue
+            if row.batch is not None and not self._delays:
+                # worth it only when another command follows this one
+                follows = eol + 1
+                if row.data is not None:
+                    length = args[-2] if args[-1] == b"noreply" else args[-1]
+                    follows += int(length) + 2 if length.isdigit() else n
+                if follows < n:
+                    after = self._run_batch(row, buf, pos, out)
+                    if after:
+                        pos = after
+                        continue
             del args[0]
             noreply = False
             if row.noreply and len(args) > row.min_args and args[-1] == b"noreply":
@@ -269,6 +280,46 @@ class Session:
             if reply and not noreply:
                 out.append(reply)
         return pos
+
+    def _run_batch(self, row: Command, buf: bytes, pos: int, out: list[bytes]) -> int:
+        """Hand the run of complete, well-formed commands of ``row``'s verb
+        that starts at ``pos`` to its batch form; return where the run ends,
+        or 0 (nothing done) when fewer than two commands qualify."""
+        pattern = row.batch_line
+        match = pattern.match  # type: ignore[union-attr]
+        has_noreply = "noreply" in pattern.groupindex  # type: ignore[union-attr]
+        n = len(buf)
+        limit = self.settings.max_item_size
+        takes_data = row.data is not None
+        requests = []
+        quiet = []
+        at = pos
+        while True:
+            found = match(buf, at)
+            if found is None:
+                break
+            data = None
+            end = found.end()
+            if takes_data:
+                length = int(found.group("length"))
+                if length > limit or end + length + 2 > n or buf[end + length : end + length + 2] != b"\r\n":
+                    break  # the plain path refuses it, or waits for the rest
+                data = buf[end : end + length]
+                end += length + 2
+            requests.append((found, data))
+            quiet.append(has_noreply and found.group("noreply") is not None)
+            at = end
+        if len(requests) < 2:
+            return 0
+        try:
+            replies = row.batch(self, requests)  # type: ignore[misc]
+        except Exception:
+            log.exception("batch form of %r failed", row.name)
+            replies = [_INTERNAL_ERROR] * len(requests)
+        for reply, silent in zip(replies, quiet, strict=True):
+            if reply and not silent:
+                out.append(reply)
+        return at
 
     def _run_unauthenticated(self, buf: bytes, out: list[bytes], pos: int = 0) -> int:
         """The gate before authentication, as memcached's ``-Y``.

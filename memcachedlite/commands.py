@@ -29,7 +29,7 @@ from .protocol import (
     U64,
     check_key,
     check_keys,
-    parse_int,
+    parse_exptime,
     parse_uint,
     value_line,
     value_line_lite,
@@ -50,7 +50,7 @@ def _storage_args(args: list[bytes]) -> tuple[bytes, int, int]:
         return check_key(args[0]), 0, 0
     if len(args) != 4:
         raise BadCommandLine()
-    return check_key(args[0]), parse_uint(args[1], U32), parse_int(args[2])
+    return check_key(args[0]), parse_uint(args[1], U32), parse_exptime(args[2])
 
 
 _STORAGE = dict(arities=(2, 4), data=-1, noreply=True, mutates=True)
@@ -135,7 +135,7 @@ def gets(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
 
 def _exptime(token: bytes) -> int:
     try:
-        return parse_int(token)
+        return parse_exptime(token)
     except BadCommandLine:
         raise ClientError("invalid exptime argument") from None
 
@@ -148,13 +148,13 @@ def _gat(ctx: "Session", args: list[bytes], with_cas: bool) -> bytes:
     return _values(ctx, ctx.store.gat(keys, exptime), with_cas=with_cas)
 
 
-@command("gat", min_args=2, long_line=True, mutates=True)
+@command("gat", min_args=1, long_line=True, mutates=True)
 def gat(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
     """gat <exptime> <key>*: get and touch."""
     return _gat(ctx, args, with_cas=False)
 
 
-@command("gats", min_args=2, long_line=True, mutates=True)
+@command("gats", min_args=1, long_line=True, mutates=True)
 def gats(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
     """gats <exptime> <key>*: get and touch, with cas."""
     return _gat(ctx, args, with_cas=True)
@@ -163,13 +163,28 @@ def gats(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
 _DELETE_USAGE = "bad command line format.  Usage: delete <key> [noreply]"
 
 
-@command("delete", min_args=1, max_args=2, noreply=True, mutates=True)
-def delete(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
-    """delete <key> [0] [noreply]: the old hold time is accepted only as 0."""
-    if len(args) == 2 and args[1] != b"0":
-        raise ClientError(_DELETE_USAGE)
-    key = check_key(args[0])
-    return DELETED if ctx.store.delete(key) else NOT_FOUND
+@command("delete", min_args=1, max_args=3, mutates=True)
+def delete(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> Optional[bytes]:
+    """delete <key> [0] [noreply]: the old hold time is accepted only as 0.
+
+    noreply is read here, as memcached reads it: a malformed line whose last
+    token is ``noreply`` gets no reply, not even its error.
+    """
+    noreply = len(args) > 1 and args[-1] == b"noreply"
+    if len(args) > 1:
+        hold_is_zero = args[1] == b"0"
+        if not ((len(args) == 2 and (hold_is_zero or noreply)) or (len(args) == 3 and hold_is_zero and noreply)):
+            if noreply:
+                return None
+            raise ClientError(_DELETE_USAGE)
+    try:
+        key = check_key(args[0])
+    except BadCommandLine:
+        if noreply:
+            return None
+        raise
+    reply = DELETED if ctx.store.delete(key) else NOT_FOUND
+    return None if noreply else reply
 
 
 def _delta(token: bytes) -> int:
@@ -253,7 +268,7 @@ def verbosity(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> Optio
     return None if noreply else OK
 
 
-@command("quit", max_args=0)
+@command("quit")
 def quit_(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> None:
     """quit: close the connection, with no reply."""
     ctx.close()

@@ -8,6 +8,7 @@ protocol be tested on in-memory bytes; the server only moves bytes.
 
 from __future__ import annotations
 
+import binascii
 import logging
 import random
 import threading
@@ -22,6 +23,7 @@ from .protocol import (
     MAX_LONG_LINE,
     NOT_STORED,
     NOT_STORED_LITE,
+    check_key,
     parse_length,
 )
 from .registry import Registry, default_registry
@@ -41,6 +43,9 @@ _AUTH_FAILURE = b"CLIENT_ERROR authentication failure\r\n"
 _AUTH_BAD_FORMAT = b"CLIENT_ERROR bad authentication token format\r\n"
 _AUTH_BAD_TERMINATION = b"CLIENT_ERROR bad command line termination\r\n"
 _AUTH_STORED = b"STORED\r\n"
+#: Verbs whose refused (too large) value also removes the key's old value, as
+#: in memcached: a reader must not get the value an update failed to replace.
+_UNLINK_WHEN_TOO_LARGE = frozenset((b"set", b"ms"))
 
 
 def _always() -> bool:
@@ -189,18 +194,33 @@ class Session:
                     continue
             row = table.get(args[0])
             if row is None:
+                if args[-1][:5] == b"HTTP/":
+                    # memcached hangs up on what looks like HTTP, without a word,
+                    # so a web page cannot use a browser to talk to the cache.
+                    self.closing = True
+                    return n
                 out.append(ERROR)
                 pos = eol + 1
                 continue
             del args[0]
             noreply = False
-            if row.noreply and len(args) > row.min_args and args[-1] == b"noreply":
-                args.pop()
-                noreply = True
+            count = len(args)
+            if row.noreply and count > row.min_args:
+                if count - 1 == row.max_args:
+                    # memcached's optional last token: noreply, or anything, ignored
+                    noreply = args.pop() == b"noreply"
+                elif args[-1] == b"noreply" and (row.accepts(count) or row.accepts(count - 1)):
+                    args.pop()
+                    noreply = True
+            if count == len(args) and not row.accepts(count):
+                # a wrong number of tokens: memcached's bare ERROR, even under noreply
+                out.append(ERROR)
+                pos = eol + 1
+                continue
             data = None
             try:
                 if not row.accepts(len(args)):
-                    raise BadCommandLine()
+                    raise BadCommandLine()  # "set k 0 0 noreply": memcached parses noreply as the length
                 if row.data is not None:
                     if row.check is not None:
                         row.check(args)
@@ -209,6 +229,8 @@ class Session:
                     if length > self.settings.max_item_size:
                         self.store.count("store_too_large")
                         pos = self._skip(start + length + 2, n)
+                        if row.name in _UNLINK_WHEN_TOO_LARGE:
+                            self._unlink_refused(args)
                         raise TooLarge()
                     end = start + length
                     if end + 2 > n:
@@ -316,6 +338,20 @@ class Session:
             return _AUTH_FAILURE
         del self._run, self.pending  # back to the class's own methods
         return _AUTH_STORED
+
+    def _unlink_refused(self, args: list[bytes]) -> None:
+        """Remove the old value of the key a refused ``set``/``ms`` named."""
+        key = args[0]
+        if b"b" in args[2:]:  # a meta key given in base64
+            try:
+                key = binascii.a2b_base64(key)
+            except binascii.Error:
+                return
+        try:
+            check_key(key)
+        except BadCommandLine:
+            return
+        self.store.unlink(key)
 
     def _skip(self, end: int, n: int) -> int:
         """Swallow a refused data block up to ``end``, even past what has arrived."""

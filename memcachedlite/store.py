@@ -521,10 +521,17 @@ class Store:
         logger.warning("a batch of %d changes could not be written and was undone", len(undo))
 
     def set(self, key: bytes, value: bytes, flags: int = 0, exptime: int = 0) -> int:
-        """Store unconditionally; returns the new cas value (0 if stored already expired)."""
+        """Store unconditionally; returns the new cas value (0 if stored already expired).
+
+        Refused for lack of memory, the old value is removed too, as memcached does.
+        """
         with self._lock:
             self.counters["cmd_set"] += 1
-            return self._write(key, value, flags, self.absolute(exptime) if exptime else 0)
+            try:
+                return self._write(key, value, flags, self.absolute(exptime) if exptime else 0)
+            except OutOfMemory:
+                self.unlink(key)
+                raise
 
     def add(self, key: bytes, value: bytes, flags: int = 0, exptime: int = 0) -> bool:
         """Store only if ``key`` holds no live item."""
@@ -693,11 +700,28 @@ class Store:
             if blob is None:
                 self.counters["delete_misses"] += 1
                 return False
-            self._append(datalog.encode_delete(key, bool(blob[_STATE] & BINARY_KEY)))
-            self._remember(key, blob)
-            self._drop(key, blob)
+            self._remove(key, blob)
             self.counters["delete_hits"] += 1
             return True
+
+    def unlink(self, key: bytes) -> bool:
+        """Remove ``key`` without counting a delete; False if it held nothing live.
+
+        What memcached does to the old value of a ``set`` (or ``ms``) it
+        refused as too large or for lack of memory: readers must never get
+        the stale value of a key whose update failed. Logged like any delete.
+        """
+        with self._lock:
+            blob = self._live(key, self.now())
+            if blob is None:
+                return False
+            self._remove(key, blob)
+            return True
+
+    def _remove(self, key: bytes, blob: bytes) -> None:
+        self._append(datalog.encode_delete(key, bool(blob[_STATE] & BINARY_KEY)))
+        self._remember(key, blob)
+        self._drop(key, blob)
 
     def incr(self, key: bytes, delta: int) -> Optional[int]:
         """Add ``delta`` modulo 2**64; None if missing. Non-numbers are a ClientError."""

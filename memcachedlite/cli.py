@@ -401,6 +401,30 @@ _option = dict(show_default=True, show_envvar=True)
     help="Sleep 0-2 s before each set and 0-1 s before each get (the seed's concurrency demo).",
     **_option,
 )
+@click.option(
+    "--enable-shutdown",
+    "-A",
+    is_flag=True,
+    envvar="MCL_ENABLE_SHUTDOWN",
+    help="Let the 'shutdown' command stop the server (memcached's -A).",
+    **_option,
+)
+@click.option(
+    "--disable-flush-all",
+    "-F",
+    is_flag=True,
+    envvar="MCL_DISABLE_FLUSH_ALL",
+    help="Refuse the flush_all command (memcached's -F).",
+    **_option,
+)
+@click.option(
+    "--disable-cas",
+    "-C",
+    is_flag=True,
+    envvar="MCL_DISABLE_CAS",
+    help="No cas values: every item's is 0 and 'cas' never succeeds (memcached's -C).",
+    **_option,
+)
 @click.option("--verbose", "-v", count=True, help="Also log each connection opening and closing.")
 def serve(
     host: str,
@@ -424,6 +448,9 @@ def serve(
     auth_file: str | None,
     cpu: str,
     simulate_delay: bool,
+    enable_shutdown: bool,
+    disable_flush_all: bool,
+    disable_cas: bool,
     verbose: int,
 ) -> None:
     """Run the server until Ctrl-C or SIGTERM.
@@ -442,6 +469,7 @@ def serve(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    _check_item_size(max_item_size, memory_limit * 1024 * 1024)
     for module in modules:
         try:
             _load_module(module)
@@ -450,7 +478,13 @@ def serve(
         except Exception as exc:
             raise CannotStart(f"cannot load {module}: {exc}") from None
     _pin_to_one_cpu(cpu)
-    settings = Settings(dialect=dialect, max_item_size=max_item_size, simulate_delay=simulate_delay)
+    settings = Settings(
+        dialect=dialect,
+        max_item_size=max_item_size,
+        simulate_delay=simulate_delay,
+        enable_shutdown=enable_shutdown,
+        flush_enabled=not disable_flush_all,
+    )
     tls_context = _server_tls(tls_cert, tls_key, tls_ca)
     # Bind first: a port in use should not leave a new data file behind.
     try:
@@ -492,14 +526,13 @@ def serve(
         server.server_close()
         reason = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise CannotStart(f"cannot open data file: {reason}") from None
+    if disable_cas:
+        store.disable_cas()
     server.store = store
     server.server_activate()
 
     def request_stop(signum: int, frame: object) -> None:
-        if not server.stopping.is_set():
-            log.info("%s received, shutting down", signal.Signals(signum).name)
-            server.stopping.set()
-            threading.Thread(target=server.shutdown, name="mcl-shutdown", daemon=True).start()
+        server.request_stop(f"{signal.Signals(signum).name} received")
 
     def reload_auth() -> None:
         try:
@@ -533,6 +566,18 @@ def serve(
         server.stop()
         store.close()
         log.info("stopped; data file flushed")
+
+
+#: memcached's smallest item size limit (ITEM_SIZE_MAX_LOWER_LIMIT).
+MIN_ITEM_SIZE = 1024
+
+
+def _check_item_size(max_item_size: int, memory_limit: int) -> None:
+    """Refuse the item sizes memcached refuses at start-up, in its words (exit code 2)."""
+    if max_item_size < MIN_ITEM_SIZE:
+        raise click.UsageError("Item max size cannot be less than 1024 bytes.")
+    if max_item_size > memory_limit // 2:
+        raise click.UsageError("Cannot set item size limit higher than 1/2 of memory max.")
 
 
 def _server_tls(cert: str | None, key: str | None, ca: str | None) -> Any:

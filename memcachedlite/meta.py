@@ -355,7 +355,7 @@ def ms(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> Optional[byt
         value, client_flags = data, meta.number(_F)
         exptime = _absolute(store, meta.number(_T), now) if _T in flags else 0
         if _C in flags:
-            wanted = meta.number(_C)
+            wanted = meta.number(_C) if store.cas_enabled else -1  # under -C no cas matches
             if old is None:
                 code = _NF
                 store.count("cas_misses")
@@ -489,6 +489,7 @@ def me(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
         raise BadCommandLine()
     key = _decode_key(args[0]) if args[1:2] == [b"b"] else args[0]
     store = ctx.store
+    store.count("cmd_meta")  # memcached 1.6.18's cmd_meta counts me alone
     now = store.now()
     item = store.peek(key)
     if item is None:

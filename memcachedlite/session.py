@@ -61,6 +61,10 @@ class Settings:
     max_item_size: int = DEFAULT_MAX_ITEM_SIZE
     #: The seed's demo of concurrency: random sleeps before set and get.
     simulate_delay: bool = False
+    #: memcached's -A: the ``shutdown`` command stops the server.
+    enable_shutdown: bool = False
+    #: False as memcached's -F: ``flush_all`` is refused.
+    flush_enabled: bool = True
 
     def __post_init__(self) -> None:
         if self.dialect not in ("memcached", "lite"):

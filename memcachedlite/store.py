@@ -38,6 +38,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Union
 
 from . import log as datalog
+from .detail import PrefixStats
 from .errors import ClientError, LogWriteError, OutOfMemory, ServerError
 from .protocol import RELATIVE_EXPTIME_LIMIT, U64, parse_counter
 
@@ -55,6 +56,7 @@ _COUNTERS = [
     "cmd_set",
     "cmd_touch",
     "cmd_flush",
+    "cmd_meta",
     "get_hits",
     "get_misses",
     "get_expired",
@@ -194,6 +196,10 @@ class Store:
         self._clock = clock
         self.memory_limit = memory_limit
         self.evict = evict
+        #: False as memcached's -C: every item's cas is 0 (see disable_cas).
+        self.cas_enabled = True
+        #: ``stats detail``: counted by the protocol commands while enabled.
+        self.prefixes = PrefixStats()
         self.bytes = 0
         self.flush_at = 0  # pending delayed flush_all, absolute time
         self._next_cas = 1
@@ -375,7 +381,7 @@ class Store:
             return 0
         given = cas is not None
         if cas is None:
-            cas = self._next_cas
+            cas = self._next_cas if self.cas_enabled else 0
         # make_item and encode_set, spelled out: this is the path of every set
         header = pack_meta(state & FETCHED, now, state & ~FETCHED, cas, exptime, flags)
         blob = b"%b %d %d\r\n%b\r\n" % (header, flags, len(value), value)
@@ -1008,6 +1014,48 @@ class Store:
             self.flush_at = 0
         self._next_cas = max(max_cas + 1, next_cas[0], 1)
         logger.info("loaded %d items from %s (%d records)", len(items), self.log.path, count)
+
+    # -- run-time settings (memcached's cache_memlimit, -C) --------------------
+
+    def set_memory_limit(self, limit: int) -> int:
+        """Change the memory limit; returns how many items were evicted to fit it.
+
+        With eviction on, least recently used items go (logged as deletes)
+        until the items fit; with it off (``-M``) they stay and new items are
+        refused until enough is deleted, as memcached's slabs do.
+        """
+        with self._lock:
+            self.memory_limit = limit
+            if self.bytes <= limit or not self.evict:
+                return 0
+            victims = self._victims(b"", 0)
+            items = self._items
+            for victim in victims:
+                self._remove(victim, items[victim])
+            self.counters["evictions"] += len(victims)
+            return len(victims)
+
+    def disable_cas(self) -> None:
+        """memcached's -C: items stored from now on get cas 0, and ``cas`` cannot succeed."""
+        self.cas_enabled = False
+
+    def walk_lru(self, accept: Callable[[bytes, Item], bool], limit: int = 0) -> list[tuple[bytes, Item]]:
+        """Live items from the most to the least recently used, those ``accept`` takes,
+        at most ``limit`` of them (0: all). For ``stats cachedump``: it holds the
+        lock for the whole walk, so it is a tool for debugging, not for serving."""
+        with self._lock:
+            now = self.now()
+            found: list[tuple[bytes, Item]] = []
+            for key in reversed(self._items):
+                blob = self._items[key]
+                if 0 < _exptime(blob) <= now:
+                    continue
+                item = decode(blob)
+                if accept(key, item):
+                    found.append((key, item))
+                    if len(found) == limit:
+                        break
+            return found
 
     # -- reporting ----------------------------------------------------------
 

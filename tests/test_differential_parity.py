@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import Raw, running_memcached
 from tests.test_differential import (
     BIG,
+    READ_TIMEOUT,
     S,
     Scenario,
     converse,
@@ -109,11 +111,98 @@ TOO_LARGE = [
 ]
 
 HTTP = [
-    S("http-unknown-verb-line-closes", b"bogus HTTP/1.1\r\n"),
+    S("http-get", _set(b"k", b"x"), b"GET / HTTP/1.0\r\nget k\r\n"),
+    S("http-put", b"PUT /x HTTP/1.1\r\nHost: localhost\r\n\r\n"),
+    S("http-post", b"POST /cache HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"),
+    S("http-delete-no-path", b"DELETE HTTP/1.1\r\n"),
+    S("http-head", b"HEAD / HTTP/1.0\r\n"),
+    S("http-any-verb", b"bogus HTTP/1.1\r\n"),
+    S("http-after-commands", _set(b"k", b"x"), b"get k\r\n", b"OPTIONS * HTTP/1.1\r\n"),
     S("http-lowercase-get-is-a-get", b"get / HTTP/1.0\r\n"),
+    S("http-lowercase-delete-is-a-delete", b"delete / HTTP/1.1\r\n"),
+    S("http-word-not-last", b"bogus HTTP/1.1 x\r\n"),
 ]
 
-SCENARIOS = EXPTIME + TOKENS + TOO_LARGE + HTTP
+#: ``stats detail``: each scenario starts from ``stats reset`` (which forgets the
+#: prefixes) and ends with counting off, as the memcached is shared. One prefix
+#: per dump: memcached lists prefixes in its hash table's order.
+DETAIL = [
+    S(
+        "detail-counts-get-set-delete",
+        b"stats reset\r\n",
+        b"stats detail on\r\n",
+        _set(b"a:b", b"x"),
+        b"get a:b a:c\r\ngets a:b\r\ngat 0 a:b a:d\r\ngats 0 a:b\r\n",
+        b"delete a:c\r\ndelete a:b\r\n",
+        b"get nocolon\r\n" + _set(b"nocolon", b"x"),
+        b"stats detail dump\r\n",
+        b"stats detail off\r\n",
+        b"get a:b\r\n" + _set(b"a:b", b"x"),
+        b"stats detail dump\r\n",
+    ),
+    S(
+        "detail-counts-every-storage-verb",
+        b"stats reset\r\nstats detail on\r\n",
+        _set(b"p:k", b"x") + _set(b"p:k", b"y", verb=b"add") + _set(b"p:k", b"z", verb=b"replace"),
+        _set(b"p:k", b"1", verb=b"append") + _set(b"p:k", b"2", verb=b"prepend"),
+        b"cas p:k 0 0 1 1\r\nx\r\nincr p:k 1\r\ntouch p:k 0\r\n",
+        b"stats detail dump\r\nstats detail off\r\n",
+    ),
+    S(
+        "detail-empty-prefix-and-later-colons",
+        b"stats reset\r\nstats detail on\r\n",
+        _set(b":x", b"1") + _set(b"::y", b"2") + b"get :x\r\n",
+        b"stats detail dump\r\nstats detail off\r\n",
+    ),
+    S("detail-reset-forgets", b"stats detail on\r\n" + _set(b"r:k", b"x"), b"stats reset\r\nstats detail dump\r\n"),
+    S("detail-usage", b"stats detail\r\nstats detail foo\r\nstats detail ON\r\n", b"stats detail off extra\r\n"),
+    S("detail-dump-when-never-on", b"stats reset\r\nstats detail off\r\nstats detail dump\r\n"),
+]
+
+CACHEDUMP_FORMS = [
+    S("cachedump-no-arguments", b"stats cachedump\r\n"),
+    S("cachedump-one-argument", b"stats cachedump 1\r\n"),
+    S("cachedump-letters", b"stats cachedump x 1\r\nstats cachedump 1 x\r\n"),
+    S("cachedump-negative", b"stats cachedump -1 0\r\nstats cachedump 1 -1\r\n"),
+    S("cachedump-illegal-class", b"stats cachedump 64 0\r\nstats cachedump 200 1\r\n"),
+    S("cachedump-empty-classes", b"stats cachedump 63 0\r\nstats cachedump 62 5 extra\r\n"),
+]
+
+#: The shared memcached's limit is put back to 64 MiB at the end of each.
+MEMLIMIT = [
+    S("memlimit-ok", b"cache_memlimit 100\r\n", b"cache_memlimit 64\r\n"),
+    S("memlimit-too-small", b"cache_memlimit 7\r\ncache_memlimit 0\r\n"),
+    S("memlimit-bytes-not-megabytes", b"cache_memlimit 2000000000\r\ncache_memlimit 1000000001\r\n"),
+    S("memlimit-not-a-number", b"cache_memlimit x\r\ncache_memlimit -1\r\ncache_memlimit 1.5\r\n"),
+    S("memlimit-arity", b"cache_memlimit\r\ncache_memlimit 64 noreply x\r\n"),
+    S("memlimit-noreply", b"cache_memlimit 64 noreply\r\ncache_memlimit 7 noreply\r\ncache_memlimit x noreply\r\n"),
+    S("memlimit-junk-last-token", b"cache_memlimit 64 junk\r\n"),
+]
+
+#: The shared memcached's automove is put back to 1 (its default) at the end of each.
+SLABS = [
+    S("slabs-automove", b"slabs automove 0\r\nslabs automove 2\r\nslabs automove 1\r\n"),
+    S("slabs-automove-bad-level", b"slabs automove 3\r\nslabs automove x\r\nslabs automove -1\r\n"),
+    S("slabs-automove-noreply", b"slabs automove 1 noreply\r\nslabs automove x noreply\r\nslabs automove\r\n"),
+    S(
+        "slabs-automove-ratio",
+        b"slabs automove ratio 0.5\r\nslabs automove ratio\r\nslabs automove ratio x\r\nslabs automove ratio 0.8\r\n",
+    ),
+    S(
+        "slabs-reassign",
+        b"slabs reassign 1 2\r\nslabs reassign 1 1\r\nslabs reassign 1 100\r\nslabs reassign -1 2\r\n",
+        b"slabs reassign 0 2\r\nslabs reassign 39 2\r\nslabs reassign 40 2\r\nslabs reassign 2 39\r\n",
+        b"slabs reassign 2 40\r\nslabs reassign -1 -1\r\nslabs reassign 4294967297 1\r\n",
+    ),
+    S("slabs-reassign-bad", b"slabs reassign x 2\r\nslabs reassign 1\r\nslabs reassign 1 2 3\r\n"),
+    S("slabs-other", b"slabs\r\nslabs bogus\r\nslabs bogus 1\r\n"),
+]
+
+SHUTDOWN_DISABLED = [
+    S("shutdown-not-enabled", b"shutdown\r\nshutdown graceful\r\nshutdown x\r\nshutdown graceful x\r\n"),
+]
+
+SCENARIOS = EXPTIME + TOKENS + TOO_LARGE + HTTP + DETAIL + CACHEDUMP_FORMS + MEMLIMIT + SLABS + SHUTDOWN_DISABLED
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -121,3 +210,40 @@ def test_same_replies_as_memcached(scenario: Scenario, shared_memcached: int, se
     theirs = converse(shared_memcached, scenario)
     ours = converse(server.port, scenario)
     assert ours == theirs, show(scenario, theirs, ours)
+
+
+# -- stats ------------------------------------------------------------------------------
+
+
+def _stat_names(port: int, group: bytes = b"") -> list[bytes]:
+    raw = Raw(port, timeout=READ_TIMEOUT)
+    try:
+        reply = raw.ask(b"stats%s\r\n" % (b" " + group if group else b""))
+    finally:
+        raw.close()
+    assert reply.endswith(b"END\r\n")
+    return [line.split(b" ")[1] for line in reply.split(b"\r\n")[:-2]]
+
+
+def test_general_stats_keys_in_memcacheds_order(shared_memcached: int, server) -> None:  # noqa: F811
+    theirs = _stat_names(shared_memcached)
+    ours = _stat_names(server.port)
+    assert len(theirs) >= 85 and len(set(theirs)) == len(theirs)
+    assert ours[: len(theirs)] == theirs
+    assert b"total_malloced" in ours[len(theirs) :]  # the project's own keys come after memcached's
+
+
+def test_settings_stats_keys_in_memcacheds_order(shared_memcached: int, server) -> None:  # noqa: F811
+    theirs = _stat_names(shared_memcached, b"settings")
+    ours = _stat_names(server.port, b"settings")
+    assert ours[: len(theirs)] == theirs
+    assert ours[len(theirs) :] == [b"dialect", b"data_file", b"fsync"]
+
+
+def test_idle_kicks_shown_as_memcached_shows_it(start_server) -> None:
+    """memcached lists idle_kicks only when connections can idle out."""
+    with running_memcached("-o", "idle_timeout=5") as port:
+        theirs = _stat_names(port)
+    ours = _stat_names(start_server(server_options={"idle_timeout": 5}).port)
+    assert b"idle_kicks" in theirs
+    assert ours[: len(theirs)] == theirs

@@ -12,12 +12,16 @@ started with memcached's switches (``-A``, ``-F``, ``-C``) against
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
+from memcachedlite import Settings
 from tests.conftest import Raw, running_memcached
 from tests.test_differential import (
     BIG,
     READ_TIMEOUT,
+    Conversation,
     S,
     Scenario,
     converse,
@@ -247,3 +251,143 @@ def test_idle_kicks_shown_as_memcached_shows_it(start_server) -> None:
     ours = _stat_names(start_server(server_options={"idle_timeout": 5}).port)
     assert b"idle_kicks" in theirs
     assert ours[: len(theirs)] == theirs
+
+
+# -- memcached's switches: -F, -C, -A ---------------------------------------------------------
+
+
+def _without_flush(port: int, scenario: Scenario) -> list[bytes]:
+    """:func:`converse` without its opening flush_all: under -C, memcached
+    hides items stored in the second of a flush_all (it has no cas to tell
+    them apart), so a fresh server is used instead."""
+    talk = Conversation(port)
+    try:
+        return [talk.step(step) for step in scenario.steps]
+    finally:
+        talk.close()
+
+
+def _compare_with(memcached_options: tuple[str, ...], ours: int, scenario: Scenario) -> None:
+    with running_memcached(*memcached_options) as theirs_port:
+        theirs = _without_flush(theirs_port, scenario)
+    mine = _without_flush(ours, scenario)
+    assert mine == theirs, show(scenario, theirs, mine)
+
+
+FLUSH_DISABLED = Scenario(
+    "flush-all-disabled",
+    (
+        _set(b"k", b"x"),
+        b"flush_all\r\nflush_all 0\r\nflush_all noreply\r\nflush_all x\r\nflush_all 10 noreply\r\n",
+        b"flush_all 1 2 3\r\nget k\r\n",
+    ),
+)
+
+
+def test_disable_flush_all_as_memcached_dash_f(start_server) -> None:
+    """The scenario's own first step is a flush_all too: refused by both."""
+    ours = start_server(settings=Settings(flush_enabled=False))
+    _compare_with(("-F",), ours.port, FLUSH_DISABLED)
+
+
+CAS_DISABLED = Scenario(
+    "cas-disabled",
+    (
+        _set(b"k", b"x"),
+        b"cas k 0 0 1 0\r\ny\r\ncas k 0 0 1 1\r\ny\r\ncas nope 0 0 1 0\r\ny\r\n",
+        b"get k\r\n",
+        b"mg k c v\r\nms k 1 c\r\nz\r\nms k 1 C0\r\nz\r\nms k 1 C5\r\nz\r\n",
+        b"incr k 1\r\nmg k c\r\n",
+    ),
+)
+
+
+def test_disable_cas_as_memcached_dash_c(start_server) -> None:
+    running = start_server()
+    running.store.disable_cas()
+    _compare_with(("-C",), running.port, CAS_DISABLED)
+
+
+def _gets_cas(port: int) -> bytes:
+    raw = Raw(port, timeout=READ_TIMEOUT)
+    try:
+        return raw.ask(b"set k 0 0 1\r\nx\r\ngets k\r\n", replies=2)
+    finally:
+        raw.close()
+
+
+def test_disable_cas_gives_cas_zero_as_memcached(start_server) -> None:
+    """The harness numbers cas values; here the raw 0 itself is compared."""
+    running = start_server()
+    running.store.disable_cas()
+    with running_memcached("-C") as port:
+        theirs = _gets_cas(port)
+    assert theirs == b"STORED\r\nVALUE k 0 1 0\r\nx\r\nEND\r\n"
+    assert _gets_cas(running.port) == theirs
+
+
+SHUTDOWN_MODES = Scenario("shutdown-modes", (b"shutdown x\r\nshutdown graceful x\r\nshutdown now please\r\n",))
+
+
+@pytest.mark.parametrize("words", [b"shutdown", b"shutdown graceful"])
+def test_shutdown_enabled_as_memcached_dash_a(words: bytes, spawn) -> None:
+    """Both hang up without a reply and stop; the malformed forms answer alike."""
+    ours = spawn("--enable-shutdown")
+    _compare_with(("-A",), ours.port, SHUTDOWN_MODES)
+    with running_memcached("-A") as port:
+        theirs = converse(port, Scenario("shutdown", (words + b"\r\n",)))
+    assert theirs == [b"<connection closed by the server>"]
+    assert converse(ours.port, Scenario("shutdown", (words + b"\r\n",))) == theirs
+    assert ours.wait(20) == 0
+    assert "shutdown command, shutting down" in ours.output()
+
+
+# -- stats cachedump: a fresh memcached, whose LRU holds only this test's items ------------------
+
+#: Items for classes 1 (small), 4 (a 100-byte value with flags) and 13 (1200 bytes).
+CACHEDUMP_ITEMS = (
+    _set(b"a", b"x")
+    + _set(b"b", b"y", b"2000000000")
+    + b"set c 5 0 100\r\n%s\r\n" % (b"v" * 100)
+    + _set(b"d", b"12")
+    + _set(b"e", b"z" * 1200)
+)
+CACHEDUMP_ASKS = b"".join(
+    b"stats cachedump %d %d\r\n" % (class_id, limit) for class_id in (1, 2, 4, 13) for limit in (0, 1, 2)
+)
+
+
+def _dump(raw: Raw, asks: bytes) -> bytes:
+    """Send ``stats cachedump`` lines and read their replies (ITEM lines, each up to END)."""
+    raw.send(asks)
+    while raw.buf.count(b"END\r\n") < asks.count(b"\n"):
+        raw._fill()
+    reply, raw.buf = raw.buf, b""
+    return reply
+
+
+def _cachedump(port: int, settle: bool) -> bytes:
+    raw = Raw(port, timeout=READ_TIMEOUT)
+    try:
+        assert raw.ask(CACHEDUMP_ITEMS, replies=5) == b"STORED\r\n" * 5
+        if settle:  # memcached's LRU maintainer moves new items to the dumped (cold) LRU shortly after
+            for _ in range(100):
+                if (
+                    _dump(raw, b"stats cachedump 1 0\r\nstats cachedump 4 0\r\nstats cachedump 13 0\r\n").count(
+                        b"ITEM "
+                    )
+                    == 5
+                ):
+                    break
+                time.sleep(0.05)
+        return _dump(raw, CACHEDUMP_ASKS)
+    finally:
+        raw.close()
+
+
+def test_cachedump_as_memcached(server) -> None:
+    with running_memcached() as port:
+        theirs = _cachedump(port, settle=True)
+    assert theirs.count(b"ITEM ") == (3 + 1 + 2) + (1 + 1 + 1) + (1 + 1 + 1)  # limits 0, 1, 2; classes 1, 4, 13
+    assert b"ITEM d [2 b; 0 s]\r\nITEM b [1 b; 2000000000 s]\r\nITEM a [1 b; 0 s]\r\nEND\r\n" in theirs
+    assert _cachedump(server.port, settle=False) == theirs

@@ -344,13 +344,17 @@ def test_shutdown_enabled_as_memcached_dash_a(words: bytes, spawn) -> None:
 
 # -- stats cachedump: a fresh memcached, whose LRU holds only this test's items ------------------
 
-#: Items for classes 1 (small), 4 (a 100-byte value with flags) and 13 (1200 bytes).
+#: Items for classes 1 (small; p is 96 bytes, the most class 1 holds), 2 (q one byte
+#: more, r with flags), 4 (a 100-byte value with flags) and 13 (1200 bytes).
 CACHEDUMP_ITEMS = (
     _set(b"a", b"x")
     + _set(b"b", b"y", b"2000000000")
     + b"set c 5 0 100\r\n%s\r\n" % (b"v" * 100)
     + _set(b"d", b"12")
     + _set(b"e", b"z" * 1200)
+    + _set(b"p", b"p" * 36)
+    + _set(b"q", b"q" * 37)
+    + b"set r 1 0 33\r\n%s\r\n" % (b"r" * 33)
 )
 CACHEDUMP_ASKS = b"".join(
     b"stats cachedump %d %d\r\n" % (class_id, limit) for class_id in (1, 2, 4, 13) for limit in (0, 1, 2)
@@ -369,15 +373,11 @@ def _dump(raw: Raw, asks: bytes) -> bytes:
 def _cachedump(port: int, settle: bool) -> bytes:
     raw = Raw(port, timeout=READ_TIMEOUT)
     try:
-        assert raw.ask(CACHEDUMP_ITEMS, replies=5) == b"STORED\r\n" * 5
+        assert raw.ask(CACHEDUMP_ITEMS, replies=8) == b"STORED\r\n" * 8
         if settle:  # memcached's LRU maintainer moves new items to the dumped (cold) LRU shortly after
+            settled = b"".join(b"stats cachedump %d 0\r\n" % class_id for class_id in (1, 2, 4, 13))
             for _ in range(100):
-                if (
-                    _dump(raw, b"stats cachedump 1 0\r\nstats cachedump 4 0\r\nstats cachedump 13 0\r\n").count(
-                        b"ITEM "
-                    )
-                    == 5
-                ):
+                if _dump(raw, settled).count(b"ITEM ") == 8:
                     break
                 time.sleep(0.05)
         return _dump(raw, CACHEDUMP_ASKS)
@@ -388,6 +388,10 @@ def _cachedump(port: int, settle: bool) -> bytes:
 def test_cachedump_as_memcached(server) -> None:
     with running_memcached() as port:
         theirs = _cachedump(port, settle=True)
-    assert theirs.count(b"ITEM ") == (3 + 1 + 2) + (1 + 1 + 1) + (1 + 1 + 1)  # limits 0, 1, 2; classes 1, 4, 13
-    assert b"ITEM d [2 b; 0 s]\r\nITEM b [1 b; 2000000000 s]\r\nITEM a [1 b; 0 s]\r\nEND\r\n" in theirs
+    # limits 0, 1, 2 over classes 1, 2, 4 and 13
+    assert theirs.count(b"ITEM ") == (4 + 1 + 2) + (2 + 1 + 2) + (1 + 1 + 1) + (1 + 1 + 1)
+    assert (
+        b"ITEM p [36 b; 0 s]\r\nITEM d [2 b; 0 s]\r\nITEM b [1 b; 2000000000 s]\r\nITEM a [1 b; 0 s]\r\nEND\r\n"
+        in theirs
+    )
     assert _cachedump(server.port, settle=False) == theirs

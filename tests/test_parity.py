@@ -271,13 +271,20 @@ def test_shutdown_command_from_the_cli_exits_0(spawn) -> None:
 # -- 7. operators' switches and commands ------------------------------------------------------------
 
 
+VALUE_500K = b"v" * 500_000
+
+
+def fill(raw: Raw, count: int) -> None:
+    """Store ``count`` values of 500 kB as k0, k1..., oldest first."""
+    for i in range(count):
+        assert raw.ask(b"set k%d 0 0 %d\r\n%s\r\n" % (i, len(VALUE_500K), VALUE_500K)) == STORED
+
+
 def test_cache_memlimit_evicts_down_to_the_new_limit(start_server) -> None:
     running = start_server()
     raw = Raw(running.port)
     try:
-        value = b"v" * 500_000
-        for i in range(40):
-            assert raw.ask(b"set k%d 0 0 %d\r\n%s\r\n" % (i, len(value), value)) == STORED
+        fill(raw, 40)
         assert raw.ask(b"cache_memlimit 8\r\n") == OK
         numbers = stats(raw)
         assert numbers["limit_maxbytes"] == str(8 * 1024 * 1024)
@@ -300,14 +307,12 @@ def test_cache_memlimit_without_eviction_keeps_items_and_refuses_new_ones(start_
     running = start_server(evict=False)
     raw = Raw(running.port)
     try:
-        value = b"v" * 500_000
-        for i in range(20):
-            assert raw.ask(b"set k%d 0 0 %d\r\n%s\r\n" % (i, len(value), value)) == STORED
+        fill(raw, 20)
         assert raw.ask(b"cache_memlimit 8\r\n") == OK
         assert len(running.store) == 20
         # refused for memory: the key's old value goes too, as memcached does
         assert (
-            raw.ask(b"set k3 0 0 %d\r\n%s\r\n" % (len(value), value))
+            raw.ask(b"set k3 0 0 %d\r\n%s\r\n" % (len(VALUE_500K), VALUE_500K))
             == b"SERVER_ERROR out of memory storing object\r\n"
         )
         assert raw.ask(b"get k3\r\n") == END

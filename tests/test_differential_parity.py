@@ -12,12 +12,17 @@ started with memcached's switches (``-A``, ``-F``, ``-C``) against
 
 from __future__ import annotations
 
+import shutil
+import socket
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
 from memcachedlite import Settings
 from tests.conftest import Raw, running_memcached
+from tests.test_cli import run_serve
 from tests.test_differential import (
     BIG,
     READ_TIMEOUT,
@@ -395,3 +400,68 @@ def test_cachedump_as_memcached(server) -> None:
         in theirs
     )
     assert _cachedump(server.port, settle=False) == theirs
+
+
+# -- start-up checks ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("theirs_args", "our_args"),
+    [
+        (("-I", "1000"), ("--max-item-size", "1000")),
+        (("-I", "1m", "-m", "1"), ("--max-item-size", "1m", "-m", "1")),
+        (("-I", "33m"), ("--max-item-size", "33m")),
+    ],
+)
+def test_item_size_start_up_checks_as_memcached(tmp_path: Path, theirs_args: tuple, our_args: tuple) -> None:
+    """The same sentence; the exit code is click's for a bad option (2), not sysexits' 64."""
+    binary = shutil.which("memcached") or "/usr/bin/memcached"
+    theirs = subprocess.run(
+        [binary, "-l", "127.0.0.1", "-p", "0", "-U", "0", "-u", "nobody", *theirs_args],
+        capture_output=True,
+        timeout=30,
+    )
+    assert theirs.returncode == 64
+    message = theirs.stderr.decode().strip()
+    assert message.startswith(("Item max size", "Cannot set item size"))
+    ours = run_serve(tmp_path, "--port", "0", "--data-file", str(tmp_path / "d.txt"), *our_args)
+    assert ours.returncode == 2
+    assert f"Error: {message}" in ours.stderr.decode()
+
+
+# -- a burst of connections past the limit ----------------------------------------------------------
+
+
+def _refusals(port: int, count: int) -> list[bytes]:
+    """Open ``count`` connections that each send a command at once, read each
+    (the served ones stay open, holding their places, until all are read), and
+    return what the refused ones read before the server closed them."""
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=READ_TIMEOUT) for _ in range(count)]
+    got = []
+    try:
+        for sock in socks:
+            data = b""
+            try:
+                sock.sendall(b"version\r\n")
+                while chunk := sock.recv(4096):
+                    data += chunk
+                    if data.startswith(b"VERSION ") and data.endswith(b"\r\n"):
+                        break  # served, not refused
+            except ConnectionResetError:
+                data += b"<reset>"
+            got.append(data)
+    finally:
+        for sock in socks:
+            sock.close()
+    return [data for data in got if not data.startswith(b"VERSION ")]
+
+
+def test_refusal_under_a_burst_as_memcached(start_server) -> None:
+    """memcached (with room for about 40 connections here) refuses the rest with
+    its line and closes; so does memcachedlite, for every refused client."""
+    with running_memcached("-c", "40") as port:
+        theirs = _refusals(port, 80)
+    refusal = b"ERROR Too many open connections\r\n"
+    assert refusal in theirs
+    ours = _refusals(start_server(server_options={"max_connections": 30}).port, 80)
+    assert len(ours) == 50 and set(ours) == {refusal}

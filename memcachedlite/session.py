@@ -208,23 +208,23 @@ class Session:
                 continue
             del args[0]
             noreply = False
-            count = len(args)
-            if row.noreply and count > row.min_args:
+            if row.noreply and (count := len(args)) > row.min_args:
                 if count - 1 == row.max_args:
                     # memcached's optional last token: noreply, or anything, ignored
                     noreply = args.pop() == b"noreply"
                 elif args[-1] == b"noreply" and (row.accepts(count) or row.accepts(count - 1)):
                     args.pop()
                     noreply = True
-            if count == len(args) and not row.accepts(count):
-                # a wrong number of tokens: memcached's bare ERROR, even under noreply
-                out.append(ERROR)
+            if not row.accepts(len(args)):
+                # A wrong number of tokens: memcached's bare ERROR, even under
+                # noreply. Unless noreply was the token too many: memcached read
+                # it as a number ("set k 0 0 noreply") and its error is silenced.
+                if not noreply:
+                    out.append(ERROR)
                 pos = eol + 1
                 continue
             data = None
             try:
-                if not row.accepts(len(args)):
-                    raise BadCommandLine()  # "set k 0 0 noreply": memcached parses noreply as the length
                 if row.data is not None:
                     if row.check is not None:
                         row.check(args)

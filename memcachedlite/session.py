@@ -23,8 +23,12 @@ from .protocol import (
     MAX_LONG_LINE,
     NOT_STORED,
     NOT_STORED_LITE,
+    U32,
+    U64,
     check_key,
+    parse_exptime,
     parse_length,
+    parse_uint,
 )
 from .registry import Registry, default_registry
 from .security import MAX_AUTH_TOKEN
@@ -46,6 +50,8 @@ _AUTH_STORED = b"STORED\r\n"
 #: Verbs whose refused (too large) value also removes the key's old value, as
 #: in memcached: a reader must not get the value an update failed to replace.
 _UNLINK_WHEN_TOO_LARGE = frozenset((b"set", b"ms"))
+#: The verbs memcached counts as sets in ``stats detail`` (not the meta ones).
+_DETAIL_SETS = frozenset((b"set", b"add", b"replace", b"append", b"prepend", b"cas"))
 
 
 def _always() -> bool:
@@ -235,6 +241,8 @@ class Session:
                         pos = self._skip(start + length + 2, n)
                         if row.name in _UNLINK_WHEN_TOO_LARGE:
                             self._unlink_refused(args)
+                        if self.store.prefixes.enabled:
+                            self._count_refused_set(row.name, args)
                         raise TooLarge()
                     end = start + length
                     if end + 2 > n:
@@ -242,6 +250,8 @@ class Session:
                     data = buf[start:end]
                     pos = end + 2
                     if buf[end:pos] != b"\r\n":
+                        if self.store.prefixes.enabled:
+                            self._count_refused_set(row.name, args)
                         if not noreply:
                             out.append(_BAD_DATA_CHUNK)
                         continue
@@ -342,6 +352,21 @@ class Session:
             return _AUTH_FAILURE
         del self._run, self.pending  # back to the class's own methods
         return _AUTH_STORED
+
+    def _count_refused_set(self, verb: bytes, args: list[bytes]) -> None:
+        """``stats detail`` counts a classic storage command memcached parsed,
+        even when its data is then refused (too large, bad data chunk)."""
+        if verb not in _DETAIL_SETS or len(args) < 4:
+            return
+        try:
+            check_key(args[0])
+            parse_uint(args[1], U32)
+            parse_exptime(args[2])
+            if verb == b"cas":
+                parse_uint(args[4], U64)
+        except BadCommandLine:
+            return  # memcached refuses the line before counting
+        self.store.prefixes.record_set(args[0])
 
     def _unlink_refused(self, args: list[bytes]) -> None:
         """Remove the old value of the key a refused ``set``/``ms`` named."""

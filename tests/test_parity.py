@@ -94,6 +94,18 @@ def test_django_dont_cache_set_is_a_logged_delete(start_server) -> None:
         store.close()
 
 
+def test_expired_set_of_an_absent_key_logs_nothing(start_server) -> None:
+    running = start_server()
+    raw = Raw(running.port)
+    try:
+        before = running.store.log.size
+        assert raw.ask(b"set new 0 4294967295 1\r\nx\r\n") == STORED
+        assert running.store.log.size == before
+        assert raw.ask(b"get new\r\n") == END
+    finally:
+        raw.close()
+
+
 def test_meta_ttl_as_unsigned_32_bits(raw) -> None:
     assert raw.ask(b"ms k 1 T4294967295\r\nx\r\n") == b"HD\r\n"
     assert raw.ask(b"mg k v\r\n") == b"EN\r\n"

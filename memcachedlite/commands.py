@@ -558,10 +558,12 @@ def stats_lines(ctx: "Session", group: Optional[bytes] = None) -> list[tuple[str
         return general_stats(ctx)
     if group == b"settings":
         return settings_stats(ctx)
-    if group in (b"items", b"slabs", b"sizes"):
+    if group in (b"items", b"slabs"):
         # No slab classes here: memory is Python's. A valid, empty answer keeps
         # tools that ask for these (exporters, memcstat) working.
         return [("active_slabs", 0), ("total_malloced", ctx.store.stats()["bytes"])] if group == b"slabs" else []
+    if group == b"sizes":
+        return [("sizes_status", "disabled")]  # memcached's answer unless started with -o track_sizes
     raise UnknownCommand()
 
 

@@ -216,11 +216,18 @@ SLABS = [
     S("slabs-other", b"slabs\r\nslabs bogus\r\nslabs bogus 1\r\n"),
 ]
 
+STATS_GROUPS = [
+    S("stats-sizes", b"stats sizes\r\n"),
+    S("stats-unknown-group", b"stats bogus\r\nstats bogus more words\r\n"),
+]
+
 SHUTDOWN_DISABLED = [
     S("shutdown-not-enabled", b"shutdown\r\nshutdown graceful\r\nshutdown x\r\nshutdown graceful x\r\n"),
 ]
 
-SCENARIOS = EXPTIME + TOKENS + TOO_LARGE + HTTP + DETAIL + CACHEDUMP_FORMS + MEMLIMIT + SLABS + SHUTDOWN_DISABLED
+SCENARIOS = (
+    EXPTIME + TOKENS + TOO_LARGE + HTTP + DETAIL + CACHEDUMP_FORMS + MEMLIMIT + SLABS + STATS_GROUPS + SHUTDOWN_DISABLED
+)
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)

@@ -48,16 +48,19 @@ def _storage_args(args: list[bytes], prefixes: Optional[PrefixStats] = None) -> 
     """Key, flags and exptime of a storage command.
 
     Accepts memcached's ``<key> <flags> <exptime> <bytes>`` and the seed's
-    lite form ``<key> <bytes>`` (flags and exptime 0). Counts a set for
-    ``stats detail`` when ``prefixes`` (the store's) counts.
+    lite form ``<key> <bytes>`` (flags and exptime 0). Once the line has
+    parsed, counts a set for ``stats detail`` when ``prefixes`` (the store's)
+    counts, as memcached does.
     """
-    if prefixes is not None and prefixes.enabled:
-        prefixes.record_set(args[0])
     if len(args) == 2:
-        return check_key(args[0]), 0, 0
-    if len(args) != 4:
+        parsed = check_key(args[0]), 0, 0
+    elif len(args) != 4:
         raise BadCommandLine()
-    return check_key(args[0]), parse_uint(args[1], U32), parse_exptime(args[2])
+    else:
+        parsed = check_key(args[0]), parse_uint(args[1], U32), parse_exptime(args[2])
+    if prefixes is not None and prefixes.enabled:
+        prefixes.record_set(parsed[0])
+    return parsed
 
 
 _STORAGE = dict(arities=(2, 4), data=-1, noreply=True, mutates=True)
@@ -67,12 +70,10 @@ _STORAGE = dict(arities=(2, 4), data=-1, noreply=True, mutates=True)
 def set_(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
     """set <key> <flags> <exptime> <bytes> [noreply]  (or: set <key> <bytes>)"""
     store = ctx.store
-    if store.prefixes.enabled:
-        store.prefixes.record_set(args[0])
-    if len(args) == 4 and args[1] == b"0" and args[2] == b"0":  # the common case, spelled out for speed
-        store.set(check_key(args[0]), data)  # type: ignore[arg-type]
+    if len(args) == 4 and args[1] == b"0" and args[2] == b"0" and not store.prefixes.enabled:
+        store.set(check_key(args[0]), data)  # type: ignore[arg-type]  # the common case, spelled out for speed
         return STORED
-    key, flags, exptime = _storage_args(args)
+    key, flags, exptime = _storage_args(args, store.prefixes)
     store.set(key, data, flags, exptime)  # type: ignore[arg-type]
     return STORED
 
@@ -110,8 +111,10 @@ def prepend(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
 @command("cas", min_args=5, max_args=5, data=3, noreply=True, mutates=True)
 def cas(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
     """cas <key> <flags> <exptime> <bytes> <cas unique> [noreply]"""
-    key, flags, exptime = _storage_args(args[:4], ctx.store.prefixes)
+    key, flags, exptime = _storage_args(args[:4])
     unique = parse_uint(args[4], U64)
+    if ctx.store.prefixes.enabled:
+        ctx.store.prefixes.record_set(key)
     if not ctx.store.cas_enabled:
         unique = -1  # as memcached's -C: no cas value matches, every item's is 0
     outcome = ctx.store.cas(key, data, flags, exptime, unique)  # type: ignore[arg-type]

@@ -172,6 +172,14 @@ DETAIL = [
         b"ms a:5 %d\r\n%s\r\n" % (BIG, b"x" * BIG),
         b"stats detail dump\r\nstats detail off\r\n",
     ),
+    S(
+        "detail-skips-keys-too-long",
+        b"stats reset\r\nstats detail on\r\n",
+        b"delete b:%s\r\n" % (b"k" * 249),
+        b"get b:%s\r\n" % (b"k" * 249),  # its own step: memcached drops replies queued before a bad get
+        _set(b"b:ok", b"x") + b"delete b:ok\r\n",
+        b"stats detail dump\r\nstats detail off\r\n",
+    ),
     S("detail-reset-forgets", b"stats detail on\r\n" + _set(b"r:k", b"x"), b"stats reset\r\nstats detail dump\r\n"),
     S("detail-usage", b"stats detail\r\nstats detail foo\r\nstats detail ON\r\n", b"stats detail off extra\r\n"),
     S("detail-dump-when-never-on", b"stats reset\r\nstats detail off\r\nstats detail dump\r\n"),

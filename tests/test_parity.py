@@ -132,6 +132,17 @@ def test_stats_detail_counts_only_while_on(raw) -> None:
     assert raw.ask(b"stats detail dump\r\n") == END
 
 
+def test_stats_detail_counts_a_set_once_its_line_parsed(raw) -> None:
+    """As memcached, after the key, flags, exptime (and cas) parse; even if the data is then refused."""
+    assert raw.ask(b"stats detail on\r\n") == OK
+    raw.ask(b"set s:k x 0 1\r\nx\r\ncas s:k 0 0 1 x\r\nx\r\nset s:%s 0 0 1\r\nx\r\n" % (b"k" * 249), replies=3)
+    assert raw.ask(b"stats detail dump\r\n") == END
+    refused = raw.ask(b"set s:k 0 0 1\r\nxy\r\n", replies=2)  # the y is then a line of its own
+    assert refused == b"CLIENT_ERROR bad data chunk\r\nERROR\r\n"
+    raw.ask(b"set s:k 0 0 1\r\nx\r\ncas s:k 0 0 1 1\r\nx\r\n", replies=2)
+    assert raw.ask(b"stats detail dump\r\n", replies=2) == b"PREFIX s get 0 hit 0 set 3 del 0\r\nEND\r\n"
+
+
 def test_stats_detail_never_leaves_a_client_waiting(raw) -> None:
     for line in (b"stats detail\r\n", b"stats detail x\r\n"):
         assert raw.ask(line) == b"CLIENT_ERROR usage: stats detail on|off|dump\r\n"

@@ -553,9 +553,10 @@ def stats_lines(ctx: "Session", group: Optional[bytes] = None) -> list[tuple[str
     """The ``(name, value)`` pairs of ``stats [group]``, for any protocol that
     reports them (the text ``stats`` and the binary STAT opcode share this).
 
-    Raises :class:`UnknownCommand` for a group this server does not know
-    (memcached answers ``ERROR``). ``reset``, ``detail`` and ``cachedump``
-    are not pair lists: the text ``stats`` handler answers them itself.
+    Raises :class:`BadCommandLine` for a group this server does not know
+    (the text ``stats`` answers it with memcached's ``ERROR``). ``reset``,
+    ``detail`` and ``cachedump`` are not pair lists: the text ``stats``
+    handler answers them itself.
     """
     if group is None:
         return general_stats(ctx)
@@ -567,7 +568,7 @@ def stats_lines(ctx: "Session", group: Optional[bytes] = None) -> list[tuple[str
         return [("active_slabs", 0), ("total_malloced", ctx.store.stats()["bytes"])] if group == b"slabs" else []
     if group == b"sizes":
         return [("sizes_status", "disabled")]  # memcached's answer unless started with -o track_sizes
-    raise UnknownCommand()
+    raise BadCommandLine()
 
 
 def reset_stats(ctx: "Session") -> None:
@@ -627,7 +628,10 @@ def stats(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
         return _stats_detail(ctx, args[1] if len(args) > 1 else b"")
     if group == b"cachedump":
         return _cachedump(ctx, args[1:])
-    lines = stats_lines(ctx, group)
+    try:
+        lines = stats_lines(ctx, group)
+    except BadCommandLine:
+        raise UnknownCommand() from None  # memcached's reply to a group it does not know
     body = b"".join(b"STAT %s %s\r\n" % (name.encode(), str(value).encode()) for name, value in lines)
     return body + END
 

@@ -39,13 +39,14 @@ MAX_REFUSED_PENDING = 1024
 class Reaper:
     """Closes refused connections without destroying the refusal on the way.
 
-    Closing a socket whose peer has sent bytes we never read makes the kernel
-    send a reset, and a reset can destroy the reply still in flight: a client
-    of a busy server would see "connection reset" instead of memcached's
-    ``ERROR Too many open connections``. So after the refusal is sent and the
+    A socket closed at once answers whatever the client sends next (its
+    command, typically) with a reset: the client's next write fails with a
+    broken pipe or a reset before it ever reads the refusal, and unread
+    bytes at close send a reset too. So after the refusal is sent and the
     socket shut down for writing, one thread (for all of them: a refused
     client must not hold a worker) reads and drops what the client sends
-    until it closes its side or ``linger`` seconds pass, then closes.
+    until it closes its side or ``linger`` seconds pass, then closes. The
+    client sees the refusal, then the end of the stream.
     """
 
     def __init__(self, linger: float = REFUSAL_LINGER, limit: int = MAX_REFUSED_PENDING) -> None:

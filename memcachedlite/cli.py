@@ -389,6 +389,30 @@ _option = dict(show_default=True, show_envvar=True)
     help="Sleep 0-2 s before each set and 0-1 s before each get (the seed's concurrency demo).",
     **_option,
 )
+@click.option(
+    "--enable-shutdown",
+    "-A",
+    is_flag=True,
+    envvar="MCL_ENABLE_SHUTDOWN",
+    help="Let the 'shutdown' command stop the server (memcached's -A).",
+    **_option,
+)
+@click.option(
+    "--disable-flush-all",
+    "-F",
+    is_flag=True,
+    envvar="MCL_DISABLE_FLUSH_ALL",
+    help="Refuse the flush_all command (memcached's -F).",
+    **_option,
+)
+@click.option(
+    "--disable-cas",
+    "-C",
+    is_flag=True,
+    envvar="MCL_DISABLE_CAS",
+    help="No cas values: every item's is 0 and 'cas' never succeeds (memcached's -C).",
+    **_option,
+)
 @click.option("--verbose", "-v", count=True, help="Also log each connection opening and closing.")
 def serve(cpu: str, verbose: int, **options: Any) -> None:
     """Run the server until Ctrl-C or SIGTERM.
@@ -417,10 +441,7 @@ def serve(cpu: str, verbose: int, **options: Any) -> None:
     auth_file = options["auth_file"]
 
     def request_stop(signum: int, frame: object) -> None:
-        if not server.stopping.is_set():
-            log.info("%s received, shutting down", signal.Signals(signum).name)
-            server.stopping.set()
-            threading.Thread(target=server.shutdown, name="mcl-shutdown", daemon=True).start()
+        server.request_stop(f"{signal.Signals(signum).name} received")
 
     def reload_auth() -> None:
         try:

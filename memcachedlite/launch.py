@@ -85,6 +85,18 @@ def server_tls(cert: Optional[PathLike], key: Optional[PathLike], ca: Optional[P
         raise LaunchError(f"cannot load the TLS certificate {cert}: {reason}") from None
 
 
+#: memcached's smallest item size limit (ITEM_SIZE_MAX_LOWER_LIMIT).
+MIN_ITEM_SIZE = 1024
+
+
+def check_item_size(max_item_size: int, memory_limit: int) -> None:
+    """Refuse the item sizes memcached refuses at start-up, in its words."""
+    if max_item_size < MIN_ITEM_SIZE:
+        raise UsageProblem("Item max size cannot be less than 1024 bytes.")
+    if max_item_size > memory_limit // 2:
+        raise UsageProblem("Cannot set item size limit higher than 1/2 of memory max.")
+
+
 def build_server(
     *,
     host: str = "127.0.0.1",
@@ -108,6 +120,9 @@ def build_server(
     tls_ca: Optional[PathLike] = None,
     auth_file: Optional[PathLike] = None,
     simulate_delay: bool = False,
+    enable_shutdown: bool = False,
+    disable_flush_all: bool = False,
+    disable_cas: bool = False,
 ) -> MemcacheServer:
     """A server listening on ``host:port`` (0: a free port), with its store
     open, ready for ``serve_forever()``.
@@ -127,10 +142,17 @@ def build_server(
         except Exception as exc:
             raise LaunchError(f"cannot load {spec}: {exc}") from None
     try:
-        settings = Settings(dialect=dialect, max_item_size=parse_size(max_item_size), simulate_delay=simulate_delay)
+        settings = Settings(
+            dialect=dialect,
+            max_item_size=parse_size(max_item_size),
+            simulate_delay=simulate_delay,
+            enable_shutdown=enable_shutdown,
+            flush_enabled=not disable_flush_all,
+        )
         compact_min_size = parse_size(compact_min_size)
     except ValueError as exc:
         raise UsageProblem(str(exc)) from None
+    check_item_size(settings.max_item_size, memory_limit * 1024 * 1024)
     path = None if no_data_file else data_file
     tls_context = server_tls(tls_cert, tls_key, tls_ca)
     from .security import AuthFileError
@@ -154,6 +176,8 @@ def build_server(
     try:
         server.server_bind()
         server.store = _open_store(path, repair, fsync, memory_limit, no_evict, compact_min_size)
+        if disable_cas:
+            server.store.disable_cas()
         server.server_activate()
     except OSError as exc:
         server.server_close()

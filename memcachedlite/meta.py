@@ -22,8 +22,8 @@ import binascii
 from base64 import b64encode
 from typing import TYPE_CHECKING, Callable, Optional
 
-from .errors import BadCommandLine, ClientError, UnknownCommand
-from .protocol import MAX_KEY, U32, U64, check_key, parse_counter, parse_uint
+from .errors import BadCommandLine, ClientError, OutOfMemory, UnknownCommand
+from .protocol import MAX_KEY, U32, U64, check_key, parse_counter, parse_exptime, parse_uint
 from .registry import command
 from .store import BINARY_KEY, FETCHED, STALE, WIN_SENT, Item
 
@@ -109,16 +109,11 @@ class Meta:
 
 
 def _ttl(token: bytes) -> int:
-    """A TTL as memcached's ``safe_strtol`` reads it: a signed number that
-    is then cut to 32 bits (so ``T2147483648`` is a negative TTL)."""
-    digits = token[1:] if token[:1] in (b"+", b"-") else token
-    if not digits.isdigit():
-        raise ClientError("bad token in command line format")
-    value = int(token)
-    if not -(1 << 63) <= value < 1 << 63:
-        raise ClientError("bad token in command line format")
-    value &= U32 - 1
-    return value - U32 if value >= 1 << 31 else value
+    """A TTL as memcached's ``safe_strtol`` reads it (see :func:`parse_exptime`)."""
+    try:
+        return parse_exptime(token)
+    except BadCommandLine:
+        raise ClientError("bad token in command line format") from None
 
 
 def _u64(error: str) -> Callable[[bytes], int]:
@@ -360,7 +355,7 @@ def ms(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> Optional[byt
         value, client_flags = data, meta.number(_F)
         exptime = _absolute(store, meta.number(_T), now) if _T in flags else 0
         if _C in flags:
-            wanted = meta.number(_C)
+            wanted = meta.number(_C) if store.cas_enabled else -1  # under -C no cas matches
             if old is None:
                 code = _NF
                 store.count("cas_misses")
@@ -389,7 +384,11 @@ def ms(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> Optional[byt
             state = old.state & BINARY_KEY  # the item keeps the key form it was stored with
         if stale:
             state |= old.state & WIN_SENT
-        cas = store.put(key, value, client_flags, exptime, cas=meta.new_cas, stale=stale, state=state)
+        try:
+            cas = store.put(key, value, client_flags, exptime, cas=meta.new_cas, stale=stale, state=state)
+        except OutOfMemory:
+            store.unlink(key)  # as memcached: no stale value left behind a failed update
+            raise
     return _reply(_HD, meta.echo(b"Okc", cas), meta, (_HD,))
 
 
@@ -490,6 +489,7 @@ def me(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
         raise BadCommandLine()
     key = _decode_key(args[0]) if args[1:2] == [b"b"] else args[0]
     store = ctx.store
+    store.count("cmd_meta")  # memcached 1.6.18's cmd_meta counts me alone
     now = store.now()
     item = store.peek(key)
     if item is None:

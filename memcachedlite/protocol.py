@@ -81,6 +81,30 @@ def parse_int(token: bytes) -> int:
     return parse_uint(token, 1 << 63)
 
 
+_I64 = 1 << 63
+
+
+def parse_exptime(token: bytes) -> int:
+    """An exptime as memcached reads it: ``strtol`` into a 64-bit ``long``,
+    then kept as the low 32 bits taken as a signed number.
+
+    libmemcached (and so pylibmc, PHP's memcached, the libmemcached tools)
+    sends a negative exptime as its unsigned 32-bit form: ``4294967295`` is
+    -1, already expired, not a date in 2106. A number outside the 64-bit
+    range is a bad line, as ``strtol``'s ERANGE is for memcached.
+    """
+    if token.isdigit() and len(token) < 10:  # the usual case: a small positive number
+        return int(token)
+    digits = token[1:] if token[:1] in (b"+", b"-") else token
+    if not digits.isdigit():
+        raise BadCommandLine()
+    value = int(token)
+    if not -_I64 <= value < _I64:
+        raise BadCommandLine()
+    value &= U32 - 1
+    return value - U32 if value >= 1 << 31 else value
+
+
 #: memcached refuses lengths past INT_MAX - 2 outright, before reading any data.
 MAX_LENGTH = (1 << 31) - 3
 

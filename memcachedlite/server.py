@@ -5,7 +5,9 @@ handler (a ``StreamRequestHandler``) that moves bytes between the socket and a
 
 from __future__ import annotations
 
+import errno
 import logging
+import selectors
 import socket
 import socketserver
 import ssl
@@ -28,6 +30,131 @@ RECV_SIZE = 64 * 1024
 TOO_MANY_CONNECTIONS = b"ERROR Too many open connections\r\n"  # memcached's words
 DEFAULT_MAX_CONNECTIONS = 1024
 DEFAULT_READ_TIMEOUT = 10.0
+#: How long a refused connection is given to read its refusal before it is closed.
+REFUSAL_LINGER = 2.0
+#: Refused connections waiting to be closed at most; past it they are closed at once.
+MAX_REFUSED_PENDING = 1024
+
+
+class Reaper:
+    """Closes refused connections without destroying the refusal on the way.
+
+    A socket closed at once answers whatever the client sends next (its
+    command, typically) with a reset: the client's next write fails with a
+    broken pipe or a reset before it ever reads the refusal, and unread
+    bytes at close send a reset too. So after the refusal is sent and the
+    socket shut down for writing, one thread (for all of them: a refused
+    client must not hold a worker) reads and drops what the client sends
+    until it closes its side or ``linger`` seconds pass, then closes. The
+    client sees the refusal, then the end of the stream.
+    """
+
+    def __init__(self, linger: float = REFUSAL_LINGER, limit: int = MAX_REFUSED_PENDING) -> None:
+        self.linger = linger
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._pending: dict[socket.socket, float] = {}
+        self._thread: Optional[threading.Thread] = None
+        self._closed = False
+        # made on the first refusal: a server that never refuses opens nothing
+        self._selector: Optional[selectors.BaseSelector] = None
+        self._wake_read: Optional[socket.socket] = None
+        self._wake_write: Optional[socket.socket] = None
+
+    def _start(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._wake_read, self._wake_write = socket.socketpair()
+        self._wake_read.setblocking(False)
+        self._wake_write.setblocking(False)
+        self._selector.register(self._wake_read, selectors.EVENT_READ)
+        self._thread = threading.Thread(target=self._run, name="mcl-reaper", daemon=True)
+        self._thread.start()
+
+    def add(self, sock: socket.socket) -> None:
+        """Take over ``sock``, whose refusal has been sent, and close it gently."""
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            return
+        with self._lock:
+            if self._closed or len(self._pending) >= self.limit:
+                sock.close()
+                return
+            if self._thread is None:
+                self._start()
+            assert self._selector is not None
+            self._pending[sock] = time.monotonic() + self.linger
+            self._selector.register(sock, selectors.EVENT_READ)
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            if self._wake_write is not None:
+                self._wake_write.send(b"x")
+        except OSError:  # the wake-up pipe is full (the thread is awake anyway), or closed
+            pass
+
+    def _drop(self, sock: socket.socket) -> None:
+        assert self._selector is not None
+        self._selector.unregister(sock)
+        del self._pending[sock]
+        sock.close()
+
+    def _run(self) -> None:
+        assert self._selector is not None and self._wake_read is not None
+        while True:
+            with self._lock:
+                if self._closed:
+                    for sock in list(self._pending):
+                        self._drop(sock)
+                    return
+                first = min(self._pending.values(), default=None)
+            wait = None if first is None else max(first - time.monotonic(), 0)
+            events = self._selector.select(wait)
+            with self._lock:
+                for key, _ in events:
+                    sock = key.fileobj
+                    if sock is self._wake_read:
+                        try:
+                            while self._wake_read.recv(4096):
+                                pass
+                        except OSError:
+                            pass
+                        continue
+                    if sock not in self._pending:
+                        continue
+                    try:
+                        if sock.recv(65536):  # type: ignore[union-attr]
+                            continue
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        pass
+                    self._drop(sock)  # type: ignore[arg-type]
+                now = time.monotonic()
+                for sock in [s for s, deadline in self._pending.items() if deadline <= now]:
+                    self._drop(sock)
+
+    def close(self) -> None:
+        """Close every connection still waiting, and the thread; harmless twice."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            thread = self._thread
+        if thread is None:
+            return
+        self._wake()
+        thread.join(5)
+        with self._lock:
+            for sock in list(self._pending):
+                self._drop(sock)
+            assert self._selector is not None and self._wake_read is not None and self._wake_write is not None
+            self._selector.close()
+            self._wake_read.close()
+            self._wake_write.close()
 
 
 class MemcacheHandler(socketserver.StreamRequestHandler):
@@ -89,6 +216,8 @@ class MemcacheHandler(socketserver.StreamRequestHandler):
             except TimeoutError:
                 what = "in the middle of a request" if midway else "while idle"
                 log.info("closing %s:%d: no data for %s s %s", *self.client_address[:2], timeout, what)
+                if not midway:
+                    server.count_idle_kick()
                 break
             except OSError:
                 break
@@ -114,6 +243,7 @@ class MemcacheHandler(socketserver.StreamRequestHandler):
             connection.do_handshake()
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             log.info("TLS handshake with %s:%d failed: %s", *self.client_address[:2], exc)
+            self.server.count_handshake_error()
             return False
         return True
 
@@ -181,6 +311,18 @@ class MemcacheServer(socketserver.ThreadingTCPServer):
         self.stopping = threading.Event()
         self.total_connections = 0
         self.rejected_connections = 0
+        self.idle_kicks = 0
+        self.ssl_handshake_errors = 0
+        #: memcached's listen_disabled_num: times accepting stopped for want of
+        #: file descriptors, and the time spent so (refusals past
+        #: --max-connections count as rejected_connections, as in memcached).
+        self.listen_disabled_num = 0
+        self.time_in_listen_disabled_us = 0
+        self._listen_disabled_at: Optional[float] = None
+        #: ``slabs automove`` settings: kept and shown, with no slabs to move.
+        self.slab_automove = 1
+        self.slab_automove_ratio = 0.8
+        self.reaper = Reaper()
         self.bytes_read = 0
         self.bytes_written = 0
         self._handlers: set[MemcacheHandler] = set()
@@ -196,7 +338,16 @@ class MemcacheServer(socketserver.ThreadingTCPServer):
         super().__init__(address, MemcacheHandler, bind_and_activate)
 
     def get_request(self) -> tuple[Any, Any]:
-        request, client_address = super().get_request()
+        try:
+            request, client_address = super().get_request()
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                self._listen_disabled()
+            raise
+        if self._listen_disabled_at is not None:
+            with self._handlers_changed:
+                self.time_in_listen_disabled_us += int((time.monotonic() - self._listen_disabled_at) * 1e6)
+                self._listen_disabled_at = None
         if self.ssl_context is not None:
             # No I/O here: the handshake runs on the connection's worker.
             try:
@@ -218,6 +369,10 @@ class MemcacheServer(socketserver.ThreadingTCPServer):
         if warning:
             log.warning("%s", warning)
 
+    def server_close(self) -> None:
+        super().server_close()
+        self.reaper.close()
+
     def reload_auth(self) -> int:
         """Reread the auth file (the CLI does on SIGHUP); return how many users it holds.
 
@@ -238,12 +393,43 @@ class MemcacheServer(socketserver.ThreadingTCPServer):
         with self._handlers_changed:
             self.rejected_connections += 1
         log.warning("rejected a connection from %s:%d: too many open connections", *client_address[:2])
-        if not isinstance(request, ssl.SSLSocket):  # over TLS, a reply would need a handshake here
-            try:
-                request.sendall(TOO_MANY_CONNECTIONS)
-            except OSError:
-                pass
-        self.shutdown_request(request)
+        if isinstance(request, ssl.SSLSocket):  # over TLS, a reply would need a handshake here
+            self.shutdown_request(request)
+            return
+        try:
+            request.sendall(TOO_MANY_CONNECTIONS)
+        except OSError:
+            request.close()
+            return
+        self.reaper.add(request)  # closed once the client has read it, off this thread
+
+    def _listen_disabled(self) -> None:
+        """No file descriptor for a new connection: count it as memcached's
+        listen_disabled_num, and give connections a moment to close (the
+        wait ends at once when the server stops)."""
+        with self._handlers_changed:
+            if self._listen_disabled_at is None:
+                self.listen_disabled_num += 1
+                self._listen_disabled_at = time.monotonic()
+        log.error("cannot accept connections: out of file descriptors")
+        self.stopping.wait(0.1)
+
+    def count_idle_kick(self) -> None:
+        with self._handlers_changed:
+            self.idle_kicks += 1
+
+    def count_handshake_error(self) -> None:
+        with self._handlers_changed:
+            self.ssl_handshake_errors += 1
+
+    def request_stop(self, reason: str) -> None:
+        """Begin the clean stop SIGTERM gives (the ``shutdown`` command, a
+        signal handler); returns at once, ``serve_forever`` then returns."""
+        if self.stopping.is_set():
+            return
+        log.info("%s, shutting down", reason)
+        self.stopping.set()
+        threading.Thread(target=self.shutdown, name="mcl-shutdown", daemon=True).start()
 
     @property
     def port(self) -> int:
@@ -296,16 +482,25 @@ class MemcacheServer(socketserver.ThreadingTCPServer):
             "max_connections": self.max_connections,
             "bytes_read": bytes_read,
             "bytes_written": bytes_written,
-            "accepting_conns": 0 if self.stopping.is_set() else 1,
+            "accepting_conns": 0 if self.stopping.is_set() or self._listen_disabled_at is not None else 1,
             "threads": self.pool.size + 1,
+            "host": self.server_address[0],
             "port": self.port,
+            "backlog": self.request_queue_size,
             "idle_timeout": self.idle_timeout,
+            "idle_kicks": self.idle_kicks,
+            "read_buf_size": RECV_SIZE,
+            "listen_disabled_num": self.listen_disabled_num,
+            "time_in_listen_disabled_us": self.time_in_listen_disabled_us,
+            "ssl_handshake_errors": self.ssl_handshake_errors,
         }
 
     def reset_stats(self) -> None:
         with self._handlers_changed:
             self.total_connections = len(self._handlers)
             self.rejected_connections = 0
+            self.idle_kicks = self.ssl_handshake_errors = 0
+            self.listen_disabled_num = self.time_in_listen_disabled_us = 0
             self.bytes_read = self.bytes_written = 0
             for handler in self._handlers:
                 handler.bytes_read = handler.bytes_written = 0

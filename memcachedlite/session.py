@@ -8,6 +8,7 @@ protocol be tested on in-memory bytes; the server only moves bytes.
 
 from __future__ import annotations
 
+import binascii
 import logging
 import random
 import threading
@@ -22,7 +23,12 @@ from .protocol import (
     MAX_LONG_LINE,
     NOT_STORED,
     NOT_STORED_LITE,
+    U32,
+    U64,
+    check_key,
+    parse_exptime,
     parse_length,
+    parse_uint,
 )
 from .registry import Command, Registry, default_registry
 from .security import MAX_AUTH_TOKEN
@@ -41,6 +47,11 @@ _AUTH_FAILURE = b"CLIENT_ERROR authentication failure\r\n"
 _AUTH_BAD_FORMAT = b"CLIENT_ERROR bad authentication token format\r\n"
 _AUTH_BAD_TERMINATION = b"CLIENT_ERROR bad command line termination\r\n"
 _AUTH_STORED = b"STORED\r\n"
+#: Verbs whose refused (too large) value also removes the key's old value, as
+#: in memcached: a reader must not get the value an update failed to replace.
+_UNLINK_WHEN_TOO_LARGE = frozenset((b"set", b"ms"))
+#: The verbs memcached counts as sets in ``stats detail`` (not the meta ones).
+_DETAIL_SETS = frozenset((b"set", b"add", b"replace", b"append", b"prepend", b"cas"))
 
 
 def _always() -> bool:
@@ -56,6 +67,10 @@ class Settings:
     max_item_size: int = DEFAULT_MAX_ITEM_SIZE
     #: The seed's demo of concurrency: random sleeps before set and get.
     simulate_delay: bool = False
+    #: memcached's -A: the ``shutdown`` command stops the server.
+    enable_shutdown: bool = False
+    #: False as memcached's -F: ``flush_all`` is refused.
+    flush_enabled: bool = True
 
     def __post_init__(self) -> None:
         if self.dialect not in ("memcached", "lite"):
@@ -214,6 +229,11 @@ class Session:
                     continue
             row = table.get(args[0])
             if row is None:
+                if args[-1][:5] == b"HTTP/":
+                    # memcached hangs up on what looks like HTTP, without a word,
+                    # so a web page cannot use a browser to talk to the cache.
+                    self.closing = True
+                    return n
                 out.append(ERROR)
                 pos = eol + 1
                 continue
@@ -230,13 +250,23 @@ class Session:
                         continue
             del args[0]
             noreply = False
-            if row.noreply and len(args) > row.min_args and args[-1] == b"noreply":
-                args.pop()
-                noreply = True
+            if row.noreply and (count := len(args)) > row.min_args:
+                if count - 1 == row.max_args:
+                    # memcached's optional last token: noreply, or anything, ignored
+                    noreply = args.pop() == b"noreply"
+                elif args[-1] == b"noreply" and (row.accepts(count) or row.accepts(count - 1)):
+                    args.pop()
+                    noreply = True
+            if not row.accepts(len(args)):
+                # A wrong number of tokens: memcached's bare ERROR, even under
+                # noreply. Unless noreply was the token too many: memcached read
+                # it as a number ("set k 0 0 noreply") and its error is silenced.
+                if not noreply:
+                    out.append(ERROR)
+                pos = eol + 1
+                continue
             data = None
             try:
-                if not row.accepts(len(args)):
-                    raise BadCommandLine()
                 if row.data is not None:
                     if row.check is not None:
                         row.check(args)
@@ -245,6 +275,10 @@ class Session:
                     if length > self.settings.max_item_size:
                         self.store.count("store_too_large")
                         pos = self._skip(start + length + 2, n)
+                        if row.name in _UNLINK_WHEN_TOO_LARGE:
+                            self._unlink_refused(args)
+                        if self.store.prefixes.enabled:
+                            self._count_refused_set(row.name, args)
                         raise TooLarge()
                     end = start + length
                     if end + 2 > n:
@@ -252,6 +286,8 @@ class Session:
                     data = buf[start:end]
                     pos = end + 2
                     if buf[end:pos] != b"\r\n":
+                        if self.store.prefixes.enabled:
+                            self._count_refused_set(row.name, args)
                         if not noreply:
                             out.append(_BAD_DATA_CHUNK)
                         continue
@@ -392,6 +428,35 @@ class Session:
             return _AUTH_FAILURE
         del self._run, self.pending  # back to the class's own methods
         return _AUTH_STORED
+
+    def _count_refused_set(self, verb: bytes, args: list[bytes]) -> None:
+        """``stats detail`` counts a classic storage command memcached parsed,
+        even when its data is then refused (too large, bad data chunk)."""
+        if verb not in _DETAIL_SETS or len(args) < 4:
+            return
+        try:
+            check_key(args[0])
+            parse_uint(args[1], U32)
+            parse_exptime(args[2])
+            if verb == b"cas":
+                parse_uint(args[4], U64)
+        except BadCommandLine:
+            return  # memcached refuses the line before counting
+        self.store.prefixes.record_set(args[0])
+
+    def _unlink_refused(self, args: list[bytes]) -> None:
+        """Remove the old value of the key a refused ``set``/``ms`` named."""
+        key = args[0]
+        if b"b" in args[2:]:  # a meta key given in base64
+            try:
+                key = binascii.a2b_base64(key)
+            except binascii.Error:
+                return
+        try:
+            check_key(key)
+        except BadCommandLine:
+            return
+        self.store.unlink(key)
 
     def _skip(self, end: int, n: int) -> int:
         """Swallow a refused data block up to ``end``, even past what has arrived."""

@@ -38,6 +38,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Union
 
 from . import log as datalog
+from .detail import PrefixStats
 from .durability import Durability
 from .errors import ClientError, CorruptLogError, OutOfMemory, ServerError
 from .protocol import RELATIVE_EXPTIME_LIMIT, U64, parse_counter
@@ -56,6 +57,7 @@ _COUNTERS = [
     "cmd_set",
     "cmd_touch",
     "cmd_flush",
+    "cmd_meta",
     "get_hits",
     "get_misses",
     "get_expired",
@@ -200,6 +202,10 @@ class Store(Durability):
         self._clock = clock
         self.memory_limit = memory_limit
         self.evict = evict
+        #: False as memcached's -C: every item's cas is 0 (see disable_cas).
+        self.cas_enabled = True
+        #: ``stats detail``: counted by the protocol commands while enabled.
+        self.prefixes = PrefixStats()
         self.bytes = 0
         self.flush_at = 0  # pending delayed flush_all, absolute time
         self._next_cas = 1
@@ -381,7 +387,7 @@ class Store(Durability):
             return 0
         given = cas is not None
         if cas is None:
-            cas = self._next_cas
+            cas = self._next_cas if self.cas_enabled else 0
         # make_item and encode_set, spelled out: this is the path of every set
         header = pack_meta(state & FETCHED, now, state & ~FETCHED, cas, exptime, flags)
         blob = b"%b %d %d\r\n%b\r\n" % (header, flags, len(value), value)
@@ -473,10 +479,17 @@ class Store(Durability):
                 self.bytes += _size(key, old)
 
     def set(self, key: bytes, value: bytes, flags: int = 0, exptime: int = 0) -> int:
-        """Store unconditionally; returns the new cas value (0 if stored already expired)."""
+        """Store unconditionally; returns the new cas value (0 if stored already expired).
+
+        Refused for lack of memory, the old value is removed too, as memcached does.
+        """
         with self._lock:
             self.counters["cmd_set"] += 1
-            return self._write(key, value, flags, self.absolute(exptime) if exptime else 0)
+            try:
+                return self._write(key, value, flags, self.absolute(exptime) if exptime else 0)
+            except OutOfMemory:
+                self.unlink(key)
+                raise
 
     def set_many(self, entries: list[tuple[bytes, bytes, int, int]]) -> list[Optional[ServerError]]:
         """:meth:`set` for each ``(key, value, flags, exptime)``, under one lock
@@ -493,7 +506,7 @@ class Store(Durability):
             counters["cmd_set"] += len(entries)
             pending, undo = self._pending, self._undo
             errors: list[Optional[ServerError]] = [None] * len(entries)
-            if pending is None or undo is None or self.flush_at or type(pending) is not list:
+            if pending is None or undo is None or self.flush_at or type(pending) is not list or not self.cas_enabled:
                 for i, (key, value, flags, exptime) in enumerate(entries):
                     errors[i] = self._try_write(key, value, flags, exptime)
                 return errors
@@ -521,8 +534,12 @@ class Store(Durability):
             return errors
 
     def _try_write(self, key: bytes, value: bytes, flags: int, exptime: int) -> Optional[ServerError]:
+        """One entry of :meth:`set_many` the way :meth:`set` stores it."""
         try:
             self._write(key, value, flags, self.absolute(exptime) if exptime else 0)
+        except OutOfMemory as exc:
+            self.unlink(key)
+            return exc
         except ServerError as exc:
             return exc
         return None
@@ -696,11 +713,28 @@ class Store(Durability):
             if blob is None:
                 self.counters["delete_misses"] += 1
                 return False
-            self._append(datalog.encode_delete(key, bool(blob[_STATE] & BINARY_KEY)))
-            self._remember(key, blob)
-            self._drop(key, blob)
+            self._remove(key, blob)
             self.counters["delete_hits"] += 1
             return True
+
+    def unlink(self, key: bytes) -> bool:
+        """Remove ``key`` without counting a delete; False if it held nothing live.
+
+        What memcached does to the old value of a ``set`` (or ``ms``) it
+        refused as too large or for lack of memory: readers must never get
+        the stale value of a key whose update failed. Logged like any delete.
+        """
+        with self._lock:
+            blob = self._live(key, self.now())
+            if blob is None:
+                return False
+            self._remove(key, blob)
+            return True
+
+    def _remove(self, key: bytes, blob: bytes) -> None:
+        self._append(datalog.encode_delete(key, bool(blob[_STATE] & BINARY_KEY)))
+        self._remember(key, blob)
+        self._drop(key, blob)
 
     def incr(self, key: bytes, delta: int) -> Optional[int]:
         """Add ``delta`` modulo 2**64; None if missing. Non-numbers are a ClientError."""
@@ -931,6 +965,48 @@ class Store(Durability):
             self.flush_at = 0
         self._next_cas = max(max_cas + 1, next_cas[0], 1)
         logger.info("loaded %d items from %s (%d records)", len(items), self.log.path, count)
+
+    # -- run-time settings (memcached's cache_memlimit, -C) --------------------
+
+    def set_memory_limit(self, limit: int) -> int:
+        """Change the memory limit; returns how many items were evicted to fit it.
+
+        With eviction on, least recently used items go (logged as deletes)
+        until the items fit; with it off (``-M``) they stay and new items are
+        refused until enough is deleted, as memcached's slabs do.
+        """
+        with self._lock:
+            self.memory_limit = limit
+            if self.bytes <= limit or not self.evict:
+                return 0
+            victims = self._victims(b"", 0)
+            items = self._items
+            for victim in victims:
+                self._remove(victim, items[victim])
+            self.counters["evictions"] += len(victims)
+            return len(victims)
+
+    def disable_cas(self) -> None:
+        """memcached's -C: items stored from now on get cas 0, and ``cas`` cannot succeed."""
+        self.cas_enabled = False
+
+    def walk_lru(self, accept: Callable[[bytes, Item], bool], limit: int = 0) -> list[tuple[bytes, Item]]:
+        """Live items from the most to the least recently used, those ``accept`` takes,
+        at most ``limit`` of them (0: all). For ``stats cachedump``: it holds the
+        lock for the whole walk, so it is a tool for debugging, not for serving."""
+        with self._lock:
+            now = self.now()
+            found: list[tuple[bytes, Item]] = []
+            for key in reversed(self._items):
+                blob = self._items[key]
+                if 0 < _exptime(blob) <= now:
+                    continue
+                item = decode(blob)
+                if accept(key, item):
+                    found.append((key, item))
+                    if len(found) == limit:
+                        break
+            return found
 
     # -- reporting ----------------------------------------------------------
 

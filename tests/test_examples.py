@@ -27,7 +27,7 @@ def test_upper_verb_served_by_mcl_serve_load(spawn, tmp_path: Path) -> None:
         assert client.ask(b"set greeting 7 0 5\r\nhello\r\n") == b"STORED\r\n"
         assert client.ask(b"upper greeting\r\n") == b"VALUE greeting 7 5\r\nHELLO\r\nEND\r\n"
         assert client.ask(b"upper missing\r\n") == b"NOT_FOUND\r\n"
-        assert client.ask(b"upper\r\n") == b"CLIENT_ERROR bad command line format\r\n"
+        assert client.ask(b"upper\r\n") == b"ERROR\r\n"  # a wrong token count: memcached's reply, for every verb
         assert client.ask(b"get greeting\r\n") == b"VALUE greeting 7 5\r\nHELLO\r\nEND\r\n"
     finally:
         client.close()

@@ -563,12 +563,6 @@ DELIBERATE = [
         [b"HD\r\n", b"HD\r\n", b"VA 0 f0\r\n\r\n", b"HD\r\n", b"VA 0 X W\r\n\r\n"],
         id="x-empties-the-value",  # newer memcached's md x: the item stays, its value and flags go
     ),
-    pytest.param(
-        (_ms(b"k", b"old"), b"ms k %d\r\n%s\r\n" % (BIG, b"x" * BIG), b"mg k v\r\n"),
-        [b"HD\r\n", b"SERVER_ERROR object too large for cache\r\n", b"EN\r\n"],
-        [b"HD\r\n", b"SERVER_ERROR object too large for cache\r\n", b"VA 3\r\nold\r\n"],
-        id="too-large-ms-keeps-old",  # as the classic set: bad input changes nothing
-    ),
 ]
 
 

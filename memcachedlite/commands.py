@@ -483,6 +483,9 @@ def general_stats(ctx: "Session") -> list[tuple[str, object]]:
         ("compaction_failures", store["compaction_failures"]),
         ("compacting", store["compacting"]),
         ("data_file_bytes", store["data_file_bytes"]),
+        # 0 after a failed fsync or write, until the file is rewritten: alert on it
+        ("data_file_writable", store["data_file_writable"]),
+        ("data_file_errors", store["data_file_errors"]),
     ]
     return lines
 

@@ -284,8 +284,9 @@ class FsRecorder:
                     self._raise(fault, f"write to {known.name}")
                 data = data[: max(len(data) // 2, 1)]
             if offset is not None:
+                # on Linux, pwrite to an O_APPEND descriptor appends all the same
+                at = self._os.fstat(fd).st_size if known.append else offset
                 written = self._os.pwrite(fd, data, offset)
-                at = offset
             else:
                 at = self._os.fstat(fd).st_size if known.append else self._os.lseek(fd, 0, self._os.SEEK_CUR)
                 written = self._os.write(fd, data)
@@ -339,7 +340,12 @@ class FsRecorder:
             start = (len(durable) // PAGE) * PAGE
             if size > start:
                 zeros = durable[start:] + bytes(size - len(durable))
-                self._os.pwrite(fd, zeros[: size - start], start)
+                # a second descriptor without O_APPEND, where pwrite honours the offset
+                plain = self._os.open(f"/proc/self/fd/{fd}", self._os.O_WRONLY)
+                try:
+                    self._os.pwrite(plain, zeros[: size - start], start)
+                finally:
+                    self._os.close(plain)
                 self._record(Op("write", known.inode, known.name, offset=start, data=zeros[: size - start]))
 
     def rename(self, src: Any, dst: Any, **kwargs: Any) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import errno as errnos
 import fcntl
+import importlib
 import os as real_os
 import random
 import stat
@@ -565,3 +566,32 @@ def _bytes_of(how: str, durable: bytes, cached: bytes, start: int, stop: int, rn
     if how == STALE and len(chunk) < size:
         return chunk + rng.randbytes(size - len(chunk))
     return chunk + bytes(size - len(chunk))
+
+
+# -- memcachedlite glue ------------------------------------------------------
+
+
+def modules_with_os() -> list:
+    """Every memcachedlite module through which the server touches the data
+    file: the ones a recorder must be installed in."""
+    found = []
+    for name in ("memcachedlite.log", "memcachedlite.store", "memcachedlite.durability"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if getattr(module, "os", None) is not None:
+            found.append(module)
+    return found
+
+
+def state_of(store: Any) -> dict[bytes, tuple]:
+    """What a client could read back from a store: value, flags, expiry, cas
+    and the stale mark of each live key (not what only lives in memory, such
+    as the last access time)."""
+    out = {}
+    for key in store.keys():
+        item = store.peek(key)
+        if item is not None:
+            out[key] = (item.value, item.flags, item.exptime, item.cas, item.stale)
+    return out

@@ -32,11 +32,10 @@ from typing import Optional
 import pytest
 
 import memcachedlite.log
-import memcachedlite.store
 from memcachedlite import CorruptLogError, Store
 from memcachedlite.log import parse_one
 from memcachedlite.session import Session
-from tests.crashsim import CrashState, FsRecorder, Trace
+from tests.crashsim import CrashState, FsRecorder, Trace, modules_with_os, state_of
 
 NOW = 1_800_000_000
 POLICIES = ["always", "everysec", "no"]
@@ -48,28 +47,6 @@ STATES_PER_POLICY = 800
 
 def clock() -> float:
     return NOW
-
-
-def modules_with_os() -> list:
-    """Every module through which the server touches the data file."""
-    found = [memcachedlite.log, memcachedlite.store]
-    try:
-        import memcachedlite.durability as durability  # type: ignore[import-not-found]
-    except ImportError:
-        return found
-    if hasattr(durability, "os"):
-        found.append(durability)
-    return found
-
-
-def state_of(store: Store) -> dict[bytes, tuple]:
-    """What a client could read back: value, flags, expiry, cas and the stale mark of each key."""
-    out = {}
-    for key in store.keys():
-        item = store.peek(key)
-        if item is not None:
-            out[key] = (item.value, item.flags, item.exptime, item.cas, item.stale)
-    return out
 
 
 def script(seed: int) -> list:

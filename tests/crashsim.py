@@ -585,13 +585,13 @@ def modules_with_os() -> list:
     return found
 
 
-def state_of(store: Any) -> dict[bytes, tuple]:
+def state_of(store: Any, cas: bool = True) -> dict[bytes, tuple]:
     """What a client could read back from a store: value, flags, expiry, cas
-    and the stale mark of each live key (not what only lives in memory, such
-    as the last access time)."""
+    (unless ``cas`` is False) and the stale mark of each live key (not what
+    only lives in memory, such as the last access time)."""
     out = {}
     for key in store.keys():
         item = store.peek(key)
         if item is not None:
-            out[key] = (item.value, item.flags, item.exptime, item.cas, item.stale)
+            out[key] = (item.value, item.flags, item.exptime, item.cas if cas else 0, item.stale)
     return out

@@ -1,0 +1,345 @@
+"""A failed write or fsync of the data file (issue 13 item 3), injected with
+:class:`tests.crashsim.FsRecorder` at every step of a pipelined batch and
+of a compaction, under each fsync policy, with real connections.
+
+What must hold, whatever step fails:
+
+- every reply is the command's own or ``SERVER_ERROR <reason>``; the
+  connection stays open and no traceback is logged;
+- nothing is half-applied: memory always equals the acknowledged commands
+  replayed on an in-memory store, and so does a restart from the file once
+  the server has recovered (nothing acknowledged is lost, nothing refused
+  is there);
+- reads keep working while the disk fails; writes are refused with
+  ``SERVER_ERROR`` until the server has made the file's state certain again,
+  which ``stats`` shows (``data_file_writable`` 0/1, ``data_file_errors``);
+- once the fault stops (:meth:`FsRecorder.heal`), writes resume.
+
+A failing fsync also zeroes, in the real file, what it failed to sync (the
+kernel dropping dirty pages): a server that retried the fsync and carried on
+would then lose acknowledged data or refuse to start.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Iterator, Optional
+
+import pytest
+
+import memcachedlite.log
+from memcachedlite import MemcacheServer, Store
+from memcachedlite.errors import LogWriteError
+from memcachedlite.session import Session
+from tests.conftest import Raw, Running
+from tests.crashsim import FsRecorder, modules_with_os, state_of
+
+NOW = 1_800_000_000
+#: How long the server may take to notice a failure or to recover from one:
+#: a bound on waiting for a condition, not a performance threshold.
+PATIENCE = 30.0
+BIG = b"B" * 60_000  # a batch with several of these spans several receives, so several writes
+
+SEED_COMMANDS = [
+    b"set a 0 0 3\r\nold\r\n",
+    b"set b 1 0 4\r\nbase\r\n",
+    b"set c 2 0 5\r\ngoner\r\n",
+    b"set d 0 0 4\r\ntemp\r\n",
+    b"set n 0 0 2\r\n10\r\n",
+    b"ms e 4 F5\r\nmeta\r\n",
+]
+
+BATCH = [
+    b"set a 0 0 3\r\nnew\r\n",
+    b"incr n 5\r\n",
+    b"append b 0 0 3\r\nxyz\r\n",
+    b"set big1 0 0 %d\r\n%s\r\n" % (len(BIG), BIG),
+    b"delete c\r\n",
+    b"touch d 100\r\n",
+    b"set big2 0 0 %d\r\n%s\r\n" % (len(BIG), BIG),
+    b"ms e 3 T0 F6\r\nnew\r\n",
+    b"add fresh 0 0 1\r\nz\r\n",
+    b"md e I\r\n",
+    b"set big3 0 0 %d\r\n%s\r\n" % (len(BIG), BIG),
+    b"incr n 1\r\n",
+]
+
+
+def clock() -> float:
+    return NOW
+
+
+def stats(client: Raw) -> dict[str, str]:
+    lines = client.ask(b"stats\r\n").decode().split("\r\n")
+    return {p[1]: p[2] for p in (line.split(" ", 2) for line in lines) if len(p) == 3 and p[0] == "STAT"}
+
+
+def is_error(reply: bytes) -> bool:
+    """A well-formed ``SERVER_ERROR <reason>`` (and only that kind of failure)."""
+    return reply.startswith(b"SERVER_ERROR ") and len(reply.strip()) > len(b"SERVER_ERROR ")
+
+
+class Disk:
+    """A server over a data file whose calls go through a recorder that
+    can fail them; an in-memory shadow replays what was acknowledged."""
+
+    def __init__(self, directory: Path, monkeypatch: pytest.MonkeyPatch, policy: str) -> None:
+        directory.mkdir()
+        self.path = directory / "data.txt"
+        self.policy = policy
+        Store(self.path, fsync="always", clock=clock).close()
+        memcachedlite.log._fsync_directory(str(self.path))
+        self.recorder = FsRecorder(directory).install(monkeypatch, *modules_with_os())
+        self.store = Store(self.path, fsync=policy, clock=clock, compact_min_size=1 << 40)
+        self.shadow = Session(Store(clock=clock))
+        server = MemcacheServer(("127.0.0.1", 0), self.store)
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        thread.start()
+        self.running: Optional[Running] = Running(server, thread)
+        self.port = server.port
+        self.client = Raw(self.port)
+        self.probes = 0
+
+    def run(self, commands: list[bytes]) -> list[bytes]:
+        """Send ``commands`` as one pipelined batch; return the replies, and
+        replay on the shadow each one that was not refused."""
+        self.client.send(b"".join(commands))
+        replies = [self.client.reply() for _ in commands]
+        for command, reply in zip(commands, replies, strict=True):
+            assert not reply.startswith(b"SERVER_ERROR") or is_error(reply), reply
+            if not is_error(reply):
+                assert self.shadow.feed(command) == reply, (command, reply)
+        return replies
+
+    def probe(self) -> bytes:
+        """One write; the shadow follows it if it was taken."""
+        self.probes += 1
+        return self.run([b"set probe 0 0 %d\r\n%d\r\n" % (len(b"%d" % self.probes), self.probes)])[0]
+
+    def wait_for(self, condition, what: str) -> None:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + PATIENCE
+        while not condition():
+            assert time.monotonic() < deadline, f"gave up waiting for {what}"
+            time.sleep(0.02)
+
+    def stat(self, name: str) -> str:
+        found = stats(self.client)
+        assert name in found, f"stats has no {name}"
+        return found[name]
+
+    def check_memory(self) -> None:
+        """Memory holds exactly the acknowledged changes: nothing half-applied.
+        (cas values are left out: a refused change may use up a number.)"""
+        assert state_of(self.store, cas=False) == state_of(self.shadow.store, cas=False)
+
+    def check_reads(self) -> None:
+        for key in (b"a", b"n", b"big1"):
+            reply = self.client.ask(b"get %s\r\n" % key)
+            assert reply.startswith((b"VALUE ", b"END")), reply
+        assert self.client.ask(b"mn\r\n") == b"MN\r\n"
+
+    def recover(self) -> None:
+        """Let the disk work again and wait until the server takes writes."""
+        self.recorder.heal()
+        self.wait_for(lambda: self.probe() == b"STORED\r\n", "writes to resume after the fault stopped")
+        assert self.stat("data_file_writable") == "1"
+
+    def restart_matches(self) -> None:
+        """What a restart from the file loads is what the server held and
+        what was acknowledged."""
+        self.check_memory()
+        held = state_of(self.store)
+        self.stop()
+        restarted = Store(self.path, fsync=self.policy, clock=clock)
+        try:
+            assert state_of(restarted) == held
+        finally:
+            restarted.close()
+
+    def stop(self) -> None:
+        if self.running is not None:
+            self.client.close()
+            self.running.stop()
+            self.running = None
+            self.recorder.heal()
+            self.store.close()
+            self.shadow.store.close()
+
+
+@pytest.fixture
+def disks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator:
+    made: list[Disk] = []
+
+    def make(policy: str) -> Disk:
+        disk = Disk(tmp_path / f"disk{len(made)}", monkeypatch, policy)
+        made.append(disk)
+        return disk
+
+    yield make
+    for disk in made:
+        disk.stop()
+
+
+def no_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
+    shown = [r.getMessage() for r in caplog.records if r.exc_info]
+    assert not shown, f"tracebacks logged: {shown}"
+
+
+def batch_steps(disks, policy: str, kind: str) -> int:  # type: ignore[no-untyped-def]
+    """How many calls of ``kind`` the batch makes when nothing fails."""
+    disk = disks(policy)
+    assert all(not is_error(r) for r in disk.run(SEED_COMMANDS))
+    before = disk.recorder.calls[kind]
+    assert all(not is_error(r) for r in disk.run(BATCH))
+    disk.check_memory()
+    steps = disk.recorder.calls[kind] - before
+    disk.stop()
+    return steps
+
+
+FAULTS = [
+    ("write", errno.ENOSPC, {}, "write-ENOSPC"),
+    ("write", errno.EIO, {}, "write-EIO"),
+    ("write", errno.ENOSPC, {"short": True}, "short-write-then-ENOSPC"),
+    ("fsync", errno.EIO, {"lose_unsynced": True}, "fsync-EIO-pages-lost"),
+    ("fsync", errno.EIO, {}, "fsync-EIO"),
+    ("fsync", errno.ENOSPC, {}, "fsync-ENOSPC"),
+]
+#: Under ``no`` nothing fsyncs while serving: only the write faults apply.
+BATCH_CASES = [
+    pytest.param(policy, kind, err, options, id=f"{policy}-{name}")
+    for policy in ("always", "everysec", "no")
+    for kind, err, options, name in FAULTS
+    if not (policy == "no" and kind == "fsync")
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy, kind, err, options", BATCH_CASES)
+def test_a_failure_at_each_step_of_a_batch(
+    disks, caplog: pytest.LogCaptureFixture, policy: str, kind: str, err: int, options: dict
+) -> None:
+    # under everysec the one fsync that can fail is the background one
+    steps = 1 if kind == "fsync" and policy == "everysec" else batch_steps(disks, policy, kind)
+    assert steps >= 1, f"the batch makes no {kind} call"
+    for nth in range(1, steps + 1):
+        caplog.clear()
+        disk = disks(policy)
+        assert all(not is_error(r) for r in disk.run(SEED_COMMANDS))
+        disk.store.sync()  # what came before the batch is durable under every policy
+        errors_before = int(disk.stat("data_file_errors"))
+        fault = disk.recorder.fail(kind, nth, err, persistent=True, name="data.txt", **options)
+        replies = disk.run(BATCH)
+        if kind == "fsync" and policy == "everysec":
+            disk.wait_for(lambda: fault.fired > 0, "the background fsync to fail")  # noqa: B023
+        assert fault.fired, f"the fault at {kind} #{nth} never fired"
+        if policy == "always" or kind == "write":
+            assert any(is_error(r) for r in replies), replies
+        disk.wait_for(lambda: int(disk.stat("data_file_errors")) > errors_before, "data_file_errors to count it")  # noqa: B023
+        disk.check_memory()
+        disk.check_reads()
+        if kind == "fsync":
+            assert disk.stat("data_file_writable") == "0"
+        assert is_error(disk.probe()), "a write was taken while the disk still fails"
+        disk.check_memory()
+        disk.recover()
+        disk.check_reads()
+        assert not any(is_error(r) for r in disk.run(BATCH))
+        disk.restart_matches()
+        no_tracebacks(caplog)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("err", [errno.EIO, errno.ENOSPC], ids=["EIO", "ENOSPC"])
+def test_a_failed_background_fsync_stops_writes_until_the_file_is_certain(
+    disks, caplog: pytest.LogCaptureFixture, err: int
+) -> None:
+    """``everysec``: the writes were acknowledged before the fsync failed;
+    they stay, the server stops taking more and says so, as under ``always``."""
+    disk = disks("everysec")
+    assert all(not is_error(r) for r in disk.run(SEED_COMMANDS))
+    fault = disk.recorder.fail("fsync", 1, err, persistent=True, lose_unsynced=True, name="data.txt")
+    assert not any(is_error(r) for r in disk.run(BATCH))
+    disk.wait_for(lambda: fault.fired > 0, "the background fsync to fail")
+    disk.wait_for(lambda: disk.stat("data_file_writable") == "0", "data_file_writable to drop to 0")
+    assert int(disk.stat("data_file_errors")) >= 1
+    disk.check_memory()
+    disk.check_reads()
+    assert is_error(disk.probe())
+    disk.recover()
+    disk.restart_matches()
+    no_tracebacks(caplog)
+
+
+def compaction_steps(disks, policy: str) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    disk = disks(policy)
+    disk.run(SEED_COMMANDS)
+    disk.run(BATCH)
+    before = dict(disk.recorder.calls)
+    disk.store.compact()
+    steps = {kind: disk.recorder.calls[kind] - before[kind] for kind in before}
+    disk.restart_matches()
+    return steps
+
+
+COMPACTION_FAULTS = [
+    pytest.param("open", errno.ENOSPC, id="open-ENOSPC"),
+    pytest.param("write", errno.ENOSPC, id="write-ENOSPC"),
+    pytest.param("write", errno.EIO, id="write-EIO"),
+    pytest.param("fsync", errno.EIO, id="fsync-EIO"),
+    pytest.param("fsync", errno.ENOSPC, id="fsync-ENOSPC"),
+    pytest.param("rename", errno.EIO, id="rename-EIO"),
+    pytest.param("dirsync", errno.EIO, id="dirsync-EIO"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["always", "everysec", "no"])
+@pytest.mark.parametrize("kind, err", COMPACTION_FAULTS)
+def test_a_failure_at_each_step_of_a_compaction(
+    disks, caplog: pytest.LogCaptureFixture, policy: str, kind: str, err: int
+) -> None:
+    steps = compaction_steps(disks, policy)[kind]
+    assert steps >= 1, f"a compaction makes no {kind} call"
+    for nth in range(1, steps + 1):
+        caplog.clear()
+        disk = disks(policy)
+        disk.run(SEED_COMMANDS)
+        disk.run(BATCH)
+        # only the compaction's own calls fail: the new file, its rename, the directory
+        name = "." if kind == "dirsync" else "data.txt.compact"
+        fault = disk.recorder.fail(kind, nth, err, persistent=True, name=name)
+        with pytest.raises(LogWriteError):
+            disk.store.compact()
+        assert fault.fired
+        disk.check_memory()
+        disk.check_reads()
+        # writes are taken only while the file's state is certain, and either way answered
+        if disk.stat("data_file_writable") == "0":
+            assert is_error(disk.probe())
+        replies = disk.run(BATCH)
+        assert all(not r.startswith(b"SERVER_ERROR") or is_error(r) for r in replies)
+        disk.check_memory()
+        disk.recover()
+        disk.store.compact()  # and compaction works again
+        disk.check_reads()
+        disk.restart_matches()
+        no_tracebacks(caplog)
+
+
+def test_logs_say_what_failed(disks, caplog: pytest.LogCaptureFixture) -> None:
+    """The operator sees the failure in the log too, in one line, without a traceback."""
+    disk = disks("always")
+    disk.run(SEED_COMMANDS)
+    disk.recorder.fail("fsync", 1, errno.EIO, persistent=True, name="data.txt")
+    with caplog.at_level(logging.WARNING):
+        assert all(is_error(r) for r in disk.run([b"set x 0 0 1\r\n1\r\n"]))
+    messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("data.txt" in m for m in messages), messages
+    no_tracebacks(caplog)
+    disk.recover()
+    disk.restart_matches()

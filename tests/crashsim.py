@@ -72,8 +72,8 @@ class Fault:
     """Make calls of one kind fail: the ``nth`` one counted from now, and
     every later one too when ``persistent`` (until :meth:`FsRecorder.heal`).
 
-    ``short`` makes the failing write write half its bytes and return
-    instead of raising (a short write; the next one fails if persistent).
+    ``short`` makes the first failing write write half its bytes and return
+    instead of raising (a short write; the next ones fail if persistent).
     ``lose_unsynced`` makes a failing fsync also zero what was written since
     the last good fsync of that file, in the real file: the kernel dropping
     dirty pages after a failed writeback ("fsyncgate"), so a server that
@@ -281,7 +281,7 @@ class FsRecorder:
             fault = self._fault("write", known.name)
             data = bytes(data)
             if fault is not None:
-                if not fault.short:
+                if not (fault.short and fault.fired == 1):
                     self._raise(fault, f"write to {known.name}")
                 data = data[: max(len(data) // 2, 1)]
             if offset is not None:

@@ -74,7 +74,9 @@ def clock() -> float:
 
 
 def stats(client: Raw) -> dict[str, str]:
-    lines = client.ask(b"stats\r\n").decode().split("\r\n")
+    reply = client.ask(b"stats\r\n")
+    assert reply.endswith(b"END\r\n"), f"stats answered {reply!r}"
+    lines = reply.decode().split("\r\n")
     return {p[1]: p[2] for p in (line.split(" ", 2) for line in lines) if len(p) == 3 and p[0] == "STAT"}
 
 
@@ -147,6 +149,18 @@ class Disk:
         self.recorder.heal()
         self.wait_for(lambda: self.probe() == b"STORED\r\n", "writes to resume after the fault stopped")
         assert self.stat("data_file_writable") == "1"
+
+    def file_matches(self) -> None:
+        """While the server runs, a copy of its data file loads what it holds."""
+        copy = self.path.with_name("copy")
+        copy.mkdir(exist_ok=True)
+        (copy / "data.txt").write_bytes(self.path.read_bytes())
+        loaded = Store(copy / "data.txt", fsync="no", clock=clock)
+        try:
+            assert state_of(loaded) == state_of(self.store)
+        finally:
+            loaded.close()
+            (copy / "data.txt").unlink()
 
     def restart_matches(self) -> None:
         """What a restart from the file loads is what the server held and
@@ -247,6 +261,7 @@ def test_a_failure_at_each_step_of_a_batch(
         assert is_error(disk.probe()), "a write was taken while the disk still fails"
         disk.check_memory()
         disk.recover()
+        disk.file_matches()
         disk.check_reads()
         assert not any(is_error(r) for r in disk.run(BATCH))
         disk.restart_matches()
@@ -271,6 +286,7 @@ def test_a_failed_background_fsync_stops_writes_until_the_file_is_certain(
     disk.check_reads()
     assert is_error(disk.probe())
     disk.recover()
+    disk.file_matches()
     disk.restart_matches()
     no_tracebacks(caplog)
 
@@ -325,6 +341,7 @@ def test_a_failure_at_each_step_of_a_compaction(
         assert all(not r.startswith(b"SERVER_ERROR") or is_error(r) for r in replies)
         disk.check_memory()
         disk.recover()
+        disk.file_matches()
         disk.store.compact()  # and compaction works again
         disk.check_reads()
         disk.restart_matches()

@@ -31,9 +31,14 @@ import os as real_os
 import random
 import stat
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Union
+
+from memcachedlite import MemcacheServer, Store
+from memcachedlite.session import Session
+from tests.conftest import Raw, Running
 
 PAGE = 4096
 SECTOR = 512
@@ -595,3 +600,137 @@ def state_of(store: Any, cas: bool = True) -> dict[bytes, tuple]:
         if item is not None:
             out[key] = (item.value, item.flags, item.exptime, item.cas if cas else 0, item.stale)
     return out
+
+
+#: A fixed clock for every store of these tests, so that expiry times
+#: compare equal across restarts.
+NOW = 1_800_000_000
+#: How long the server may take to notice a failure or to recover from one:
+#: a bound on waiting for a condition, not a performance threshold.
+PATIENCE = 30.0
+
+
+def clock() -> float:
+    return NOW
+
+
+def new_durable_data_file(path: Path) -> None:
+    """Create an empty data file and make it and its name durable, so that
+    recording starts from a state a power loss cannot take back."""
+    Store(path, fsync="always", clock=clock).close()
+    fd = real_os.open(path.parent, real_os.O_RDONLY)
+    try:
+        real_os.fsync(fd)
+    finally:
+        real_os.close(fd)
+
+
+def stats(client: Raw) -> dict[str, str]:
+    reply = client.ask(b"stats\r\n")
+    assert reply.endswith(b"END\r\n"), f"stats answered {reply!r}"
+    lines = reply.decode().split("\r\n")
+    return {p[1]: p[2] for p in (line.split(" ", 2) for line in lines) if len(p) == 3 and p[0] == "STAT"}
+
+
+def is_error(reply: bytes) -> bool:
+    """A well-formed ``SERVER_ERROR <reason>`` (and only that kind of failure)."""
+    return reply.startswith(b"SERVER_ERROR ") and len(reply.strip()) > len(b"SERVER_ERROR ")
+
+
+class Disk:
+    """A real server (on port 0) over a data file whose calls go through a
+    :class:`FsRecorder` that can fail them, with a connection to it, and an
+    in-memory shadow that replays what the server acknowledged."""
+
+    def __init__(self, directory: Path, monkeypatch: Any, policy: str) -> None:
+        directory.mkdir()
+        self.path = directory / "data.txt"
+        self.policy = policy
+        new_durable_data_file(self.path)
+        self.recorder = FsRecorder(directory).install(monkeypatch, *modules_with_os())
+        self.store = Store(self.path, fsync=policy, clock=clock, compact_min_size=1 << 40)
+        self.shadow = Session(Store(clock=clock))
+        server = MemcacheServer(("127.0.0.1", 0), self.store)
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        thread.start()
+        self.running: Optional[Running] = Running(server, thread)
+        self.port = server.port
+        self.client = Raw(self.port)
+        self.probes = 0
+
+    def run(self, commands: list[bytes]) -> list[bytes]:
+        """Send ``commands`` as one pipelined batch; return the replies, and
+        replay on the shadow each one that was not refused."""
+        self.client.send(b"".join(commands))
+        replies = [self.client.reply() for _ in commands]
+        for command, reply in zip(commands, replies, strict=True):
+            assert not reply.startswith(b"SERVER_ERROR") or is_error(reply), reply
+            if not is_error(reply):
+                assert self.shadow.feed(command) == reply, (command, reply)
+        return replies
+
+    def probe(self) -> bytes:
+        """One write; the shadow follows it if it was taken."""
+        self.probes += 1
+        return self.run([b"set probe 0 0 %d\r\n%d\r\n" % (len(b"%d" % self.probes), self.probes)])[0]
+
+    def wait_for(self, condition, what: str) -> None:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + PATIENCE
+        while not condition():
+            assert time.monotonic() < deadline, f"gave up waiting for {what}"
+            time.sleep(0.02)
+
+    def stat(self, name: str) -> str:
+        found = stats(self.client)
+        assert name in found, f"stats has no {name}"
+        return found[name]
+
+    def check_memory(self) -> None:
+        """Memory holds exactly the acknowledged changes: nothing half-applied.
+        (cas values are left out: a refused change may use up a number.)"""
+        assert state_of(self.store, cas=False) == state_of(self.shadow.store, cas=False)
+
+    def check_reads(self) -> None:
+        for key in (b"a", b"n", b"big1"):
+            reply = self.client.ask(b"get %s\r\n" % key)
+            assert reply.startswith((b"VALUE ", b"END")), reply
+        assert self.client.ask(b"mn\r\n") == b"MN\r\n"
+
+    def recover(self) -> None:
+        """Let the disk work again and wait until the server takes writes."""
+        self.recorder.heal()
+        self.wait_for(lambda: self.probe() == b"STORED\r\n", "writes to resume after the fault stopped")
+        assert self.stat("data_file_writable") == "1"
+
+    def file_matches(self) -> None:
+        """While the server runs, a copy of its data file loads what it holds."""
+        copy = self.path.with_name("copy")
+        copy.mkdir(exist_ok=True)
+        (copy / "data.txt").write_bytes(self.path.read_bytes())
+        loaded = Store(copy / "data.txt", fsync="no", clock=clock)
+        try:
+            assert state_of(loaded) == state_of(self.store)
+        finally:
+            loaded.close()
+            (copy / "data.txt").unlink()
+
+    def restart_matches(self) -> None:
+        """What a restart from the file loads is what the server held and
+        what was acknowledged."""
+        self.check_memory()
+        held = state_of(self.store)
+        self.stop()
+        restarted = Store(self.path, fsync=self.policy, clock=clock)
+        try:
+            assert state_of(restarted) == held
+        finally:
+            restarted.close()
+
+    def stop(self) -> None:
+        if self.running is not None:
+            self.client.close()
+            self.running.stop()
+            self.running = None
+            self.recorder.heal()
+            self.store.close()
+            self.shadow.store.close()

@@ -35,18 +35,13 @@ import memcachedlite.log
 from memcachedlite import CorruptLogError, Store
 from memcachedlite.log import parse_one
 from memcachedlite.session import Session
-from tests.crashsim import CrashState, FsRecorder, Trace, modules_with_os, state_of
+from tests.crashsim import CrashState, FsRecorder, Trace, clock, modules_with_os, new_durable_data_file, state_of
 
-NOW = 1_800_000_000
 POLICIES = ["always", "everysec", "no"]
 #: Crash states built per policy; with start-up taking a few milliseconds
 #: on the small files of the script, all three policies stay well under a
 #: minute on two cores.
 STATES_PER_POLICY = 800
-
-
-def clock() -> float:
-    return NOW
 
 
 def script(seed: int) -> list:
@@ -137,8 +132,7 @@ def record_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policy: str, see
     """Run the script on a data file that already exists (and is durable), recording it."""
     directory = tmp_path / "live"
     directory.mkdir()
-    Store(directory / "data.txt", fsync="always", clock=clock).close()
-    memcachedlite.log._fsync_directory(str(directory / "data.txt"))
+    new_durable_data_file(directory / "data.txt")
     shadow = Session(Store(clock=clock))
     states = [state_of(shadow.store)]
     run = Run(policy, Trace({}, {}, []), states)

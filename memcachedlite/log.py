@@ -1,9 +1,11 @@
 """The append-only data file: record format, appending with an fsync policy,
 and replay at start-up.
 
-File format (version 1), documented in ``docs/data-file.md``::
+File format (version 2; version 1 files, whose header has no file id, are
+still read and appended to), documented in ``docs/data-file.md``::
 
-    MEMCACHEDLITE-LOG 1\\r\\n                                  header
+    MEMCACHEDLITE-LOG 2 <file id>\\r\\n                        header
+    sync <offset> <file id> <crc>\\r\\n                     sync mark
     set <key> <flags> <exptime> <bytes> <cas> <crc>\\r\\n<data>\\r\\n
     delete <key> <crc>\\r\\n
     touch <key> <exptime> <crc>\\r\\n
@@ -44,8 +46,42 @@ from .errors import CorruptLogError, LogWriteError
 
 log = logging.getLogger(__name__)
 
+#: The header of a version 1 file (no file id); still read, never written.
 HEADER = b"MEMCACHEDLITE-LOG 1\r\n"
+_HEADER_V2 = b"MEMCACHEDLITE-LOG 2 "
+#: The file id that sync marks in a version 1 file carry.
+LEGACY_ID = b"0" * 16
 FSYNC_POLICIES = ("always", "everysec", "no")
+
+
+def new_file_id() -> bytes:
+    """A random id for a new data file. Sync marks carry it, so that a mark
+    on a stale page left over from another file is never taken for one of
+    this file's."""
+    return os.urandom(8).hex().encode("ascii")
+
+
+def make_header(file_id: bytes) -> bytes:
+    return _HEADER_V2 + file_id + b"\r\n"
+
+
+def read_header(buf: bytes) -> Optional[tuple[int, bytes]]:
+    """Where the records of a data file start, and its file id; None when
+    ``buf`` does not start with a whole header."""
+    if buf.startswith(HEADER):
+        return len(HEADER), LEGACY_ID
+    end = len(_HEADER_V2) + 16
+    if buf.startswith(_HEADER_V2) and buf[end : end + 2] == b"\r\n":
+        file_id = buf[len(_HEADER_V2) : end]
+        if len(file_id.strip(b"0123456789abcdef")) == 0:
+            return end + 2, bytes(file_id)
+    return None
+
+
+def is_header_prefix(buf: bytes) -> bool:
+    """Whether ``buf`` is the beginning of a header cut short by a crash."""
+    return HEADER.startswith(buf) or _HEADER_V2.startswith(buf[: len(_HEADER_V2)])
+
 
 Record = tuple  # ("set", key, value, flags, exptime, cas) | ("delete", key) | ...
 
@@ -98,6 +134,17 @@ def encode_flush(at: int) -> bytes:
 
 def encode_next_cas(cas: int) -> bytes:
     return _seal(b"next_cas %d" % cas)
+
+
+def encode_sync(offset: int, file_id: bytes) -> bytes:
+    """A sync mark: every byte of this file before ``offset`` had reached the
+    disk (an fsync covering it had returned) before this mark was written.
+
+    The mark itself may sit in the part of the file that a power cut can
+    take back; it is only ever a lower bound, and start-up trusts the
+    highest genuine one it can find, wherever it lies.
+    """
+    return _seal(b"sync %d %s" % (offset, file_id))
 
 
 _BINARY_VERBS = frozenset([b"bset", b"bdelete", b"btouch", b"binvalidate"])
@@ -160,6 +207,8 @@ def parse_one(buf: bytes, pos: int) -> tuple[Record, int]:
                 return (b"flush_all", int(parts[1])), eol + 1
             if verb == b"next_cas" and len(parts) == 3:
                 return (b"next_cas", int(parts[1])), eol + 1
+            if verb == b"sync" and len(parts) == 4:
+                return (b"sync", int(parts[1]), parts[2]), eol + 1
         except ValueError as exc:
             raise _Bad(f"malformed record: {exc}", torn=eol + 1 >= n) from None
         raise _Bad(f"unknown record {bytes(verb[:20])!r}")
@@ -233,7 +282,26 @@ def load_records(
     return count, max_cas
 
 
-_RECORD_START = re.compile(rb"\r\n(?=(?:b?(?:set|delete|touch|invalidate)|flush_all|next_cas) )")
+_RECORD_START = re.compile(rb"\r\n(?=(?:b?(?:set|delete|touch|invalidate)|flush_all|next_cas|sync) )")
+_SYNC_MARK = re.compile(rb"\r\nsync (\d{1,19}) ([0-9a-f]{16}) ([0-9a-f]{8})\r\n")
+
+
+def highest_sync_mark(buf: bytes, file_id: bytes, start: int = 0) -> int:
+    """The highest offset that a genuine sync mark at or after ``start``
+    vouches for: its checksum holds, it carries this file's id, and it lies
+    at or past the offset it names (a mark is written after its fsync)."""
+    best = 0
+    for match in _SYNC_MARK.finditer(buf, max(start - 2, 0)):
+        offset = int(match.group(1))
+        head = b"sync %s %s" % (match.group(1), match.group(2))
+        if (
+            match.group(2) == file_id
+            and int(match.group(3), 16) == crc32(head)
+            and offset <= match.start() + 2
+            and offset > best
+        ):
+            best = offset
+    return best
 
 
 def next_valid_record(buf: bytes, start: int) -> Optional[int]:
@@ -254,29 +322,51 @@ def next_valid_record(buf: bytes, start: int) -> Optional[int]:
 
 @dataclass
 class RepairReport:
-    """What ``repair`` kept and dropped."""
+    """What ``repair`` kept and dropped.
+
+    ``damaged_offsets`` lists where unreadable stretches began. Damage at or
+    past ``synced`` (the highest offset a sync mark vouches for) is what a
+    crash leaves: the file is cut there (``cut_offset``), so the result is a
+    state that existed. Damage before it is corruption of data that had
+    reached the disk: the records after it are kept (``kept_across_damage``),
+    which may combine changes that never coexisted, and the user is told.
+    """
 
     records: int = 0
     dropped_bytes: int = 0
     damaged_offsets: list = field(default_factory=list)
     backup: str = ""
+    synced: int = 0
+    cut_offset: Optional[int] = None
+    kept_across_damage: bool = False
 
 
 def salvage(buf: bytes) -> tuple[list[Record], RepairReport]:
-    """Every intact record of a data file's contents, skipping damaged stretches."""
+    """The records of a data file's contents that repair keeps (see :class:`RepairReport`).
+
+    Sync marks are not kept: they speak of offsets of the old file.
+    """
     report = RepairReport()
     records: list[Record] = []
-    pos = len(HEADER) if buf.startswith(HEADER) else 0
+    header = read_header(buf)
+    pos, file_id = header if header is not None else (0, LEGACY_ID)
+    report.synced = highest_sync_mark(buf, file_id)
     while pos < len(buf):
         try:
             for record in parse_records(buf, pos):
-                records.append(record)
+                if record[0] != b"sync":
+                    records.append(record)
             break
         except _Bad as bad:
             report.damaged_offsets.append(bad.offset)
+            if bad.offset >= report.synced:  # a crash's damage: keep the prefix only
+                report.cut_offset = bad.offset
+                report.dropped_bytes += len(buf) - bad.offset
+                break
             nxt = next_valid_record(buf, bad.offset + 1)
             end = len(buf) if nxt is None else nxt
             report.dropped_bytes += end - bad.offset
+            report.kept_across_damage = nxt is not None
             pos = end
     report.records = len(records)
     return records, report
@@ -296,6 +386,8 @@ def encode(record: Record) -> bytes:
         return _seal(b"%s %s %d" % (verb, record[1], record[2]))
     if kind == b"flush_all":
         return encode_flush(record[1])
+    if kind == b"sync":
+        return encode_sync(record[1], record[2])
     return encode_next_cas(record[1])
 
 
@@ -312,7 +404,7 @@ def repair(path: Union[str, os.PathLike]) -> RepairReport:
     records, report = salvage(buf)
     report.backup = f"{path}.broken-{int(time.time())}"
     shutil.copy2(path, report.backup)
-    _write_atomically(path, [HEADER] + [encode(r) for r in records])
+    _write_atomically(path, [make_header(new_file_id())] + [encode(r) for r in records])
     log.warning(
         "%s repaired: kept %d records, dropped %d bytes at offsets %s; original saved as %s",
         path,
@@ -321,6 +413,13 @@ def repair(path: Union[str, os.PathLike]) -> RepairReport:
         report.damaged_offsets,
         report.backup,
     )
+    if report.kept_across_damage:
+        log.warning(
+            "%s: records after damage in data that had reached the disk were kept; "
+            "they may hold changes that never existed together. The original is in %s",
+            path,
+            report.backup,
+        )
     return report
 
 
@@ -328,17 +427,23 @@ def _write_atomically(path: str, chunks: Iterable[bytes]) -> None:
     tmp = path + ".tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            _write_all(fd, b"".join(chunks))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     _fsync_directory(path)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _fsync_directory(path: str) -> None:
@@ -353,20 +458,18 @@ def _fsync_directory(path: str) -> None:
 class Rewrite:
     """A compaction in progress: a temporary file being filled with the live
     items while the live file keeps taking appends, which are also kept here
-    to be copied over before the switch."""
+    to be copied over before the switch. The new file gets an id of its own."""
 
     def __init__(self, path: str) -> None:
         self.tmp_path = path + ".compact"
+        self.file_id = new_file_id()
         self.fd = os.open(self.tmp_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self.pending: list[bytes] = []
         self.size = 0
 
     def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            written = os.write(self.fd, view)
-            view = view[written:]
+        _write_all(self.fd, data)
         self.size += len(data)
 
     def abort(self) -> None:
@@ -376,6 +479,11 @@ class Rewrite:
             os.unlink(self.tmp_path)
 
 
+#: errnos after which a failed write leaves the file as it was, once the
+#: partial bytes are cut back: the disk is full, nothing was lost.
+_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
 class DataLog:
     """One append-only data file, held open (and locked) for appending.
 
@@ -383,6 +491,18 @@ class DataLog:
     a write acknowledged after it survives the process being killed; ``sync``
     adds the disk, with group commit (one fsync covers every record appended
     before it started).
+
+    Positions: ``size`` is the file's length and ``synced`` how much of it is
+    known to be on disk; ``lsn`` counts every byte ever appended through this
+    object (it does not go back when compaction shrinks the file) and
+    ``synced_lsn`` how many of those are durable, which is what a reply that
+    must wait for the disk waits on.
+
+    After an fsync fails, or a write fails in a way that leaves the file's
+    contents in doubt, ``failed`` says why and the file takes no more appends
+    or fsyncs: the kernel may already have dropped the pages it could not
+    write, so a later fsync that succeeds proves nothing (PostgreSQL's
+    "fsyncgate"). Only a rewrite (:meth:`finish_rewrite`) clears it.
     """
 
     def __init__(self, path: Union[str, os.PathLike], fsync: str = "everysec") -> None:
@@ -396,12 +516,28 @@ class DataLog:
             os.unlink(self.path + ".compact")  # left by a compaction that crashed
         self.size = os.fstat(self._fd).st_size
         self.synced = self.size
+        self.lsn = self.synced_lsn = 0
+        self.failed = ""
+        #: Called (with the reason) when the background fsync of ``everysec`` fails.
+        self.on_failure: Callable[[str], None] = lambda reason: None
+        self._mark_due: Optional[int] = None
         self._sync_lock = threading.Lock()
         self._closed = threading.Event()
         self._syncer: threading.Thread | None = None
         self._rewrite: Optional[Rewrite] = None
         if self.size == 0:
-            self.append(HEADER)
+            self.file_id = new_file_id()
+            self._start_file()
+        else:
+            header = read_header(os.pread(self._fd, 64, 0))
+            self.file_id = header[1] if header is not None else LEGACY_ID
+
+    def _start_file(self) -> None:
+        """Write the header of an empty file and make the file itself durable."""
+        self.append(make_header(self.file_id))
+        os.fsync(self._fd)
+        _fsync_directory(self.path)
+        self.synced, self.synced_lsn = self.size, self.lsn
 
     def _open_locked(self) -> int:
         """Open the file and take its lock, or refuse: two servers appending to
@@ -429,44 +565,70 @@ class DataLog:
     # -- replay -----------------------------------------------------------
 
     def load(self, items: dict, pack: Callable[..., bytes], on_other: Callable[[Record], None]) -> tuple[int, int]:
-        """Replay the file into ``items`` (see :func:`load_records`), cutting
-        off a torn last record. Damage before it raises :class:`CorruptLogError`.
+        """Replay the file into ``items`` (see :func:`load_records`).
+
+        The first record that cannot be read ends the replay. If it lies
+        where a sync mark proves the file had reached the disk, that is
+        corruption: :class:`CorruptLogError`, with its offset. Otherwise it is
+        what a crash leaves in the part of the file that was never synced (a
+        cut, zeros, stale or reordered pages): the file is cut there, keeping
+        the longest valid prefix, with one warning.
         """
         with open(self.path, "rb") as f:
             buf = f.read()
-        if not buf.startswith(HEADER):
-            if HEADER.startswith(buf):  # crashed while writing the header itself
-                self._truncate(0, len(buf))
-                self.append(HEADER)
+        header = read_header(buf)
+        if header is None:
+            if is_header_prefix(buf):  # crashed while writing the header itself
+                self._cut(0, buf, "an unfinished header")
+                self.file_id = new_file_id()
+                self._start_file()
                 return 0, 0
             raise CorruptLogError(self.path, 0, "not a memcachedlite data file (bad header)")
+        start, self.file_id = header
+
+        def other(record: Record) -> None:
+            if record[0] != b"sync":
+                on_other(record)
+
         collecting = gc.isenabled()
         gc.disable()  # a million new tuples would trigger needless collections
         try:
-            return load_records(buf, len(HEADER), items, pack, on_other)
+            result = load_records(buf, start, items, pack, other)
         except _Bad as bad:
-            damaged = bad.offset
-            torn = bad.torn or not buf[damaged:].strip(b"\0")
-            # A damaged length field can make a middle record look like it runs
-            # to the end; a valid record further on proves it is not a torn tail.
-            if not torn or next_valid_record(buf, damaged + 1) is not None:
-                raise CorruptLogError(self.path, damaged, str(bad)) from None
-            self._truncate(damaged, len(buf) - damaged)
-            return bad.progress
+            synced = highest_sync_mark(buf, self.file_id)
+            if bad.offset < synced:
+                raise CorruptLogError(
+                    self.path, bad.offset, f"{bad}, in data that had reached the disk (synced up to {synced})"
+                ) from None
+            self._cut(bad.offset, buf, str(bad))
+            result = bad.progress
         finally:
             if collecting:
                 gc.enable()
+        os.fsync(self._fd)  # what was read is what the disk keeps from now on
+        self.synced = self.size
+        if self.size > start:
+            self._mark_due = self.size
+        return result
 
-    def _truncate(self, offset: int, dropped: int) -> None:
+    def _cut(self, offset: int, buf: bytes, reason: str) -> None:
+        """Drop the file from ``offset`` on: a crash's unfinished tail."""
+        dropped = len(buf) - offset
+        intact = _intact_records_after(buf, offset)
         log.warning(
-            "%s: torn record at the end of the file (crash while writing); dropped its %d bytes at offset %d",
+            "%s: dropped %d bytes from offset %d that a crash left unfinished (%s)%s",
             self.path,
             dropped,
             offset,
+            reason,
+            f"; {intact} intact records after it were never confirmed durable and were dropped too" if intact else "",
         )
         os.ftruncate(self._fd, offset)
         os.fsync(self._fd)
         self.size = self.synced = offset
+        self.dropped_at_start = (offset, dropped, intact)
+
+    dropped_at_start: Optional[tuple[int, int, int]] = None
 
     # -- writing ----------------------------------------------------------
 
@@ -474,8 +636,16 @@ class DataLog:
         """Write ``data`` at the end of the file; return the new size.
 
         On failure the file is cut back to its previous size, so it never
-        holds half a record that a later append would bury in the middle.
+        holds half a record that a later append would bury in the middle. A
+        failure that leaves the file in doubt (an I/O error, or a cut that
+        did not work) also sets ``failed``.
         """
+        if self.failed:
+            raise LogWriteError(f"data file not writable: {self.failed}")
+        mark = self._mark_due
+        if mark is not None:  # rides along with the next record: no write of its own
+            data = encode_sync(mark, self.file_id) + data
+            self._mark_due = None
         start = self.size
         view = memoryview(data)
         written = 0
@@ -483,15 +653,21 @@ class DataLog:
             while written < len(data):
                 written += os.write(self._fd, view[written:])
         except OSError as exc:
+            self._mark_due = mark
+            certain = exc.errno in _FULL
             if written:
                 try:
                     os.ftruncate(self._fd, start)
-                except OSError:  # pragma: no cover - nothing more we can do
+                except OSError:
                     log.exception("could not cut back a partial record in %s", self.path)
-            reason = "out of disk space" if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else exc.strerror
+                    certain = False
+            reason = "out of disk space" if exc.errno in _FULL else exc.strerror
             log.error("cannot write to %s: %s", self.path, exc)
+            if not certain:
+                self.failed = f"write failed: {exc.strerror}"
             raise LogWriteError(f"cannot write data file: {reason}") from exc
         self.size = start + written
+        self.lsn += written
         if self._rewrite is not None:
             self._rewrite.pending.append(data)
         return self.size
@@ -515,7 +691,13 @@ class DataLog:
 
     def finish_rewrite(self) -> int:
         """Copy the appends made meanwhile, make the new file durable and put
-        it in place of the old one atomically. Returns the bytes saved."""
+        it in place of the old one atomically. Returns the bytes saved.
+
+        Everything appended so far is then on disk, in the new file. If the
+        directory cannot be synced after the rename, the new file is in use
+        but its name may not survive a power cut: ``failed`` is set, so that
+        writes stop until another rewrite succeeds.
+        """
         rewrite = self._rewrite
         assert rewrite is not None
         try:
@@ -525,30 +707,48 @@ class DataLog:
         except OSError as exc:
             self.abort_rewrite()
             raise LogWriteError(f"compaction failed: {exc.strerror}") from exc
-        _fsync_directory(self.path)
         with self._sync_lock:  # the background fsync must not see the old fd closed
             old_fd, old_size = self._fd, self.size
             self._fd = rewrite.fd
+            self.file_id = rewrite.file_id
             self.size = self.synced = rewrite.size
+            self.synced_lsn = self.lsn
+            self._mark_due = self.size
             self._rewrite = None
+            self.failed = ""
             os.close(old_fd)  # also releases the old file's lock; the new one is held
+        try:
+            _fsync_directory(self.path)
+        except OSError as exc:
+            self.failed = f"directory sync failed: {exc.strerror}"
+            log.error("cannot sync the directory of %s after a rewrite: %s", self.path, exc)
+            raise LogWriteError(f"cannot sync data file directory: {exc.strerror}") from exc
         return old_size - self.size
 
     def sync(self) -> None:
-        """Make everything appended so far durable (group commit)."""
-        target = self.size
-        if self.synced >= target:
+        """Make everything appended so far durable (group commit).
+
+        Raises :class:`LogWriteError` if the fsync fails, and from then on
+        without trying again (see the class docstring).
+        """
+        target = self.lsn
+        if self.synced_lsn >= target:
             return
         with self._sync_lock:
-            if self.synced >= target:
+            if self.failed:
+                raise LogWriteError(f"data file not writable: {self.failed}")
+            if self.synced_lsn >= target:
                 return
-            end = self.size
+            lsn, end = self.lsn, self.size  # written before the fsync starts: covered by it
             try:
                 os.fsync(self._fd)
             except OSError as exc:
+                self.failed = f"fsync failed: {exc.strerror}"
                 log.error("fsync of %s failed: %s", self.path, exc)
                 raise LogWriteError(f"cannot sync data file: {exc.strerror}") from exc
+            self.synced_lsn = lsn
             self.synced = end
+            self._mark_due = end
 
     def start_background_sync(self, interval: float = 1.0) -> None:
         """For ``everysec``: fsync at least every ``interval`` seconds."""
@@ -559,21 +759,39 @@ class DataLog:
 
     def _sync_loop(self, interval: float) -> None:
         while not self._closed.wait(interval):
+            if self.failed:
+                continue  # the store is rewriting the file; nothing to sync until then
             try:
                 self.sync()
-            except LogWriteError:
-                pass  # already logged; the next round tries again
+            except LogWriteError as exc:
+                self.on_failure(exc.message)
 
     def close(self) -> None:
-        """Flush to disk and release the file (and its lock)."""
+        """Flush to disk and release the file (and its lock). The next start
+        syncs what it read and marks it with the first record it appends."""
         if self._closed.is_set():
             return
         self._closed.set()
         self.abort_rewrite()
         if self._syncer is not None:
             self._syncer.join()
-        try:
-            os.fsync(self._fd)
-        except OSError:  # pragma: no cover - reported by sync() when it matters
-            log.exception("final fsync of %s failed", self.path)
+        if not self.failed:
+            try:
+                os.fsync(self._fd)
+            except OSError:
+                log.exception("final fsync of %s failed", self.path)
         os.close(self._fd)
+
+
+def _intact_records_after(buf: bytes, offset: int) -> int:
+    """How many readable records lie after damage at ``offset`` (for the warning)."""
+    count = 0
+    pos = next_valid_record(buf, offset + 1)
+    while pos is not None:
+        try:
+            for _ in parse_records(buf, pos):
+                count += 1
+            return count
+        except _Bad as bad:
+            pos = next_valid_record(buf, bad.offset + 1)
+    return count

@@ -68,6 +68,10 @@ class MemcacheHandler(socketserver.StreamRequestHandler):
         read_timeout = server.read_timeout or None
         if server.ssl_context is not None and not self._handshake():
             return
+        if server.store.committer is not None and server.ssl_context is None:
+            # fsync=always: replies that wait for the disk leave from the
+            # committer thread (one TLS object must not be used by two threads)
+            session.sender = connection
         timeout = connection.gettimeout()
         while True:
             midway = session.pending()  # looked up each time: authentication swaps it
@@ -114,6 +118,9 @@ class MemcacheHandler(socketserver.StreamRequestHandler):
         return True
 
     def finish(self) -> None:
+        committer = self.server.store.committer
+        if self.session.unsent and committer is not None:
+            committer.drain(self.session)  # its last replies are still to leave
         try:
             super().finish()
         except OSError:  # the client already went away

@@ -94,7 +94,10 @@ class Session:
         self._stop = stop or threading.Event()
         self._delays = {b"set": 2.0, b"get": 1.0} if self.settings.simulate_delay else {}
         log_ = store.log
-        self._sync = store.sync if log_ is not None and log_.always else None
+        #: The socket the store's committer may send this connection's
+        #: replies on (fsync=always), and how many it holds that have not left.
+        self.sender: Any = None
+        self.unsent = 0
         # Batching holds the store's lock while a batch runs: not with the
         # simulated delays, which would hold it for seconds.
         self._batched = log_ is not None and not self._delays
@@ -137,8 +140,11 @@ class Session:
         # with one copy each; only an incomplete tail is carried over.
         buf = self._buf + data if self._buf else bytes(data)
         out: list[bytes] = []
+        need = 0
         if not self._batched:
             pos = self._run(buf, out)
+            if self.store.committer is not None:
+                need = self.store.log.lsn  # type: ignore[union-attr]
         else:
             store = self.store
             opened = store.begin_batch()  # one write to the data file for the whole batch
@@ -146,13 +152,32 @@ class Session:
                 pos = self._run(buf, out)
             finally:
                 try:
-                    store.end_batch(opened)
+                    need = store.end_batch(opened)
                 except LogWriteError as exc:
                     # Undone in memory: acknowledge nothing of this batch.
                     out = [self.failed_reply(reply, exc) for reply in out]
         self._buf = buf[pos:] if pos < len(buf) else b""
-        if self._sync is not None and out:
-            self._sync()  # group commit: one fsync for the batch, before any reply
+        if (need or self.unsent) and out:
+            # fsync=always: these replies show changes that are not on disk yet
+            return self._after_fsync(need, out)
+        return b"".join(out)
+
+    def _after_fsync(self, need: int, out: list[bytes]) -> bytes:
+        """Replies that may leave only once the log position ``need`` is durable.
+
+        With a socket to send on (``sender``), they are handed to the store's
+        committer, which sends them after the group fsync; this connection
+        goes back to reading at once. Without one, this waits.
+        """
+        committer = self.store.committer
+        assert committer is not None
+        if self.sender is not None:
+            committer.hand_off(self, need, out)
+            return b""
+        try:
+            committer.wait(need)
+        except LogWriteError as exc:
+            out = [self.failed_reply(reply, exc) for reply in out]
         return b"".join(out)
 
     def failed_reply(self, reply: bytes, exc: ProtocolError) -> bytes:

@@ -38,7 +38,8 @@ from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Union
 
 from . import log as datalog
-from .errors import ClientError, LogWriteError, OutOfMemory, ServerError
+from .durability import Durability
+from .errors import ClientError, OutOfMemory
 from .protocol import RELATIVE_EXPTIME_LIMIT, U64, parse_counter
 
 logger = logging.getLogger(__name__)
@@ -169,11 +170,13 @@ def _size(key: bytes, blob: bytes) -> int:
     return len(key) + len(blob) + ITEM_OVERHEAD
 
 
-class Store:
+class Store(Durability):
     """The key-value data shared by every connection of a server.
 
     ``path=None`` keeps everything in memory only (for tests and embedding);
     otherwise the data file at ``path`` is replayed first and then appended to.
+    How a change reaches the file, and when it may be shown, is the business
+    of the base class (:mod:`memcachedlite.durability`).
     """
 
     def __init__(
@@ -199,10 +202,6 @@ class Store:
         self._next_cas = 1
         self.counters = dict.fromkeys(_COUNTERS, 0)
         self.compact_min_size = compact_min_size
-        self.compactions = 0
-        self.compaction_failures = 0
-        self._compact_lock = threading.Lock()
-        self._compactor: Optional[threading.Thread] = None
         self._sweeper: Optional[threading.Thread] = None
         self._sweep_keys: list[bytes] = []
         self._sweep_at = 0
@@ -210,10 +209,7 @@ class Store:
         self._may_expire = True
         self._expiring_seen = False
         self._closing = threading.Event()
-        # While a batch is open: the records waiting for one write, and how to
-        # put memory back if that write fails (see batch()).
-        self._pending: Optional[list[bytes]] = None
-        self._undo: Optional[list[tuple]] = None
+        self._init_durability()
         self.log: Optional[datalog.DataLog] = None
         if path is not None:
             self.log = datalog.DataLog(path, fsync=fsync)
@@ -222,7 +218,7 @@ class Store:
             except BaseException:
                 self.log.close()
                 raise
-            self.log.start_background_sync()
+            self._start_durability()
 
     # -- time ---------------------------------------------------------------
 
@@ -247,6 +243,8 @@ class Store:
     def _live(self, key: bytes, now: int, read: bool = False) -> Optional[bytes]:
         """The stored item under ``key`` unless it has expired (then it is
         dropped, and counted as ``get_expired`` too when this is a ``read``)."""
+        if self._dirty:  # fsync=always, with changes not durable yet
+            self._note_read(key)
         blob = self._items.get(key)
         if blob is None:
             return None
@@ -303,7 +301,10 @@ class Store:
             parts: list[bytes] = []
             add = parts.extend
             hits = 0
+            dirty = self._dirty
             for key in keys:
+                if dirty:  # fsync=always, with changes not durable yet
+                    self._note_read(key)
                 blob = get(key)
                 if blob is None:
                     continue
@@ -447,64 +448,9 @@ class Store:
             raise OutOfMemory()
         return victims
 
-    def _append(self, record: bytes) -> None:
-        if self._pending is not None:
-            self._pending.append(record)
-            return
-        log = self.log
-        if log is not None:
-            size = log.append(record)
-            if size > self.compact_min_size and size > 2 * self.bytes and self._compactor is None:
-                self.start_compaction()
-
-    # -- batches ------------------------------------------------------------
-
-    @contextmanager
-    def batch(self) -> Iterator[None]:
-        """Group the changes made inside into one write to the data file.
-
-        The server wraps each pipelined batch of a connection in one, so a
-        hundred ``set`` commands cost one system call. The lock is held
-        throughout, so no other connection sees a change before it is
-        written. If the write fails, every change of the batch is undone in
-        memory and :class:`LogWriteError` is raised: the caller must then not
-        acknowledge any of them.
-        """
-        opened = self.begin_batch()
-        try:
-            yield
-        finally:
-            self.end_batch(opened)
-
-    def begin_batch(self) -> bool:
-        """The first half of :meth:`batch`; returns what to pass to :meth:`end_batch`."""
-        self._lock.acquire()
-        if self._pending is not None or self.log is None:  # nested, or nothing to write to
-            return False
-        self._pending, self._undo = [], []
-        return True
-
-    def end_batch(self, opened: bool) -> None:
-        """Write the batch's records (if ``opened``) and release the lock."""
-        try:
-            if opened:
-                pending, undo = self._pending, self._undo
-                self._pending = self._undo = None
-                if pending:
-                    try:
-                        self._append(b"".join(pending) if len(pending) > 1 else pending[0])
-                    except LogWriteError:
-                        self._rollback(undo)  # type: ignore[arg-type]
-                        raise
-        finally:
-            self._lock.release()
-
-    def _remember(self, key: bytes, old: Optional[bytes]) -> None:
-        """Note what ``key`` held before a change made inside a batch."""
-        if self._undo is not None:
-            self._undo.append((key, old))
-
-    def _rollback(self, undo: list[tuple]) -> None:
+    def _restore(self, undo: list[tuple]) -> None:
+        """Put back what a batch's changes replaced, newest first (see
+        :meth:`Durability._rollback`)."""
         items = self._items
         for entry in reversed(undo):
             if entry[0] is None:  # a whole table, replaced by flush_all
@@ -518,7 +464,6 @@ class Store:
             if old is not None:
                 items[key] = old
                 self.bytes += _size(key, old)
-        logger.warning("a batch of %d changes could not be written and was undone", len(undo))
 
     def set(self, key: bytes, value: bytes, flags: int = 0, exptime: int = 0) -> int:
         """Store unconditionally; returns the new cas value (0 if stored already expired)."""
@@ -793,18 +738,11 @@ class Store:
             if not exptime or exptime > at:
                 items[key] = _with_exptime(blob, at)
 
-    # -- durability ---------------------------------------------------------
-
-    def sync(self) -> None:
-        """Make every change so far durable on disk (group commit)."""
-        if self.log is not None:
-            self.log.sync()
-
     def close(self) -> None:
         self._closing.set()
-        for thread in (self._compactor, self._sweeper):
-            if thread is not None:
-                thread.join()
+        if self._sweeper is not None:
+            self._sweeper.join()
+        self._close_durability()
         if self.log is not None:
             self.log.close()
 
@@ -866,79 +804,21 @@ class Store:
 
     # -- compaction ---------------------------------------------------------
 
-    def compact(self) -> int:
-        """Rewrite the data file to just the live items; returns the bytes saved.
+    def _snapshot(self) -> tuple[dict, int, int]:
+        """The item table, next cas and pending flush, for a compaction (lock held)."""
+        return self._items.copy(), self._next_cas, self.flush_at  # a C-level copy: the shortest pause
 
-        Clients keep being served: the lock is held only to take a snapshot of
-        the item table and, at the end, to copy the changes made meanwhile and
-        rename the new file into place. A crash at any point leaves either the
-        complete old file or the complete new one.
-        """
-        if self.log is None:
-            return 0
-        if self._pending is not None and self._lock._is_owned():  # type: ignore[attr-defined]
-            raise ServerError("cannot compact inside a batch; use start_compaction()")
-        with self._compact_lock:
-            with self._lock:
-                rewrite = self.log.start_rewrite()
-                snapshot = self._items.copy()  # a C-level copy: the shortest pause for clients
-                next_cas, flush_at = self._next_cas, self.flush_at
-            try:
-                now = self.now()
-                rewrite.write(datalog.HEADER + datalog.encode_next_cas(next_cas))
-                encode = datalog.encode_set
-                chunk: list[bytes] = []
-                for key, blob in snapshot.items():
-                    value, flags, exptime, cas, _, state = decode(blob)
-                    if exptime and exptime <= now:
-                        continue
-                    binary = bool(state & BINARY_KEY)
-                    chunk.append(encode(key, value, flags, exptime, cas, binary))
-                    if state & STALE:
-                        chunk.append(datalog.encode_invalidate(key, cas, binary))
-                    if len(chunk) >= 2048:
-                        rewrite.write(b"".join(chunk))
-                        chunk.clear()
-                rewrite.write(b"".join(chunk))
-                if flush_at > now:
-                    rewrite.write(datalog.encode_flush(flush_at))
-                os.fsync(rewrite.fd)  # the bulk reaches the disk outside the lock
-                with self._lock:
-                    saved = self.log.finish_rewrite()
-            except OSError as exc:
-                with self._lock:
-                    self.log.abort_rewrite()
-                logger.error("compaction of %s failed: %s", self.log.path, exc)
-                raise LogWriteError(f"compaction failed: {exc.strerror}") from exc
-            except BaseException:
-                with self._lock:
-                    self.log.abort_rewrite()
-                raise
-            self.compactions += 1
-            logger.info("compacted %s: %d live items, %d bytes saved", self.log.path, len(snapshot), saved)
-            return saved
-
-    def start_compaction(self) -> bool:
-        """Compact in a background thread (as Redis's BGREWRITEAOF); False if one already runs."""
-        with self._lock:
-            if self._compactor is not None or self.log is None:
-                return False
-            self._compactor = threading.Thread(target=self._compact_in_background, name="mcl-compact", daemon=True)
-            self._compactor.start()
-            return True
-
-    @property
-    def compacting(self) -> bool:
-        return self._compactor is not None
-
-    def _compact_in_background(self) -> None:
-        try:
-            self.compact()
-        except Exception:
-            self.compaction_failures += 1
-            logger.exception("background compaction failed; the data file is unchanged")
-        finally:
-            self._compactor = None
+    def _snapshot_records(self, snapshot: dict, now: int) -> Iterator[bytes]:
+        """The records that recreate the live items of ``snapshot``."""
+        encode = datalog.encode_set
+        for key, blob in snapshot.items():
+            value, flags, exptime, cas, _, state = decode(blob)
+            if exptime and exptime <= now:
+                continue
+            binary = bool(state & BINARY_KEY)
+            yield encode(key, value, flags, exptime, cas, binary)
+            if state & STALE:
+                yield datalog.encode_invalidate(key, cas, binary)
 
     def _replay(self) -> None:
         assert self.log is not None
@@ -1002,6 +882,8 @@ class Store:
             out["compaction_failures"] = self.compaction_failures
             out["compacting"] = int(self.compacting)
             out["data_file_bytes"] = self.log.size if self.log is not None else 0
+            out["data_file_writable"] = int(self._writable)
+            out["data_file_errors"] = self.data_file_errors
             return out
 
     def reset_stats(self) -> None:

@@ -191,6 +191,17 @@ def fresh_registry() -> Registry:
 _handed_out: set[int] = set()
 
 
+def mark_synced(path: Path) -> None:
+    """Append the sync mark that a later fsync of the whole file would leave:
+    damage before it is then corruption of synced data, not a crash's tail."""
+    from memcachedlite import log as datalog
+
+    data = path.read_bytes()
+    file_id = datalog.read_header(data)[1]
+    with open(path, "ab") as f:
+        f.write(datalog.encode_sync(len(data), file_id))
+
+
 def free_port() -> int:
     """A port nothing listens on now, and never one already handed out in this
     run: bind(0) may give back the port it just gave, and a test that asks

@@ -1,0 +1,553 @@
+"""The commit path of a store: batches and their undo, group commit with
+reply hand-off, what happens when the disk fails, and compaction.
+
+:class:`Durability` is the base class of :class:`~memcachedlite.store.Store`:
+the store owns the items, this module owns the way a change reaches the
+data file and when it may be shown to anyone.
+
+The rules it keeps:
+
+- **Write-ahead.** A change is logged, then applied to memory, then replied
+  to. A batch (one receive of one connection) is logged with one write.
+- **fsync=always: nothing is shown before it is durable.** A batch's replies
+  wait for the group fsync that covers its records. So does a reply that
+  read a key whose last change is not durable yet (the key is "dirty"): a
+  reader waits for the fsync already due, it never adds one. Until then the
+  store keeps the batch's undo, so that a failed fsync can take the changes
+  back out of memory before anyone saw them.
+- **Hand-off.** A connection whose replies must wait gives them to the
+  :class:`Committer` thread and goes back to reading its socket; the
+  committer runs the fsync and sends every reply it covered, in order per
+  connection. One wake-up per request instead of two, and one fsync for all.
+- **A failed fsync is never retried and trusted.** The store stops taking
+  writes (reads go on), fails every reply that waited for it, and rewrites
+  the data file from memory, which then holds exactly what was durable (with
+  ``always``) or acknowledged (otherwise). Writes resume once that rewrite
+  is on disk. ``stats`` shows ``data_file_writable`` and ``data_file_errors``.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import socket
+import threading
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional
+
+from . import log as datalog
+from .errors import LogWriteError, ServerError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .session import Session
+
+logger = logging.getLogger(__name__)
+
+#: How long a connection that closes waits for its handed-off replies.
+DRAIN_TIMEOUT = 10.0
+
+
+class _Refusing(list):
+    """The pending-records list of a batch while the data file is not
+    writable: the first record a change tries to log refuses the change,
+    before memory is touched."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.reason = reason
+
+    def append(self, record: bytes) -> None:  # type: ignore[override]
+        raise LogWriteError(f"data file not writable: {self.reason}")
+
+
+class _Waiting:
+    """Replies of one batch waiting for the fsync that covers ``lsn``."""
+
+    __slots__ = ("lsn", "session", "replies", "done", "error")
+
+    def __init__(self, lsn: int, session: Optional["Session"], replies: list[bytes]) -> None:
+        self.lsn = lsn
+        self.session = session
+        self.replies = replies
+        self.done = threading.Event() if session is None else None
+        self.error: Optional[LogWriteError] = None
+
+
+class Committer:
+    """The group commit thread of ``fsync=always``.
+
+    Batches queue their replies here with the log position they need; the
+    thread fsyncs while anything waits, then sends (or, for a caller with no
+    socket, releases) every reply the fsync covered. A send that would block
+    (a client not reading) is kept and finished later, so one slow client
+    never holds up the others; later replies of that connection queue behind it.
+    """
+
+    def __init__(self, log: datalog.DataLog, on_synced: Any, on_failure: Any) -> None:
+        self._log = log
+        self._on_synced = on_synced
+        self._on_failure = on_failure
+        self._cond = threading.Condition()
+        self._queue: collections.deque[_Waiting] = collections.deque()
+        #: replies a client was not reading fast enough for, per connection
+        self._backlog: dict[Any, bytearray] = {}
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="mcl-commit", daemon=True)
+        self._thread.start()
+
+    def hand_off(self, session: "Session", lsn: int, replies: list[bytes]) -> None:
+        """Send ``replies`` on ``session.sender`` once ``lsn`` is durable."""
+        with self._cond:
+            session.unsent += 1
+            self._queue.append(_Waiting(lsn, session, replies))
+            self._cond.notify()
+
+    def wait(self, lsn: int) -> None:
+        """Block until ``lsn`` is durable; raise LogWriteError if it never will be."""
+        if self._log.synced_lsn >= lsn:
+            return
+        waiting = _Waiting(lsn, None, [])
+        with self._cond:
+            self._queue.append(waiting)
+            self._cond.notify()
+        assert waiting.done is not None
+        waiting.done.wait()
+        if waiting.error is not None:
+            raise waiting.error
+
+    def drain(self, session: "Session", timeout: float = DRAIN_TIMEOUT) -> None:
+        """Wait until every reply handed off by ``session`` has left."""
+        with self._cond:
+            self._cond.wait_for(lambda: session.unsent == 0, timeout)
+
+    def close(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join()
+
+    # -- the thread --------------------------------------------------------
+
+    def _loop(self) -> None:
+        log = self._log
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopping:
+                    self._cond.wait(0.005 if self._backlog else None)
+                    if self._backlog:
+                        break
+                if self._stopping and not self._queue:
+                    break
+                behind = any(w.lsn > log.synced_lsn for w in self._queue)
+            error: Optional[LogWriteError] = None
+            if behind:
+                try:
+                    log.sync()
+                except LogWriteError as exc:
+                    error = exc
+                    self._on_failure(exc.message)
+                else:
+                    self._on_synced()
+            self._release(error)
+            if self._backlog:
+                self._flush_backlog()
+        self._release(LogWriteError("server is stopping"))
+        self._flush_backlog()
+
+    def _release(self, error: Optional[LogWriteError]) -> None:
+        synced = self._log.synced_lsn
+        ready: list[_Waiting] = []
+        with self._cond:
+            keep: collections.deque[_Waiting] = collections.deque()
+            for waiting in self._queue:
+                if waiting.lsn <= synced:
+                    ready.append(waiting)
+                elif error is not None or self._log.failed:
+                    waiting.error = error or LogWriteError(f"data file not writable: {self._log.failed}")
+                    ready.append(waiting)
+                else:
+                    keep.append(waiting)
+            self._queue = keep
+        sent: list["Session"] = []
+        for waiting in ready:
+            session = waiting.session
+            if session is None:
+                assert waiting.done is not None
+                waiting.done.set()
+                continue
+            replies = waiting.replies
+            if waiting.error is not None:
+                replies = [session.failed_reply(reply, waiting.error) for reply in replies]
+            if self._send(session, b"".join(replies)):
+                sent.append(session)
+        if sent:
+            with self._cond:
+                for session in sent:
+                    session.unsent -= 1
+                self._cond.notify_all()  # drain() waiters
+
+    def _send(self, session: "Session", data: bytes) -> bool:
+        """Send without blocking; what does not fit waits in the backlog.
+        Returns whether all of it (and everything before it) has left."""
+        backlog = self._backlog.get(session)
+        if backlog is not None:
+            backlog += data
+            with self._cond:
+                session.unsent -= 1  # the backlog entry stands for it now
+            return False
+        if data:
+            try:
+                sent = session.sender.send(data, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                sent = len(data)  # the client is gone: nothing more to deliver
+            if sent < len(data):
+                self._backlog[session] = bytearray(data[sent:])
+                return False  # its unsent count drops when the backlog is empty
+        return True
+
+    def _flush_backlog(self) -> None:
+        for session, data in list(self._backlog.items()):
+            try:
+                sent = session.sender.send(data, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                continue
+            except OSError:
+                sent = len(data)
+            del data[:sent]
+            if not data:
+                del self._backlog[session]
+                with self._cond:
+                    session.unsent -= 1
+                    self._cond.notify_all()
+
+
+class Durability:
+    """The store's side of the commit path (see the module docstring).
+
+    The store sets ``log`` and the item state; this base class keeps the
+    batch state (``_pending`` records, ``_undo`` entries), the undo of
+    batches not yet durable, the dirty keys, and the failure state.
+    """
+
+    log: Optional[datalog.DataLog]
+    _lock: Any
+    _closing: threading.Event
+
+    def _init_durability(self) -> None:
+        # While a batch is open: the records waiting for one write, and how to
+        # put memory back if that write (or, with always, its fsync) fails.
+        self._pending: Optional[list[bytes]] = None
+        self._undo: Optional[list[tuple]] = None
+        self._unsynced: collections.deque[tuple[int, list[tuple]]] = collections.deque()
+        #: key -> log position of its last change not known durable (None: flush_all)
+        self._dirty: dict[Optional[bytes], int] = {}
+        self._read_need = 0
+        self._writable = True
+        self._failure = ""
+        self.data_file_errors = 0
+        self.compactions = 0
+        self.compaction_failures = 0
+        self._compact_lock = threading.Lock()
+        self._compactor: Optional[threading.Thread] = None
+        self._recoverer: Optional[threading.Thread] = None
+        self.committer: Optional[Committer] = None
+
+    def _start_durability(self) -> None:
+        """After replay: the policy's background thread."""
+        log = self.log
+        if log is None:
+            return
+        log.on_failure = self._fail
+        if log.always:
+            self.committer = Committer(log, self._synced, self._fail)
+        log.start_background_sync()
+
+    @property
+    def writable(self) -> bool:
+        """False while the data file's state is in doubt (after a failed fsync)."""
+        return self._writable
+
+    # -- batches ------------------------------------------------------------
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group the changes made inside into one write to the data file.
+
+        The server wraps each pipelined batch of a connection in one, so a
+        hundred ``set`` commands cost one system call. The lock is held
+        throughout, so no other connection sees a change before it is
+        written. If the write fails, every change of the batch is undone in
+        memory and :class:`LogWriteError` is raised: the caller must then not
+        acknowledge any of them. With ``fsync=always`` the caller must also
+        wait for the position :meth:`end_batch` returns (see :meth:`wait_durable`).
+        """
+        opened = self.begin_batch()
+        try:
+            yield
+        finally:
+            self.end_batch(opened)
+
+    def begin_batch(self) -> bool:
+        """The first half of :meth:`batch`; returns what to pass to :meth:`end_batch`."""
+        self._lock.acquire()
+        if self._pending is not None or self.log is None:  # nested, or nothing to write to
+            return False
+        self._pending = [] if self._writable else _Refusing(self._failure)
+        self._undo = []
+        self._read_need = 0
+        return True
+
+    def end_batch(self, opened: bool) -> int:
+        """Write the batch's records (if ``opened``) and release the lock.
+
+        Returns the log position the batch's replies must wait for before
+        they are sent (0: none): with ``fsync=always``, the end of its own
+        records, or the last change of a dirty key it read.
+        """
+        need = 0
+        try:
+            if opened:
+                pending, undo = self._pending, self._undo
+                self._pending = self._undo = None
+                log = self.log
+                assert log is not None and undo is not None
+                if pending:
+                    try:
+                        log.append(b"".join(pending) if len(pending) > 1 else pending[0])
+                    except LogWriteError:
+                        self._rollback(undo)
+                        if log.failed:
+                            self._fail(log.failed)
+                        raise
+                    if log.always:
+                        need = log.lsn
+                        self._unsynced.append((need, undo))
+                        dirty = self._dirty
+                        for entry in undo:  # (key, old), or (None, ...) for flush_all
+                            dirty[entry[0]] = need
+                if log.always:
+                    need = max(need, self._read_need)
+                    if need <= log.synced_lsn:
+                        need = 0
+        finally:
+            self._lock.release()
+        return need
+
+    def _note_read(self, key: bytes) -> None:
+        """A reply is about to show ``key``: it must wait for the key's last change."""
+        dirty = self._dirty
+        need = max(dirty.get(key, 0), dirty.get(None, 0))
+        if need > self._read_need:
+            self._read_need = need
+
+    def _remember(self, key: Optional[bytes], old: Any) -> None:
+        """Note what ``key`` held before a change made inside a batch."""
+        if self._undo is not None:
+            self._undo.append((key, old))
+
+    def _append(self, record: bytes) -> None:
+        if self._pending is not None:
+            self._pending.append(record)
+            return
+        log = self.log
+        if log is not None:
+            if not self._writable:
+                raise LogWriteError(f"data file not writable: {self._failure}")
+            try:
+                size = log.append(record)
+            except LogWriteError:
+                if log.failed:
+                    self._fail(log.failed)
+                raise
+            if size > self.compact_min_size and size > 2 * self.bytes and self._compactor is None:  # type: ignore[attr-defined]
+                self.start_compaction()
+
+    def _restore(self, undo: list[tuple]) -> None:  # pragma: no cover - the store's
+        raise NotImplementedError
+
+    def _rollback(self, undo: list[tuple]) -> None:
+        self._restore(undo)
+        logger.warning("a batch of %d changes could not be written and was undone", len(undo))
+
+    # -- durability ---------------------------------------------------------
+
+    def wait_durable(self, lsn: int) -> None:
+        """Block until the log position ``lsn`` is on disk (fsync=always);
+        raises LogWriteError if the fsync failed and the change was undone."""
+        if lsn and self.committer is not None:
+            self.committer.wait(lsn)
+
+    def sync(self) -> None:
+        """Make every change so far durable on disk (group commit)."""
+        log = self.log
+        if log is None:
+            return
+        if self.committer is not None:
+            self.committer.wait(log.lsn)
+            return
+        try:
+            log.sync()
+        except LogWriteError as exc:
+            self._fail(exc.message)
+            raise
+
+    def _synced(self) -> None:
+        """After a good fsync: forget the undo and dirty marks it made unnecessary."""
+        log = self.log
+        assert log is not None
+        synced = log.synced_lsn
+        unsynced = self._unsynced
+        while unsynced and unsynced[0][0] <= synced:
+            unsynced.popleft()
+        if self._dirty:
+            with self._lock:
+                if log.lsn <= log.synced_lsn:
+                    self._dirty.clear()
+                elif len(self._dirty) > 4096:
+                    self._dirty = {k: v for k, v in self._dirty.items() if v > synced}
+
+    # -- failure ------------------------------------------------------------
+
+    def _fail(self, reason: str) -> None:
+        """The data file's state is in doubt: stop writes, undo what was not
+        durable (always), and rewrite the file from memory in the background."""
+        log = self.log
+        assert log is not None
+        with self._lock:
+            unsynced = self._unsynced
+            while unsynced:
+                self._restore(unsynced.pop()[1])
+            self._dirty.clear()
+            if log._rewrite is not None:  # its snapshot may hold what was just undone
+                log.abort_rewrite()
+            if not self._writable:
+                return
+            self._writable = False
+            self._failure = reason
+            self.data_file_errors += 1
+        logger.error(
+            "%s: %s; writes are refused until the file is rewritten from memory (reads go on)", log.path, reason
+        )
+        self._recoverer = threading.Thread(target=self._recover, name="mcl-recover", daemon=True)
+        self._recoverer.start()
+
+    def _recover(self, first_delay: float = 0.05, most: float = 5.0) -> None:
+        """Rewrite the data file from memory until it works, then take writes again."""
+        delay = first_delay
+        while not self._closing.is_set():
+            try:
+                self.compact(recovering=True)
+            except Exception as exc:
+                logger.error("rewriting the data file failed (%s); trying again in %.2f s", exc, delay)
+                if self._closing.wait(delay):
+                    return
+                delay = min(delay * 2, most)
+                continue
+            with self._lock:
+                self._writable = True
+                self._failure = ""
+            logger.warning("%s rewritten from memory: writes are taken again", self.log.path)  # type: ignore[union-attr]
+            return
+
+    # -- compaction ---------------------------------------------------------
+
+    def _snapshot(self) -> tuple[dict, int, int]:  # pragma: no cover - the store's
+        raise NotImplementedError
+
+    def _snapshot_records(self, snapshot: dict, now: int) -> Iterable[bytes]:  # pragma: no cover - the store's
+        raise NotImplementedError
+
+    def compact(self, recovering: bool = False) -> int:
+        """Rewrite the data file to just the live items; returns the bytes saved.
+
+        Clients keep being served: the lock is held only to take a snapshot of
+        the item table and, at the end, to copy the changes made meanwhile and
+        rename the new file into place. A crash at any point leaves either the
+        complete old file or the complete new one. ``recovering``: this is the
+        rewrite that makes the file certain again after a failure.
+        """
+        log = self.log
+        if log is None:
+            return 0
+        if self._pending is not None and self._lock._is_owned():
+            raise ServerError("cannot compact inside a batch; use start_compaction()")
+        with self._compact_lock:
+            with self._lock:
+                if not self._writable and not recovering:
+                    raise LogWriteError(f"data file not writable: {self._failure}")
+                if log._rewrite is not None:
+                    log.abort_rewrite()
+                rewrite = log.start_rewrite()
+                snapshot, next_cas, flush_at = self._snapshot()
+            try:
+                now = int(self._clock())  # type: ignore[attr-defined]
+                rewrite.write(datalog.make_header(rewrite.file_id) + datalog.encode_next_cas(next_cas))
+                chunk: list[bytes] = []
+                for record in self._snapshot_records(snapshot, now):
+                    chunk.append(record)
+                    if len(chunk) >= 2048:
+                        rewrite.write(b"".join(chunk))
+                        chunk.clear()
+                rewrite.write(b"".join(chunk))
+                if flush_at > now:
+                    rewrite.write(datalog.encode_flush(flush_at))
+                os.fsync(rewrite.fd)  # the bulk reaches the disk outside the lock
+                with self._lock:
+                    if log._rewrite is not rewrite:
+                        raise LogWriteError("compaction abandoned: the data file failed meanwhile")
+                    saved = log.finish_rewrite()
+                    self._unsynced.clear()  # all of it is in the new, synced file
+                    self._dirty.clear()
+            except OSError as exc:
+                with self._lock:
+                    if log._rewrite is rewrite:
+                        log.abort_rewrite()
+                logger.error("compaction of %s failed: %s", log.path, exc)
+                raise LogWriteError(f"compaction failed: {exc.strerror}") from exc
+            except LogWriteError:
+                with self._lock:
+                    if log._rewrite is rewrite:
+                        log.abort_rewrite()
+                if log.failed:
+                    self._fail(log.failed)
+                raise
+            except BaseException:
+                with self._lock:
+                    if log._rewrite is rewrite:
+                        log.abort_rewrite()
+                raise
+            self.compactions += 1
+            logger.info("compacted %s: %d live items, %d bytes saved", log.path, len(snapshot), saved)
+            return saved
+
+    def start_compaction(self) -> bool:
+        """Compact in a background thread (as Redis's BGREWRITEAOF); False if one already runs."""
+        with self._lock:
+            if self._compactor is not None or self.log is None or not self._writable:
+                return False
+            self._compactor = threading.Thread(target=self._compact_in_background, name="mcl-compact", daemon=True)
+            self._compactor.start()
+            return True
+
+    @property
+    def compacting(self) -> bool:
+        return self._compactor is not None
+
+    def _compact_in_background(self) -> None:
+        try:
+            self.compact()
+        except Exception:
+            self.compaction_failures += 1
+            logger.exception("background compaction failed; the data file is unchanged")
+        finally:
+            self._compactor = None
+
+    def _close_durability(self) -> None:
+        for thread in (self._compactor, self._recoverer):
+            if thread is not None:
+                thread.join()
+        if self.committer is not None:
+            self.committer.close()

@@ -287,7 +287,9 @@ def synced_file(tmp_path: Path, count: int = 40) -> tuple[Path, list[int]]:
         store.close()
     buf = path.read_bytes()
     offsets = []
-    pos = len(memcachedlite.log.HEADER)
+    header = memcachedlite.log.read_header(buf)
+    assert header is not None
+    pos = header[0]
     while pos < len(buf):
         offsets.append(pos)
         _, pos = parse_one(buf, pos)

@@ -10,8 +10,6 @@ Exit codes: 0 success, 1 the key was missing or not stored, 2 bad usage,
 from __future__ import annotations
 
 import errno
-import importlib
-import importlib.util
 import json
 import logging
 import os
@@ -237,30 +235,13 @@ def main(
 # -- the server ---------------------------------------------------------------
 
 
-def _load_module(spec: str) -> None:
-    """Import a user's module (dotted name or path to a .py file) so its verbs register."""
-    if spec.endswith(".py") or os.sep in spec:
-        name = os.path.splitext(os.path.basename(spec))[0]
-        module_spec = importlib.util.spec_from_file_location(name, spec)
-        if module_spec is None or module_spec.loader is None:
-            raise click.BadParameter(f"cannot load {spec}", param_hint="--load")
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[name] = module
-        module_spec.loader.exec_module(module)
-    else:
-        if os.getcwd() not in sys.path:
-            sys.path.insert(0, os.getcwd())
-        importlib.import_module(spec)
-    log.info("loaded verbs from %s", spec)
-
-
 def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:
-    text = str(value).strip().lower()
-    scale = {"k": 1024, "m": 1024 * 1024}.get(text[-1:], 1)
-    number = text[:-1] if scale != 1 else text
-    if not number.isdigit() or int(number) <= 0:
-        raise click.BadParameter(f"{value!r} is not a size like 1048576, 512k or 1m")
-    return int(number) * scale
+    from .launch import parse_size
+
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 _size_option = dict(callback=_size, metavar="SIZE", show_default=True, show_envvar=True)
@@ -284,6 +265,13 @@ _option = dict(show_default=True, show_envvar=True)
     type=click.Path(dir_okay=False),
     envvar="MCL_DATA_FILE",
     help="Append-only data file, replayed at start.",
+    **_option,
+)
+@click.option(
+    "--no-data-file",
+    is_flag=True,
+    envvar="MCL_NO_DATA_FILE",
+    help="Keep the data in memory only, as memcached does (--data-file is ignored).",
     **_option,
 )
 @click.option(
@@ -402,98 +390,31 @@ _option = dict(show_default=True, show_envvar=True)
     **_option,
 )
 @click.option("--verbose", "-v", count=True, help="Also log each connection opening and closing.")
-def serve(
-    host: str,
-    port: int,
-    data_file: str,
-    fsync: str,
-    dialect: str,
-    max_item_size: int,
-    memory_limit: int,
-    no_evict: bool,
-    max_connections: int,
-    idle_timeout: float,
-    read_timeout: float,
-    backlog: int,
-    compact_min_size: int,
-    repair: bool,
-    modules: tuple[str, ...],
-    tls_cert: str | None,
-    tls_key: str | None,
-    tls_ca: str | None,
-    auth_file: str | None,
-    cpu: str,
-    simulate_delay: bool,
-    verbose: int,
-) -> None:
+def serve(cpu: str, verbose: int, **options: Any) -> None:
     """Run the server until Ctrl-C or SIGTERM.
 
     On either, it stops accepting, answers every command already received,
     flushes the data file and exits 0. SIGHUP rereads the --auth-file.
     """
-    from .errors import CorruptLogError
+    from .launch import LaunchError, UsageProblem, build_server
     from .security import AuthFileError
-    from .server import MemcacheServer
-    from .session import Settings
-    from .store import Store
 
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for module in modules:
-        try:
-            _load_module(module)
-        except click.ClickException:
-            raise
-        except Exception as exc:
-            raise CannotStart(f"cannot load {module}: {exc}") from None
     _pin_to_one_cpu(cpu)
-    settings = Settings(dialect=dialect, max_item_size=max_item_size, simulate_delay=simulate_delay)
-    tls_context = _server_tls(tls_cert, tls_key, tls_ca)
-    # Bind first: a port in use should not leave a new data file behind.
-    try:
-        server = MemcacheServer(
-            (host, port),
-            None,
-            settings=settings,
-            backlog=backlog,
-            max_connections=max_connections,
-            idle_timeout=idle_timeout,
-            read_timeout=read_timeout,
-            bind_and_activate=False,
-            ssl_context=tls_context,
-            auth_file=auth_file,
-        )
-    except AuthFileError as exc:
-        raise CannotStart(str(exc)) from None
-    try:
-        server.server_bind()
-    except OSError as exc:
-        server.server_close()
-        raise CannotStart(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     # A write past a file size limit must fail with EFBIG, not kill the server.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    if repair and os.path.exists(data_file):
-        _repair(data_file, only_if_damaged=True)
     try:
-        store = Store(
-            data_file,
-            fsync=fsync,
-            memory_limit=memory_limit * 1024 * 1024,
-            evict=not no_evict,
-            compact_min_size=compact_min_size,
-        )
-    except CorruptLogError as exc:
-        server.server_close()
-        raise CannotStart(f"{exc}; run 'mcl repair {data_file}' to salvage the valid records") from None
-    except (OSError, RuntimeError) as exc:
-        server.server_close()
-        reason = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise CannotStart(f"cannot open data file: {reason}") from None
-    server.store = store
-    server.server_activate()
+        server = build_server(**options)
+    except UsageProblem as exc:
+        raise click.UsageError(str(exc)) from None
+    except LaunchError as exc:
+        raise CannotStart(str(exc)) from None
+    store = server.store
+    auth_file = options["auth_file"]
 
     def request_stop(signum: int, frame: object) -> None:
         if not server.stopping.is_set():
@@ -520,12 +441,12 @@ def serve(
     log.info(
         "memcachedlite %s listening on %s:%d%s, data in %s (%d items, fsync %s)",
         __version__,
-        host,
+        options["host"],
         server.port,
-        _security_summary(tls_context, auth_file),
-        data_file,
+        _security_summary(server.ssl_context, auth_file),
+        store.log.path if store.log is not None else "memory only",
         len(store),
-        fsync,
+        store.log.policy if store.log is not None else "none",
     )
     try:
         server.serve_forever()
@@ -533,21 +454,6 @@ def serve(
         server.stop()
         store.close()
         log.info("stopped; data file flushed")
-
-
-def _server_tls(cert: str | None, key: str | None, ca: str | None) -> Any:
-    """The server's ssl.SSLContext from the --tls-* options, or None."""
-    if not cert:
-        if key or ca:
-            raise click.UsageError("--tls-key and --tls-ca need --tls-cert")
-        return None
-    from .security import server_context
-
-    try:
-        return server_context(cert, key, ca)
-    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-        reason = getattr(exc, "strerror", None) or exc
-        raise CannotStart(f"cannot load the TLS certificate {cert}: {reason}") from None
 
 
 def _security_summary(tls_context: Any, auth_file: str | None) -> str:
@@ -585,7 +491,7 @@ def _pin_to_one_cpu(choice: str) -> None:
     log.info("running on CPU %d (--cpu none to let the OS move it)", target)
 
 
-def _repair(path: str, only_if_damaged: bool) -> None:
+def _repair(path: str) -> None:
     from . import log as datalog
     from .errors import CorruptLogError
 
@@ -595,9 +501,7 @@ def _repair(path: str, only_if_damaged: bool) -> None:
     except OSError as exc:
         raise click.ClickException(f"cannot read {path}: {exc.strerror}") from None
     _, report = datalog.salvage(buf)
-    if only_if_damaged and not report.damaged_offsets:
-        return
-    if not buf.startswith(datalog.HEADER) and not report.records:
+    if datalog.read_header(buf) is None and not report.records:
         raise click.ClickException(f"{path} is not a memcachedlite data file; nothing to salvage")
     try:
         report = datalog.repair(path)
@@ -608,6 +512,19 @@ def _repair(path: str, only_if_damaged: bool) -> None:
         f" at offsets {', '.join(map(str, report.damaged_offsets)) or 'none'}; original saved as {report.backup}",
         err=True,
     )
+    if report.cut_offset is not None:
+        click.echo(
+            f"{path}: cut at offset {report.cut_offset}, past the last sync: what a crash leaves;"
+            " the file is a prefix of what was written",
+            err=True,
+        )
+    if report.kept_across_damage:
+        click.echo(
+            f"{path}: WARNING: damage lay in data that had reached the disk (synced up to {report.synced});"
+            " the records after it were kept, so the result may combine changes that never existed together."
+            f" Compare with {report.backup} before you rely on it.",
+            err=True,
+        )
 
 
 @main.command("repair")
@@ -617,7 +534,7 @@ def repair_cmd(data_file: str) -> None:
 
     The original is kept as DATA_FILE.broken-<time>.
     """
-    _repair(data_file, only_if_damaged=False)
+    _repair(data_file)
 
 
 # -- benchmark -------------------------------------------------------------------

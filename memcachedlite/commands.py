@@ -369,6 +369,8 @@ def settings_stats(ctx: "Session") -> list[tuple[str, object]]:
         ("dialect", ctx.settings.dialect),
         ("data_file", log_.path if log_ is not None else ""),
         ("fsync", log_.policy if log_ is not None else "none"),
+        # not in memcached, which is always memory only: say whether a restart keeps the data
+        ("memory_only", "yes" if log_ is None else "no"),
         # memcached's names; auth_enabled_ascii is the auth file's path or "no"
         ("auth_enabled_sasl", "no"),
         ("auth_enabled_ascii", auth.path if auth is not None else "no"),

@@ -5,6 +5,8 @@ File format (version 2; version 1 files, whose header has no file id, are
 still read and appended to), documented in ``docs/data-file.md``::
 
     MEMCACHEDLITE-LOG 2 <file id>\\r\\n                        header
+    snapshot <format> <count> <next cas> <expiring> <bytes> <crc>\\r\\n<bytes>\\r\\n
+                                    (written by compaction, at the head only)
     sync <offset> <file id> <crc>\\r\\n                     sync mark
     set <key> <flags> <exptime> <bytes> <cas> <crc>\\r\\n<data>\\r\\n
     delete <key> <crc>\\r\\n
@@ -36,9 +38,12 @@ import logging
 import os
 import re
 import shutil
+import sys
 import threading
 import time
+from array import array
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Callable, Iterable, Iterator, Optional, Union
 from zlib import crc32
 
@@ -157,7 +162,74 @@ class _Bad(Exception):
         super().__init__(reason)
         self.torn = torn
         self.offset = 0
-        self.progress = (0, 0)  # records loaded and highest cas, before this one
+        self.progress = (0, 0, 0)  # records loaded, highest cas, sets with an expiry, before this one
+
+
+def encode_snapshot(pairs: list[tuple[bytes, bytes]], item_format: int, next_cas: int, expiring: int) -> list[bytes]:
+    """A snapshot section: every live item at once, in a form that loads in
+    bulk (the way Redis puts an RDB preamble at the head of its AOF).
+
+    ``pairs`` are the store's (key, item) pairs, the item in the store's own
+    layout number ``item_format``; ``expiring`` counts the items with an
+    expiry (0 lets start-up skip looking for expired ones). The payload is
+    the key lengths (uint16) and item lengths (uint32), little-endian, then
+    the keys, then the items, each run back to back.
+    """
+    keys = [k for k, _ in pairs]
+    blobs = [b for _, b in pairs]
+    key_lengths = array("H", map(len, keys))
+    blob_lengths = array("I", map(len, blobs))
+    if sys.byteorder == "big":  # pragma: no cover - the file is little-endian everywhere
+        key_lengths.byteswap()
+        blob_lengths.byteswap()
+    payload = [key_lengths.tobytes(), blob_lengths.tobytes(), b"".join(keys), b"".join(blobs)]
+    head = b"snapshot %d %d %d %d %d" % (item_format, len(pairs), next_cas, expiring, sum(map(len, payload)))
+    crc = crc32(head)
+    for part in payload:
+        crc = crc32(part, crc)
+    return [b"%s %08x\r\n" % (head, crc), *payload, b"\r\n"]
+
+
+def read_snapshot(buf: bytes, pos: int) -> tuple[Record, int]:
+    """The snapshot section at ``pos``: ``(b"snapshot", item_format,
+    next_cas, expiring, pairs)`` with ``pairs`` an iterator of (key, item),
+    and the offset after it. Every key and item is sliced out of ``buf`` by
+    C loops: this is what makes a compacted file load fast."""
+    n = len(buf)
+    eol = buf.find(b"\r\n", pos)
+    if eol < 0:
+        raise _Bad("snapshot header has no end of line", torn=True)
+    line = buf[pos:eol]
+    parts = line.split(b" ")
+    try:
+        if len(parts) != 7:
+            raise ValueError("wrong field count")
+        item_format, count, next_cas, expiring, length = map(int, parts[1:6])
+        crc = int(parts[6], 16)
+    except ValueError as exc:
+        raise _Bad(f"malformed snapshot header: {exc}") from None
+    start = eol + 2
+    end = start + length
+    if end + 2 > n:
+        raise _Bad("snapshot runs past the end of the file", torn=True)
+    view = memoryview(buf)
+    if buf[end : end + 2] != b"\r\n" or crc32(view[start:end], crc32(line[: line.rfind(b" ")])) != crc:
+        raise _Bad("snapshot checksum mismatch")
+    key_lengths = array("H")
+    key_lengths.frombytes(view[start : start + 2 * count])
+    blob_lengths = array("I")
+    blob_lengths.frombytes(view[start + 2 * count : start + 6 * count])
+    if sys.byteorder == "big":  # pragma: no cover
+        key_lengths.byteswap()
+        blob_lengths.byteswap()
+    key_offsets = list(accumulate(key_lengths, initial=start + 6 * count))
+    blob_offsets = list(accumulate(blob_lengths, initial=key_offsets[-1]))
+    if blob_offsets[-1] != end:
+        raise _Bad("snapshot lengths do not add up")
+    take = buf.__getitem__
+    keys = map(take, map(slice, key_offsets, key_offsets[1:]))
+    blobs = map(take, map(slice, blob_offsets, blob_offsets[1:]))
+    return (b"snapshot", item_format, next_cas, expiring, zip(keys, blobs, strict=True)), end + 2
 
 
 def parse_one(buf: bytes, pos: int) -> tuple[Record, int]:
@@ -173,6 +245,9 @@ def parse_one(buf: bytes, pos: int) -> tuple[Record, int]:
             raise _Bad("record has no end of line", torn=True)
         if buf[eol - 1] != 13:
             raise _Bad("record line not ended by CRLF", torn=eol + 1 >= n)
+        if buf.startswith(b"snapshot ", pos):
+            record, end = read_snapshot(buf, pos)
+            return record[:4] + (list(record[4]),), end
         line = buf[pos : eol - 1]
         cut = line.rfind(b" ")
         parts = line.split(b" ")
@@ -231,12 +306,12 @@ def parse_records(buf: bytes, start: int) -> Iterator[Record]:
 
 def load_records(
     buf: bytes, start: int, items: dict, pack: Callable[..., bytes], on_other: Callable[[Record], None]
-) -> tuple[int, int]:
+) -> tuple[int, int, int]:
     """Replay ``buf`` from ``start`` into ``items`` (key -> the store's item
     form, ``pack(cas, exptime, flags) + b" <flags> <bytes>\\r\\n<value>\\r\\n"``,
     see :mod:`memcachedlite.store`); every other record, ``bset`` included,
-    goes to ``on_other``. Returns the number of records and the highest cas seen
-    by this loop.
+    goes to ``on_other``. Returns the number of records, the highest cas seen
+    by this loop, and how many of its sets carried an expiry.
 
     This is :func:`parse_records` with the common ``set`` record inlined,
     because start-up time is mostly this loop; anything unusual takes the
@@ -246,7 +321,7 @@ def load_records(
     pos = start
     find = buf.find
     starts = buf.startswith
-    count = max_cas = 0
+    count = max_cas = expiring = 0
     while pos < n:
         if starts(b"set ", pos):
             eol = find(b"\r\n", pos)
@@ -257,7 +332,11 @@ def load_records(
                 value = buf[eol + 2 : end]
                 if eol > 0 and buf[end : end + 2] == b"\r\n" and crc32(value, crc32(head[:-9])) == int(crc, 16):
                     number = int(cas)
-                    meta = pack(number, 0 if exptime == b"0" else int(exptime), 0 if flags == b"0" else int(flags))
+                    if exptime == b"0":
+                        meta = pack(number, 0, 0 if flags == b"0" else int(flags))
+                    else:
+                        meta = pack(number, int(exptime), 0 if flags == b"0" else int(flags))
+                        expiring += 1
                     # the value is followed by CRLF in the file too: one slice takes both
                     items[key] = b"%b %b %b\r\n%b" % (meta, flags, length, buf[eol + 2 : end + 2])
                     if number > max_cas:
@@ -270,7 +349,7 @@ def load_records(
         try:
             record, pos = parse_one(buf, pos)
         except _Bad as bad:
-            bad.progress = (count, max_cas)
+            bad.progress = (count, max_cas, 1)  # expiring: unknown, so assume some
             raise
         count += 1
         if record[0] == b"set":  # pragma: no cover - the fast path takes every good set
@@ -279,10 +358,10 @@ def load_records(
             max_cas = max(max_cas, cas)
         else:
             on_other(record)
-    return count, max_cas
+    return count, max_cas, expiring
 
 
-_RECORD_START = re.compile(rb"\r\n(?=(?:b?(?:set|delete|touch|invalidate)|flush_all|next_cas|sync) )")
+_RECORD_START = re.compile(rb"\r\n(?=(?:b?(?:set|delete|touch|invalidate)|flush_all|next_cas|sync|snapshot) )")
 _SYNC_MARK = re.compile(rb"\r\nsync (\d{1,19}) ([0-9a-f]{16}) ([0-9a-f]{8})\r\n")
 
 
@@ -388,6 +467,8 @@ def encode(record: Record) -> bytes:
         return encode_flush(record[1])
     if kind == b"sync":
         return encode_sync(record[1], record[2])
+    if kind == b"snapshot":
+        return b"".join(encode_snapshot(record[4], record[1], record[2], record[3]))
     return encode_next_cas(record[1])
 
 
@@ -404,7 +485,10 @@ def repair(path: Union[str, os.PathLike]) -> RepairReport:
     records, report = salvage(buf)
     report.backup = f"{path}.broken-{int(time.time())}"
     shutil.copy2(path, report.backup)
-    _write_atomically(path, [make_header(new_file_id())] + [encode(r) for r in records])
+    file_id = new_file_id()
+    chunks = [make_header(file_id)] + [encode(r) for r in records]
+    chunks.append(encode_sync(sum(map(len, chunks)), file_id))  # synced whole before it takes the name
+    _write_atomically(path, chunks)
     log.warning(
         "%s repaired: kept %d records, dropped %d bytes at offsets %s; original saved as %s",
         path,
@@ -467,6 +551,7 @@ class Rewrite:
         fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self.pending: list[bytes] = []
         self.size = 0
+        self.snapshot_end = 0
 
     def write(self, data: bytes) -> None:
         _write_all(self.fd, data)
@@ -564,7 +649,7 @@ class DataLog:
 
     # -- replay -----------------------------------------------------------
 
-    def load(self, items: dict, pack: Callable[..., bytes], on_other: Callable[[Record], None]) -> tuple[int, int]:
+    def load(self, items: dict, pack: Callable[..., bytes], on_other: Callable[[Record], None]) -> tuple[int, int, int]:
         """Replay the file into ``items`` (see :func:`load_records`).
 
         The first record that cannot be read ends the replay. If it lies
@@ -582,7 +667,7 @@ class DataLog:
                 self._cut(0, buf, "an unfinished header")
                 self.file_id = new_file_id()
                 self._start_file()
-                return 0, 0
+                return 0, 0, 0
             raise CorruptLogError(self.path, 0, "not a memcachedlite data file (bad header)")
         start, self.file_id = header
 
@@ -593,6 +678,15 @@ class DataLog:
         collecting = gc.isenabled()
         gc.disable()  # a million new tuples would trigger needless collections
         try:
+            self.snapshot_end = 0
+            if buf.startswith(b"snapshot ", start):
+                try:
+                    (_, item_format, next_cas, expiring, pairs), after = read_snapshot(buf, start)
+                except _Bad as bad:
+                    bad.offset = start
+                    raise
+                on_other((b"snapshot", item_format, next_cas, expiring, pairs))
+                self.snapshot_end = start = after
             result = load_records(buf, start, items, pack, other)
         except _Bad as bad:
             synced = highest_sync_mark(buf, self.file_id)
@@ -629,6 +723,9 @@ class DataLog:
         self.dropped_at_start = (offset, dropped, intact)
 
     dropped_at_start: Optional[tuple[int, int, int]] = None
+    #: Where the snapshot section at the head of the file ends (0: none):
+    #: what compaction compares the log's growth with.
+    snapshot_end = 0
 
     # -- writing ----------------------------------------------------------
 
@@ -702,6 +799,9 @@ class DataLog:
         assert rewrite is not None
         try:
             rewrite.write(b"".join(rewrite.pending))
+            # The file is synced before it takes the name, so from the rename
+            # on all of it is on disk: the mark may say so before the fsync.
+            rewrite.write(encode_sync(rewrite.size, rewrite.file_id))
             os.fsync(rewrite.fd)
             os.rename(rewrite.tmp_path, self.path)
         except OSError as exc:
@@ -712,6 +812,7 @@ class DataLog:
             self._fd = rewrite.fd
             self.file_id = rewrite.file_id
             self.size = self.synced = rewrite.size
+            self.snapshot_end = rewrite.snapshot_end
             self.synced_lsn = self.lsn
             self._mark_due = self.size
             self._rewrite = None

@@ -39,7 +39,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Union
 
 from . import log as datalog
 from .durability import Durability
-from .errors import ClientError, OutOfMemory
+from .errors import ClientError, CorruptLogError, OutOfMemory
 from .protocol import RELATIVE_EXPTIME_LIMIT, U64, parse_counter
 
 logger = logging.getLogger(__name__)
@@ -117,6 +117,9 @@ class Item(NamedTuple):
 
 
 _META = struct.Struct(">BIBQqI")  # fetched, atime, state, cas, exptime, flags
+#: The number of this layout in snapshot sections of the data file; change
+#: it (and teach the loader the old one) whenever the layout changes.
+ITEM_FORMAT = 1
 META = _META.size
 pack_meta = _META.pack
 _unpack = _META.unpack_from
@@ -200,6 +203,8 @@ class Store(Durability):
         self.bytes = 0
         self.flush_at = 0  # pending delayed flush_all, absolute time
         self._next_cas = 1
+        #: the highest cas a client chose (meta E): a snapshot's next cas is past it too
+        self._max_given_cas = 0
         self.counters = dict.fromkeys(_COUNTERS, 0)
         self.compact_min_size = compact_min_size
         self._sweeper: Optional[threading.Thread] = None
@@ -400,6 +405,8 @@ class Store(Durability):
             self._append(record)
         if not given:
             self._next_cas = cas + 1
+        elif cas > self._max_given_cas:
+            self._max_given_cas = cas
         undo = self._undo
         if undo is not None:
             undo.append((key, old))
@@ -628,6 +635,8 @@ class Store(Durability):
             self._append(datalog.encode_invalidate(key, cas, bool(state & BINARY_KEY)))
             if not given:
                 self._next_cas = cas + 1
+            elif cas > self._max_given_cas:
+                self._max_given_cas = cas
             self._remember(key, blob)
             self._items[key] = _with_state(blob, state | STALE, cas=cas)
             return True
@@ -806,28 +815,36 @@ class Store(Durability):
 
     def _snapshot(self) -> tuple[dict, int, int]:
         """The item table, next cas and pending flush, for a compaction (lock held)."""
-        return self._items.copy(), self._next_cas, self.flush_at  # a C-level copy: the shortest pause
+        # a C-level copy: the shortest pause
+        return self._items.copy(), max(self._next_cas, self._max_given_cas + 1), self.flush_at
 
-    def _snapshot_records(self, snapshot: dict, now: int) -> Iterator[bytes]:
-        """The records that recreate the live items of ``snapshot``."""
-        encode = datalog.encode_set
-        for key, blob in snapshot.items():
-            value, flags, exptime, cas, _, state = decode(blob)
-            if exptime and exptime <= now:
-                continue
-            binary = bool(state & BINARY_KEY)
-            yield encode(key, value, flags, exptime, cas, binary)
-            if state & STALE:
-                yield datalog.encode_invalidate(key, cas, binary)
+    def _snapshot_section(self, snapshot: dict, next_cas: int, now: int) -> list[bytes]:
+        """The snapshot section that recreates the live items of ``snapshot``:
+        the items are written in their stored form, so start-up loads them
+        in bulk (see :func:`memcachedlite.log.encode_snapshot`)."""
+        timed = [k for k, b in snapshot.items() if b[_EXP] != _NEVER]
+        expired = {k for k in timed if _unpack(snapshot[k])[4] <= now}
+        if expired:
+            snapshot = {k: b for k, b in snapshot.items() if k not in expired}
+        return datalog.encode_snapshot(list(snapshot.items()), ITEM_FORMAT, next_cas, len(timed) - len(expired))
 
     def _replay(self) -> None:
         assert self.log is not None
         items = self._items
         now = self.now()
         next_cas = [0]
+        expiring = [0]
 
         def apply(record: tuple) -> None:
             kind = record[0]
+            if kind == b"snapshot":  # written by compaction, at the head of the file
+                _, item_format, cas, expiring[0], pairs = record
+                if item_format != ITEM_FORMAT:
+                    raise CorruptLogError(self.log.path, 0, f"snapshot of unknown item format {item_format}")
+                items.update(pairs)
+                next_cas[0] = max(next_cas[0], cas)
+                return
+            expiring[0] += 1  # a record the fast path does not take may set an expiry
             if kind == b"flush_all":
                 if record[1] <= now:
                     items.clear()  # in place: the loader keeps filling this very dict
@@ -856,9 +873,10 @@ class Store(Durability):
                     items[key] = _with_state(old, _state(old) | STALE, cas=record[2])
                     next_cas[0] = max(next_cas[0], record[2] + 1)
 
-        count, max_cas = self.log.load(items, functools.partial(pack_meta, 0, now, 0), apply)
-        for key in [k for k, b in items.items() if 0 < _exptime(b) <= now]:
-            del items[key]
+        count, max_cas, timed = self.log.load(items, functools.partial(pack_meta, 0, now, 0), apply)
+        if timed or expiring[0]:  # otherwise nothing loaded can have expired
+            for key in [k for k, b in items.items() if 0 < _exptime(b) <= now]:
+                del items[key]
         self.bytes = sum(map(len, items)) + sum(map(len, items.values())) + ITEM_OVERHEAD * len(items)
         if self.flush_at <= now:
             self.flush_at = 0

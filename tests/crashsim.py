@@ -666,7 +666,8 @@ class Disk:
         for command, reply in zip(commands, replies, strict=True):
             assert not reply.startswith(b"SERVER_ERROR") or is_error(reply), reply
             if not is_error(reply):
-                assert self.shadow.feed(command) == reply, (command, reply)
+                expected = self.shadow.feed(command)
+                assert expected == reply, f"{command[:40]!r} got {reply!r}, not {expected!r}: out of order?"
         return replies
 
     def probe(self) -> bytes:

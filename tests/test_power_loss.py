@@ -128,8 +128,11 @@ class Run:
         return max([n for position, n in self.durable if position <= at], default=0)
 
 
-def record_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policy: str, seed: int) -> tuple[Run, Path]:
-    """Run the script on a data file that already exists (and is durable), recording it."""
+def record_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policy: str, seed: int, steps: Optional[list] = None
+) -> tuple[Run, Path]:
+    """Run the script (``steps``, or one made from ``seed``) on a data file
+    that already exists (and is durable), recording it."""
     directory = tmp_path / "live"
     directory.mkdir()
     new_durable_data_file(directory / "data.txt")
@@ -141,7 +144,7 @@ def record_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policy: str, see
         store = Store(directory / "data.txt", fsync=policy, clock=clock, compact_min_size=1 << 40)
         try:
             session = Session(store)
-            for step in script(seed):
+            for step in steps if steps is not None else script(seed):
                 if step == "compact":
                     store.compact()
                     run.durable.append((recorder.position, len(run.started)))
@@ -204,16 +207,36 @@ def start_up(state: CrashState, directory: Path, policy: str, caplog: pytest.Log
     return loaded
 
 
-def check_states(run: Run, scratch: Path, caplog: pytest.LogCaptureFixture, seed: int) -> int:
+def repaired(state: CrashState, directory: Path, policy: str, caplog: pytest.LogCaptureFixture) -> dict:
+    """Run ``mcl repair``'s function on ``state``, then start-up; return what was loaded."""
+    if directory.exists():
+        shutil.rmtree(directory)
+    state.write_to(directory)
+    path = directory / "data.txt"
+    if path.exists():
+        report = memcachedlite.log.repair(path)
+        assert not report.kept_across_damage, f"crash damage repaired as corruption at {state.at} ({state.how})"
+    store = Store(path, fsync=policy, clock=clock)
+    try:
+        return state_of(store)
+    finally:
+        store.close()
+
+
+def check_states(
+    run: Run, scratch: Path, caplog: pytest.LogCaptureFixture, seed: int, count: int = STATES_PER_POLICY, load=start_up
+) -> int:  # type: ignore[no-untyped-def]
+    """Build about ``count`` crash states of ``run``, load each with ``load``
+    and check it is a prefix of the commands that keeps what was durable."""
     rng = random.Random(seed)
     trace = run.trace
-    points = moments(trace, rng, STATES_PER_POLICY // 3)
-    per_point = max(2, -(-STATES_PER_POLICY // len(points)))
+    points = moments(trace, rng, count // 3)
+    per_point = max(2, -(-count // len(points)))
     checked = 0
     for at in points:
         low, high = run.must(at), run.may(at)
         for state in trace.crash_states(at, rng, per_point):
-            loaded = start_up(state, scratch, run.policy, caplog)
+            loaded = load(state, scratch, run.policy, caplog)
             matches = [n for n in range(len(run.states)) if run.states[n] == loaded]
             assert matches, f"state at {at} is no prefix of the commands ({state.how}): {sorted(loaded)}"
             assert any(low <= n <= high for n in matches), (
@@ -268,6 +291,41 @@ def test_a_new_data_file_keeps_what_was_acknowledged(
     for state in trace.crash_states(acked, rng, 40):
         loaded = start_up(state, tmp_path / "crash", "always", caplog)
         assert loaded.get(b"first", (None,))[0] == b"hello", state.how
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", POLICIES)
+def test_repair_of_a_power_loss_state_keeps_a_prefix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, policy: str
+) -> None:
+    """``mcl repair`` on what a crash left cuts at the first invalid record:
+    never a state that did not exist, never less than was durable."""
+    run, _ = record_run(tmp_path, monkeypatch, policy, seed=41)
+    checked = check_states(run, tmp_path / "crash", caplog, seed=8, count=STATES_PER_POLICY // 4, load=repaired)
+    assert checked >= STATES_PER_POLICY // 8
+
+
+@pytest.mark.parametrize("policy", ["always", "no"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(b"md k I T30\r\n", id="md-I-T"),  # a touch and an invalidate
+        pytest.param(b"ms k 3 I C1\r\nnew\r\n", id="ms-I-older-cas"),  # a set and an invalidate
+    ],
+)
+def test_a_command_of_two_records_survives_whole_or_not_at_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, policy: str, command: bytes
+) -> None:
+    """A command whose effect takes two records is one change: a power cut
+    between them must not leave a state that never existed (half of it)."""
+    steps = [[b"ms k 3 T0\r\nold\r\n"], [b"md k I\r\n"], "sync", [command]]
+    run, _ = record_run(tmp_path, monkeypatch, policy, seed=0, steps=steps)
+    last_write = max(i for i, op in enumerate(run.trace.ops) if op.kind == "write")
+    rng = random.Random(2)
+    for _ in range(40):
+        state = run.trace.crash_state(last_write + 1, rng, "cut")
+        loaded = start_up(state, tmp_path / "crash", policy, caplog)
+        assert loaded in (run.states[-2], run.states[-1]), f"half of {command!r} survived ({state.how})"
 
 
 # -- real corruption -------------------------------------------------------

@@ -91,7 +91,7 @@ class Fault:
     persistent: bool = False
     short: bool = False
     lose_unsynced: bool = False
-    name: Optional[str] = None  # only calls on this file name (None: any file of the directory)
+    name: Optional[str] = None  # only calls on the file of this name, as it is named now (None: any file)
     seen: int = 0
     fired: int = 0
 
@@ -370,6 +370,9 @@ class FsRecorder:
         with self._lock:
             call(src, dst, **kwargs)
             self._record(Op("rename", name=old, dest=new))
+            for known in self._fds.values():  # faults and hooks go by the name a file has now
+                if known.name == old:
+                    known.name = new
 
     def unlink(self, path: Any, *, dir_fd: Optional[int] = None) -> None:
         name = self._name(path, dir_fd)

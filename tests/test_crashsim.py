@@ -281,3 +281,12 @@ def test_installs_in_place_of_a_modules_os(rec: FsRecorder, tmp_path: Path, monk
     module.os.write(fd, b"via module")
     module.os.close(fd)
     assert rec.ops[-1].data == b"via module"
+
+
+def test_faults_follow_a_renamed_file(rec: FsRecorder, tmp_path: Path) -> None:
+    fd = rec.open(tmp_path / "data.txt.compact", os.O_WRONLY | os.O_CREAT, 0o600)
+    rec.rename(tmp_path / "data.txt.compact", tmp_path / "data.txt")
+    rec.fail("write", name="data.txt")
+    with pytest.raises(OSError):
+        rec.write(fd, b"now named data.txt")
+    rec.close(fd)

@@ -360,9 +360,11 @@ class Durability:
                 raise LogWriteError(f"data file not writable: {self._failure}")
             try:
                 size = log.append(record)
-            except LogWriteError:
-                if log.failed:
-                    self._fail(log.failed)
+                if log.buffering:  # a change made outside a batch reaches the OS before it returns
+                    log.flush()
+            except LogWriteError as exc:
+                if log.failed or log.buffering:  # in doubt, or queued changes of others lost
+                    self._fail(log.failed or exc.message)
                 raise
             if size > self.compact_min_size and self._compactor is None and self._worth_compacting(size):  # type: ignore[attr-defined]
                 self.start_compaction()

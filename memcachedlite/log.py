@@ -601,7 +601,13 @@ class DataLog:
             os.unlink(self.path + ".compact")  # left by a compaction that crashed
         self.size = os.fstat(self._fd).st_size
         self.synced = self.size
-        self.lsn = self.synced_lsn = 0
+        self.lsn = self.synced_lsn = self.written_lsn = 0
+        #: fsync=always queues appended records until the group fsync writes them
+        self.buffering = self.always
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        self._buffer_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
         self.failed = ""
         #: Called (with the reason) when the background fsync of ``everysec`` fails.
         self.on_failure: Callable[[str], None] = lambda reason: None
@@ -619,10 +625,10 @@ class DataLog:
 
     def _start_file(self) -> None:
         """Write the header of an empty file and make the file itself durable."""
-        self.append(make_header(self.file_id))
+        self._write(make_header(self.file_id))
         os.fsync(self._fd)
         _fsync_directory(self.path)
-        self.synced, self.synced_lsn = self.size, self.lsn
+        self.synced = self.size
 
     def _open_locked(self) -> int:
         """Open the file and take its lock, or refuse: two servers appending to
@@ -732,13 +738,47 @@ class DataLog:
     def append(self, data: bytes) -> int:
         """Write ``data`` at the end of the file; return the new size.
 
+        With ``fsync=always`` the data is only queued (see :meth:`flush`):
+        nothing is acknowledged before the group fsync, which writes every
+        queued record with one system call first, as Redis's event loop does.
+        Otherwise it is written at once.
+        """
+        if self.failed:
+            raise LogWriteError(f"data file not writable: {self.failed}")
+        if self.buffering:
+            with self._buffer_lock:
+                self._buffer.append(data)
+                self.lsn += len(data)
+                self._buffered += len(data)
+            return self.size + self._buffered
+        size = self._write(data)
+        self.lsn = self.written_lsn = self.lsn + len(data)
+        return size
+
+    def flush(self) -> None:
+        """Write what :meth:`append` queued (``fsync=always``), in one call.
+
+        Raises :class:`LogWriteError` if the write fails: the queued records
+        are then lost to the file, and the caller must treat every change not
+        yet durable as failed.
+        """
+        with self._flush_lock:  # records reach the file in the order they were queued
+            with self._buffer_lock:
+                queued, self._buffer = self._buffer, []
+                upto = self.lsn
+                self._buffered = 0
+            if queued:
+                self._write(b"".join(queued))
+            self.written_lsn = upto
+
+    def _write(self, data: bytes) -> int:
+        """Write ``data`` at the end of the file; return the new size.
+
         On failure the file is cut back to its previous size, so it never
         holds half a record that a later append would bury in the middle. A
         failure that leaves the file in doubt (an I/O error, or a cut that
         did not work) also sets ``failed``.
         """
-        if self.failed:
-            raise LogWriteError(f"data file not writable: {self.failed}")
         mark = self._mark_due
         if mark is not None:  # rides along with the next record: no write of its own
             data = encode_sync(mark, self.file_id) + data
@@ -764,7 +804,6 @@ class DataLog:
                 self.failed = f"write failed: {exc.strerror}"
             raise LogWriteError(f"cannot write data file: {reason}") from exc
         self.size = start + written
-        self.lsn += written
         if self._rewrite is not None:
             self._rewrite.pending.append(data)
         return self.size
@@ -790,30 +829,31 @@ class DataLog:
         """Copy the appends made meanwhile, make the new file durable and put
         it in place of the old one atomically. Returns the bytes saved.
 
-        Everything appended so far is then on disk, in the new file. If the
-        directory cannot be synced after the rename, the new file is in use
-        but its name may not survive a power cut: ``failed`` is set, so that
-        writes stop until another rewrite succeeds.
+        Everything written so far is then on disk, in the new file (what
+        ``fsync=always`` still queues goes to the new file with the next
+        flush). If the directory cannot be synced after the rename, the new
+        file is in use but its name may not survive a power cut: ``failed``
+        is set, so that writes stop until another rewrite succeeds.
         """
         rewrite = self._rewrite
         assert rewrite is not None
-        try:
-            rewrite.write(b"".join(rewrite.pending))
-            # The file is synced before it takes the name, so from the rename
-            # on all of it is on disk: the mark may say so before the fsync.
-            rewrite.write(encode_sync(rewrite.size, rewrite.file_id))
-            os.fsync(rewrite.fd)
-            os.rename(rewrite.tmp_path, self.path)
-        except OSError as exc:
-            self.abort_rewrite()
-            raise LogWriteError(f"compaction failed: {exc.strerror}") from exc
-        with self._sync_lock:  # the background fsync must not see the old fd closed
+        with self._sync_lock, self._flush_lock:  # no flush or fsync of the old file meanwhile
+            try:
+                rewrite.write(b"".join(rewrite.pending))
+                # The file is synced before it takes the name, so from the rename
+                # on all of it is on disk: the mark may say so before the fsync.
+                rewrite.write(encode_sync(rewrite.size, rewrite.file_id))
+                os.fsync(rewrite.fd)
+                os.rename(rewrite.tmp_path, self.path)
+            except OSError as exc:
+                self.abort_rewrite()
+                raise LogWriteError(f"compaction failed: {exc.strerror}") from exc
             old_fd, old_size = self._fd, self.size
             self._fd = rewrite.fd
             self.file_id = rewrite.file_id
             self.size = self.synced = rewrite.size
             self.snapshot_end = rewrite.snapshot_end
-            self.synced_lsn = self.lsn
+            self.synced_lsn = self.written_lsn
             self._mark_due = self.size
             self._rewrite = None
             self.failed = ""
@@ -840,7 +880,9 @@ class DataLog:
                 raise LogWriteError(f"data file not writable: {self.failed}")
             if self.synced_lsn >= target:
                 return
-            lsn, end = self.lsn, self.size  # written before the fsync starts: covered by it
+            if self.buffering:
+                self.flush()
+            lsn, end = self.written_lsn, self.size  # written before the fsync starts: covered by it
             try:
                 os.fsync(self._fd)
             except OSError as exc:
@@ -878,8 +920,9 @@ class DataLog:
             self._syncer.join()
         if not self.failed:
             try:
+                self.flush()
                 os.fsync(self._fd)
-            except OSError:
+            except (OSError, LogWriteError):
                 log.exception("final fsync of %s failed", self.path)
         os.close(self._fd)
 

@@ -605,6 +605,19 @@ def state_of(store: Any, cas: bool = True) -> dict[bytes, tuple]:
     return out
 
 
+def differences(one: dict, other: dict) -> dict:
+    """The keys two :func:`state_of` results disagree on, with both sides
+    (long values cut short, so that a failure message stays readable)."""
+
+    def brief(entry: Optional[tuple]) -> Optional[tuple]:
+        if entry is None or len(entry[0]) <= 20:
+            return entry
+        return (entry[0][:12] + b"...(%d bytes)" % len(entry[0]), *entry[1:])
+
+    keys = set(one) | set(other)
+    return {k: (brief(one.get(k)), brief(other.get(k))) for k in sorted(keys) if one.get(k) != other.get(k)}
+
+
 #: A fixed clock for every store of these tests, so that expiry times
 #: compare equal across restarts.
 NOW = 1_800_000_000
@@ -713,7 +726,8 @@ class Disk:
         (copy / "data.txt").write_bytes(self.path.read_bytes())
         loaded = Store(copy / "data.txt", fsync="no", clock=clock)
         try:
-            assert state_of(loaded) == state_of(self.store)
+            differ = differences(state_of(loaded), state_of(self.store))
+            assert not differ, f"the data file and memory differ (key: (file, memory)): {differ}"
         finally:
             loaded.close()
             (copy / "data.txt").unlink()
@@ -726,7 +740,8 @@ class Disk:
         self.stop()
         restarted = Store(self.path, fsync=self.policy, clock=clock)
         try:
-            assert state_of(restarted) == held
+            differ = differences(state_of(restarted), held)
+            assert not differ, f"a restart and the server differ (key: (restart, server)): {differ}"
         finally:
             restarted.close()
 

@@ -554,25 +554,40 @@ class Trace:
         for page in range((length + PAGE - 1) // PAGE):
             start, end = page * PAGE, min((page + 1) * PAGE, length)
             mode = modes.get(page, OLD)
+            stale = self._stale_page(inode, at, rng) if mode == STALE else b""
             for sector in range(start, end, SECTOR):
                 stop = min(sector + SECTOR, end)
                 how = mode if mode != TORN else rng.choice([NEW, OLD])
-                out[sector:stop] = _bytes_of(how, durable, cached, sector, stop, rng)
+                out[sector:stop] = _bytes_of(how, durable, cached, sector, stop, stale)
         changed = [f"{p}:{m}" for p, m in modes.items() if m != NEW and p * PAGE < length]
         note = f"length {length} (synced {len(durable)}, written {len(cached)})"
         if changed:
             note += ", pages " + " ".join(changed)
         return bytes(out), note
 
+    def _stale_page(self, inode: int, at: int, rng: random.Random) -> bytes:
+        """What a block reused from elsewhere may hold: a page of another file
+        of the directory (an older data file, whose records are valid ones,
+        sync marks included), or noise."""
+        inodes = set(self.initial_data) | {op.inode for op in self.ops[:at] if op.kind == "create"}
+        others = [data for other in sorted(inodes - {inode}) if (data := self.content(other, at))]
+        if others and rng.random() < 0.7:
+            source = rng.choice(others)
+            page = rng.randrange((len(source) + PAGE - 1) // PAGE)
+            chunk = source[page * PAGE : (page + 1) * PAGE]
+            return chunk + bytes(PAGE - len(chunk))
+        return rng.randbytes(PAGE)
 
-def _bytes_of(how: str, durable: bytes, cached: bytes, start: int, stop: int, rng: random.Random) -> bytes:
+
+def _bytes_of(how: str, durable: bytes, cached: bytes, start: int, stop: int, stale: bytes) -> bytes:
     """Bytes ``[start, stop)`` of a sector as written (NEW) or as the disk had
-    them (OLD; ZERO or STALE past the synced end). Data never fsynced may
-    come back as zeros or leftovers; data fsynced always comes back."""
+    them (OLD; ZERO past the synced end, or the ``stale`` page's bytes for
+    STALE). Data never fsynced may come back as zeros or leftovers; data
+    fsynced always comes back."""
     size = stop - start
     chunk = cached[start:stop] if how == NEW else durable[start:stop]
     if how == STALE and len(chunk) < size:
-        return chunk + rng.randbytes(size - len(chunk))
+        return chunk + stale[(start + len(chunk)) % PAGE : (stop - 1) % PAGE + 1]
     return chunk + bytes(size - len(chunk))
 
 

@@ -290,3 +290,21 @@ def test_faults_follow_a_renamed_file(rec: FsRecorder, tmp_path: Path) -> None:
     with pytest.raises(OSError):
         rec.write(fd, b"now named data.txt")
     rec.close(fd)
+
+
+def test_a_stale_page_may_hold_another_files_old_bytes(rec: FsRecorder, tmp_path: Path) -> None:
+    """A block freed by one file and reused by another can show up, unsynced,
+    with the old file's contents (valid records of an older data file)."""
+    old = rec.open(tmp_path / "data.txt", os.O_WRONLY | os.O_CREAT, 0o600)
+    rec.write(old, b"O" * PAGE)
+    rec.fsync(old)
+    rec.close(old)
+    new = rec.open(tmp_path / "data.txt.compact", os.O_WRONLY | os.O_CREAT, 0o600)
+    rec.write(new, b"N" * 100)
+    rec.fsync(new)
+    dir_sync(rec, tmp_path)
+    rec.write(new, b"n" * PAGE)
+    rec.close(new)
+    trace = rec.trace()
+    tails = {s.files["data.txt.compact"][PAGE:] for s in trace.crash_states(len(trace), random.Random(4), 300)}
+    assert any(tail and set(tail) == {ord("O")} for tail in tails)

@@ -80,8 +80,9 @@ class Committer:
     Batches queue their replies here with the log position they need; the
     thread fsyncs while anything waits, then sends (or, for a caller with no
     socket, releases) every reply the fsync covered. A send that would block
-    (a client not reading) is kept and finished later, so one slow client
-    never holds up the others; later replies of that connection queue behind it.
+    (a client not reading) is finished by a thread of its own, so one slow
+    client never holds up the others; later replies of that connection queue
+    behind it.
     """
 
     def __init__(self, log: datalog.DataLog, on_synced: Any, on_failure: Any) -> None:
@@ -134,9 +135,7 @@ class Committer:
         while True:
             with self._cond:
                 while not self._queue and not self._stopping:
-                    self._cond.wait(0.005 if self._backlog else None)
-                    if self._backlog:
-                        break
+                    self._cond.wait()
                 if self._stopping and not self._queue:
                     break
                 behind = any(w.lsn > log.synced_lsn for w in self._queue)
@@ -150,10 +149,7 @@ class Committer:
                 else:
                     self._on_synced()
             self._release(error)
-            if self._backlog:
-                self._flush_backlog()
         self._release(LogWriteError("server is stopping"))
-        self._flush_backlog()
 
     def _release(self, error: Optional[LogWriteError]) -> None:
         synced = self._log.synced_lsn
@@ -188,14 +184,15 @@ class Committer:
                 self._cond.notify_all()  # drain() waiters
 
     def _send(self, session: "Session", data: bytes) -> bool:
-        """Send without blocking; what does not fit waits in the backlog.
-        Returns whether all of it (and everything before it) has left."""
-        backlog = self._backlog.get(session)
-        if backlog is not None:
-            backlog += data
-            with self._cond:
-                session.unsent -= 1  # the backlog entry stands for it now
-            return False
+        """Send without blocking; what does not fit goes to the connection's
+        backlog, which a thread of its own sends. Returns whether all of it
+        (and everything before it) has left."""
+        with self._cond:
+            backlog = self._backlog.get(session)
+            if backlog is not None:
+                backlog += data
+                session.unsent -= 1  # the backlog stands for it now
+                return False
         if data:
             try:
                 sent = session.sender.send(data, socket.MSG_DONTWAIT)
@@ -204,24 +201,28 @@ class Committer:
             except OSError:
                 sent = len(data)  # the client is gone: nothing more to deliver
             if sent < len(data):
-                self._backlog[session] = bytearray(data[sent:])
+                with self._cond:
+                    self._backlog[session] = bytearray(data[sent:])
+                threading.Thread(target=self._drain_backlog, args=(session,), name="mcl-backlog", daemon=True).start()
                 return False  # its unsent count drops when the backlog is empty
         return True
 
-    def _flush_backlog(self) -> None:
-        for session, data in list(self._backlog.items()):
-            try:
-                sent = session.sender.send(data, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                continue
-            except OSError:
-                sent = len(data)
-            del data[:sent]
-            if not data:
-                del self._backlog[session]
-                with self._cond:
+    def _drain_backlog(self, session: "Session") -> None:
+        """Send a slow reader's backlog with blocking sends (bounded by the
+        socket's timeout), then hand the connection back to the committer."""
+        while True:
+            with self._cond:
+                data = self._backlog[session]
+                if not data:
+                    del self._backlog[session]
                     session.unsent -= 1
                     self._cond.notify_all()
+                    return
+                self._backlog[session] = bytearray()
+            try:
+                session.sender.sendall(data)
+            except OSError:
+                pass  # the client is gone: nothing more to deliver
 
 
 class Durability:

@@ -1,0 +1,124 @@
+"""fsync=always: replies handed to the committer thread, one fsync for many
+writers, per-connection order, slow readers, and the data after a restart."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from pathlib import Path
+
+from memcachedlite import Store
+from memcachedlite import log as datalog
+from tests.conftest import Raw
+
+
+def test_many_writers_share_fsyncs_and_every_reply_is_right(start_server, tmp_path: Path, monkeypatch) -> None:
+    syncs = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(datalog.os, "fsync", lambda fd: (syncs.append(fd), real_fsync(fd)))
+    running = start_server(fsync="always")
+    assert running.store.committer is not None
+    errors: list[str] = []
+
+    def writer(n: int) -> None:
+        c = Raw(running.port)
+        try:
+            for i in range(100):
+                c.send(b"set w%d:%d 0 0 %d\r\n%d\r\n" % (n, i, len(b"%d" % i), i))
+                reply = c.readline()
+                if reply != b"STORED\r\n":
+                    errors.append(f"{n}:{i}: {reply!r}")
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(syncs) < 2000  # group commit: fewer fsyncs than acknowledged writes
+    path = running.store.log.path
+    running.stop()
+    running.store.close()
+    again = Store(path)
+    try:
+        assert len(again) == 2000 and again.peek(b"w7:42").value == b"42"
+    finally:
+        again.close()
+
+
+def test_a_connection_gets_its_replies_in_order(start_server) -> None:
+    """A get of an untouched key needs no fsync, but it must not overtake
+    the reply of the set before it, which waits for one."""
+    running = start_server(fsync="always")
+    running.store.set(b"clean", b"c")
+    c = Raw(running.port)
+    try:
+        for i in range(50):
+            c.send(b"set k 0 0 1\r\n%d\r\n" % (i % 10))
+            c.send(b"get clean\r\n")
+            assert c.readline() == b"STORED\r\n"
+            assert c.reply() == b"VALUE clean 0 1\r\nc\r\nEND\r\n"
+        c.send(b"set a 0 0 1\r\n1\r\nget clean\r\nincr a 5\r\nget a\r\n")
+        assert c.readline() == b"STORED\r\n"
+        assert c.reply() == b"VALUE clean 0 1\r\nc\r\nEND\r\n"
+        assert c.readline() == b"6\r\n"
+        assert c.reply() == b"VALUE a 0 1\r\n6\r\nEND\r\n"
+    finally:
+        c.close()
+
+
+def test_a_client_that_does_not_read_holds_up_nobody(start_server) -> None:
+    """Replies the committer cannot send without blocking wait in its
+    backlog; other connections are served meanwhile and nothing is lost."""
+    running = start_server(fsync="always")
+    value = b"x" * 4000
+    slow = socket.create_connection(("127.0.0.1", running.port))
+    other = Raw(running.port)
+    try:
+        batch = b"set big 0 0 4000\r\n" + value + b"\r\n" + b"get big\r\n" * 3000
+        slow.sendall(batch)  # 12 MB of replies, far past the socket buffers
+        for i in range(20):  # another client is not held up by it
+            other.send(b"set o%d 0 0 1\r\nx\r\n" % i)
+            assert other.readline() == b"STORED\r\n"
+        expected = b"STORED\r\n" + (b"VALUE big 0 4000\r\n" + value + b"\r\nEND\r\n") * 3000
+        got = b""
+        slow.settimeout(10)
+        while len(got) < len(expected):
+            chunk = slow.recv(65536)
+            assert chunk, "connection closed early"
+            got += chunk
+        assert got == expected
+    finally:
+        slow.close()
+        other.close()
+
+
+def test_the_reply_before_quit_still_arrives(start_server) -> None:
+    running = start_server(fsync="always")
+    c = Raw(running.port)
+    try:
+        c.send(b"set q 0 0 1\r\n1\r\nquit\r\n")
+        assert c.readline() == b"STORED\r\n"
+        c.sock.settimeout(5)
+        assert c.sock.recv(10) == b""  # then closed
+    finally:
+        c.close()
+    assert running.store.peek(b"q").value == b"1"
+
+
+def test_a_store_used_directly_waits_for_the_disk(tmp_path: Path) -> None:
+    store = Store(tmp_path / "data.txt", fsync="always")
+    try:
+        store.set(b"a", b"1")
+        store.sync()
+        assert store.log.synced_lsn == store.log.lsn and store.log.synced == store.log.size
+    finally:
+        store.close()
+    again = Store(tmp_path / "data.txt")
+    try:
+        assert again.peek(b"a").value == b"1"
+    finally:
+        again.close()

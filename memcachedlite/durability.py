@@ -320,8 +320,7 @@ class Durability:
                         size = log.append(b"".join(pending) if len(pending) > 1 else pending[0])
                     except LogWriteError:
                         self._rollback(undo)
-                        if log.failed:
-                            self._fail(log.failed)
+                        self._failed_write()
                         raise
                     if size > self.compact_min_size and self._compactor is None and self._worth_compacting(size):  # type: ignore[attr-defined]
                         self.start_compaction()
@@ -364,8 +363,7 @@ class Durability:
                 if log.buffering:  # a change made outside a batch reaches the OS before it returns
                     log.flush()
             except LogWriteError as exc:
-                if log.failed or log.buffering:  # in doubt, or queued changes of others lost
-                    self._fail(log.failed or exc.message)
+                self._failed_write(exc.message)
                 raise
             if size > self.compact_min_size and self._compactor is None and self._worth_compacting(size):  # type: ignore[attr-defined]
                 self.start_compaction()
@@ -377,6 +375,17 @@ class Durability:
         log = self.log
         assert log is not None
         return size > 2 * self.bytes or size > 2 * log.snapshot_end
+
+    def _failed_write(self, reason: str = "") -> None:
+        """A write to the data file failed. Cut back cleanly (a full disk),
+        only that change failed; otherwise the file is in doubt (see :meth:`_fail`)."""
+        log = self.log
+        assert log is not None
+        if log.failed or log.buffering:  # in doubt, or queued changes of others lost with it
+            self._fail(log.failed or reason)
+        else:
+            with self._lock:
+                self.data_file_errors += 1
 
     def _restore(self, undo: list[tuple]) -> None:  # pragma: no cover - the store's
         raise NotImplementedError
@@ -433,6 +442,8 @@ class Durability:
             unsynced = self._unsynced
             while unsynced:
                 self._restore(unsynced.pop()[1])
+            if log.buffering:
+                log.discard_queued()  # their records must never reach the file now
             self._dirty.clear()
             if log._rewrite is not None:  # its snapshot may hold what was just undone
                 log.abort_rewrite()
@@ -493,7 +504,11 @@ class Durability:
                     raise LogWriteError(f"data file not writable: {self._failure}")
                 if log._rewrite is not None:
                     log.abort_rewrite()
-                rewrite = log.start_rewrite()
+                try:
+                    rewrite = log.start_rewrite()
+                except OSError as exc:
+                    logger.error("compaction of %s failed: %s", log.path, exc)
+                    raise LogWriteError(f"compaction failed: {exc.strerror}") from exc
                 snapshot, next_cas, flush_at = self._snapshot()
             try:
                 now = int(self._clock())  # type: ignore[attr-defined]

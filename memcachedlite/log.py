@@ -8,6 +8,7 @@ still read and appended to), documented in ``docs/data-file.md``::
     snapshot <format> <count> <next cas> <expiring> <bytes> <crc>\\r\\n<bytes>\\r\\n
                                     (written by compaction, at the head only)
     sync <offset> <file id> <crc>\\r\\n                     sync mark
+    group <records> <bytes> <crc>\\r\\n<records>              one change, all or nothing
     set <key> <flags> <exptime> <bytes> <cas> <crc>\\r\\n<data>\\r\\n
     delete <key> <crc>\\r\\n
     touch <key> <exptime> <crc>\\r\\n
@@ -165,6 +166,56 @@ class _Bad(Exception):
         self.progress = (0, 0, 0)  # records loaded, highest cas, sets with an expiry, before this one
 
 
+def encode_group(records: list[bytes]) -> bytes:
+    """Records that make one change (a stale set: a set and an invalidate; a
+    set that evicts: a set and deletes; ``md k I T``: a touch and an
+    invalidate): replay applies all of them or, when a crash cut into them,
+    none, so no state that never existed can come back."""
+    body = b"".join(records)
+    return _seal(b"group %d %d" % (len(records), len(body))) + body
+
+
+def regroup(chunks: list[bytes]) -> bytes:
+    """One group of every record in ``chunks`` (groups among them flattened):
+    the records a single command appended in several steps."""
+    flat: list[Record] = []
+    body = b"".join(chunks)
+    for record in parse_records(body, 0):
+        flat.extend(record[1] if record[0] == b"group" else (record,))
+    return encode_group([encode(r) for r in flat])
+
+
+def read_group(buf: bytes, pos: int) -> tuple[list[Record], int]:
+    """The records of the group at ``pos`` and the offset after them;
+    :class:`_Bad` at ``pos`` if any of it cannot be read."""
+    eol = buf.find(b"\r\n", pos)
+    if eol < 0:
+        raise _Bad("group header has no end of line", torn=True)
+    line = buf[pos:eol]
+    parts = line.split(b" ")
+    try:
+        if len(parts) != 4 or crc32(line[: line.rfind(b" ")]) != int(parts[3], 16):
+            raise ValueError("bad group header")
+        count, length = int(parts[1]), int(parts[2])
+    except ValueError as exc:
+        raise _Bad(f"malformed group: {exc}") from None
+    start = eol + 2
+    end = start + length
+    if end > len(buf):
+        raise _Bad("group runs past the end of the file", torn=True)
+    records = []
+    at = start
+    try:
+        while at < end:
+            record, at = parse_one(buf, at)
+            records.append(record)
+    except _Bad as bad:
+        raise _Bad(f"record {len(records) + 1} of a group: {bad}", torn=bad.torn) from None
+    if at != end or len(records) != count or any(r[0] in (b"group", b"snapshot", b"sync") for r in records):
+        raise _Bad("group does not hold what its header says")
+    return records, end
+
+
 def encode_snapshot(pairs: list[tuple[bytes, bytes]], item_format: int, next_cas: int, expiring: int) -> list[bytes]:
     """A snapshot section: every live item at once, in a form that loads in
     bulk (the way Redis puts an RDB preamble at the head of its AOF).
@@ -248,6 +299,9 @@ def parse_one(buf: bytes, pos: int) -> tuple[Record, int]:
         if buf.startswith(b"snapshot ", pos):
             record, end = read_snapshot(buf, pos)
             return record[:4] + (list(record[4]),), end
+        if buf.startswith(b"group ", pos):
+            records, end = read_group(buf, pos)
+            return (b"group", records), end
         line = buf[pos : eol - 1]
         cut = line.rfind(b" ")
         parts = line.split(b" ")
@@ -351,17 +405,20 @@ def load_records(
         except _Bad as bad:
             bad.progress = (count, max_cas, 1)  # expiring: unknown, so assume some
             raise
-        count += 1
-        if record[0] == b"set":  # pragma: no cover - the fast path takes every good set
-            _, key, value, flags, exptime, cas = record
-            items[key] = b"%b %d %d\r\n%b\r\n" % (pack(cas, exptime, flags), flags, len(value), value)
-            max_cas = max(max_cas, cas)
-        else:
-            on_other(record)
+        for one in record[1] if record[0] == b"group" else (record,):
+            count += 1
+            if one[0] == b"set":  # in a group (the fast path takes every other good set)
+                _, key, value, flags, exptime, cas = one
+                items.pop(key, None)  # re-inserted at the young end
+                items[key] = b"%b %d %d\r\n%b\r\n" % (pack(cas, exptime, flags), flags, len(value), value)
+                max_cas = max(max_cas, cas)
+                expiring += exptime != 0
+            else:
+                on_other(one)
     return count, max_cas, expiring
 
 
-_RECORD_START = re.compile(rb"\r\n(?=(?:b?(?:set|delete|touch|invalidate)|flush_all|next_cas|sync|snapshot) )")
+_RECORD_START = re.compile(rb"\r\n(?=(?:b?(?:set|delete|touch|invalidate)|flush_all|next_cas|sync|snapshot|group) )")
 _SYNC_MARK = re.compile(rb"\r\nsync (\d{1,19}) ([0-9a-f]{16}) ([0-9a-f]{8})\r\n")
 
 
@@ -469,6 +526,8 @@ def encode(record: Record) -> bytes:
         return encode_sync(record[1], record[2])
     if kind == b"snapshot":
         return b"".join(encode_snapshot(record[4], record[1], record[2], record[3]))
+    if kind == b"group":
+        return encode_group([encode(r) for r in record[1]])
     return encode_next_cas(record[1])
 
 
@@ -771,6 +830,14 @@ class DataLog:
                 self._write(b"".join(queued))
             self.written_lsn = upto
 
+    def discard_queued(self) -> None:
+        """Forget what :meth:`append` queued and no flush has written: the
+        changes it held were undone (a failed fsync under ``always``)."""
+        with self._flush_lock, self._buffer_lock:
+            self._buffer = []
+            self._buffered = 0
+            self.written_lsn = self.lsn
+
     def _write(self, data: bytes) -> int:
         """Write ``data`` at the end of the file; return the new size.
 
@@ -795,8 +862,8 @@ class DataLog:
             if written:
                 try:
                     os.ftruncate(self._fd, start)
-                except OSError:
-                    log.exception("could not cut back a partial record in %s", self.path)
+                except OSError as cut:
+                    log.error("could not cut back a partial record in %s: %s", self.path, cut)
                     certain = False
             reason = "out of disk space" if exc.errno in _FULL else exc.strerror
             log.error("cannot write to %s: %s", self.path, exc)

@@ -209,6 +209,7 @@ class Store(Durability):
         self.bytes = 0
         self.flush_at = 0  # pending delayed flush_all, absolute time
         self._next_cas = 1
+        self._in_atomic = False
         #: the highest cas a client chose (meta E): a snapshot's next cas is past it too
         self._max_given_cas = 0
         self.counters = dict.fromkeys(_COUNTERS, 0)
@@ -398,12 +399,14 @@ class Store(Durability):
         if state:  # a key given in base64 (its own records), or a stale item
             binary = bool(state & BINARY_KEY)
             record = datalog.encode_set(key, value, flags, exptime, cas, binary)
-            if state & STALE:
-                record += datalog.encode_invalidate(key, cas, binary)
+            if state & STALE:  # one change in two records: all or nothing on replay
+                record = datalog.encode_group([record, datalog.encode_invalidate(key, cas, binary)])
         else:
             record = datalog.set_record(key, value, flags, exptime, cas)
         if victims:
-            record += b"".join([datalog.encode_delete(v, bool(items[v][_STATE] & BINARY_KEY)) for v in victims])
+            record = datalog.regroup(
+                [record, *[datalog.encode_delete(v, bool(items[v][_STATE] & BINARY_KEY)) for v in victims]]
+            )
         pending = self._pending
         if pending is not None:
             pending.append(record)
@@ -635,9 +638,22 @@ class Store(Durability):
     @contextmanager
     def atomic(self) -> Iterator[None]:
         """Hold the store's lock, so that a sequence of calls (a meta command
-        reads, decides, then writes) is one step to every other connection."""
+        reads, decides, then writes) is one step to every other connection;
+        and, inside a batch, log what the sequence wrote as one group, so that
+        a crash cannot keep half of it."""
         with self._lock:
-            yield
+            pending = self._pending
+            if pending is None or type(pending) is not list or self._in_atomic:
+                yield
+                return
+            start = len(pending)
+            self._in_atomic = True
+            try:
+                yield
+            finally:
+                self._in_atomic = False
+                if len(pending) - start > 1 and pending is self._pending:
+                    pending[start:] = [datalog.regroup(pending[start:])]
 
     def fetch(self, key: bytes, bump: bool = True, count: bool = True) -> Optional[Item]:
         """The live item under ``key`` as it was before this read, counted as

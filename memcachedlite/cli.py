@@ -401,6 +401,15 @@ _option = dict(show_default=True, show_envvar=True)
     help="Sleep 0-2 s before each set and 0-1 s before each get (the seed's concurrency demo).",
     **_option,
 )
+@click.option(
+    "--protocol",
+    "-B",
+    type=click.Choice(["auto", "ascii", "binary"]),
+    default="auto",
+    envvar="MCL_PROTOCOL",
+    help="Wire protocol (memcached's -B): 'auto' serves binary to connections whose first byte is 0x80.",
+    **_option,
+)
 @click.option("--verbose", "-v", count=True, help="Also log each connection opening and closing.")
 def serve(
     host: str,
@@ -424,6 +433,7 @@ def serve(
     auth_file: str | None,
     cpu: str,
     simulate_delay: bool,
+    protocol: str,
     verbose: int,
 ) -> None:
     """Run the server until Ctrl-C or SIGTERM.
@@ -465,6 +475,7 @@ def serve(
             bind_and_activate=False,
             ssl_context=tls_context,
             auth_file=auth_file,
+            protocol=protocol,
         )
     except AuthFileError as exc:
         raise CannotStart(str(exc)) from None

@@ -370,8 +370,9 @@ def settings_stats(ctx: "Session") -> list[tuple[str, object]]:
         ("data_file", log_.path if log_ is not None else ""),
         ("fsync", log_.policy if log_ is not None else "none"),
         # memcached's names; auth_enabled_ascii is the auth file's path or "no"
-        ("auth_enabled_sasl", "no"),
+        ("auth_enabled_sasl", "yes" if auth is not None else "no"),  # binary connections use SASL PLAIN
         ("auth_enabled_ascii", auth.path if auth is not None else "no"),
+        ("binding_protocol", getattr(server, "protocol", "auto").replace("auto", "auto-negotiate")),  # memcached's -B
         ("ssl_enabled", "yes" if tls is not None else "no"),
         ("ssl_verify_mode", 2 if tls is not None and tls.verify_mode == ssl.CERT_REQUIRED else 0),
     ]

@@ -586,4 +586,10 @@ class BinarySession(Session):
             pos = end if end <= n else self._skip(end, n)
             if reply is not None:
                 out.append(reply)
+        if pos < n and buf[pos] != REQUEST and not self.closing:
+            # not even a whole header, but already not a request: close now
+            # (memcached waits for 24 bytes first) rather than at the read timeout
+            log.info("closing a binary connection: bad magic byte 0x%02x", buf[pos])
+            self.closing = True
+            return n
         return pos

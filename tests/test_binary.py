@@ -678,14 +678,19 @@ def test_each_connection_picks_its_protocol(server: Running, binraw: BinRaw, con
     assert text.ask(b"\x80\r\n") == b"ERROR\r\n"
 
 
-def test_protocol_ascii_closes_a_binary_client_at_once(start_server) -> None:
-    server = start_server(server_options={"protocol": "ascii"})
-    client = BinRaw(server.port)
+def closed_without_a_word(port: int, data: bytes) -> bool:
+    """Whether a new connection that sends ``data`` is closed with no reply."""
+    client = Raw(port)
     try:
-        client.send(request(NOOP))
-        assert client.closed_by_peer() and client.buf == b""
+        client.send(data)
+        return client.closed_by_peer() and client.buf == b""
     finally:
         client.close()
+
+
+def test_protocol_ascii_closes_a_binary_client_at_once(start_server) -> None:
+    server = start_server(server_options={"protocol": "ascii"})
+    assert closed_without_a_word(server.port, request(NOOP))
     text = Raw(server.port)
     try:
         assert b"STAT binding_protocol ascii\r\n" in text.ask(b"stats settings\r\n")
@@ -695,12 +700,7 @@ def test_protocol_ascii_closes_a_binary_client_at_once(start_server) -> None:
 
 def test_protocol_binary_closes_a_text_client(start_server) -> None:
     server = start_server(server_options={"protocol": "binary"})
-    client = Raw(server.port)
-    try:
-        client.send(b"get a\r\n")
-        assert client.closed_by_peer() and client.buf == b""
-    finally:
-        client.close()
+    assert closed_without_a_word(server.port, b"get a\r\n")
     binary = BinRaw(server.port)
     try:
         settings_ = {p.key: p.value for p in binary.ask(request(STAT, b"settings"), 1)}
@@ -737,10 +737,5 @@ def test_mcl_serve_protocol_option(spawn) -> None:
         assert client.ask(setp(b"k", b"v") + request(GET, b"k"), 2)[1].value == b"v"
     finally:
         client.close()
-    text = Raw(proc.port)
-    try:
-        text.send(b"version\r\n")
-        assert text.closed_by_peer() and text.buf == b""
-    finally:
-        text.close()
+    assert closed_without_a_word(proc.port, b"version\r\n")
     assert proc.terminate() == 0

@@ -202,16 +202,18 @@ def _sasl_shape(ext: int, key: int, body: int) -> bool:
 
 
 def _get(s: BinarySession, op: int, opaque: int, cas: int, extras: bytes, key: bytes, value: bytes) -> bytes | None:
-    item = s.store.fetch(check_key(key))
-    if item is None:
+    """GET, GETQ, GETK, GETKQ. The key is not checked for spaces or control
+    bytes: no protocol can store such a key in plain form, so it just misses."""
+    found = s.store.read(key)
+    if found is None:
         if op == GETK:
             return _pack_header(RESPONSE, op, len(key), 0, 0, KEY_ENOENT, len(key), opaque, 0) + key
         return None if op != GET else error(op, KEY_ENOENT, opaque)  # GETQ and GETKQ keep misses quiet
-    data = item.value
+    flags, item_cas, data = found
     if op in (GET, GETQ):
-        return _GET_REPLY(RESPONSE, op, 0, 4, 0, 0, 4 + len(data), opaque, item.cas, item.flags) + data
+        return _GET_REPLY(RESPONSE, op, 0, 4, 0, 0, 4 + len(data), opaque, item_cas, flags) + data
     n = len(key)
-    return _GET_REPLY(RESPONSE, op, n, 4, 0, 0, 4 + n + len(data), opaque, item.cas, item.flags) + key + data
+    return _GET_REPLY(RESPONSE, op, n, 4, 0, 0, 4 + n + len(data), opaque, item_cas, flags) + key + data
 
 
 def _touch(s: BinarySession, op: int, opaque: int, cas: int, extras: bytes, key: bytes, value: bytes) -> bytes | None:

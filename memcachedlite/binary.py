@@ -203,7 +203,8 @@ def _sasl_shape(ext: int, key: int, body: int) -> bool:
 
 def _get(s: BinarySession, op: int, opaque: int, cas: int, extras: bytes, key: bytes, value: bytes) -> bytes | None:
     """GET, GETQ, GETK, GETKQ. The key is not checked for spaces or control
-    bytes: no protocol can store such a key in plain form, so it just misses."""
+    bytes, which only the opcodes that store refuse: no protocol stores such
+    a key in plain form, so a read of one just misses."""
     found = s.store.read(key)
     if found is None:
         if op == GETK:
@@ -217,8 +218,11 @@ def _get(s: BinarySession, op: int, opaque: int, cas: int, extras: bytes, key: b
 
 
 def _touch(s: BinarySession, op: int, opaque: int, cas: int, extras: bytes, key: bytes, value: bytes) -> bytes | None:
-    """TOUCH, GAT, GATQ, GATK, GATKQ: counted as touches, as memcached counts them."""
-    found = s.store.gat([check_key(key)], _EXPTIME(extras)[0])
+    """TOUCH, GAT, GATQ, GATK, GATKQ: counted as touches, as memcached counts them.
+
+    Keys are not checked (see :func:`_get`): only a stored item is touched,
+    and it is logged in the key form it was stored with."""
+    found = s.store.gat([key], _EXPTIME(extras)[0])
     with_key = op in (GATK, GATKQ)
     if not found:
         if op in (GATQ, GATKQ):
@@ -284,8 +288,7 @@ def _concat(s: BinarySession, op: int, opaque: int, cas: int, extras: bytes, key
 
 
 def _delete(s: BinarySession, op: int, opaque: int, cas: int, extras: bytes, key: bytes, value: bytes) -> bytes:
-    check_key(key)
-    store = s.store
+    store = s.store  # (the key is not checked: as for TOUCH, only a stored item is logged)
     with store.atomic():
         if cas:
             item = store.peek(key)

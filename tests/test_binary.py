@@ -533,10 +533,19 @@ def test_a_wrong_magic_mid_stream_closes_without_a_reply(session: BinarySession)
 
 def test_a_key_with_spaces_or_control_bytes_is_refused(session: BinarySession, store: Store) -> None:
     """A deliberate difference: memcached stores any bytes as a binary key."""
-    stream = setp(b"a b", b"v") + request(INCREMENT, b"a\nb", extras=arith_extras()) + request(GET, b"a b")
+    stream = setp(b"a b", b"v") + request(INCREMENT, b"a\nb", extras=arith_extras()) + request(APPEND, b"a\0", b"x")
+    stream += request(GET, b"a b") + request(TOUCH, b"a b", extras=bytes(4)) + request(DELETE, b"a\tb")
     replies = parse(session.feed(stream + request(NOOP)))
-    # such a key is never stored, so a read of one just misses
-    assert [(p.opcode, p.status) for p in replies] == [(SET, EINVAL), (INCREMENT, EINVAL), (GET, KEY_ENOENT), (NOOP, 0)]
+    # such a key is never stored, so the other opcodes just miss
+    assert [(p.opcode, p.status) for p in replies] == [
+        (SET, EINVAL),
+        (INCREMENT, EINVAL),
+        (APPEND, EINVAL),
+        (GET, KEY_ENOENT),
+        (TOUCH, KEY_ENOENT),
+        (DELETE, KEY_ENOENT),
+        (NOOP, SUCCESS),
+    ]
     assert len(store) == 0 and not session.closing
 
 

@@ -449,3 +449,53 @@ def test_harness_sees_a_difference(shared_memcached: int, server) -> None:
     a = converse(server.port, ([put(b"k", b"v")], [Req(GET, b"k")]))
     b = converse(server.port, ([put(b"k", b"w")], [Req(GET, b"k")]))
     assert a != b and a[1][0].value == b"v"
+
+
+COUNTERS = [
+    b"cmd_get",
+    b"cmd_set",
+    b"cmd_touch",
+    b"cmd_flush",
+    b"get_hits",
+    b"get_misses",
+    b"delete_hits",
+    b"delete_misses",
+    b"incr_hits",
+    b"incr_misses",
+    b"decr_hits",
+    b"decr_misses",
+    b"cas_hits",
+    b"cas_misses",
+    b"cas_badval",
+    b"touch_hits",
+    b"touch_misses",
+    b"curr_items",
+]
+
+
+def test_counters_move_as_memcached_moves_them(server) -> None:
+    """The same binary stream moves the same ``stats`` counters on both servers."""
+    steps: tuple[Step, ...] = (
+        [put(b"a", b"1"), put(b"b", b"x"), Req(GET, b"a"), Req(GETQ, b"nope"), Req(GETK, b"b"), Req(GETKQ, b"a")],
+        [put(b"a", b"2", op=ADD), put(b"c", b"3", op=ADDQ), put(b"z", b"4", op=REPLACE), put(b"a", b"5", op=REPLACEQ)],
+        [put(b"a", b"6", cas=Cas(1)), put(b"b", b"7", cas=Cas(2, 100)), put(b"gone", b"8", cas=5)],
+        [Req(APPEND, b"a", b"+"), Req(PREPEND, b"nope", b"-"), Req(APPENDQ, b"b", b"!")],
+        [Req(INCREMENT, b"n", extras=ax(1, 5)), Req(INCREMENT, b"n", extras=ax(2)), Req(DECREMENT, b"n", extras=ax(1))],
+        [Req(INCREMENT, b"m", extras=ax(1, 0, U32)), Req(DECREMENTQ, b"m", extras=ax(1, 0, U32))],
+        [Req(INCREMENT, b"b", extras=ax(1))],
+        [Req(TOUCH, b"a", extras=tx(100)), Req(TOUCH, b"nope", extras=tx(1)), Req(GAT, b"a", extras=tx(0))],
+        [Req(GATKQ, b"nope", extras=tx(0)), Req(GATK, b"c", extras=tx(0))],
+        [Req(DELETE, b"c"), Req(DELETE, b"c"), Req(DELETEQ, b"nope"), Req(DELETE, b"a", cas=1)],
+    )
+    counters = []
+    with running_memcached() as port:  # a fresh one: counters start at 0
+        for p in (port, server.port):
+            converse(p, steps)
+            talk = BinaryConversation(p)
+            try:
+                stats = {packet.key: packet.value for packet in talk.step([Req(STAT)])}
+            finally:
+                talk.close()
+            counters.append({name: stats[name] for name in COUNTERS})
+    assert counters[1] == counters[0]
+    assert counters[0][b"cas_badval"] == b"2" and counters[0][b"incr_misses"] == b"1"  # the stream did move them

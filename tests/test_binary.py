@@ -485,6 +485,34 @@ def test_out_of_memory_without_eviction(session: BinarySession) -> None:
     assert replies[1] == Packet(0x81, SET, 0, ENOMEM, 0, 0, b"", b"", b"Out of memory allocating item")
 
 
+def test_a_counter_cannot_be_created_when_memory_is_full() -> None:
+    store = Store(None, memory_limit=1200, evict=False)
+    session = BinarySession(store)
+    assert one(session.feed(setp(b"a", b"x" * 900))).status == SUCCESS
+    reply = one(session.feed(request(INCREMENT, b"counter-with-a-long-name" * 10, extras=arith_extras(1, 7))))
+    assert reply == Packet(0x81, INCREMENT, 0, ENOMEM, 0, 0, b"", b"", b"Out of memory allocating new item")
+
+
+def test_an_unexpected_failure_is_answered_and_logged(session: BinarySession, monkeypatch, caplog) -> None:
+    def broken(key: bytes) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(session.store, "read", broken)
+    with caplog.at_level(logging.ERROR, logger="memcachedlite.binary"):
+        replies = parse(session.feed(request(GET, b"k", opaque=4) + request(NOOP)))
+    assert replies[0] == Packet(0x81, GET, 0, ENOMEM, 4, 0, b"", b"", b"internal error")
+    assert replies[1].opcode == NOOP and not session.closing
+    assert "binary opcode 0x00 failed" in caplog.text and "RuntimeError: bug" in caplog.text
+
+
+def test_failed_reply_of_an_empty_reply_is_empty(session: BinarySession) -> None:
+    from memcachedlite.errors import LogWriteError
+
+    assert session.failed_reply(b"", LogWriteError("disk")) == b""  # QUITQ's
+    failed = one(session.failed_reply(request(NOOP, opaque=3).replace(b"\x80", b"\x81", 1), LogWriteError("")))
+    assert (failed.opcode, failed.status, failed.opaque, failed.value) == (NOOP, ENOMEM, 3, b"Out of memory")
+
+
 # -- bad input ---------------------------------------------------------------------
 
 

@@ -473,6 +473,8 @@ _BASE.update(
 )
 #: what an unauthenticated connection may send (memcached's authenticated())
 _OPEN = frozenset([SASL_LIST_MECHS, SASL_AUTH, SASL_STEP, VERSION])
+#: answered together when they come in a row (see BinarySession._run)
+_QUIET_GETS = frozenset([GETQ, GETKQ])
 #: storage opcodes whose value is bounded by the item size limit (E2BIG past it)
 _LIMITED = frozenset([SET, SETQ, ADD, ADDQ, REPLACE, REPLACEQ, APPEND, APPENDQ, PREPEND, PREPENDQ])
 
@@ -533,21 +535,34 @@ class BinarySession(Session):
         self.closing = True
 
     def _run(self, buf: bytes, out: list[bytes], pos: int = 0) -> int:
-        """Answer every complete packet in ``buf`` from ``pos``; return how much was used."""
+        """Answer every complete packet in ``buf`` from ``pos``; return how much was used.
+
+        Quiet gets in a row (a client's multi-get: GETKQ per key, then NOOP)
+        are answered together with one store call, before any other reply.
+        """
         n = len(buf)
         table = TABLE
+        gets: list[tuple[int, int, bytes]] = []  # quiet gets waiting to be answered together
         while n - pos >= HEADER_SIZE and not self.closing:
             magic, op, keylen, extlen, _, _, bodylen, opaque, cas = _unpack_header(buf, pos)
             if magic != REQUEST:
                 # framing is lost: memcached closes without a word
                 log.info("closing a binary connection: bad magic byte 0x%02x", magic)
                 self.closing = True
-                return n
+                pos = n
+                break
             start = pos + HEADER_SIZE
             key_at = start + extlen
             value_at = key_at + keylen
             if value_at > n:
-                return pos  # extras and key first, as memcached reads them
+                break  # extras and key first, as memcached reads them
+            if op in _QUIET_GETS and not extlen and bodylen == keylen and 0 < keylen <= MAX_KEY and self._authed:
+                gets.append((op, opaque, buf[key_at:value_at]))
+                pos = value_at
+                continue
+            if gets:
+                self._quiet_gets(gets, out)
+                gets = []
             if keylen + extlen > bodylen:
                 self._close_with(out, error(op, UNKNOWN_COMMAND, opaque))
                 return n
@@ -591,6 +606,8 @@ class BinarySession(Session):
             pos = end if end <= n else self._skip(end, n)
             if reply is not None:
                 out.append(reply)
+        if gets:
+            self._quiet_gets(gets, out)
         if pos < n and buf[pos] != REQUEST and not self.closing:
             # not even a whole header, but already not a request: close now
             # (memcached waits for 24 bytes first) rather than at the read timeout
@@ -598,3 +615,22 @@ class BinarySession(Session):
             self.closing = True
             return n
         return pos
+
+    def _quiet_gets(self, gets: list[tuple[int, int, bytes]], out: list[bytes]) -> None:
+        """Answer the hits among quiet gets ``(opcode, opaque, key)``, in order."""
+        try:
+            found = self.store.read_many([key for _, _, key in gets])
+        except Exception:
+            log.exception("binary quiet gets failed")
+            out.extend(error(op, ENOMEM, opaque, _INTERNAL) for op, opaque, _ in gets)
+            return
+        add = out.append
+        for (op, opaque, key), item in zip(gets, found, strict=True):
+            if item is None:
+                continue  # a quiet get keeps its miss to itself
+            flags, cas, data = item
+            if op == GETQ:
+                add(_GET_REPLY(RESPONSE, op, 0, 4, 0, 0, 4 + len(data), opaque, cas, flags) + data)
+            else:
+                k = len(key)
+                add(_GET_REPLY(RESPONSE, op, k, 4, 0, 0, 4 + k + len(data), opaque, cas, flags) + key + data)

@@ -210,6 +210,31 @@ def test_quiet_gets_answer_only_hits_and_noop_ends_the_batch(session: BinarySess
     ]
 
 
+def test_quiet_gets_answered_together_keep_their_order() -> None:
+    now = [1_000_000.0]
+    store = Store(None, clock=lambda: now[0])
+    session = BinarySession(store)
+    session.feed(setp(b"a", b"1") + setp(b"b", b"2") + setp(b"old", b"x", exptime=10))
+    now[0] += 20  # "old" has expired
+    stream = (
+        request(GETKQ, b"a", opaque=1)
+        + request(GETQ, b"old", opaque=2)
+        + setp(b"a", b"again", op=ADDQ, opaque=3)  # an error between two runs of quiet gets
+        + request(GETQ, b"b", opaque=4)
+        + request(GETKQ, b"nope", opaque=5)
+        + request(GET, b"b", opaque=6)
+    )
+    replies = parse(session.feed(stream))
+    assert [(p.opaque, p.status, p.key, p.value) for p in replies] == [
+        (1, SUCCESS, b"a", b"1"),
+        (3, KEY_EEXISTS, b"", b"Data exists for key."),
+        (4, SUCCESS, b"", b"2"),
+        (6, SUCCESS, b"", b"2"),
+    ]
+    stats = store.stats()
+    assert (stats["cmd_get"], stats["get_hits"], stats["get_misses"], stats["get_expired"]) == (5, 3, 2, 1)
+
+
 def test_add_replace_and_their_statuses(session: BinarySession) -> None:
     first = one(session.feed(setp(b"k", b"a", op=ADD)))
     assert (first.status, first.cas) == (SUCCESS, 1)
@@ -493,16 +518,19 @@ def test_a_counter_cannot_be_created_when_memory_is_full() -> None:
     assert reply == Packet(0x81, INCREMENT, 0, ENOMEM, 0, 0, b"", b"", b"Out of memory allocating new item")
 
 
-def test_an_unexpected_failure_is_answered_and_logged(session: BinarySession, monkeypatch, caplog) -> None:
-    def broken(key: bytes) -> None:
+@pytest.mark.parametrize("method, opcode", [("read", GET), ("read_many", GETKQ)])
+def test_an_unexpected_failure_is_answered_and_logged(
+    session: BinarySession, monkeypatch, caplog, method: str, opcode: int
+) -> None:
+    def broken(*args: object) -> None:
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(session.store, "read", broken)
+    monkeypatch.setattr(session.store, method, broken)
     with caplog.at_level(logging.ERROR, logger="memcachedlite.binary"):
-        replies = parse(session.feed(request(GET, b"k", opaque=4) + request(NOOP)))
-    assert replies[0] == Packet(0x81, GET, 0, ENOMEM, 4, 0, b"", b"", b"internal error")
+        replies = parse(session.feed(request(opcode, b"k", opaque=4) + request(NOOP)))
+    assert replies[0] == Packet(0x81, opcode, 0, ENOMEM, 4, 0, b"", b"", b"internal error")
     assert replies[1].opcode == NOOP and not session.closing
-    assert "binary opcode 0x00 failed" in caplog.text and "RuntimeError: bug" in caplog.text
+    assert "RuntimeError: bug" in caplog.text
 
 
 def test_failed_reply_of_an_empty_reply_is_empty(session: BinarySession) -> None:

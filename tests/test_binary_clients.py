@@ -228,3 +228,100 @@ def test_pylibmc_sasl_login(spawn, tmp_path: Path) -> None:
     finally:
         for c in (good, bad, anonymous):
             c.disconnect_all()
+
+
+# -- the ecosystems that speak binary by default: Dalli (Rails) and PHP's sessions -------------
+
+DALLI_SCRIPT = """
+require "dalli"
+port, user, password = ARGV
+options = {socket_timeout: 5, socket_failure_delay: false}
+options.update(username: user, password: password) if user
+dc = Dalli::Client.new("127.0.0.1:#{port}", options)
+dc.set("greeting", "hello", 0, raw: true)
+puts dc.get("greeting")
+dc.set("obj", {"a" => [1, 2]})
+p dc.get("obj")
+p dc.get_multi("greeting", "obj", "missing").keys.sort
+p dc.incr("n", 5, 0, 10), dc.incr("n", 5), dc.decr("n", 100), dc.incr("absent", 1)
+p dc.add("greeting", "x"), dc.add("fresh", "y") != false, dc.replace("nope", "x")
+p dc.append("greeting", "!"), dc.prepend("greeting", ">"), dc.get("greeting")
+p dc.cas("greeting") { |v| v + "?" } != false, dc.get("greeting")
+p dc.touch("greeting", 100), dc.touch("nope", 100), dc.delete("greeting"), dc.delete("greeting"), dc.get("greeting")
+p dc.stats.values.first.values_at("curr_items", "cmd_get", "get_hits", "get_misses", "cmd_set")
+"""
+
+
+def run_dalli(tmp_path: Path, port: int, *credentials: str) -> subprocess.CompletedProcess:
+    ruby = shutil.which("ruby")
+    assert ruby is not None, "ruby is not installed (apt-get install ruby ruby-dalli)"
+    script = tmp_path / "dalli_check.rb"
+    script.write_text(DALLI_SCRIPT)
+    return subprocess.run(
+        [ruby, str(script), str(port), *credentials],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+    )
+
+
+def test_dalli_answers_as_with_memcached(server: Running, memcached: int, tmp_path: Path) -> None:
+    """Dalli 3 (Rails' client; Debian's ruby-dalli) speaks binary only: the
+    same script prints the same against both servers."""
+    theirs = run_dalli(tmp_path, memcached)
+    ours = run_dalli(tmp_path, server.port)
+    assert theirs.returncode == 0, theirs.stderr
+    assert ours.returncode == 0, ours.stderr
+    assert ours.stdout == theirs.stdout
+    assert ours.stdout.startswith('hello\n{"a"=>[1, 2]}\n["greeting", "obj"]\n10\n15\n0\nnil\n')
+
+
+def test_dalli_sasl_login(start_server, tmp_path: Path) -> None:
+    auth = write_auth(tmp_path / "auth", "alice:secret\n")
+    server = start_server(server_options={"auth_file": auth})
+    ok = run_dalli(tmp_path, server.port, "alice", "secret")
+    assert ok.returncode == 0 and "\nhello\n" in ok.stdout, ok.stderr
+    assert "Dalli/SASL: Authenticated" in ok.stdout + ok.stderr  # Dalli logs to stdout
+    refused = run_dalli(tmp_path, server.port, "alice", "wrong")
+    assert refused.returncode != 0 and "hello" not in refused.stdout
+
+
+PHP_SCRIPT = """<?php
+session_id("binarysession1");
+if (!session_start()) { echo "session_start failed\\n"; exit(1); }
+$_SESSION["visits"] = ($_SESSION["visits"] ?? 0) + 1;
+session_write_close();
+printf("visits=%d binary=%s\\n", $_SESSION["visits"], ini_get("memcached.sess_binary_protocol"));
+$m = new Memcached();
+$m->setOption(Memcached::OPT_BINARY_PROTOCOL, true);
+$m->addServer("127.0.0.1", (int)$argv[1]);
+$m->set("php", "value", 100);
+printf("%s %s %d\\n", $m->get("php"), $m->getResultMessage(), $m->increment("php-counter", 2, 40));
+"""
+
+
+def test_php_session_handler_speaks_binary(server: Running, tmp_path: Path) -> None:
+    """PHP's memcached session handler has ``memcached.sess_binary_protocol``
+    on by default: session_start() must not stall."""
+    php = shutil.which("php")
+    assert php is not None, "php is not installed (apt-get install php-cli php-memcached)"
+    script = tmp_path / "session.php"
+    script.write_text(PHP_SCRIPT)
+    ini = ["-d", "session.save_handler=memcached", "-d", f"session.save_path=127.0.0.1:{server.port}"]
+    runs = [
+        subprocess.run(
+            [php, *ini, str(script), str(server.port)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT,
+        )
+        for _ in range(2)
+    ]
+    assert [r.returncode for r in runs] == [0, 0], runs[0].stdout + runs[0].stderr
+    assert [r.stdout for r in runs] == [
+        "visits=1 binary=1\nvalue SUCCESS 40\n",
+        "visits=2 binary=1\nvalue SUCCESS 42\n",
+    ]
+    assert any(key.startswith(b"memc.sess.") for key in server.store.keys())

@@ -162,7 +162,6 @@ class Op(NamedTuple):
     fits: Callable[[int, int, int], bool]
     #: whether the value is read (else it is skipped unread)
     value: bool = False
-    quiet: bool = False
 
 
 def _no_body(ext: int, key: int, body: int) -> bool:
@@ -405,7 +404,6 @@ def _sasl(s: BinarySession, op: int, opaque: int, cas: int, extras: bytes, key: 
 
 
 _GETS = Op(_get, _keyed)
-_GETS_QUIET = Op(_get, _keyed, quiet=True)
 _UPDATE = Op(_update, _storage, value=True)
 _CONCAT = Op(_concat, _concat_shape, value=True)
 _ARITH = Op(_arith, _arith_shape)
@@ -415,9 +413,9 @@ _DELETE = Op(_delete, _keyed)
 #: opcode -> row. VERBOSITY is missing on purpose: memcached 1.6.18 answers it UNKNOWN_COMMAND.
 TABLE: dict[int, Op] = {
     GET: _GETS,
-    GETQ: _GETS_QUIET,
+    GETQ: _GETS,
     GETK: _GETS,
-    GETKQ: _GETS_QUIET,
+    GETKQ: _GETS,
     SET: _UPDATE,
     SETQ: _UPDATE,
     ADD: _UPDATE,

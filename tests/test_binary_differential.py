@@ -16,9 +16,14 @@ in README.md.
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import struct
+import subprocess
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator, Union
 
 import pytest
@@ -62,7 +67,7 @@ from memcachedlite.binary import (
     VERSION,
     request,
 )
-from tests.conftest import Raw, running_memcached
+from tests.conftest import Raw, Running, free_port, running_memcached, wait_for_port
 from tests.test_binary import Packet, parse
 
 READ_TIMEOUT = 2.0
@@ -499,3 +504,79 @@ def test_counters_move_as_memcached_moves_them(server) -> None:
             counters.append({name: stats[name] for name in COUNTERS})
     assert counters[1] == counters[0]
     assert counters[0][b"cas_badval"] == b"2" and counters[0][b"incr_misses"] == b"1"  # the stream did move them
+
+
+# -- SASL, against memcached -S with a Cyrus sasldb -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sasl_memcached() -> Iterator[int]:
+    """memcached 1.6.18 with SASL on (``-S``), PLAIN only, user alice:secret in
+    a sasldb made by Cyrus's ``saslpasswd2`` (Debian: sasl2-bin)."""
+    saslpasswd2 = shutil.which("saslpasswd2") or "/usr/sbin/saslpasswd2"
+    assert os.path.exists(saslpasswd2), "saslpasswd2 is not installed (apt-get install sasl2-bin)"
+    # not under pytest's tmp_path: memcached reads these as nobody, and
+    # pytest's base directory is private to root
+    with tempfile.TemporaryDirectory(prefix="mcl-sasl-") as tmp:
+        yield from _sasl_memcached(saslpasswd2, Path(tmp))
+
+
+def _sasl_memcached(saslpasswd2: str, root: Path) -> Iterator[int]:
+    db = root / "sasldb2"
+    (root / "memcached.conf").write_text(f"mech_list: plain\nsasldb_path: {db}\n")
+    subprocess.run([saslpasswd2, "-p", "-a", "memcached", "-c", "-f", str(db), "alice"], input=b"secret", check=True)
+    db.chmod(0o644)  # memcached runs as nobody
+    root.chmod(0o755)
+    binary = shutil.which("memcached") or "/usr/bin/memcached"
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "-S", "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-t", "2", "-u", "nobody"],
+        env=dict(os.environ, SASL_CONF_PATH=str(root)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture
+def sasl_server(start_server, tmp_path: Path) -> Running:
+    auth = tmp_path / "auth"
+    auth.write_text("alice:secret\n")
+    auth.chmod(0o600)
+    return start_server(server_options={"auth_file": auth})
+
+
+GOOD = b"\0alice\0secret"
+SASL_SCENARIOS = [
+    S("list-mechs", [Req(SASL_LIST_MECHS, opaque=1)]),
+    S("plain", [Req(SASL_AUTH, b"PLAIN", GOOD, opaque=2)], [put(b"k", b"v")], [Req(GET, b"k")]),
+    S("wrong-password", [Req(SASL_AUTH, b"PLAIN", b"\0alice\0nope")], [Req(GET, b"k")]),
+    S("unknown-user", [Req(SASL_AUTH, b"PLAIN", b"\0mallory\0secret")]),
+    S("continue-then-step", [Req(SASL_AUTH, b"PLAIN")], [Req(SASL_STEP, b"PLAIN", GOOD)], [Req(GET, b"k")]),
+    S("step-without-auth", [Req(SASL_STEP, b"PLAIN", GOOD)]),
+    S("unknown-mechanism", [Req(SASL_AUTH, b"CRAM-MD5", b"x")]),
+    S("failed-retry-drops-the-login", [Req(SASL_AUTH, b"PLAIN", GOOD)], [Req(SASL_AUTH, b"PLAIN", b"\0alice\0x")]),
+    S("version-before-login", [Req(VERSION)], [Req(SASL_AUTH, b"PLAIN", GOOD)]),
+    S("get-before-login", [Req(GET, b"k", opaque=9)]),
+    S("quiet-set-before-login", [put(b"k", b"v", op=SETQ, opaque=8)]),
+]
+
+
+def converse_unauthenticated(port: int, steps: tuple[Step, ...]) -> list[list[Any]]:
+    talk = BinaryConversation(port)
+    try:
+        return [talk.step(step) for step in steps]
+    finally:
+        talk.close()
+
+
+@pytest.mark.parametrize("steps", SASL_SCENARIOS)
+def test_sasl_same_replies_as_memcached(steps: tuple[Step, ...], sasl_memcached: int, sasl_server: Running) -> None:
+    theirs = converse_unauthenticated(sasl_memcached, steps)
+    ours = converse_unauthenticated(sasl_server.port, steps)
+    assert ours == theirs

@@ -67,7 +67,7 @@ from memcachedlite.binary import (
     VERSION,
     request,
 )
-from tests.conftest import Raw, Running, free_port, running_memcached, wait_for_port
+from tests.conftest import Raw, Running, running_memcached
 from tests.test_binary import Packet, parse
 
 READ_TIMEOUT = 2.0
@@ -527,20 +527,8 @@ def _sasl_memcached(saslpasswd2: str, root: Path) -> Iterator[int]:
     subprocess.run([saslpasswd2, "-p", "-a", "memcached", "-c", "-f", str(db), "alice"], input=b"secret", check=True)
     db.chmod(0o644)  # memcached runs as nobody
     root.chmod(0o755)
-    binary = shutil.which("memcached") or "/usr/bin/memcached"
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, "-S", "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-t", "2", "-u", "nobody"],
-        env=dict(os.environ, SASL_CONF_PATH=str(root)),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port)
+    with running_memcached("-S", env={"SASL_CONF_PATH": str(root)}) as port:
         yield port
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @pytest.fixture

@@ -390,6 +390,15 @@ _option = dict(show_default=True, show_envvar=True)
     **_option,
 )
 @click.option(
+    "--protocol",
+    "-B",
+    type=click.Choice(["auto", "ascii", "binary"]),
+    default="auto",
+    envvar="MCL_PROTOCOL",
+    help="Wire protocol (memcached's -B): 'auto' serves binary to connections whose first byte is 0x80.",
+    **_option,
+)
+@click.option(
     "--enable-shutdown",
     "-A",
     is_flag=True,

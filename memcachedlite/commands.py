@@ -526,9 +526,10 @@ def settings_stats(ctx: "Session") -> list[tuple[str, object]]:
         ("reqs_per_event", 20),
         ("cas_enabled", _yes(store.cas_enabled)),
         ("tcp_backlog", conn.get("backlog", 0)),
-        ("binding_protocol", "auto-negotiate"),
-        # memcached's names; auth_enabled_ascii is the auth file's path or "no"
-        ("auth_enabled_sasl", "no"),
+        ("binding_protocol", getattr(server, "protocol", "auto").replace("auto", "auto-negotiate")),  # -B
+        # memcached's names; binary connections log in with SASL PLAIN, text ones
+        # with memcached's set-based login (auth_enabled_ascii: the auth file's path or "no")
+        ("auth_enabled_sasl", "yes" if auth is not None else "no"),
         ("auth_enabled_ascii", auth.path if auth is not None else "no"),
         ("item_size_max", settings.max_item_size),
         ("maxconns_fast", "yes"),

@@ -123,6 +123,7 @@ def build_server(
     enable_shutdown: bool = False,
     disable_flush_all: bool = False,
     disable_cas: bool = False,
+    protocol: str = "auto",
 ) -> MemcacheServer:
     """A server listening on ``host:port`` (0: a free port), with its store
     open, ready for ``serve_forever()``.
@@ -170,6 +171,7 @@ def build_server(
             bind_and_activate=False,
             ssl_context=tls_context,
             auth_file=auth_file,
+            protocol=protocol,
         )
     except AuthFileError as exc:
         raise LaunchError(str(exc)) from None

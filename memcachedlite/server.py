@@ -15,6 +15,7 @@ import threading
 import time
 from typing import Any, Optional
 
+from .binary import REQUEST, BinarySession
 from .registry import Registry, default_registry
 from .security import AuthFile, PathLike, exposure_warning
 from .session import Session, Settings
@@ -157,6 +158,10 @@ class Reaper:
             self._wake_write.close()
 
 
+#: ``protocol=``: memcached's -B choices
+PROTOCOLS = ("auto", "ascii", "binary")
+
+
 class MemcacheHandler(socketserver.StreamRequestHandler):
     """Serves one client: read what has arrived, answer the complete commands
     in it with one write, repeat until the client leaves or the server stops."""
@@ -167,14 +172,7 @@ class MemcacheHandler(socketserver.StreamRequestHandler):
     def setup(self) -> None:
         super().setup()
         server = self.server
-        self.session = Session(
-            server.store,
-            server.settings,
-            server.registry,
-            server=server,
-            stop=server.stopping,
-            auth=server.auth,
-        )
+        self.session = self._new_session(BinarySession if server.protocol == "binary" else Session)
         self.bytes_read = self.bytes_written = 0  # this thread's own, summed by the server
         server._register(self)
         log.debug("connection from %s:%d", *self.client_address[:2])
@@ -190,6 +188,16 @@ class MemcacheHandler(socketserver.StreamRequestHandler):
         receive = connection.recv_into
         send = connection.sendall
         feed = session.feed
+        if server.protocol != "binary":
+
+            def first_feed(data: memoryview) -> bytes:
+                """The first bytes received pick the protocol for the connection's
+                whole life; later receives go straight to the session's feed."""
+                nonlocal session, feed
+                session, feed = self._choose_protocol(data)
+                return feed(data)
+
+            feed = first_feed
         stopping = server.stopping.is_set
         idle_timeout = server.idle_timeout or None
         read_timeout = server.read_timeout or None
@@ -234,6 +242,27 @@ class MemcacheHandler(socketserver.StreamRequestHandler):
             if session.closing:
                 break
 
+    def _new_session(self, kind: type[Session]) -> Session:
+        server = self.server
+        return kind(
+            server.store, server.settings, server.registry, server=server, stop=server.stopping, auth=server.auth
+        )
+
+    def _choose_protocol(self, data: memoryview) -> tuple[Session, Any]:
+        """memcached's negotiation: a first byte of 0x80 means the binary
+        protocol, anything else the text one. Under ``protocol="ascii"`` a
+        binary client is closed at once rather than left waiting for a reply."""
+        session = self.session
+        if data[0] == REQUEST:
+            if self.server.protocol == "ascii":
+                log.info("closing %s:%d: binary protocol request, but only ascii is served", *self.client_address[:2])
+                session.close()
+                return session, _nothing
+            sender = session.sender
+            session = self.session = self._new_session(BinarySession)
+            session.sender = sender  # fsync=always: its replies may leave from the committer too
+        return session, session.feed
+
     def _handshake(self) -> bool:
         """The TLS handshake, on this worker thread and bounded by the read
         timeout, so a slow or plain-text client never holds up the accept loop."""
@@ -257,6 +286,10 @@ class MemcacheHandler(socketserver.StreamRequestHandler):
             pass
         self.server._unregister(self)
         log.debug("connection from %s:%d closed", *self.client_address[:2])
+
+
+def _nothing(data: memoryview) -> bytes:
+    return b""
 
 
 def _worker_stack_size() -> None:
@@ -299,7 +332,12 @@ class MemcacheServer(socketserver.ThreadingTCPServer):
         bind_and_activate: bool = True,
         ssl_context: ssl.SSLContext | None = None,
         auth_file: PathLike | None = None,
+        protocol: str = "auto",
     ) -> None:
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}")
+        #: "auto" (a first byte of 0x80 means binary), "ascii" or "binary" (memcached's -B)
+        self.protocol = protocol
         self.store = store
         self.settings = settings or Settings()
         self.registry = registry or default_registry

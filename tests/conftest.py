@@ -228,14 +228,15 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
 
 
 @contextlib.contextmanager
-def running_memcached(*extra: str) -> Iterator[int]:
+def running_memcached(*extra: str, env: Optional[dict] = None) -> Iterator[int]:
     """The real memcached on a free port of 127.0.0.1, with ``extra`` options
-    (``-A``, ``-F``, ``-C``...). Missing binary fails, not skips."""
+    and ``env`` added to the environment. Missing binary fails, not skips."""
     binary = shutil.which("memcached") or "/usr/bin/memcached"
     assert os.path.exists(binary), "memcached is not installed (apt-get install memcached)"
     port = free_port()
     proc = subprocess.Popen(
         [binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "64", "-t", "2", "-u", "nobody", *extra],
+        env=dict(os.environ, **(env or {})),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

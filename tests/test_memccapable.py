@@ -1,8 +1,7 @@
 """libmemcached's protocol checker, ``memccapable``, run against memcachedlite.
 
-Only the ASCII tests are run (``-a``): memcachedlite speaks memcached's text
-protocol, not the binary one (deprecated in memcached itself), so every
-``binary ...`` test of memccapable would fail on a timeout.
+The ASCII tests are run here (``-a``); its binary tests (``-b``) are run in
+``tests/test_binary_clients.py`` with the other binary-protocol clients.
 
 memccapable 1.1.x reads the server's ``version`` reply: for a server that
 says 1.6 or later it expects ``version foo bar`` and ``version noreply`` to

@@ -140,15 +140,21 @@ class Committer:
                     break
                 behind = any(w.lsn > log.synced_lsn for w in self._queue)
             error: Optional[LogWriteError] = None
-            if behind:
-                try:
-                    log.sync()
-                except LogWriteError as exc:
-                    error = exc
-                    self._on_failure(exc.message)
-                else:
-                    self._on_synced()
-            self._release(error)
+            try:
+                if behind:
+                    try:
+                        log.sync()
+                    except LogWriteError as exc:
+                        error = exc
+                        self._on_failure(exc.message)
+                    else:
+                        self._on_synced()
+                self._release(error)
+            except Exception:  # a bug: never leave the waiting replies hanging
+                logger.exception("the group commit failed")
+                error = LogWriteError("internal error")
+                self._on_failure(error.message)
+                self._release(error)
         self._release(LogWriteError("server is stopping"))
 
     def _release(self, error: Optional[LogWriteError]) -> None:

@@ -1,41 +1,80 @@
-"""memcachedlite against the real memcached, side by side, on this machine.
+"""memcachedlite against the real memcached and Redis, side by side, on this machine.
 
-    python benchmarks/run.py [--quick] [--json out.json] [--png chart.png]
+    python benchmarks/run.py [--quick] [--only W7,W8] [--json out.json] [--png chart.png]
 
-Starts memcached (``memcached -l 127.0.0.1 -p <free port> -U 0 -t 1``) and
+Starts memcached (``memcached -l 127.0.0.1 -p <free port> -U 0 -t 1``),
 memcachedlite (``python -m memcachedlite serve --cpu N`` from this checkout,
-with a data file in a temporary directory) on free ports of 127.0.0.1, one at
-a time and fresh for every measurement, and runs the same workloads against each,
-alternating the order round by round (A B, B A, A B). It prints a table of
-medians with [min-max] and the ratio memcachedlite/memcached, and checks the
-targets of the performance issue.
+with a data file in a temporary directory) and, where Redis is the reference,
+Redis (``redis-server --appendonly yes``, automatic rewrites and RDB saves
+off) on free ports of 127.0.0.1, one at a time and fresh for every
+measurement, and runs the same workloads against each, alternating the order
+round by round. It prints a table of medians with [min-max], the ratios
+memcachedlite/memcached and memcachedlite/Redis, and checks the targets of
+the performance issues.
 
-Workloads (load from memcachedlite.loadgen, which checks every reply):
+Server CPU per operation, for every workload and server: the server
+process's user + system CPU time (``/proc/<pid>/stat``, which sums all its
+threads) read as the measured window opens and once its last reply is in,
+divided by the operations of that window. The efficiency column is the other
+server's CPU per operation over memcachedlite's (higher is better): unlike a
+throughput ratio it holds whether or not the client keeps up, and it survives
+other programs sharing the machine far better than wall-clock rates do.
+
+The client-bound rule: a run whose load generator used >= 90% of its CPUs
+(its processes' CPU time over the run's wall time, per client CPU) may have
+measured the client, not the server. A throughput row with such a run (any
+server) shows "client-bound" instead of a ratio, and its target is judged on
+the efficiency instead. The "client CPU %" column gives the medians
+(memcachedlite/memcached/Redis).
+
+Workloads (load from memcachedlite.loadgen, which checks every reply, unless
+said otherwise):
 
   W1  1 connection, get, request/response: ops/s and p50/p99 latency
   W2  50 connections, 90% get / 10% set, 100-byte values
+  B2  W2's mix over memcached's binary protocol (the project's load generator);
+      memcachedlite's cell says "not supported by this build" when it does
+      not answer a binary VERSION request
+  M2  memcslap (libmemcached-tools, C), get and set with 50 threads; from its
+      two runs, the server CPU per operation of W2's 90/10 mix (cross-check)
+  MB  memcslap --binary, get and set with 50 threads (probed like B2)
   W3  get of 100 keys per request, 4 connections: keys/s
   W4  4 connections, set of 1 KiB values, request/response (fsync everysec)
-  W5  memory: growth of the server's RSS after storing 200,000 100-byte items
+  W5  memory: RSS growth after storing N 100-byte items (--w5-items), and
+      per item; memcached and Redis
   W6  pipelined sets, 100 per send, 4 connections (fsync everysec)
-  W7  --fsync always: 50 writers against 1 writer (group commit); memcached,
-      which has no fsync, runs the same load for reference
-  M2  memcslap (libmemcached-tools), a second, independent load generator:
-      get and set with 50 threads
+  X6  memcslap --noreply sets, 4 threads (C; cross-check of W6; memcslap's
+      own pipelining, --buffer, fails an assertion in libmemcached 1.1.4)
+  W7  durable writes, 100-byte sets, 1 and 50 request/response writers:
+      memcachedlite --fsync always against Redis appendfsync always (driven
+      by the same load generator speaking RESP); memcached, which has no
+      fsync, runs the same load for reference
+  W8  restart: N items (--w8-items, 1,000,000 by default) written by the
+      server itself through the protocol (100 sets a send), the server
+      stopped, then the time from starting it again to the first ``get`` of
+      the last key answered with its value, and items per second; Redis from
+      its AOF, then (for reference) from an RDB snapshot made with SAVE
 
-Options: ``--quick`` (1 round of short runs, under two minutes), ``--rounds``,
-``--duration``, ``--only W1,W3``, ``--json FILE`` (every run and the summary),
-``--png FILE`` (a chart; needs matplotlib: ``pip install '.[bench]'``),
-``--profile DIR`` (record memcachedlite with py-spy during each run and print
-its hot spots; numbers taken while profiling are slower), ``--no-pin`` (see
-"CPU placement" below). A full run takes about 7 minutes on 2 cores. Every process started is stopped at the end, on
-errors and on Ctrl-C too.
+After the table, W2 and W6 are compared with memcslap's figures (M2, X6),
+round by round: efficiency and throughput ratio, and whether they agree.
+
+Options: ``--quick`` (1 round of short runs, 100,000 items for W5 and W8:
+a few minutes), ``--rounds``, ``--duration``, ``--only W7,W8``, ``--json
+FILE`` (every run, the summary and the cross-checks), ``--png FILE`` (a
+chart; needs matplotlib: ``pip install '.[bench]'``), ``--w5-items``,
+``--w8-items``, ``--procs-per-cpu`` (load generator processes per client
+CPU for loads of several connections, default 2), ``--profile DIR`` (record
+memcachedlite with py-spy during each run and print its hot spots; numbers
+taken while profiling are slower), ``--no-pin`` (see "CPU placement"
+below). Every process started is stopped at the end, on errors and on
+Ctrl-C too.
 
 CPU placement (the same budget for both servers): with two or more CPUs
 allowed, the last one is the server's and the others are the clients'.
 memcachedlite runs with ``--cpu N`` on it; memcached runs with one worker
 thread (``-t 1``) and is pinned to the same CPU, all its threads included
-(``sched_setaffinity`` before it starts): each server gets exactly one core.
+(``sched_setaffinity`` before it starts), and so is Redis: each server gets
+exactly one core.
 The load generator's worker processes (``LoadConfig.cpus``), memcslap and
 this script keep to the other CPUs, so the load never takes CPU time from the
 server it measures. Without that, the OS placed one of the load generator's
@@ -46,12 +85,10 @@ pinned but memcachedlite's own ``--cpu auto``; memcached with ``-t 2``). With
 a single CPU allowed nothing can be kept apart: nothing is pinned, and
 memcached still runs with ``-t 1``.
 
-The load generator shares the machine with the server: on 2 cores a Python
-client on one core can be the limit for memcached, which flatters the ratios;
-memcslap's rows are a check on that. After the table, runs are listed where
-the load generator used >= 90% of its CPUs ("client-bound") or where other
-programs took >= 10% of the server's CPU ("disturbed", from /proc/stat; only
-when pinned); the JSON has both figures for every run.
+After the table, runs are listed where the load generator used >= 90% of
+its CPUs ("client-bound") or where other programs took >= 10% of the
+server's CPU ("disturbed", from /proc/stat; only when pinned); the JSON has
+both figures for every run.
 """
 
 from __future__ import annotations

@@ -1344,6 +1344,10 @@ def machine() -> dict[str, Any]:
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         binary = shutil.which("memcached") or "memcached"
         info["memcached"] = subprocess.run([binary, "-V"], capture_output=True, text=True, timeout=10).stdout.strip()
+    with contextlib.suppress(OSError, subprocess.SubprocessError, IndexError):
+        binary = shutil.which("redis-server") or "redis-server"
+        version = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout.split()
+        info["redis"] = "Redis " + version[2].removeprefix("v=")
     return info
 
 
@@ -1394,7 +1398,13 @@ def draw_chart(rows: list[dict[str, Any]], path: Path, title: str) -> None:
         and r["workload"] not in ("W7", "W8")
         and r["metric"] != "bytes/item"
     ]
-    right = [r for r in rows if r["ratio_redis"] is not None or r["ratio_redis_client_bound"] is not None]
+    right = [
+        r
+        for r in rows
+        if (r["ratio_redis"] is not None or r["ratio_redis_client_bound"] is not None)
+        and "CPU" not in r["metric"]
+        and r["metric"] not in ("bytes/item", "restart s")
+    ]
     height = 0.42 * max(len(left), 2 * len(right)) + 2
     fig, axes = plt.subplots(1, 2, figsize=(13, height), gridspec_kw={"width_ratios": [3, 2]}, squeeze=False)
     bars(axes[0][0], left, "ratio", "efficiency", MEMCACHED)
@@ -1562,7 +1572,7 @@ def main(argv: list[str] | None = None) -> int:
         draw_chart(
             rows,
             args.png,
-            f"memcachedlite vs {info.get('memcached', 'memcached')} — {date[:10]}, "
+            f"memcachedlite vs {info.get('memcached', 'memcached')} and {info.get('redis', 'Redis')} — {date[:10]}, "
             f"{info.get('cpus')} cores, medians of {settings.rounds}",
         )
         log(f"chart written to {args.png}")

@@ -1100,9 +1100,9 @@ def build_rows(measures: list[Measure]) -> list[dict[str, Any]]:
     ``ratio`` is memcachedlite's median over memcached's, ``ratio_redis`` over
     Redis's. ``efficiency`` (and ``efficiency_redis``) is the other server's
     CPU per operation over memcachedlite's, from the same load. A throughput
-    row whose runs include a client-bound one (any server) shows no ratio:
-    it is kept as ``ratio_client_bound``, and its target is judged on the
-    efficiency instead.
+    ratio one of whose two servers had a client-bound run shows no value: it
+    is kept as ``ratio_client_bound`` (``ratio_redis_client_bound``), and a
+    target on it is judged on the efficiency instead.
     """
     rows = []
     titles = {w.id: w.title for w in WORKLOADS}
@@ -1111,7 +1111,7 @@ def build_rows(measures: list[Measure]) -> list[dict[str, Any]]:
         errors = {}
         cpu: dict[str, float | None] = {}
         client: dict[str, float | None] = {}
-        bound = False
+        bound: dict[str, bool] = {}
         for name in ALL_SERVERS:
             runs = [m for m in measures if m.workload == row.workload and m.server == name]
             per[name] = summarize([m.metrics[row.metric] for m in runs if row.metric in m.metrics])
@@ -1123,21 +1123,22 @@ def build_rows(measures: list[Measure]) -> list[dict[str, Any]]:
             client[name] = summarize([m.metrics[k] for m in runs if (k := f"client CPU %{row.tag}") in m.metrics])[
                 "median"
             ]
-            bound = bound or any(row.tag in m.client_bound for m in runs)
+            bound[name] = any(row.tag in m.client_bound for m in runs)
         if all(per[name]["median"] is None for name in ALL_SERVERS):
             continue
         r = ratio(per[LITE]["median"], per[MEMCACHED]["median"])
         r_redis = ratio(per[LITE]["median"], per[REDIS]["median"])
         efficiency = ratio(cpu[MEMCACHED], cpu[LITE])
         efficiency_redis = ratio(cpu[REDIS], cpu[LITE])
-        withheld = row.throughput and bound
+        withheld = row.throughput and (bound[LITE] or bound[MEMCACHED])
+        withheld_redis = row.throughput and (bound[LITE] or bound[REDIS])
         met = None
         judged_on = "ratio"
         if row.target is not None:
             against = r_redis if row.vs == REDIS else r
             if row.own_target:
                 value, judged_on = per[LITE]["median"], "memcachedlite"
-            elif withheld:
+            elif withheld_redis if row.vs == REDIS else withheld:
                 value, judged_on = (efficiency_redis if row.vs == REDIS else efficiency), "efficiency"
             else:
                 value = against
@@ -1153,10 +1154,10 @@ def build_rows(measures: list[Measure]) -> list[dict[str, Any]]:
                 MEMCACHED: per[MEMCACHED],
                 REDIS: per[REDIS],
                 "ratio": None if withheld else r,
-                "ratio_redis": None if withheld else r_redis,
+                "ratio_redis": None if withheld_redis else r_redis,
                 "ratio_client_bound": r if withheld else None,
-                "ratio_redis_client_bound": r_redis if withheld else None,
-                "client_bound": bound,
+                "ratio_redis_client_bound": r_redis if withheld_redis else None,
+                "client_bound": withheld or withheld_redis,
                 "efficiency": efficiency,
                 "efficiency_redis": efficiency_redis,
                 "server_cpu_us_per_op": cpu,

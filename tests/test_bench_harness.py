@@ -291,6 +291,17 @@ def test_a_client_bound_run_has_no_throughput_ratio(runner_module) -> None:
     assert rows["W2", "server CPU us/op"]["ratio"] == pytest.approx(2.5)  # not a throughput: kept
     table = run.format_table(list(rows.values()))
     assert "client-bound" in table and "50/95/-" in table and ">=0.5 (efficiency) MISSED" in table
+    # W7 against Redis: memcached's reference run being client-bound takes no ratio against Redis away
+    bound = run.Measure("W7", run.MEMCACHED, 1, {"50 writers ops/s": 9e4, "server CPU us/op (50 writers)": 5.0})
+    bound.client_bound.append(" (50 writers)")
+    w7 = [
+        bound,
+        run.Measure("W7", run.LITE, 1, {"50 writers ops/s": 9e3, "server CPU us/op (50 writers)": 40.0}),
+        run.Measure("W7", run.REDIS, 1, {"50 writers ops/s": 1.5e4, "server CPU us/op (50 writers)": 10.0}),
+    ]
+    row = {r["metric"]: r for r in run.build_rows(w7)}["50 writers ops/s"]
+    assert row["ratio"] is None and row["ratio_client_bound"] == pytest.approx(0.1)
+    assert row["ratio_redis"] == pytest.approx(0.6) and row["target_on"] == "ratio" and row["met"] is True
 
 
 def test_cross_checks_agree_within_the_spread_or_say_not(runner_module) -> None:

@@ -608,12 +608,34 @@ def client_cpu_count(settings: Settings) -> int:
     return len(settings.client_cpus) if settings.client_cpus else os.cpu_count() or 1
 
 
-def note_client(m: Measure, tag: str, share: float) -> None:
-    """Record the client's CPU share of a load, and flag the run when it is client-bound."""
+def client_busy_seconds(settings: Settings) -> float | None:
+    """Seconds the load's CPUs have spent running anything (None when the load is not pinned)."""
+    if not settings.client_cpus:
+        return None
+    try:
+        return sum(cpu_busy_seconds(cpu) for cpu in settings.client_cpus)
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def note_client(m: Measure, tag: str, share: float, busy: float | None = None) -> None:
+    """Record the client's CPU share of a load, and flag the run when it is client-bound.
+
+    ``busy`` is how busy the client's CPUs were with anything (this client and
+    every other program): when other programs fill them, the load generator
+    cannot get more CPU either, so the client side is the limit all the same.
+    """
     m.metrics[f"client CPU %{tag}"] = round(100 * share, 1)
+    if busy is not None:
+        m.metrics[f"client CPUs busy %{tag}"] = round(100 * busy, 1)
     if is_client_bound(share):
         m.client_bound.append(tag)
         m.warnings.append(f"client-bound{tag} ({100 * share:.0f}% of its CPUs)")
+    elif busy is not None and is_client_bound(busy):
+        m.client_bound.append(tag)
+        m.warnings.append(
+            f"client-bound{tag} (its CPUs {100 * busy:.0f}% busy, {100 * share:.0f}% of them the load generator)"
+        )
 
 
 def load(server: Server, settings: Settings, m: Measure, tag: str = "", **options: Any) -> loadgen.BenchResult:
@@ -635,6 +657,10 @@ def load(server: Server, settings: Settings, m: Measure, tag: str = "", **option
     marks: dict[str, float] = {}
 
     def window(event: str) -> None:
+        marks[f"{event} at"] = time.monotonic()
+        busy = client_busy_seconds(settings)
+        if busy is not None:
+            marks[f"{event} busy"] = busy
         with contextlib.suppress(OSError):
             marks[event] = cpu_seconds(server.pid)
 
@@ -655,8 +681,17 @@ def load(server: Server, settings: Settings, m: Measure, tag: str = "", **option
         others_on_server_cpu_percent=others,
         client_share_of_its_cpus=round(share, 2),
     )
+    busy = None
+    if "start busy" in marks and "end busy" in marks and marks["end at"] > marks["start at"]:
+        busy = (marks["end busy"] - marks["start busy"]) / (marks["end at"] - marks["start at"])
+        busy /= client_cpu_count(settings)
     if config.duration > 0:
-        note_client(m, tag, share)
+        note_client(m, tag, share, busy)
+        if result.ops:
+            seconds = config.warmup + result.elapsed
+            m.metrics[f"client CPU us/op{tag}"] = round(
+                result.client_cpu * 1e6 * result.elapsed / seconds / result.ops, 2
+            )
     if others is not None and others >= DISTURBED:
         m.warnings.append(f"disturbed{tag} (other programs took {others:.0f}% of the server's CPU)")
     per_op = cpu_per_op_us(marks.get("start", 0.0), marks.get("end", -1.0), result.ops)
@@ -856,6 +891,7 @@ def c_client(server: Server, s: Settings, m: Measure, cmd: list[str], tag: str) 
     gets, sets = served_ops(server)
     cpu = cpu_seconds(server.pid)
     client = children_cpu()
+    busy = client_busy_seconds(s)
     started = time.monotonic()
     # the C client runs where this script runs: on the load's CPUs (see place())
     try:
@@ -871,7 +907,9 @@ def c_client(server: Server, s: Settings, m: Measure, cmd: list[str], tag: str) 
     per_op = cpu_per_op_us(0.0, cpu, gets + sets)
     if per_op is not None:
         m.metrics[f"server CPU us/op{tag}"] = per_op
-    note_client(m, tag, client_share(children_cpu() - client, wall, client_cpu_count(s)))
+    now_busy = client_busy_seconds(s)
+    busy_share = None if busy is None or now_busy is None else (now_busy - busy) / wall / client_cpu_count(s)
+    note_client(m, tag, client_share(children_cpu() - client, wall, client_cpu_count(s)), busy_share)
     m.notes[f"{cmd[0]}{tag}"] = {
         "command": " ".join(cmd),
         "gets": gets,

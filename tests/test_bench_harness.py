@@ -230,6 +230,11 @@ def test_cpu_per_op_client_share_and_the_client_bound_rule(runner_module) -> Non
     run.note_client(m, " (1 writer)", 0.2)
     assert m.client_bound == [" (50 writers)"] and m.metrics["client CPU % (1 writer)"] == 20.0
     assert m.warnings == ["client-bound (50 writers) (95% of its CPUs)"]
+    other = run.Measure("W2", run.MEMCACHED, 1)
+    run.note_client(other, "", 0.7, busy=0.97)  # other programs filled the rest of the client's CPU
+    run.note_client(other, " (set)", 0.5, busy=0.6)
+    assert other.client_bound == [""] and other.metrics["client CPUs busy %"] == 97.0
+    assert "its CPUs 97% busy, 70% of them the load generator" in other.warnings[0]
 
 
 def test_w2_mix_from_memcslaps_two_runs(runner_module) -> None:

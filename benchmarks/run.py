@@ -63,7 +63,7 @@ a few minutes), ``--rounds``, ``--duration``, ``--only W7,W8``, ``--json
 FILE`` (every run, the summary and the cross-checks), ``--png FILE`` (a
 chart; needs matplotlib: ``pip install '.[bench]'``), ``--w5-items``,
 ``--w8-items``, ``--procs-per-cpu`` (load generator processes per client
-CPU for loads of several connections, default 1), ``--profile DIR`` (record
+CPU for loads of several connections, default 2), ``--profile DIR`` (record
 memcachedlite with py-spy during each run and print its hot spots; numbers
 taken while profiling are slower), ``--no-pin`` (see "CPU placement"
 below). Every process started is stopped at the end, on errors and on
@@ -137,9 +137,12 @@ class Settings:
     w5_items: int = 200_000
     w8_items: int = 1_000_000
     memcslap_ops: int = 1000  # per thread; 50 threads
-    #: Load generator processes per client CPU. One is cheapest: a second one on the same core
-    #: doubled the client's CPU per W2 request (8-10 against 14-16 us against memcached).
-    procs_per_cpu: int = 1
+    #: Load generator processes per client CPU. Two, though one is cheaper for the client (8-10
+    #: against 14-16 us per W2 request against memcached): one process that runs ahead of a slow
+    #: server delivers its requests in batches, which lowers that server's CPU per request
+    #: (memcachedlite's W2 efficiency read 0.70 with one, 0.40-0.47 with two, 0.34-0.41 from memcslap's
+    #: 50 independent threads); two keep the arrivals closer to independent clients'.
+    procs_per_cpu: int = 2
     only: set | None = None
     profile_dir: Path | None = None
     #: Keep servers and load apart (see "CPU placement" in the module docstring).
@@ -1499,7 +1502,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     parser.add_argument("--w5-items", type=int, help="items stored by W5 (default 200000; --quick 100000)")
     parser.add_argument("--w8-items", type=int, help="items W8 restarts on (default 1000000; --quick 100000)")
     parser.add_argument(
-        "--procs-per-cpu", type=int, help="load generator processes per client CPU where a load has several (default 1)"
+        "--procs-per-cpu", type=int, help="load generator processes per client CPU where a load has several (default 2)"
     )
     parser.add_argument("--memcslap-ops", type=int, help="memcslap operations per thread (default 1000)")
     parser.add_argument("--json", type=Path, help="write every run and the summary to this file")

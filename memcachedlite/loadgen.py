@@ -51,13 +51,29 @@ import random
 import selectors
 import signal
 import socket
+import struct
 import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-__all__ = ["BenchResult", "ConnectFailed", "LatencyHistogram", "LoadConfig", "LoadError", "percentile_names", "run"]
+__all__ = [
+    "PROTOCOLS",
+    "BenchResult",
+    "ConnectFailed",
+    "LatencyHistogram",
+    "LoadConfig",
+    "LoadError",
+    "binary_probe",
+    "binary_request",
+    "binary_set",
+    "check_binary_reply",
+    "check_resp_reply",
+    "percentile_names",
+    "resp_command",
+    "run",
+]
 
 _STORED = b"STORED\r\n"
 _END = b"END\r\n"
@@ -79,6 +95,10 @@ class LoadError(RuntimeError):
 
 class ConnectFailed(LoadError):
     """The server could not be reached when the run began."""
+
+
+#: Wire protocols the load generator speaks.
+PROTOCOLS = ("text", "binary", "resp")
 
 
 @dataclass(frozen=True)
@@ -117,6 +137,9 @@ class LoadConfig:
     #: its core; None: wherever the OS puts them. Ignored for ``processes=0``
     #: and where the platform cannot pin.
     cpus: tuple[int, ...] | None = None
+    #: The wire protocol: memcached's ``text`` or ``binary`` protocol, or Redis's ``resp``
+    #: (GET and SET), so one generator drives memcached, memcachedlite and Redis alike.
+    protocol: str = "text"
 
     def __post_init__(self) -> None:
         checks = [
@@ -133,6 +156,8 @@ class LoadConfig:
             (self.connect_timeout > 0, "connect_timeout must be positive"),
             (0 < self.port < 65536, "port must be between 1 and 65535"),
             (self.cpus is None or len(self.cpus) > 0, "cpus must name at least one CPU"),
+            (self.protocol in PROTOCOLS, f"protocol must be one of {', '.join(PROTOCOLS)}"),
+            (self.multiget == 1 or self.protocol == "text", "multiget needs the text protocol"),
         ]
         for ok, message in checks:
             if not ok:
@@ -321,6 +346,119 @@ class BenchResult:
         }
 
 
+# -- other wire protocols: requests and reply checks --------------------------------
+
+#: memcached's binary protocol: a 24-byte header (magic, opcode, key length,
+#: extras length, data type, vbucket or status, total body length, opaque, cas).
+_BIN_HEADER = struct.Struct(">BBHBBHIIQ")
+_BIN_REQUEST = 0x80
+_BIN_RESPONSE = 0x81
+BIN_GET = 0x00
+BIN_SET = 0x01
+BIN_NOOP = 0x0A
+BIN_VERSION = 0x0B
+_BIN_NOT_FOUND = 0x0001
+#: A reply body longer than this is not one the load asked for (1 MiB items and some room).
+_BIN_MAX_BODY = 2 * 1024 * 1024
+
+#: Outcomes of a reply check: wait for more bytes, a wrong reply, the expected
+#: reply (a hit, or a stored set), a miss.
+_MORE = 0
+_DONE = 1
+_WRONG = -1
+_MISS = 2
+
+
+def binary_request(opcode: int, key: bytes = b"", value: bytes = b"", extras: bytes = b"", opaque: int = 0) -> bytes:
+    """One request of memcached's binary protocol (data type 0, vbucket 0, cas 0)."""
+    body = len(extras) + len(key) + len(value)
+    return _BIN_HEADER.pack(_BIN_REQUEST, opcode, len(key), len(extras), 0, 0, body, opaque, 0) + extras + key + value
+
+
+def binary_set(key: bytes, value: bytes, flags: int = 0, exptime: int = 0) -> bytes:
+    """A binary SET: 8 bytes of extras (flags, exptime) before the key and value."""
+    return binary_request(BIN_SET, key, value, struct.pack(">II", flags, exptime))
+
+
+def resp_command(*args: bytes) -> bytes:
+    """A Redis command as a RESP array of bulk strings, as redis-cli sends it."""
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+
+
+def check_binary_reply(buf: bytes, pos: int, expectation: tuple) -> tuple[int, int]:
+    """Check the binary reply at ``buf[pos:]`` against ``(is_get, opcode, body)``.
+
+    The header is checked field by field rather than compared whole because it
+    carries the item's cas, which only the server knows; the body (a get's
+    flags and value; nothing for a set) must be exactly ``body``. A get may
+    also be a miss (status 1). Returns the position after the reply and
+    ``_DONE``, ``_MISS``, ``_MORE`` (incomplete) or ``_WRONG``.
+    """
+    is_get, opcode, body = expectation
+    if len(buf) - pos < 24:
+        return pos, (_MORE if len(buf) == pos or buf[pos] == _BIN_RESPONSE else _WRONG)
+    magic, op, _key, _extras, _type, status, total, _opaque, _cas = _BIN_HEADER.unpack_from(buf, pos)
+    if magic != _BIN_RESPONSE or op != opcode or total > _BIN_MAX_BODY:
+        return pos, _WRONG
+    end = pos + 24 + total
+    if end > len(buf):
+        return pos, _MORE
+    if status == 0:
+        if total == len(body) and buf.startswith(body, pos + 24):
+            return end, _DONE
+        return pos, _WRONG
+    if status == _BIN_NOT_FOUND and is_get:
+        return end, _MISS
+    return pos, _WRONG
+
+
+def check_resp_reply(buf: bytes, pos: int, expectation: tuple) -> tuple[int, int]:
+    """Check the RESP reply at ``buf[pos:]`` against ``(is_get, reply, miss_reply)``.
+
+    Redis's replies to GET and SET hold nothing the server chooses, so both
+    outcomes are exact bytes. Returns like :func:`check_binary_reply`.
+    """
+    _is_get, reply, miss = expectation
+    if buf.startswith(reply, pos):
+        return pos + len(reply), _DONE
+    if miss is not None and buf.startswith(miss, pos):
+        return pos + len(miss), _MISS
+    rest = buf[pos:]
+    if reply.startswith(rest) or (miss is not None and miss.startswith(rest)):
+        return pos, _MORE
+    return pos, _WRONG
+
+
+def binary_probe(host: str, port: int, timeout: float = 2.0) -> str | None:
+    """The server's version if it answers a binary VERSION request, else None.
+
+    A server that does not speak the binary protocol may answer with a text
+    error, close the connection or wait for a line end that never comes: all
+    of them are "no" within ``timeout``.
+    """
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(binary_request(BIN_VERSION))
+            buf = b""
+            while True:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    return None
+                buf += chunk
+                if buf[0] != _BIN_RESPONSE:
+                    return None
+                if len(buf) < 24:
+                    continue
+                _m, op, _k, _e, _t, status, total, _o, _c = _BIN_HEADER.unpack_from(buf)
+                if op != BIN_VERSION or status != 0 or total > 4096:
+                    return None
+                if len(buf) >= 24 + total:
+                    return buf[24 : 24 + total].decode(errors="replace")
+    except OSError:
+        return None
+
+
 # -- one worker -------------------------------------------------------------------
 
 
@@ -332,10 +470,14 @@ class _Keyspace:
         self.size = config.value_size
         self.prefix = f"{config.key_prefix}{config.value_size}:".encode()
         self.filler = b"." * self.size
+        self.protocol = config.protocol
         # Cache the rendered bytes unless the key space is too big to keep twice.
         self.cached = self.count * (2 * self.size + 3 * len(self.prefix) + 100) <= 64 * 1024 * 1024
         self._sets: list = [None] * self.count if self.cached else []
         self._gets: list = [None] * self.count if self.cached else []
+        # (command, expectation, the reply if it is a hit, or None when not fixed)
+        self._get_entries: list = [None] * self.count if self.cached else []
+        self._set_entries: list = [None] * self.count if self.cached else []
 
     def key(self, i: int) -> bytes:
         return self.prefix + b"%d" % i
@@ -367,6 +509,41 @@ class _Keyspace:
         entry = self._gets[i]
         if entry is None:
             entry = self._gets[i] = self._render_get(i)
+        return entry
+
+    def _render_entry(self, i: int, get: bool) -> tuple:
+        if self.protocol == "text":
+            if get:
+                command, exp = self.get_one(i)
+                return command, exp, exp[2]
+            return self.set_command(i), _STORED, _STORED
+        key = self.key(i)
+        value = self.value(key)
+        if self.protocol == "binary":  # the cas in a reply's header varies: no fixed reply
+            if get:
+                return binary_request(BIN_GET, key), (True, BIN_GET, b"\0\0\0\0" + value), None
+            return binary_set(key, value), (False, BIN_SET, b""), None
+        if get:
+            hit = b"$%d\r\n%s\r\n" % (len(value), value)
+            return resp_command(b"GET", key), (True, hit, b"$-1\r\n"), hit
+        return resp_command(b"SET", key, value), (False, b"+OK\r\n", None), b"+OK\r\n"
+
+    def get_entry(self, i: int) -> tuple:
+        """(command, expectation, hit reply or None) for a get of key ``i``, in the configured protocol."""
+        if not self.cached:
+            return self._render_entry(i, True)
+        entry = self._get_entries[i]
+        if entry is None:
+            entry = self._get_entries[i] = self._render_entry(i, True)
+        return entry
+
+    def set_entry(self, i: int) -> tuple:
+        """(command, expectation, reply or None) for a set of key ``i``, in the configured protocol."""
+        if not self.cached:
+            return self._render_entry(i, False)
+        entry = self._set_entries[i]
+        if entry is None:
+            entry = self._set_entries[i] = self._render_entry(i, False)
         return entry
 
     def get_many(self, first: int, count: int) -> tuple:
@@ -414,11 +591,6 @@ class _Conn:
         self.tally = (0, 0, 0)  # the batch's gets, sets and keys
 
 
-_MORE = 0
-_DONE = 1
-_WRONG = -1
-
-
 class _Worker:
     """One process's connections and the loop that drives them."""
 
@@ -450,6 +622,12 @@ class _Worker:
         self.make_batch: Callable[[], tuple | None] = lambda: None
         self.prefilled = 0
         self.cpu = 0.0  # CPU seconds the measure phase took (warm-up included)
+        #: The reply check of a protocol read reply by reply (None: the text protocol's own loop).
+        self.check: Callable[[bytes, int, tuple], tuple[int, int]] | None = {
+            "text": None,
+            "binary": check_binary_reply,
+            "resp": check_resp_reply,
+        }[config.protocol]
 
     # -- connections --
 
@@ -552,6 +730,9 @@ class _Worker:
                 c.buf = buf
                 return
             c.full = None  # a miss, or an error: read it reply by reply
+        if self.check is not None:
+            self.receive_framed(c, buf, now)
+            return
         pending = c.pending
         pos = 0
         n = len(buf)
@@ -587,6 +768,41 @@ class _Worker:
             keys += len(exp[0])
             hits += c.hits
             c.j = c.hits = 0
+        self.settle(c, buf, pos, now, (done, sets, gets, keys, hits))
+
+    def receive_framed(self, c: _Conn, buf: bytes, now: int) -> None:
+        """Read replies of the binary protocol or RESP, one ``self.check`` each."""
+        check = self.check
+        assert check is not None
+        pending = c.pending
+        pos = 0
+        done = gets = hits = 0
+        while pending:
+            exp = pending[0]
+            end, outcome = check(buf, pos, exp)
+            if outcome == _MORE:
+                break
+            if outcome == _WRONG:
+                self.inflight -= done
+                self.broken(
+                    c,
+                    f"wrong {self.config.protocol} reply to a {'get' if exp[0] else 'set'}",
+                    repr(buf[pos : pos + 60]),
+                )
+                return
+            pos = end
+            pending.popleft()
+            done += 1
+            if exp[0]:
+                gets += 1
+                hits += outcome == _DONE
+        self.settle(c, buf, pos, now, (done, done - gets, gets, gets, hits))
+
+    def settle(self, c: _Conn, buf: bytes, pos: int, now: int, counts: tuple[int, int, int, int, int]) -> None:
+        """Count the replies read, keep what is left of ``buf``, and send the next batch once all came."""
+        done, sets, gets, keys, hits = counts
+        n = len(buf)
+        pending = c.pending
         self.inflight -= done
         if done and c.record:
             self.histogram.record(now - c.sent_at, done)
@@ -738,8 +954,10 @@ class _Worker:
             last = min(end, i + _PREFILL_BATCH)
             state["next"] = last
             count = last - i
-            commands = b"".join(ks.set_command(k) for k in range(i, last))
-            return commands, [_STORED] * count, _STORED * count, (0, count, 0)
+            entries = [ks.set_entry(k) for k in range(i, last)]
+            reply = entries[0][2]
+            commands = b"".join([e[0] for e in entries])
+            return commands, [e[1] for e in entries], None if reply is None else reply * count, (0, count, 0)
 
         self.make_batch = batch
         self.measure_from = 1 << 62  # nothing recorded
@@ -757,11 +975,24 @@ class _Worker:
         get_ratio = cfg.get_ratio
         multiget = cfg.multiget
         pipeline = cfg.pipeline
-        get_one = ks.get_one
+        get_entry = ks.get_entry
         get_many = ks.get_many
-        set_command = ks.set_command
+        set_entry = ks.set_entry
         end_at = start_at + cfg.warmup + cfg.duration
         monotonic = time.monotonic
+        fixed = ks.protocol != "binary"  # a batch's whole reply is known in advance
+        get_tally = (1, 0, 1)
+        set_tally = (0, 1, 0)
+
+        def one() -> tuple | None:
+            # request/response, one key: the commonest case, in the fewest Python steps
+            if monotonic() >= end_at:
+                return None
+            if rnd() < get_ratio:
+                command, exp, reply = get_entry(int(rnd() * n))
+                return command, (exp,), reply, get_tally
+            command, exp, reply = set_entry(int(rnd() * n))
+            return command, (exp,), reply, set_tally
 
         def batch() -> tuple | None:
             if monotonic() >= end_at:
@@ -773,19 +1004,21 @@ class _Worker:
             for _ in range(pipeline):
                 i = int(rnd() * n)
                 if rnd() < get_ratio:
-                    command, exp = get_one(i) if multiget == 1 else get_many(i, multiget)
-                    commands.append(command)
-                    expectations.append(exp)
-                    replies.append(exp[2])
+                    if multiget == 1:
+                        command, exp, reply = get_entry(i)
+                    else:
+                        command, exp = get_many(i, multiget)
+                        reply = exp[2]
                     gets += 1
                 else:
-                    commands.append(set_command(i))
-                    expectations.append(_STORED)
-                    replies.append(_STORED)
+                    command, exp, reply = set_entry(i)
+                commands.append(command)
+                expectations.append(exp)
+                replies.append(reply)
             tally = (gets, pipeline - gets, gets * multiget)
-            return b"".join(commands), expectations, b"".join(replies), tally
+            return b"".join(commands), expectations, b"".join(replies) if fixed else None, tally
 
-        self.make_batch = batch
+        self.make_batch = one if pipeline == 1 and multiget == 1 else batch
         while monotonic() < start_at:
             time.sleep(min(0.01, max(0.0, start_at - monotonic())))
         # perf_counter and monotonic are the same clock on Linux; convert anyway.
@@ -968,16 +1201,25 @@ class _Workers:
 STARTUP_TIMEOUT = 60.0
 
 Progress = Callable[[float, int, int], None]
+Window = Callable[[str], None]
 
 
-def run(config: LoadConfig, progress: Progress | None = None, progress_interval: float = 1.0) -> BenchResult:
+def run(
+    config: LoadConfig,
+    progress: Progress | None = None,
+    progress_interval: float = 1.0,
+    window: Window | None = None,
+) -> BenchResult:
     """Run the load; ``progress(seconds_into_the_run, ops, errors)`` is called
     about every ``progress_interval`` seconds while it runs (ops count from the
-    end of the warm-up). Raises :class:`LoadError` when it cannot run at all."""
+    end of the warm-up). ``window("start")`` is called as the measured time
+    begins and ``window("end")`` once every reply of it has come, so that a
+    caller can read the server's CPU time around exactly the operations counted.
+    Raises :class:`LoadError` when it cannot run at all."""
     workers = _Workers(config)
     result = BenchResult(config=config, processes=0 if workers.in_process else workers.count)
     try:
-        _run(workers, config, result, progress, progress_interval)
+        _run(workers, config, result, progress, progress_interval, window)
     except BaseException:
         workers.close(hurry=True)
         raise
@@ -986,7 +1228,12 @@ def run(config: LoadConfig, progress: Progress | None = None, progress_interval:
 
 
 def _run(
-    workers: _Workers, config: LoadConfig, result: BenchResult, progress: Progress | None, interval: float
+    workers: _Workers,
+    config: LoadConfig,
+    result: BenchResult,
+    progress: Progress | None,
+    interval: float,
+    window: Window | None,
 ) -> None:
     count = workers.count
     deadline = time.monotonic() + STARTUP_TIMEOUT + (config.prefill_timeout if config.prefill else 0)
@@ -1013,11 +1260,15 @@ def _run(
     errors = [0] * count
     finals: dict[int, dict] = {}
     next_progress = start_at + interval
+    window_at = start_at + config.warmup if window else float("inf")
     while len(finals) < count:
         now = time.monotonic()
         if now >= deadline:
             raise LoadError("the load workers did not finish in time")
-        wait_until = min(deadline, next_progress) if progress else deadline
+        if now >= window_at:
+            window_at = float("inf")
+            window("start")  # type: ignore[misc]
+        wait_until = min(deadline, next_progress, window_at) if progress else min(deadline, window_at)
         for index, message in workers.wait(wait_until):
             if message[0] == "failed":
                 raise LoadError(message[1])
@@ -1029,6 +1280,10 @@ def _run(
         if progress and time.monotonic() >= next_progress:
             next_progress += interval
             progress(min(total, time.monotonic() - start_at), sum(ops), sum(errors))
+    if window:
+        if window_at != float("inf"):  # every worker ended before the window was due
+            window("start")
+        window("end")
     last = 0.0
     for part in finals.values():
         result.ops += part["ops"]

@@ -234,15 +234,21 @@ def running_memcached(*extra: str, env: Optional[dict] = None) -> Iterator[int]:
     binary = shutil.which("memcached") or "/usr/bin/memcached"
     assert os.path.exists(binary), "memcached is not installed (apt-get install memcached)"
     port = free_port()
-    proc = subprocess.Popen(
-        [binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "64", "-t", "2", "-u", "nobody", *extra],
-        env=dict(os.environ, **(env or {})),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+    cmd = [binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "64", "-t", "2", "-u", "nobody", *extra]
+    with running_program(cmd, env=env):
         wait_for_port(port)
         yield port
+
+
+@contextlib.contextmanager
+def running_program(cmd: list[str], env: Optional[dict] = None) -> Iterator[subprocess.Popen]:
+    """A server program (output discarded, ``env`` added to the environment),
+    terminated and waited for on the way out."""
+    proc = subprocess.Popen(
+        cmd, env=dict(os.environ, **(env or {})), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        yield proc
     finally:
         proc.terminate()
         proc.wait(10)

@@ -1,17 +1,15 @@
-"""The load generator (memcachedlite.loadgen), ``mcl bench`` and the pieces of
-benchmarks/run.py. Runs are a fraction of a second; nothing here asserts a
-timing, only counts, orderings and that wrong replies are caught."""
+"""The load generator (memcachedlite.loadgen) and ``mcl bench`` (the runner,
+benchmarks/run.py, is tested in test_bench_harness.py). Runs are a fraction of
+a second; nothing here asserts a timing, only counts, orderings and that
+wrong replies are caught."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import selectors
 import socket
-import sys
 import threading
-from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
@@ -20,8 +18,6 @@ from click.testing import CliRunner
 from memcachedlite import loadgen
 from memcachedlite.cli import main
 from memcachedlite.loadgen import LatencyHistogram, LoadConfig
-
-from .conftest import ROOT
 
 QUICK = dict(duration=0.3, warmup=0.0, reply_timeout=2.0, connect_timeout=2.0)
 
@@ -442,96 +438,3 @@ def test_mcl_bench_unreachable_and_bad_usage() -> None:
     assert result.exit_code == 2 and "one server" in result.output
     result = CliRunner().invoke(main, ["--server", "127.0.0.1:1", "bench", "--key-prefix", "a b"])
     assert result.exit_code == 2 and "key_prefix" in result.output
-
-
-# -- benchmarks/run.py --------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def runner_module():
-    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        del sys.modules[spec.name]
-
-
-def test_summary_ratio_and_table(runner_module) -> None:
-    run = runner_module
-    assert run.summarize([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0, "values": [3.0, 1.0, 2.0]}
-    assert run.summarize([])["median"] is None
-    assert run.ratio(50.0, 100.0) == 0.5
-    assert run.ratio(None, 100.0) is None and run.ratio(1.0, 0.0) is None
-    measures = []
-    for n, (lite, mc) in enumerate([(40.0, 100.0), (60.0, 100.0), (50.0, 100.0)]):
-        measures.append(run.Measure("W2", run.LITE, n + 1, {"ops/s": lite * 1000}))
-        measures.append(run.Measure("W2", run.MEMCACHED, n + 1, {"ops/s": mc * 1000}))
-        measures.append(run.Measure("W1", run.LITE, n + 1, {"p50 us": 30.0, "ops/s": 1.0}))
-        measures.append(run.Measure("W1", run.MEMCACHED, n + 1, {"p50 us": 20.0, "ops/s": 1.0}, errors=1))
-        measures.append(run.Measure("W7", run.LITE, n + 1, {"gain 50w/1w": 25.0}))
-    rows = {(r["workload"], r["metric"]): r for r in run.build_rows(measures)}
-    w2 = rows["W2", "ops/s"]
-    assert w2["ratio"] == pytest.approx(0.5) and w2["met"] is True
-    assert w2[run.LITE]["min"] == 40_000 and w2[run.LITE]["max"] == 60_000
-    w1 = rows["W1", "p50 us"]
-    assert w1["ratio"] == pytest.approx(1.5) and w1["met"] is False and w1["errors"] == {run.LITE: 0, run.MEMCACHED: 3}
-    gain = rows["W7", "gain 50w/1w"]
-    assert gain["ratio"] is None and gain["met"] is True  # judged on memcachedlite's own gain
-    assert ("W3", "keys/s") not in rows  # not run: no row
-    table = run.format_table(list(rows.values()))
-    assert "| W2       | ops/s ↑" in table and "50.0k [40.0k-60.0k]" in table and "0.50" in table
-    assert ">=0.5 met" in table and "<=1.15 MISSED" in table and ">=20 (own) met" in table and "0/3" in table
-    assert run._num(1_234_567) == "1.23M" and run._num(45_678) == "45.7k" and run._num(12.34) == "12.3"
-
-
-def test_hot_spots_from_py_spy_raw_output(runner_module, tmp_path: Path) -> None:
-    raw = tmp_path / "W2.txt"
-    raw.write_text(
-        "handle (memcachedlite/server.py:60);feed (memcachedlite/session.py:100);"
-        "_run (memcachedlite/session.py:120) 30\n"
-        "handle (memcachedlite/server.py:60);feed (memcachedlite/session.py:100) 10\n"
-        "handle (memcachedlite/server.py:60) 60\n"
-        "garbage line\n"
-    )
-    own, total = runner_module.hot_spots(raw)
-    assert own[0] == ("handle (server.py)", 60.0)
-    assert dict(own)["_run (session.py)"] == 30.0
-    assert dict(total)["feed (session.py)"] == 40.0 and dict(total)["handle (server.py)"] == 100.0
-
-
-def test_runner_end_to_end_on_a_tiny_configuration(runner_module, tmp_path: Path, capsys) -> None:
-    out = tmp_path / "bench.json"
-    code = runner_module.main(
-        [
-            "--only",
-            "W1,W5",
-            "--rounds",
-            "1",
-            "--duration",
-            "0.2",
-            "--warmup",
-            "0",
-            "--w5-items",
-            "300",
-            "--json",
-            str(out),
-        ]
-    )
-    printed = capsys.readouterr().out
-    assert code == 0, printed
-    data = json.loads(out.read_text())
-    rows = {(r["workload"], r["metric"]) for r in data["rows"]}
-    assert {("W1", "ops/s"), ("W1", "p50 us"), ("W5", "RSS growth MiB")} <= rows
-    assert {(m["workload"], m["server"]) for m in data["runs"]} == {
-        ("W1", "memcachedlite"),
-        ("W1", "memcached"),
-        ("W5", "memcachedlite"),
-        ("W5", "memcached"),
-    }
-    assert all(m["errors"] == 0 for m in data["runs"])
-    assert all(m["notes"]["curr_items"] == 300 for m in data["runs"] if m["workload"] == "W5")
-    assert "| W1" in printed and "ratio" in printed

@@ -137,11 +137,10 @@ class Settings:
     w5_items: int = 200_000
     w8_items: int = 1_000_000
     memcslap_ops: int = 1000  # per thread; 50 threads
-    #: Load generator processes per client CPU. Two, though one is cheaper for the client (8-10
-    #: against 14-16 us per W2 request against memcached): one process that runs ahead of a slow
-    #: server delivers its requests in batches, which lowers that server's CPU per request
-    #: (memcachedlite's W2 efficiency read 0.70 with one, 0.40-0.47 with two, 0.34-0.41 from memcslap's
-    #: 50 independent threads); two keep the arrivals closer to independent clients'.
+    #: Load generator processes per client CPU. Two: one process that runs ahead of a slow server
+    #: delivers its requests in batches, which lowers that server's CPU per request (memcachedlite's
+    #: W2 efficiency read 0.70 with one, 0.40-0.52 with two, 0.34-0.41 from memcslap's 50
+    #: independent threads); two keep the arrivals closer to independent clients'.
     procs_per_cpu: int = 2
     only: set | None = None
     profile_dir: Path | None = None

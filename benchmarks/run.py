@@ -32,6 +32,9 @@ said otherwise):
 
   W1  1 connection, get, request/response: ops/s and p50/p99 latency
   W2  50 connections, 90% get / 10% set, 100-byte values
+  D1  W1 with memcachedlite --fsync always: nothing is written, so no read waits
+  D2  W2 with memcachedlite --fsync always: sets wait for their group fsync,
+      and so does a get of a key whose last change is not on disk yet
   B2  W2's mix over memcached's binary protocol (the project's load generator);
       memcachedlite's cell says "not supported by this build" when it does
       not answer a binary VERSION request
@@ -1017,6 +1020,8 @@ WITH_REDIS = (LITE, MEMCACHED, REDIS)
 WORKLOADS = [
     Workload("W1", "1 connection, get, request/response", w1),
     Workload("W2", "50 connections, 90% get / 10% set, 100 B values", w2),
+    Workload("D1", "W1 with memcachedlite --fsync always (the cost of durable reads)", w1, "always", TARGETS),
+    Workload("D2", "W2 with memcachedlite --fsync always (a get of a key being written waits)", w2, "always", TARGETS),
     Workload("B2", "W2's mix over the binary protocol (project's load generator)", binary_w2),
     Workload("M2", "memcslap, 50 threads, get / set (second load generator)", memcslap),
     Workload("MB", "memcslap --binary, 50 threads, get / set", memcslap_binary),
@@ -1061,6 +1066,12 @@ ROWS = [
     Row("W2", "ops/s", "higher", 0.5, throughput=True),
     Row("W2", "p99 us", "lower"),
     _cpu("W2"),
+    Row("D1", "ops/s", "higher", throughput=True),
+    Row("D1", "p50 us", "lower"),
+    _cpu("D1"),
+    Row("D2", "ops/s", "higher", throughput=True),
+    Row("D2", "p99 us", "lower"),
+    _cpu("D2"),
     Row("B2", "ops/s", "higher", throughput=True),
     _cpu("B2"),
     Row("M2", "get ops/s", "higher", tag=" (get)", throughput=True),

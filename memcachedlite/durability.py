@@ -305,6 +305,13 @@ class Durability:
         self._pending = [] if self._writable else _Refusing(self._failure)
         self._undo = []
         self._read_need = 0
+        dirty = self._dirty
+        if dirty:  # marks older than the last fsync make no reader wait: drop them now and then
+            synced = self.log.synced_lsn
+            if synced >= self.log.lsn:
+                dirty.clear()
+            elif len(dirty) > 4096:
+                self._dirty = {k: v for k, v in dirty.items() if v > synced}
         return True
 
     def end_batch(self, opened: bool) -> int:
@@ -429,13 +436,7 @@ class Durability:
         synced = log.synced_lsn
         unsynced = self._unsynced
         while unsynced and unsynced[0][0] <= synced:
-            unsynced.popleft()
-        if self._dirty:
-            with self._lock:
-                if log.lsn <= log.synced_lsn:
-                    self._dirty.clear()
-                elif len(self._dirty) > 4096:
-                    self._dirty = {k: v for k, v in self._dirty.items() if v > synced}
+            unsynced.popleft()  # the dirty marks are pruned by the next batch, which holds the lock
 
     # -- failure ------------------------------------------------------------
 

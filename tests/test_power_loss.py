@@ -203,6 +203,7 @@ def fail_once(
     """Feed ``line`` with the next fsync failing (and its pages lost), then
     wait until the server has rewritten the file from memory."""
     fault = recorder.fail("fsync", 1, errno.EIO, lose_unsynced=True)
+    errors = store.data_file_errors
     before = recorder.position
     reply = session.feed(line)
     if is_error(reply):  # refused (always): a crash before the rewrite may still keep it
@@ -218,7 +219,8 @@ def fail_once(
         run.started.append(before)
         extra = None
     deadline = time.monotonic() + PATIENCE
-    while not (fault.fired and store.writable):
+    # fired, seen by the store (which stops writes), and rewritten: writes resume
+    while not (fault.fired and store.data_file_errors > errors and store.writable):
         assert time.monotonic() < deadline, "the server never rewrote the file after the failed fsync"
         time.sleep(0.01)
     # the file was rewritten from memory: what memory holds is durable

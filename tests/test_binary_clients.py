@@ -224,7 +224,10 @@ def test_pylibmc_sasl_login(spawn, tmp_path: Path) -> None:
             stats = dict(line.split()[1:] for line in text.ask(b"stats\r\n").splitlines()[:-1])
         finally:
             text.close()
-        assert int(stats[b"auth_errors"]) >= 1 and int(stats[b"auth_cmds"]) >= 3
+        # bob's SASL login and his text login at least; whether the refused
+        # clients got as far as a SASL exchange (counted in auth_errors, which
+        # tests/test_binary.py checks byte for byte) is libmemcached's choice
+        assert int(stats[b"auth_cmds"]) >= 2
     finally:
         for c in (good, bad, anonymous):
             c.disconnect_all()

@@ -328,7 +328,6 @@ class Session:
         limit = self.settings.max_item_size
         takes_data = row.data is not None
         requests = []
-        quiet = []
         at = pos
         while True:
             found = match(buf, at)
@@ -343,7 +342,6 @@ class Session:
                 data = buf[end : end + length]
                 end += length + 2
             requests.append((found, data))
-            quiet.append(has_noreply and found.group("noreply") is not None)
             at = end
         if len(requests) < 2:
             return 0
@@ -352,8 +350,8 @@ class Session:
         except Exception:
             log.exception("batch form of %r failed", row.name)
             replies = [_INTERNAL_ERROR] * len(requests)
-        for reply, silent in zip(replies, quiet, strict=True):
-            if reply and not silent:
+        for (found, _), reply in zip(requests, replies, strict=True):
+            if reply and not (has_noreply and found.group("noreply")):
                 out.append(reply)
         return at
 

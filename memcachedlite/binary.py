@@ -35,10 +35,10 @@ import logging
 import struct
 from typing import Any, Callable, NamedTuple, Optional, Union
 
-from .commands import PROTOCOL_VERSION, reset_stats, stats_lines
 from .errors import ClientError, OutOfMemory, ProtocolError
 from .protocol import MAX_KEY, check_key
 from .session import Session
+from .stats import PROTOCOL_VERSION, reset_stats, stats_lines
 
 log = logging.getLogger(__name__)
 

@@ -40,6 +40,12 @@ not an error (keys may be evicted or not prefilled) but is counted.
 
 Keys are ``<key_prefix><value_size>:<n>``, so runs with different value sizes
 on one server do not read each other's values.
+
+This module is the runner (workers, the measured window, merging the results);
+the parts it runs on live beside it: ``loadconfig`` (LoadConfig), ``loadwire``
+(requests and reply checks of each protocol, the binary probe), ``loadkeys``
+(the key space), ``loadlatency`` (the histogram) and ``loadresult``
+(BenchResult). Their names are importable from here as before.
 """
 
 from __future__ import annotations
@@ -51,12 +57,37 @@ import random
 import selectors
 import signal
 import socket
-import struct
 import threading
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
+
+# These names moved to the modules below; importing them from here keeps working.
+from .loadconfig import LoadConfig  # noqa: F401
+from .loadkeys import _Keyspace  # noqa: F401
+from .loadlatency import _BUCKETS, LatencyHistogram, _bucket, _bucket_range, percentile_names  # noqa: F401
+from .loadresult import BenchResult  # noqa: F401
+from .loadwire import (  # noqa: F401
+    _BIN_HEADER,
+    _DONE,
+    _END,
+    _MISS,
+    _MORE,
+    _STORED,
+    _VALUE,
+    _WRONG,
+    BIN_GET,
+    BIN_NOOP,
+    BIN_SET,
+    BIN_VERSION,
+    PROTOCOLS,
+    binary_probe,
+    binary_request,
+    binary_set,
+    check_binary_reply,
+    check_resp_reply,
+    resp_command,
+)
 
 __all__ = [
     "PROTOCOLS",
@@ -75,9 +106,6 @@ __all__ = [
     "run",
 ]
 
-_STORED = b"STORED\r\n"
-_END = b"END\r\n"
-_VALUE = b"VALUE "
 _RECV_SIZE = 256 * 1024
 #: Sets per send while prefilling.
 _PREFILL_BATCH = 100
@@ -97,465 +125,7 @@ class ConnectFailed(LoadError):
     """The server could not be reached when the run began."""
 
 
-#: Wire protocols the load generator speaks.
-PROTOCOLS = ("text", "binary", "resp")
-
-
-@dataclass(frozen=True)
-class LoadConfig:
-    """What to send, to whom, for how long."""
-
-    host: str = "127.0.0.1"
-    port: int = 11211
-    connections: int = 4
-    #: Measured seconds (after ``warmup``); 0 with ``prefill`` just stores the key space.
-    duration: float = 10.0
-    #: Share of commands that are gets; the rest are sets.
-    get_ratio: float = 0.9
-    value_size: int = 100
-    #: Size of the key space, chosen from uniformly.
-    keys: int = 10_000
-    #: Commands per send (1: request/response).
-    pipeline: int = 1
-    #: Keys per get.
-    multiget: int = 1
-    #: Worker processes; None: one per core, at most one per connection; 0: a thread of this process.
-    processes: int | None = None
-    #: Store every key of the key space before the run, so gets hit.
-    prefill: bool = True
-    #: Seconds of unrecorded load before the measured ``duration``.
-    warmup: float = 0.0
-    key_prefix: str = "mclbench:"
-    #: A reply later than this (seconds) is an error; also bounds the wait at the end.
-    reply_timeout: float = 5.0
-    connect_timeout: float = 5.0
-    seed: int = 0
-    #: Bound on the prefill, in seconds (it is an error not to finish in time).
-    prefill_timeout: float = 300.0
-    #: CPUs the worker processes may run on (``os.sched_setaffinity``), e.g. all
-    #: but the server's, so that the load never competes with the server for
-    #: its core; None: wherever the OS puts them. Ignored for ``processes=0``
-    #: and where the platform cannot pin.
-    cpus: tuple[int, ...] | None = None
-    #: The wire protocol: memcached's ``text`` or ``binary`` protocol, or Redis's ``resp``
-    #: (GET and SET), so one generator drives memcached, memcachedlite and Redis alike.
-    protocol: str = "text"
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.connections >= 1, "connections must be at least 1"),
-            (self.duration >= 0, "duration must not be negative"),
-            (0.0 <= self.get_ratio <= 1.0, "get_ratio must be between 0 and 1"),
-            (self.value_size >= 1, "value_size must be at least 1"),
-            (self.keys >= 1, "keys must be at least 1"),
-            (self.pipeline >= 1, "pipeline must be at least 1"),
-            (self.multiget >= 1, "multiget must be at least 1"),
-            (self.processes is None or self.processes >= 0, "processes must not be negative"),
-            (self.warmup >= 0, "warmup must not be negative"),
-            (self.reply_timeout > 0, "reply_timeout must be positive"),
-            (self.connect_timeout > 0, "connect_timeout must be positive"),
-            (0 < self.port < 65536, "port must be between 1 and 65535"),
-            (self.cpus is None or len(self.cpus) > 0, "cpus must name at least one CPU"),
-            (self.protocol in PROTOCOLS, f"protocol must be one of {', '.join(PROTOCOLS)}"),
-            (self.multiget == 1 or self.protocol == "text", "multiget needs the text protocol"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
-        key = f"{self.key_prefix}{self.value_size}:{self.keys - 1}"
-        if len(key.encode()) > 250 or any(c.isspace() or ord(c) < 32 for c in key):
-            raise ValueError(f"key_prefix gives invalid keys such as {key!r}")
-
-    def worker_processes(self) -> int:
-        """How many processes (0: a thread of this one) the load will use."""
-        if self.processes is not None:
-            return min(self.processes, self.connections)
-        return max(1, min(os.cpu_count() or 1, self.connections))
-
-
-# -- latency histogram ----------------------------------------------------------
-
-#: Values below 2**_SUB_BITS ns have a bucket each; above, each power of two is
-#: cut into 2**(_SUB_BITS - 1) buckets, so a bucket is at most 1/64 of its value.
-_SUB_BITS = 7
-_HALF = 1 << (_SUB_BITS - 1)
-_BUCKETS = (64 + 1) * _HALF + _HALF
-
-
-def _bucket(ns: int) -> int:
-    bits = ns.bit_length()
-    if bits <= _SUB_BITS:
-        return ns
-    shift = bits - _SUB_BITS
-    return (shift << (_SUB_BITS - 1)) + (ns >> shift)
-
-
-def _bucket_range(index: int) -> tuple[int, int]:
-    """The lowest value of bucket ``index`` and its width, in ns."""
-    if index < 2 * _HALF:
-        return index, 1
-    shift = (index >> (_SUB_BITS - 1)) - 1
-    top = index - (shift << (_SUB_BITS - 1))
-    return top << shift, 1 << shift
-
-
-percentile_names = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p99.9": 99.9}
-
-
-class LatencyHistogram:
-    """Counts of latencies (ns) in log-linear buckets; percentiles within 1.6 %."""
-
-    def __init__(self) -> None:
-        self.counts = [0] * _BUCKETS
-        self.total = 0
-        self.sum_ns = 0
-        self.min_ns = 0
-        self.max_ns = 0
-
-    def record(self, ns: int, times: int = 1) -> None:
-        """Count ``times`` requests that took ``ns`` nanoseconds."""
-        if ns < 0:
-            ns = 0
-        bits = ns.bit_length()
-        # _bucket(), inlined: this runs once per reply batch
-        self.counts[
-            ns if bits <= _SUB_BITS else ((bits - _SUB_BITS) << (_SUB_BITS - 1)) + (ns >> (bits - _SUB_BITS))
-        ] += times
-        if not self.total or ns < self.min_ns:
-            self.min_ns = ns
-        if ns > self.max_ns:
-            self.max_ns = ns
-        self.total += times
-        self.sum_ns += ns * times
-
-    def merge(self, other: LatencyHistogram) -> None:
-        if not other.total:
-            return
-        if not self.total or other.min_ns < self.min_ns:
-            self.min_ns = other.min_ns
-        self.max_ns = max(self.max_ns, other.max_ns)
-        self.total += other.total
-        self.sum_ns += other.sum_ns
-        counts = self.counts
-        for i, n in enumerate(other.counts):
-            if n:
-                counts[i] += n
-
-    def percentile(self, p: float) -> int:
-        """The latency (ns) that ``p`` percent of the requests did not exceed."""
-        if not self.total:
-            return 0
-        rank = max(1, -(-self.total * p // 100))  # ceil without floats going astray
-        seen = 0
-        for i, n in enumerate(self.counts):
-            seen += n
-            if seen >= rank:
-                low, width = _bucket_range(i)
-                middle = low + (width - 1) // 2
-                return int(min(max(middle, self.min_ns), self.max_ns))
-        return self.max_ns  # pragma: no cover - the counts always reach the total
-
-    def summary_us(self) -> dict[str, float]:
-        """Percentiles, mean, min and max in microseconds."""
-        out = {name: round(self.percentile(p) / 1000, 1) for name, p in percentile_names.items()}
-        out["mean"] = round(self.sum_ns / self.total / 1000, 1) if self.total else 0.0
-        out["min"] = round(self.min_ns / 1000, 1)
-        out["max"] = round(self.max_ns / 1000, 1)
-        return out
-
-    def to_state(self) -> tuple:
-        sparse = {i: n for i, n in enumerate(self.counts) if n}
-        return sparse, self.total, self.sum_ns, self.min_ns, self.max_ns
-
-    @classmethod
-    def from_state(cls, state: tuple) -> LatencyHistogram:
-        sparse, total, sum_ns, min_ns, max_ns = state
-        h = cls()
-        for i, n in sparse.items():
-            h.counts[i] = n
-        h.total, h.sum_ns, h.min_ns, h.max_ns = total, sum_ns, min_ns, max_ns
-        return h
-
-
-# -- results --------------------------------------------------------------------
-
-
-@dataclass
-class BenchResult:
-    """What a run measured. Rates are over ``elapsed``, the measured seconds."""
-
-    config: LoadConfig
-    processes: int
-    elapsed: float = 0.0
-    ops: int = 0
-    gets: int = 0
-    sets: int = 0
-    keys: int = 0  # keys asked for by the measured gets
-    hits: int = 0
-    errors: int = 0
-    error_kinds: dict[str, int] = field(default_factory=dict)
-    error_samples: list[str] = field(default_factory=list)
-    prefill_items: int = 0
-    prefill_seconds: float = 0.0
-    #: CPU seconds the load generator itself used while it ran (near ``processes``
-    #: times the run time: the client, not the server, may be the limit).
-    client_cpu: float = 0.0
-    histogram: LatencyHistogram = field(default_factory=LatencyHistogram)
-
-    @property
-    def ops_per_sec(self) -> float:
-        return self.ops / self.elapsed if self.elapsed > 0 else 0.0
-
-    @property
-    def keys_per_sec(self) -> float:
-        return self.keys / self.elapsed if self.elapsed > 0 else 0.0
-
-    @property
-    def client_cpu_percent(self) -> float:
-        """The load generator's CPU use over the run, 100 per busy core."""
-        seconds = self.config.warmup + self.elapsed
-        return 100.0 * self.client_cpu / seconds if seconds > 0 else 0.0
-
-    @property
-    def misses(self) -> int:
-        return self.keys - self.hits
-
-    def latency_us(self) -> dict[str, float]:
-        return self.histogram.summary_us()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "config": asdict(self.config),
-            "processes": self.processes,
-            "elapsed": round(self.elapsed, 4),
-            "ops": self.ops,
-            "ops_per_sec": round(self.ops_per_sec, 1),
-            "gets": self.gets,
-            "sets": self.sets,
-            "keys": self.keys,
-            "keys_per_sec": round(self.keys_per_sec, 1),
-            "hits": self.hits,
-            "misses": self.misses,
-            "latency_us": self.latency_us(),
-            "errors": self.errors,
-            "error_kinds": dict(self.error_kinds),
-            "error_samples": list(self.error_samples),
-            "prefill_items": self.prefill_items,
-            "prefill_seconds": round(self.prefill_seconds, 3),
-            "client_cpu_percent": round(self.client_cpu_percent, 1),
-        }
-
-
-# -- other wire protocols: requests and reply checks --------------------------------
-
-#: memcached's binary protocol: a 24-byte header (magic, opcode, key length,
-#: extras length, data type, vbucket or status, total body length, opaque, cas).
-_BIN_HEADER = struct.Struct(">BBHBBHIIQ")
-_BIN_REQUEST = 0x80
-_BIN_RESPONSE = 0x81
-BIN_GET = 0x00
-BIN_SET = 0x01
-BIN_NOOP = 0x0A
-BIN_VERSION = 0x0B
-_BIN_NOT_FOUND = 0x0001
-#: A reply body longer than this is not one the load asked for (1 MiB items and some room).
-_BIN_MAX_BODY = 2 * 1024 * 1024
-
-#: Outcomes of a reply check: wait for more bytes, a wrong reply, the expected
-#: reply (a hit, or a stored set), a miss.
-_MORE = 0
-_DONE = 1
-_WRONG = -1
-_MISS = 2
-
-
-def binary_request(opcode: int, key: bytes = b"", value: bytes = b"", extras: bytes = b"", opaque: int = 0) -> bytes:
-    """One request of memcached's binary protocol (data type 0, vbucket 0, cas 0)."""
-    body = len(extras) + len(key) + len(value)
-    return _BIN_HEADER.pack(_BIN_REQUEST, opcode, len(key), len(extras), 0, 0, body, opaque, 0) + extras + key + value
-
-
-def binary_set(key: bytes, value: bytes, flags: int = 0, exptime: int = 0) -> bytes:
-    """A binary SET: 8 bytes of extras (flags, exptime) before the key and value."""
-    return binary_request(BIN_SET, key, value, struct.pack(">II", flags, exptime))
-
-
-def resp_command(*args: bytes) -> bytes:
-    """A Redis command as a RESP array of bulk strings, as redis-cli sends it."""
-    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
-
-
-def check_binary_reply(buf: bytes, pos: int, expectation: tuple) -> tuple[int, int]:
-    """Check the binary reply at ``buf[pos:]`` against ``(is_get, opcode, body)``.
-
-    The header is checked field by field rather than compared whole because it
-    carries the item's cas, which only the server knows; the body (a get's
-    flags and value; nothing for a set) must be exactly ``body``. A get may
-    also be a miss (status 1). Returns the position after the reply and
-    ``_DONE``, ``_MISS``, ``_MORE`` (incomplete) or ``_WRONG``.
-    """
-    is_get, opcode, body = expectation
-    if len(buf) - pos < 24:
-        return pos, (_MORE if len(buf) == pos or buf[pos] == _BIN_RESPONSE else _WRONG)
-    magic, op, _key, _extras, _type, status, total, _opaque, _cas = _BIN_HEADER.unpack_from(buf, pos)
-    if magic != _BIN_RESPONSE or op != opcode or total > _BIN_MAX_BODY:
-        return pos, _WRONG
-    end = pos + 24 + total
-    if end > len(buf):
-        return pos, _MORE
-    if status == 0:
-        if total == len(body) and buf.startswith(body, pos + 24):
-            return end, _DONE
-        return pos, _WRONG
-    if status == _BIN_NOT_FOUND and is_get:
-        return end, _MISS
-    return pos, _WRONG
-
-
-def check_resp_reply(buf: bytes, pos: int, expectation: tuple) -> tuple[int, int]:
-    """Check the RESP reply at ``buf[pos:]`` against ``(is_get, reply, miss_reply)``.
-
-    Redis's replies to GET and SET hold nothing the server chooses, so both
-    outcomes are exact bytes. Returns like :func:`check_binary_reply`.
-    """
-    _is_get, reply, miss = expectation
-    if buf.startswith(reply, pos):
-        return pos + len(reply), _DONE
-    if miss is not None and buf.startswith(miss, pos):
-        return pos + len(miss), _MISS
-    rest = buf[pos:]
-    if reply.startswith(rest) or (miss is not None and miss.startswith(rest)):
-        return pos, _MORE
-    return pos, _WRONG
-
-
-def binary_probe(host: str, port: int, timeout: float = 2.0) -> str | None:
-    """The server's version if it answers a binary VERSION request, else None.
-
-    A server that does not speak the binary protocol may answer with a text
-    error, close the connection or wait for a line end that never comes: all
-    of them are "no" within ``timeout``.
-    """
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.settimeout(timeout)
-            sock.sendall(binary_request(BIN_VERSION))
-            buf = b""
-            while True:
-                chunk = sock.recv(4096)
-                if not chunk:
-                    return None
-                buf += chunk
-                if buf[0] != _BIN_RESPONSE:
-                    return None
-                if len(buf) < 24:
-                    continue
-                _m, op, _k, _e, _t, status, total, _o, _c = _BIN_HEADER.unpack_from(buf)
-                if op != BIN_VERSION or status != 0 or total > 4096:
-                    return None
-                if len(buf) >= 24 + total:
-                    return buf[24 : 24 + total].decode(errors="replace")
-    except OSError:
-        return None
-
-
 # -- one worker -------------------------------------------------------------------
-
-
-class _Keyspace:
-    """Keys, their values and the exact bytes of commands and hit replies."""
-
-    def __init__(self, config: LoadConfig) -> None:
-        self.count = config.keys
-        self.size = config.value_size
-        self.prefix = f"{config.key_prefix}{config.value_size}:".encode()
-        self.filler = b"." * self.size
-        self.protocol = config.protocol
-        # Cache the rendered bytes unless the key space is too big to keep twice.
-        self.cached = self.count * (2 * self.size + 3 * len(self.prefix) + 100) <= 64 * 1024 * 1024
-        self._sets: list = [None] * self.count if self.cached else []
-        self._gets: list = [None] * self.count if self.cached else []
-        # (command, expectation, the reply if it is a hit, or None when not fixed)
-        self._get_entries: list = [None] * self.count if self.cached else []
-        self._set_entries: list = [None] * self.count if self.cached else []
-
-    def key(self, i: int) -> bytes:
-        return self.prefix + b"%d" % i
-
-    def value(self, key: bytes) -> bytes:
-        return (key + self.filler)[: self.size]
-
-    def _render_set(self, i: int) -> bytes:
-        key = self.key(i)
-        return b"set %s 0 0 %d\r\n%s\r\n" % (key, self.size, self.value(key))
-
-    def set_command(self, i: int) -> bytes:
-        if not self.cached:
-            return self._render_set(i)
-        command = self._sets[i]
-        if command is None:
-            command = self._sets[i] = self._render_set(i)
-        return command
-
-    def _render_get(self, i: int) -> tuple:
-        key = self.key(i)
-        block = b"VALUE %s 0 %d\r\n%s\r\n" % (key, self.size, self.value(key))
-        return b"get " + key + b"\r\n", ((key,), (block,), block + _END)
-
-    def get_one(self, i: int) -> tuple:
-        """(command, expectation) for a get of key ``i``."""
-        if not self.cached:
-            return self._render_get(i)
-        entry = self._gets[i]
-        if entry is None:
-            entry = self._gets[i] = self._render_get(i)
-        return entry
-
-    def _render_entry(self, i: int, get: bool) -> tuple:
-        if self.protocol == "text":
-            if get:
-                command, exp = self.get_one(i)
-                return command, exp, exp[2]
-            return self.set_command(i), _STORED, _STORED
-        key = self.key(i)
-        value = self.value(key)
-        if self.protocol == "binary":  # the cas in a reply's header varies: no fixed reply
-            if get:
-                return binary_request(BIN_GET, key), (True, BIN_GET, b"\0\0\0\0" + value), None
-            return binary_set(key, value), (False, BIN_SET, b""), None
-        if get:
-            hit = b"$%d\r\n%s\r\n" % (len(value), value)
-            return resp_command(b"GET", key), (True, hit, b"$-1\r\n"), hit
-        return resp_command(b"SET", key, value), (False, b"+OK\r\n", None), b"+OK\r\n"
-
-    def get_entry(self, i: int) -> tuple:
-        """(command, expectation, hit reply or None) for a get of key ``i``, in the configured protocol."""
-        if not self.cached:
-            return self._render_entry(i, True)
-        entry = self._get_entries[i]
-        if entry is None:
-            entry = self._get_entries[i] = self._render_entry(i, True)
-        return entry
-
-    def set_entry(self, i: int) -> tuple:
-        """(command, expectation, reply or None) for a set of key ``i``, in the configured protocol."""
-        if not self.cached:
-            return self._render_entry(i, False)
-        entry = self._set_entries[i]
-        if entry is None:
-            entry = self._set_entries[i] = self._render_entry(i, False)
-        return entry
-
-    def get_many(self, first: int, count: int) -> tuple:
-        """(command, expectation) for a get of ``count`` consecutive keys (wrapping)."""
-        n = self.count
-        keys = []
-        blocks = []
-        for i in range(first, first + count):
-            _, (key, block, _) = self.get_one(i % n)
-            keys.append(key[0])
-            blocks.append(block[0])
-        return b"get " + b" ".join(keys) + b"\r\n", (tuple(keys), tuple(blocks), b"".join(blocks) + _END)
 
 
 class _Conn:

@@ -598,7 +598,13 @@ def modules_with_os() -> list:
     """Every memcachedlite module through which the server touches the data
     file: the ones a recorder must be installed in."""
     found = []
-    for name in ("memcachedlite.log", "memcachedlite.store", "memcachedlite.durability"):
+    for name in (
+        "memcachedlite.log",
+        "memcachedlite.repair",
+        "memcachedlite.fileio",
+        "memcachedlite.store",
+        "memcachedlite.durability",
+    ):
         try:
             module = importlib.import_module(name)
         except ImportError:

@@ -409,7 +409,7 @@ def test_mcl_bench_text(server) -> None:
 
 
 def test_mcl_bench_progress_line(capsys) -> None:
-    from memcachedlite.cli import _BenchProgress
+    from memcachedlite.cli_bench import _BenchProgress
 
     progress = _BenchProgress(warmup=1.0, duration=2.0)
     progress.enabled = True  # as on a terminal

@@ -1,53 +1,59 @@
-"""The shared store: items in memory, expiry, LRU eviction, counters, and the
-data file every change is written to first.
+"""The shared store: the item table in memory, expiry, LRU eviction and
+counters, every change written to the data file first.
 
 Every mutation takes the store's lock, works out its effect, appends that
 effect to the data file and only then changes memory (write-ahead): a change
 that cannot be logged is refused with :class:`~memcachedlite.errors.LogWriteError`
 and memory is left as it was.
 
-Items are kept as one bytes object each, laid out so that a ``get`` reply is
-``b"VALUE " + key + item[META:]``::
-
-    pack(fetched, atime, state, cas, exptime, flags)  b" <flags> <bytes>\r\n"  <value>  b"\r\n"
-
-(``pack`` is the 26-byte big-endian struct ``>BIBQqI``: whether the item was
-fetched, its last access time, the other state bits, cas, exptime, client
-flags). One object per item instead of a tuple keeps memory close to
-memcached's and makes reads a single concatenation; :class:`Item` is the
-decoded view handed to callers. The fetched byte and the access time lead,
-big-endian, so that one comparison of the first five bytes tells whether a
-read must refresh them (see :meth:`Store._bump`).
-
-The state bits are memcached's: whether the item was fetched since it was
-stored, whether it was marked stale (meta delete with ``I``), whether a
-client was already told it won the right to recache it, and whether its key
-was given in base64. As in memcached, a read refreshes the last access time,
+Items are kept in the stored form of :mod:`memcachedlite.items`, one bytes
+object each. As in memcached, a read refreshes an item's last access time,
 and moves the item to the young end of the LRU order, at most once a minute.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
-import struct
 import threading
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Union
+from typing import Callable, Iterable, Iterator, Optional, Union
 
 from . import log as datalog
 from .detail import PrefixStats
 from .durability import Durability
-from .errors import ClientError, CorruptLogError, OutOfMemory, ServerError
+from .errors import ClientError, OutOfMemory, ServerError
+from .items import (
+    _EXP,
+    _NEVER,
+    _STATE,
+    ATIME_INTERVAL,
+    BINARY_KEY,
+    FETCHED,
+    ITEM_OVERHEAD,
+    META,
+    STALE,
+    WIN_SENT,
+    Item,
+    _cas,
+    _exptime,
+    _recent,
+    _size,
+    _state,
+    _unpack,
+    _with_exptime,
+    _with_state,
+    decode,
+    pack_meta,
+)
+from .items import ITEM_FORMAT as ITEM_FORMAT  # noqa: F401  moved to items, still importable from here
+from .items import make_item as make_item  # noqa: F401  moved to items, still importable from here
 from .protocol import RELATIVE_EXPTIME_LIMIT, U64, parse_counter
+from .replay import replay, snapshot_section
 
 logger = logging.getLogger(__name__)
 
-#: Bytes counted per item on top of key and value: the two objects' headers,
-#: the item's metadata and its slot in the table, as measured on CPython 3.11.
-ITEM_OVERHEAD = 120
 DEFAULT_MEMORY_LIMIT = 64 * 1024 * 1024
 #: The data file is compacted once it is past this size and twice the live data.
 DEFAULT_COMPACT_MIN_SIZE = 64 * 1024 * 1024
@@ -83,96 +89,6 @@ _COUNTERS = [
     "crawler_items_checked",
     "lru_crawler_starts",
 ]
-
-
-#: Item state bits (memcached's ITEM_FETCHED, and the meta protocol's stale
-#: and win-token-sent marks).
-FETCHED = 1
-STALE = 2
-WIN_SENT = 4
-#: The key was given in base64 (meta ``b``): the meta ``k`` flag answers in base64.
-BINARY_KEY = 8
-
-
-class Item(NamedTuple):
-    """One stored value. ``exptime`` is an absolute unix time, 0 for never;
-    ``atime`` the unix time of the last access; ``state`` the bits above."""
-
-    value: bytes
-    flags: int
-    exptime: int
-    cas: int
-    atime: int = 0
-    state: int = 0
-
-    @property
-    def fetched(self) -> bool:
-        return bool(self.state & FETCHED)
-
-    @property
-    def stale(self) -> bool:
-        return bool(self.state & STALE)
-
-    @property
-    def win_sent(self) -> bool:
-        return bool(self.state & WIN_SENT)
-
-
-_META = struct.Struct(">BIBQqI")  # fetched, atime, state, cas, exptime, flags
-#: The number of this layout in snapshot sections of the data file; change
-#: it (and teach the loader the old one) whenever the layout changes.
-ITEM_FORMAT = 1
-META = _META.size
-pack_meta = _META.pack
-_unpack = _META.unpack_from
-_STATE = 5  # offset of the state byte (every bit but FETCHED, which has its own)
-_EXP = slice(14, 22)  # where exptime lies, to test it for 0 without unpacking
-_NEVER = bytes(8)  # exptime 0, as packed
-_recent = struct.Struct(">BI").pack
-#: A read refreshes an item's last access time and LRU place at most this
-#: often (memcached's ITEM_UPDATE_INTERVAL), so hot items are not rebuilt.
-ATIME_INTERVAL = 60
-
-
-def _header(state: int, atime: int, cas: int, exptime: int, flags: int) -> bytes:
-    return pack_meta(state & FETCHED, atime, state & ~FETCHED, cas, exptime, flags)
-
-
-def make_item(value: bytes, flags: int, exptime: int, cas: int, atime: int = 0, state: int = 0) -> bytes:
-    """The stored form of an item (see the module docstring)."""
-    return b"%b %d %d\r\n%b\r\n" % (_header(state, atime, cas, exptime, flags), flags, len(value), value)
-
-
-def decode(blob: bytes) -> Item:
-    fetched, atime, state, cas, exptime, flags = _unpack(blob)
-    return Item(blob[blob.index(b"\n", META) + 1 : -2], flags, exptime, cas, atime, state | fetched)
-
-
-def _exptime(blob: bytes) -> int:
-    return 0 if blob[_EXP] == _NEVER else _unpack(blob)[4]
-
-
-def _cas(blob: bytes) -> int:
-    return _unpack(blob)[3]
-
-
-def _with_exptime(blob: bytes, exptime: int) -> bytes:
-    fetched, atime, state, cas, _, flags = _unpack(blob)
-    return pack_meta(fetched, atime, state, cas, exptime, flags) + blob[META:]
-
-
-def _with_state(blob: bytes, state: int, cas: Optional[int] = None) -> bytes:
-    """``blob`` with new state bits (FETCHED included) and, if given, a new cas."""
-    _, atime, _, old_cas, exptime, flags = _unpack(blob)
-    return _header(state, atime, old_cas if cas is None else cas, exptime, flags) + blob[META:]
-
-
-def _state(blob: bytes) -> int:
-    return blob[_STATE] | blob[0]
-
-
-def _size(key: bytes, blob: bytes) -> int:
-    return len(key) + len(blob) + ITEM_OVERHEAD
 
 
 class Store(Durability):
@@ -226,7 +142,7 @@ class Store(Durability):
         if path is not None:
             self.log = datalog.DataLog(path, fsync=fsync)
             try:
-                self._replay()
+                replay(self)
             except BaseException:
                 self.log.close()
                 raise
@@ -971,70 +887,8 @@ class Store(Durability):
         # a C-level copy: the shortest pause
         return self._items.copy(), max(self._next_cas, self._max_given_cas + 1), self.flush_at
 
-    def _snapshot_section(self, snapshot: dict, next_cas: int, now: int) -> list[bytes]:
-        """The snapshot section that recreates the live items of ``snapshot``:
-        the items are written in their stored form, so start-up loads them
-        in bulk (see :func:`memcachedlite.log.encode_snapshot`)."""
-        timed = [k for k, b in snapshot.items() if b[_EXP] != _NEVER]
-        expired = {k for k in timed if _unpack(snapshot[k])[4] <= now}
-        if expired:
-            snapshot = {k: b for k, b in snapshot.items() if k not in expired}
-        return datalog.encode_snapshot(list(snapshot.items()), ITEM_FORMAT, next_cas, len(timed) - len(expired))
-
-    def _replay(self) -> None:
-        assert self.log is not None
-        items = self._items
-        now = self.now()
-        next_cas = [0]
-        expiring = [0]
-
-        def apply(record: tuple) -> None:
-            kind = record[0]
-            if kind == b"snapshot":  # written by compaction, at the head of the file
-                _, item_format, cas, expiring[0], pairs = record
-                if item_format != ITEM_FORMAT:
-                    raise CorruptLogError(self.log.path, 0, f"snapshot of unknown item format {item_format}")
-                items.update(pairs)
-                next_cas[0] = max(next_cas[0], cas)
-                return
-            expiring[0] += 1  # a record the fast path does not take may set an expiry
-            if kind == b"flush_all":
-                if record[1] <= now:
-                    items.clear()  # in place: the loader keeps filling this very dict
-                    self.flush_at = 0
-                else:
-                    self._flush(record[1], now)
-                return
-            if kind == b"next_cas":  # written by compaction
-                next_cas[0] = max(next_cas[0], record[1])
-                return
-            kind, key, binary = datalog.record_key(kind, record[1])
-            if kind == b"set":  # bset: the loader takes every plain set
-                _, _, value, flags, exptime, cas = record
-                items.pop(key, None)  # re-inserted at the young end, as the loader does
-                items[key] = make_item(bytes(value), flags, exptime, cas, now, BINARY_KEY if binary else 0)
-                next_cas[0] = max(next_cas[0], cas + 1)
-            elif kind == b"delete":
-                items.pop(key, None)
-            elif kind == b"touch":
-                old = items.get(key)
-                if old is not None:
-                    items[key] = _with_exptime(old, record[2])
-            else:  # invalidate
-                old = items.get(key)
-                if old is not None:
-                    items[key] = _with_state(old, _state(old) | STALE, cas=record[2])
-                    next_cas[0] = max(next_cas[0], record[2] + 1)
-
-        count, max_cas, timed = self.log.load(items, functools.partial(pack_meta, 0, now, 0), apply)
-        if timed or expiring[0]:  # otherwise nothing loaded can have expired
-            for key in [k for k, b in items.items() if 0 < _exptime(b) <= now]:
-                del items[key]
-        self.bytes = sum(map(len, items)) + sum(map(len, items.values())) + ITEM_OVERHEAD * len(items)
-        if self.flush_at <= now:
-            self.flush_at = 0
-        self._next_cas = max(max_cas + 1, next_cas[0], 1)
-        logger.info("loaded %d items from %s (%d records)", len(items), self.log.path, count)
+    #: the snapshot section that recreates the items (see :mod:`memcachedlite.replay`)
+    _snapshot_section = staticmethod(snapshot_section)
 
     # -- run-time settings (memcached's cache_memlimit, -C) --------------------
 

@@ -1,0 +1,120 @@
+"""The item layout: how one stored item is packed into a single bytes object,
+its state bits, and the decoded :class:`Item` view handed to callers.
+
+Items are kept as one bytes object each, laid out so that a ``get`` reply is
+``b"VALUE " + key + item[META:]``::
+
+    pack(fetched, atime, state, cas, exptime, flags)  b" <flags> <bytes>\r\n"  <value>  b"\r\n"
+
+(``pack`` is the 26-byte big-endian struct ``>BIBQqI``: whether the item was
+fetched, its last access time, the other state bits, cas, exptime, client
+flags). One object per item instead of a tuple keeps memory close to
+memcached's and makes reads a single concatenation; :class:`Item` is the
+decoded view handed to callers. The fetched byte and the access time lead,
+big-endian, so that one comparison of the first five bytes tells whether a
+read must refresh them (see :meth:`memcachedlite.store.Store._bump`).
+
+The state bits are memcached's: whether the item was fetched since it was
+stored, whether it was marked stale (meta delete with ``I``), whether a
+client was already told it won the right to recache it, and whether its key
+was given in base64. As in memcached, a read refreshes the last access time,
+and moves the item to the young end of the LRU order, at most once a minute.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple, Optional
+
+#: Bytes counted per item on top of key and value: the two objects' headers,
+#: the item's metadata and its slot in the table, as measured on CPython 3.11.
+ITEM_OVERHEAD = 120
+
+#: Item state bits (memcached's ITEM_FETCHED, and the meta protocol's stale
+#: and win-token-sent marks).
+FETCHED = 1
+STALE = 2
+WIN_SENT = 4
+#: The key was given in base64 (meta ``b``): the meta ``k`` flag answers in base64.
+BINARY_KEY = 8
+
+
+class Item(NamedTuple):
+    """One stored value. ``exptime`` is an absolute unix time, 0 for never;
+    ``atime`` the unix time of the last access; ``state`` the bits above."""
+
+    value: bytes
+    flags: int
+    exptime: int
+    cas: int
+    atime: int = 0
+    state: int = 0
+
+    @property
+    def fetched(self) -> bool:
+        return bool(self.state & FETCHED)
+
+    @property
+    def stale(self) -> bool:
+        return bool(self.state & STALE)
+
+    @property
+    def win_sent(self) -> bool:
+        return bool(self.state & WIN_SENT)
+
+
+_META = struct.Struct(">BIBQqI")  # fetched, atime, state, cas, exptime, flags
+#: The number of this layout in snapshot sections of the data file; change
+#: it (and teach the loader the old one) whenever the layout changes.
+ITEM_FORMAT = 1
+META = _META.size
+pack_meta = _META.pack
+_unpack = _META.unpack_from
+_STATE = 5  # offset of the state byte (every bit but FETCHED, which has its own)
+_EXP = slice(14, 22)  # where exptime lies, to test it for 0 without unpacking
+_NEVER = bytes(8)  # exptime 0, as packed
+_recent = struct.Struct(">BI").pack
+#: A read refreshes an item's last access time and LRU place at most this
+#: often (memcached's ITEM_UPDATE_INTERVAL), so hot items are not rebuilt.
+ATIME_INTERVAL = 60
+
+
+def _header(state: int, atime: int, cas: int, exptime: int, flags: int) -> bytes:
+    return pack_meta(state & FETCHED, atime, state & ~FETCHED, cas, exptime, flags)
+
+
+def make_item(value: bytes, flags: int, exptime: int, cas: int, atime: int = 0, state: int = 0) -> bytes:
+    """The stored form of an item (see the module docstring)."""
+    return b"%b %d %d\r\n%b\r\n" % (_header(state, atime, cas, exptime, flags), flags, len(value), value)
+
+
+def decode(blob: bytes) -> Item:
+    fetched, atime, state, cas, exptime, flags = _unpack(blob)
+    return Item(blob[blob.index(b"\n", META) + 1 : -2], flags, exptime, cas, atime, state | fetched)
+
+
+def _exptime(blob: bytes) -> int:
+    return 0 if blob[_EXP] == _NEVER else _unpack(blob)[4]
+
+
+def _cas(blob: bytes) -> int:
+    return _unpack(blob)[3]
+
+
+def _with_exptime(blob: bytes, exptime: int) -> bytes:
+    fetched, atime, state, cas, _, flags = _unpack(blob)
+    return pack_meta(fetched, atime, state, cas, exptime, flags) + blob[META:]
+
+
+def _with_state(blob: bytes, state: int, cas: Optional[int] = None) -> bytes:
+    """``blob`` with new state bits (FETCHED included) and, if given, a new cas."""
+    _, atime, _, old_cas, exptime, flags = _unpack(blob)
+    return _header(state, atime, old_cas if cas is None else cas, exptime, flags) + blob[META:]
+
+
+def _state(blob: bytes) -> int:
+    return blob[_STATE] | blob[0]
+
+
+def _size(key: bytes, blob: bytes) -> int:
+    return len(key) + len(blob) + ITEM_OVERHEAD

@@ -1,0 +1,101 @@
+"""The item table's life in the data file: replaying the file into a store's
+table at start-up, and the snapshot section a compaction writes for the next
+start-up to load in bulk.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import TYPE_CHECKING
+
+from . import log as datalog
+from .errors import CorruptLogError
+from .items import (
+    _EXP,
+    _NEVER,
+    BINARY_KEY,
+    ITEM_FORMAT,
+    ITEM_OVERHEAD,
+    STALE,
+    _exptime,
+    _state,
+    _unpack,
+    _with_exptime,
+    _with_state,
+    make_item,
+    pack_meta,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .store import Store
+
+logger = logging.getLogger(__name__)
+
+
+def snapshot_section(snapshot: dict, next_cas: int, now: int) -> list[bytes]:
+    """The snapshot section that recreates the live items of ``snapshot``:
+    the items are written in their stored form, so start-up loads them
+    in bulk (see :func:`memcachedlite.log.encode_snapshot`)."""
+    timed = [k for k, b in snapshot.items() if b[_EXP] != _NEVER]
+    expired = {k for k in timed if _unpack(snapshot[k])[4] <= now}
+    if expired:
+        snapshot = {k: b for k, b in snapshot.items() if k not in expired}
+    return datalog.encode_snapshot(list(snapshot.items()), ITEM_FORMAT, next_cas, len(timed) - len(expired))
+
+
+def replay(store: Store) -> None:
+    """Load ``store``'s data file into its item table at start-up."""
+    assert store.log is not None
+    items = store._items
+    now = store.now()
+    next_cas = [0]
+    expiring = [0]
+
+    def apply(record: tuple) -> None:
+        kind = record[0]
+        if kind == b"snapshot":  # written by compaction, at the head of the file
+            _, item_format, cas, expiring[0], pairs = record
+            if item_format != ITEM_FORMAT:
+                raise CorruptLogError(store.log.path, 0, f"snapshot of unknown item format {item_format}")
+            items.update(pairs)
+            next_cas[0] = max(next_cas[0], cas)
+            return
+        expiring[0] += 1  # a record the fast path does not take may set an expiry
+        if kind == b"flush_all":
+            if record[1] <= now:
+                items.clear()  # in place: the loader keeps filling this very dict
+                store.flush_at = 0
+            else:
+                store._flush(record[1], now)
+            return
+        if kind == b"next_cas":  # written by compaction
+            next_cas[0] = max(next_cas[0], record[1])
+            return
+        kind, key, binary = datalog.record_key(kind, record[1])
+        if kind == b"set":  # bset: the loader takes every plain set
+            _, _, value, flags, exptime, cas = record
+            items.pop(key, None)  # re-inserted at the young end, as the loader does
+            items[key] = make_item(bytes(value), flags, exptime, cas, now, BINARY_KEY if binary else 0)
+            next_cas[0] = max(next_cas[0], cas + 1)
+        elif kind == b"delete":
+            items.pop(key, None)
+        elif kind == b"touch":
+            old = items.get(key)
+            if old is not None:
+                items[key] = _with_exptime(old, record[2])
+        else:  # invalidate
+            old = items.get(key)
+            if old is not None:
+                items[key] = _with_state(old, _state(old) | STALE, cas=record[2])
+                next_cas[0] = max(next_cas[0], record[2] + 1)
+
+    count, max_cas, timed = store.log.load(items, functools.partial(pack_meta, 0, now, 0), apply)
+    if timed or expiring[0]:  # otherwise nothing loaded can have expired
+        for key in [k for k, b in items.items() if 0 < _exptime(b) <= now]:
+            del items[key]
+    store.bytes = sum(map(len, items)) + sum(map(len, items.values())) + ITEM_OVERHEAD * len(items)
+    if store.flush_at <= now:
+        store.flush_at = 0
+    store._next_cas = max(max_cas + 1, next_cas[0], 1)
+    logger.info("loaded %d items from %s (%d records)", len(items), store.log.path, count)

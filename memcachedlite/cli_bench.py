@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from .cli import ServerReplyError, Unreachable, _config, _option, main
+from .cli_common import ServerReplyError, Unreachable, _config, _option, main
 
 
 def _duration_text(us: float) -> str:

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import click
 
-from .cli import ClientConfig, NotFound, ServerReplyError, Unreachable, _config, main
+from .cli_common import ClientConfig, NotFound, ServerReplyError, Unreachable, _config, main
 
 
 class _NoProgress:

@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from . import __version__
-from .cli import CannotStart, _file, _file_option, _option, main
+from .cli_common import CannotStart, _file, _file_option, _option, main
 
 log = logging.getLogger("memcachedlite")
 

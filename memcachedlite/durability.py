@@ -159,8 +159,7 @@ class Durability:
                         self._rollback(undo)
                         self._failed_write()
                         raise
-                    if size > self.compact_min_size and self._compactor is None and self._worth_compacting(size):  # type: ignore[attr-defined]
-                        self.start_compaction()
+                    self._compact_if_worth_it(size)
                     if log.always:
                         need = log.lsn
                         self._unsynced.append((need, undo))
@@ -202,16 +201,21 @@ class Durability:
             except LogWriteError as exc:
                 self._failed_write(exc.message)
                 raise
-            if size > self.compact_min_size and self._compactor is None and self._worth_compacting(size):  # type: ignore[attr-defined]
-                self.start_compaction()
+            self._compact_if_worth_it(size)
 
-    def _worth_compacting(self, size: int) -> bool:
-        """Past twice the live data, or past twice the snapshot at its head (as
-        Redis rewrites its AOF once it has grown 100% past its base): a log of
-        fresh keys gets a snapshot too, so a restart loads it in bulk."""
+    def _compact_if_worth_it(self, size: int) -> None:
+        """Start a background compaction once the file is past the minimum size
+        and past twice the live data, or past twice the snapshot at its head
+        (as Redis rewrites its AOF once it has grown 100% past its base): a log
+        of fresh keys gets a snapshot too, so a restart loads it in bulk."""
         log = self.log
         assert log is not None
-        return size > 2 * self.bytes or size > 2 * log.snapshot_end
+        if (
+            size > self.compact_min_size  # type: ignore[attr-defined]
+            and self._compactor is None
+            and (size > 2 * self.bytes or size > 2 * log.snapshot_end)  # type: ignore[attr-defined]
+        ):
+            self.start_compaction()
 
     def _failed_write(self, reason: str = "") -> None:
         """A write to the data file failed. Cut back cleanly (a full disk),

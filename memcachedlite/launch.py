@@ -4,7 +4,7 @@ turns those options into a bound :class:`MemcacheServer` with its
 
 Every keyword of :func:`build_server` is named as the ``mcl serve`` option it
 stands for (``--max-item-size`` is ``max_item_size``), so adding an option is a
-click decorator in ``cli.py`` and a keyword here.
+click decorator in ``cli_serve.py`` and a keyword here.
 """
 
 from __future__ import annotations

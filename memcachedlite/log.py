@@ -64,7 +64,7 @@ def load_records(
 ) -> tuple[int, int, int]:
     """Replay ``buf`` from ``start`` into ``items`` (key -> the store's item
     form, ``pack(cas, exptime, flags) + b" <flags> <bytes>\\r\\n<value>\\r\\n"``,
-    see :mod:`memcachedlite.store`); every other record, ``bset`` included,
+    see :mod:`memcachedlite.items`); every other record, ``bset`` included,
     goes to ``on_other``. Returns the number of records, the highest cas seen
     by this loop, and how many of its sets carried an expiry.
 

@@ -35,6 +35,7 @@ from .records import (  # noqa: F401
     encode_invalidate,
     encode_next_cas,
     encode_set,
+    encode_sets,
     encode_snapshot,
     encode_sync,
     encode_touch,

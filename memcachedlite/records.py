@@ -9,6 +9,7 @@ still read and appended to), documented in ``docs/data-file.md``::
                                     (written by compaction, at the head only)
     sync <offset> <file id> <crc>\\r\\n                     sync mark
     group <records> <bytes> <crc>\\r\\n<records>              one change, all or nothing
+    sets <count> <first cas> <bytes> <crc>\\r\\n<set commands>  pipelined sets, as received
     set <key> <flags> <exptime> <bytes> <cas> <crc>\\r\\n<data>\\r\\n
     delete <key> <crc>\\r\\n
     touch <key> <exptime> <crc>\\r\\n
@@ -182,6 +183,62 @@ def regroup(chunks: list[bytes]) -> bytes:
     return encode_group([encode(r) for r in flat])
 
 
+#: One command of a ``sets`` record: memcached's ``set`` as a client sends it,
+#: with an exptime of 0 (only such runs are logged this way).
+_SETS_COMMAND = re.compile(rb"set ([!-~\x80-\xff]{1,250}) (\d{1,20}) 0 (\d{1,10})(?: noreply)?\r\n")
+_FLAGS_LIMIT = 1 << 32
+
+
+def encode_sets(raw: bytes, count: int, first_cas: int) -> tuple[bytes, bytes]:
+    """A ``sets`` record, in two parts: a run of pipelined ``set`` commands
+    logged as the client sent them (``raw``: each ``set <key> <flags> 0
+    <bytes>[ noreply]\\r\\n<data>\\r\\n``), storing cas values ``first_cas``,
+    ``first_cas + 1``... in order.
+
+    It is the batch form's record: one checksum for the whole run instead
+    of formatting and checksumming a ``set`` record per command, and, like
+    a group, replayed whole or not at all.
+    """
+    head = b"sets %d %d %d" % (count, first_cas, len(raw))
+    return b"%s %08x\r\n" % (head, crc32(raw, crc32(head))), raw
+
+
+def read_sets(buf: bytes, pos: int) -> tuple[list[Record], int]:
+    """The ``set`` records of the ``sets`` record at ``pos`` and the offset
+    after it; :class:`_Bad` at ``pos`` if any of it cannot be read."""
+    line, parts, start = _header_line(buf, pos, "sets")
+    try:
+        if len(parts) != 5:
+            raise ValueError("wrong field count")
+        count, first_cas, length = int(parts[1]), int(parts[2]), int(parts[3])
+        crc = int(parts[4], 16)
+    except ValueError as exc:
+        raise _Bad(f"malformed sets header: {exc}") from None
+    end = start + length
+    if end > len(buf):
+        raise _Bad("sets record runs past the end of the file", torn=True)
+    if crc32(buf[start:end], crc32(line[: line.rfind(b" ")])) != crc:
+        raise _Bad("sets checksum mismatch")
+    records: list[Record] = []
+    match = _SETS_COMMAND.match
+    at = start
+    cas = first_cas
+    while at < end:
+        found = match(buf, at, end)
+        if found is None:
+            raise _Bad(f"command {len(records) + 1} of a sets record is malformed")
+        key, flags, size = found.groups()
+        data_end = found.end() + int(size)
+        if buf[data_end : data_end + 2] != b"\r\n" or data_end + 2 > end or int(flags) >= _FLAGS_LIMIT:
+            raise _Bad(f"command {len(records) + 1} of a sets record is malformed")
+        records.append((b"set", key, buf[found.end() : data_end], int(flags), 0, cas))
+        cas += 1
+        at = data_end + 2
+    if len(records) != count:
+        raise _Bad("sets record does not hold what its header says")
+    return records, end
+
+
 def read_group(buf: bytes, pos: int) -> tuple[list[Record], int]:
     """The records of the group at ``pos`` and the offset after them;
     :class:`_Bad` at ``pos`` if any of it cannot be read."""
@@ -289,6 +346,9 @@ def parse_one(buf: bytes, pos: int) -> tuple[Record, int]:
         if buf.startswith(b"group ", pos):
             records, end = read_group(buf, pos)
             return (b"group", records), end
+        if buf.startswith(b"sets ", pos):
+            records, end = read_sets(buf, pos)
+            return (b"group", records), end
         line = buf[pos : eol - 1]
         cut = line.rfind(b" ")
         parts = line.split(b" ")
@@ -345,7 +405,9 @@ def parse_records(buf: bytes, start: int) -> Iterator[Record]:
         yield record
 
 
-_RECORD_START = re.compile(rb"\r\n(?=(?:b?(?:set|delete|touch|invalidate)|flush_all|next_cas|sync|snapshot|group) )")
+_RECORD_START = re.compile(
+    rb"\r\n(?=(?:b?(?:set|delete|touch|invalidate)|sets|flush_all|next_cas|sync|snapshot|group) )"
+)
 _SYNC_MARK = re.compile(rb"\r\nsync (\d{1,19}) ([0-9a-f]{16}) ([0-9a-f]{8})\r\n")
 
 

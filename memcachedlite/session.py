@@ -323,26 +323,26 @@ class Session:
         or 0 (nothing done) when fewer than two commands qualify."""
         pattern = row.batch_line
         match = pattern.match  # type: ignore[union-attr]
-        has_noreply = "noreply" in pattern.groupindex  # type: ignore[union-attr]
+        groups = pattern.groupindex  # type: ignore[union-attr]
+        quiet_at = groups.get("noreply")
         n = len(buf)
-        limit = self.settings.max_item_size
-        takes_data = row.data is not None
-        requests = []
+        requests: list[tuple[Any, Optional[bytes]]] = []
+        add = requests.append
         at = pos
-        while True:
-            found = match(buf, at)
-            if found is None:
-                break
-            data = None
-            end = found.end()
-            if takes_data:
-                length = int(found.group("length"))
-                if length > limit or end + length + 2 > n or buf[end + length : end + length + 2] != b"\r\n":
+        if row.data is None:
+            while (found := match(buf, at)) is not None:
+                add((found, None))
+                at = found.end()
+        else:
+            size_at = groups["length"]
+            limit = self.settings.max_item_size
+            while (found := match(buf, at)) is not None:
+                start = found.end()
+                end = start + int(found[size_at])
+                if end - start > limit or end + 2 > n or buf[end : end + 2] != b"\r\n":
                     break  # the plain path refuses it, or waits for the rest
-                data = buf[end : end + length]
-                end += length + 2
-            requests.append((found, data))
-            at = end
+                add((found, buf[start:end]))
+                at = end + 2
         if len(requests) < 2:
             return 0
         try:
@@ -350,9 +350,11 @@ class Session:
         except Exception:
             log.exception("batch form of %r failed", row.name)
             replies = [_INTERNAL_ERROR] * len(requests)
-        for (found, _), reply in zip(requests, replies, strict=True):
-            if reply and not (has_noreply and found.group("noreply")):
-                out.append(reply)
+        if quiet_at is None:
+            out.extend(filter(None, replies))
+        else:
+            quiet = [found[quiet_at] for found, _ in requests]
+            out.extend(reply for reply, hush in zip(replies, quiet, strict=True) if reply and not hush)
         return at
 
     def _run_unauthenticated(self, buf: bytes, out: list[bytes], pos: int = 0) -> int:

@@ -410,7 +410,9 @@ class Store(Durability):
                 self.unlink(key)
                 raise
 
-    def set_many(self, entries: list[tuple[bytes, bytes, int, int]]) -> list[Optional[ServerError]]:
+    def set_many(
+        self, entries: list[tuple[bytes, bytes, int, int]], verbatim: Optional[bytes] = None
+    ) -> list[Optional[ServerError]]:
         """:meth:`set` for each ``(key, value, flags, exptime)``, under one lock
         (the batch form of ``set``); the same effects, counted the same way.
         Returns, per entry, None or the error that :meth:`set` would have
@@ -419,6 +421,10 @@ class Store(Durability):
         Inside a batch, the common case (no expiry, no pending flush, no
         eviction) is :meth:`_write` with what it looks up once per item
         looked up once per call; anything else goes through :meth:`_write`.
+        ``verbatim``, when given, is the run of ``set`` commands these entries
+        came from, exactly as sent and each with an exptime of ``0``: if every
+        entry takes the common case, it is logged as one ``sets`` record
+        instead of a record per entry.
         """
         with self._lock:
             counters = self.counters
@@ -434,22 +440,34 @@ class Store(Durability):
             get = items.get
             limit = self.memory_limit
             record = datalog.set_record
+            first_cas = cas = self._next_cas
+            size = self.bytes
+            slow = 0  # entries that went through _try_write, which counts them itself
             for i, (key, value, flags, exptime) in enumerate(entries):
                 old = get(key)
-                cas = self._next_cas
                 blob = b"%b %d %d\r\n%b\r\n" % (pack_meta(0, now, 0, cas, 0, flags), flags, len(value), value)
                 grow = len(blob) - len(old) if old is not None else len(key) + len(blob) + ITEM_OVERHEAD
-                if exptime or self.bytes + grow > limit:
+                if exptime or size + grow > limit:
+                    if verbatim is not None:  # the run is not all common cases: log them one by one
+                        pending.extend(record(k, v, f, 0, first_cas + j) for j, (k, v, f, _) in enumerate(entries[:i]))
+                        verbatim = None
+                    self._next_cas, self.bytes = cas, size
+                    slow += 1
                     errors[i] = self._try_write(key, value, flags, exptime)
+                    cas, size = self._next_cas, self.bytes
                     continue
-                pending.append(record(key, value, flags, 0, cas))
+                if verbatim is None:
+                    pending.append(record(key, value, flags, 0, cas))
                 undo.append((key, old))
                 if old is not None:
                     del items[key]  # re-inserted at the young end
                 items[key] = blob
-                self._next_cas = cas + 1
-                self.bytes += grow
-                counters["total_items"] += 1
+                cas += 1
+                size += grow
+            counters["total_items"] += len(entries) - slow
+            self._next_cas, self.bytes = cas, size
+            if verbatim is not None and entries:
+                pending.extend(datalog.encode_sets(verbatim, len(entries), first_cas))
             return errors
 
     def _try_write(self, key: bytes, value: bytes, flags: int, exptime: int) -> Optional[ServerError]:

@@ -35,8 +35,13 @@ def plain_registry() -> Registry:
 
 
 def records(path: Path) -> list:
+    """The changes a data file holds, one record each: a run of sets that the
+    batch form logged as one ``sets`` record reads as a group of them."""
     data = path.read_bytes()
-    return [r for r in parse_records(data, read_header(data)[0]) if r[0] != b"sync"]
+    flat = []
+    for record in parse_records(data, read_header(data)[0]):
+        flat.extend(record[1] if record[0] == b"group" else [record])
+    return [r for r in flat if r[0] != b"sync"]
 
 
 keys = st.sampled_from([b"a", b"b", b"k:1", b"x" * 250, b"x" * 251, b"bad\x01key", b"\xc3\xa9t\xc3\xa9"])
@@ -77,6 +82,7 @@ def test_a_batch_answers_and_stores_what_one_at_a_time_does(tmp_path_factory, co
         replies = b"".join(session.feed(stream[i : i + step]) for i in range(0, len(stream), step))
         state = {k: store.peek(k) for k in store.keys()}
         stats = store.stats()
+        del stats["data_file_bytes"]  # a run logged as one sets record takes fewer bytes
         store.close()
         results.append((replies, state, stats, records(tmp / f"{name}.txt")))
     assert results[0] == results[1]

@@ -1,11 +1,13 @@
 """Start-up speed: how fast a data file of N small items is replayed.
 
-    python benchmarks/replay.py [--items 1000000] [--value-size 20] [--snapshot]
+    python benchmarks/replay.py [--items 1000000] [--value-size 20] [--snapshot | --pipelined]
 
 Writes a data file (in a temporary directory) with one ``set`` record per
 item (with ``--snapshot``, then compacts it, so the items sit in a snapshot
-section that loads in bulk), then times ``Store(path)`` and reports records
-per second and the peak resident memory of the process while loading.
+section that loads in bulk; with ``--pipelined``, through the protocol engine
+in runs of 100 pipelined sets, as W8 writes it, so they are ``sets``
+records), then times ``Store(path)`` and reports records per second and the
+peak resident memory of the process while loading.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from memcachedlite import Store  # noqa: E402
+from memcachedlite import Session, Store  # noqa: E402
 from memcachedlite.log import HEADER, encode_set  # noqa: E402
 
 
@@ -37,20 +39,35 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--value-size", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=3, help="loads to time; the median and best are shown")
-    parser.add_argument("--snapshot", action="store_true", help="compact the file first (a snapshot section)")
+    form = parser.add_mutually_exclusive_group()
+    form.add_argument("--snapshot", action="store_true", help="compact the file first (a snapshot section)")
+    form.add_argument("--pipelined", action="store_true", help="write it in runs of 100 pipelined sets")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "data.txt")
         value = b"v" * args.value_size
-        with open(path, "wb") as f:
-            f.write(HEADER)
-            chunk = []
-            for i in range(args.items):
-                chunk.append(encode_set(b"key:%d" % i, value, 0, 0, i + 1))
-                if len(chunk) == 10000:
-                    f.write(b"".join(chunk))
-                    chunk.clear()
-            f.write(b"".join(chunk))
+        if args.pipelined:
+            store = Store(path, memory_limit=1 << 40, compact_min_size=1 << 62)
+            session = Session(store)
+            for first in range(0, args.items, 100):
+                session.feed(
+                    b"".join(
+                        b"set key:%d 0 0 %d\r\n%s\r\n" % (i, len(value), value)
+                        for i in range(first, min(first + 100, args.items))
+                    )
+                )
+            store.close()
+            del store, session
+        else:
+            with open(path, "wb") as f:
+                f.write(HEADER)
+                chunk = []
+                for i in range(args.items):
+                    chunk.append(encode_set(b"key:%d" % i, value, 0, 0, i + 1))
+                    if len(chunk) == 10000:
+                        f.write(b"".join(chunk))
+                        chunk.clear()
+                f.write(b"".join(chunk))
         if args.snapshot:
             store = Store(path, memory_limit=1 << 40)
             store.compact()
@@ -70,7 +87,7 @@ def main() -> None:
             del store
     times.sort()
     median, best = times[len(times) // 2], times[0]
-    form = "in a snapshot section" if args.snapshot else "as set records"
+    form = "in a snapshot section" if args.snapshot else "as sets records" if args.pipelined else "as set records"
     print(f"file: {size / 2**20:.1f} MiB, {args.items} items of {args.value_size}-byte values {form}")
     print(
         f"replayed {loaded} items: median {median:.2f} s ({args.items / median:,.0f} records/s),"

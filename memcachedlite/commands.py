@@ -84,15 +84,12 @@ def set_batch(ctx: "Session", requests: list) -> list[Optional[bytes]]:
 
     Each request is parsed as :func:`set_` parses it and stored as
     :meth:`Store.set` stores it; one that :func:`set_` would refuse gets
-    the same error line. A run of sets that never expire, all accepted, is
-    logged as the client sent it (one ``sets`` record, see
-    :func:`memcachedlite.records.encode_sets`).
+    the same error line.
     """
     entries = []
     stored: list[int] = []  # which request each entry came from
     replies: list[Optional[bytes]] = [STORED] * len(requests)
     prefixes = ctx.store.prefixes
-    verbatim = True
     for i, (found, data) in enumerate(requests):
         key, flags, exptime = found.group(1, 2, 3)
         if prefixes.enabled:
@@ -100,20 +97,14 @@ def set_batch(ctx: "Session", requests: list) -> list[Optional[bytes]]:
         if flags == b"0" and exptime == b"0":
             entries.append((key, data, 0, 0))
         else:
-            verbatim = verbatim and exptime == b"0"
             try:
                 _, number, when = _storage_args([key, flags, exptime, found.group(4)])
             except ProtocolError as exc:
                 replies[i] = exc.to_bytes()
-                verbatim = False
                 continue
             entries.append((key, data, number, when))
         stored.append(i)
-    run = None
-    if verbatim:
-        first, (last, data) = requests[0][0], requests[-1]
-        run = first.string[first.start() : last.end() + len(data) + 2]
-    for i, error in zip(stored, ctx.store.set_many(entries, run), strict=True):
+    for i, error in zip(stored, ctx.store.set_many(entries), strict=True):
         if error is not None:
             replies[i] = error.to_bytes()
     return replies

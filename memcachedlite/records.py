@@ -9,7 +9,8 @@ still read and appended to), documented in ``docs/data-file.md``::
                                     (written by compaction, at the head only)
     sync <offset> <file id> <crc>\\r\\n                     sync mark
     group <records> <bytes> <crc>\\r\\n<records>              one change, all or nothing
-    sets <count> <first cas> <bytes> <crc>\\r\\n<set commands>  pipelined sets, as received
+    sets <format> <count> <next cas> <expiring> <bytes> <crc>\\r\\n<bytes>\\r\\n
+                                    (items a run of pipelined sets stored, as a snapshot holds them)
     set <key> <flags> <exptime> <bytes> <cas> <crc>\\r\\n<data>\\r\\n
     delete <key> <crc>\\r\\n
     touch <key> <exptime> <crc>\\r\\n
@@ -183,62 +184,6 @@ def regroup(chunks: list[bytes]) -> bytes:
     return encode_group([encode(r) for r in flat])
 
 
-#: One command of a ``sets`` record: memcached's ``set`` as a client sends it,
-#: with an exptime of 0 (only such runs are logged this way).
-_SETS_COMMAND = re.compile(rb"set ([!-~\x80-\xff]{1,250}) (\d{1,20}) 0 (\d{1,10})(?: noreply)?\r\n")
-_FLAGS_LIMIT = 1 << 32
-
-
-def encode_sets(raw: bytes, count: int, first_cas: int) -> tuple[bytes, bytes]:
-    """A ``sets`` record, in two parts: a run of pipelined ``set`` commands
-    logged as the client sent them (``raw``: each ``set <key> <flags> 0
-    <bytes>[ noreply]\\r\\n<data>\\r\\n``), storing cas values ``first_cas``,
-    ``first_cas + 1``... in order.
-
-    It is the batch form's record: one checksum for the whole run instead
-    of formatting and checksumming a ``set`` record per command, and, like
-    a group, replayed whole or not at all.
-    """
-    head = b"sets %d %d %d" % (count, first_cas, len(raw))
-    return b"%s %08x\r\n" % (head, crc32(raw, crc32(head))), raw
-
-
-def read_sets(buf: bytes, pos: int) -> tuple[list[Record], int]:
-    """The ``set`` records of the ``sets`` record at ``pos`` and the offset
-    after it; :class:`_Bad` at ``pos`` if any of it cannot be read."""
-    line, parts, start = _header_line(buf, pos, "sets")
-    try:
-        if len(parts) != 5:
-            raise ValueError("wrong field count")
-        count, first_cas, length = int(parts[1]), int(parts[2]), int(parts[3])
-        crc = int(parts[4], 16)
-    except ValueError as exc:
-        raise _Bad(f"malformed sets header: {exc}") from None
-    end = start + length
-    if end > len(buf):
-        raise _Bad("sets record runs past the end of the file", torn=True)
-    if crc32(buf[start:end], crc32(line[: line.rfind(b" ")])) != crc:
-        raise _Bad("sets checksum mismatch")
-    records: list[Record] = []
-    match = _SETS_COMMAND.match
-    at = start
-    cas = first_cas
-    while at < end:
-        found = match(buf, at, end)
-        if found is None:
-            raise _Bad(f"command {len(records) + 1} of a sets record is malformed")
-        key, flags, size = found.groups()
-        data_end = found.end() + int(size)
-        if buf[data_end : data_end + 2] != b"\r\n" or data_end + 2 > end or int(flags) >= _FLAGS_LIMIT:
-            raise _Bad(f"command {len(records) + 1} of a sets record is malformed")
-        records.append((b"set", key, buf[found.end() : data_end], int(flags), 0, cas))
-        cas += 1
-        at = data_end + 2
-    if len(records) != count:
-        raise _Bad("sets record does not hold what its header says")
-    return records, end
-
-
 def read_group(buf: bytes, pos: int) -> tuple[list[Record], int]:
     """The records of the group at ``pos`` and the offset after them;
     :class:`_Bad` at ``pos`` if any of it cannot be read."""
@@ -260,7 +205,7 @@ def read_group(buf: bytes, pos: int) -> tuple[list[Record], int]:
             records.append(record)
     except _Bad as bad:
         raise _Bad(f"record {len(records) + 1} of a group: {bad}", torn=bad.torn) from None
-    if at != end or len(records) != count or any(r[0] in (b"group", b"snapshot", b"sync") for r in records):
+    if at != end or len(records) != count or any(r[0] in (b"group", b"snapshot", b"sets", b"sync") for r in records):
         raise _Bad("group does not hold what its header says")
     return records, end
 
@@ -275,41 +220,55 @@ def encode_snapshot(pairs: list[tuple[bytes, bytes]], item_format: int, next_cas
     the key lengths (uint16) and item lengths (uint32), little-endian, then
     the keys, then the items, each run back to back.
     """
-    keys = [k for k, _ in pairs]
-    blobs = [b for _, b in pairs]
+    return _encode_bulk(b"snapshot", [k for k, _ in pairs], [b for _, b in pairs], item_format, next_cas, expiring)
+
+
+def encode_sets(keys: list[bytes], blobs: list[bytes], item_format: int, next_cas: int) -> list[bytes]:
+    """A ``sets`` record: items just stored by a run of pipelined sets (none
+    with an expiry), in the snapshot's form, so that logging them is a few C
+    loops instead of a record per set, and start-up loads them in bulk too.
+    Replayed whole or not at all, like a group; each item replaces whatever
+    its key held."""
+    return _encode_bulk(b"sets", keys, blobs, item_format, next_cas, 0)
+
+
+def _encode_bulk(
+    verb: bytes, keys: list[bytes], blobs: list[bytes], item_format: int, next_cas: int, expiring: int
+) -> list[bytes]:
     key_lengths = array("H", map(len, keys))
     blob_lengths = array("I", map(len, blobs))
     if sys.byteorder == "big":  # pragma: no cover - the file is little-endian everywhere
         key_lengths.byteswap()
         blob_lengths.byteswap()
     payload = [key_lengths.tobytes(), blob_lengths.tobytes(), b"".join(keys), b"".join(blobs)]
-    head = b"snapshot %d %d %d %d %d" % (item_format, len(pairs), next_cas, expiring, sum(map(len, payload)))
+    head = b"%s %d %d %d %d %d" % (verb, item_format, len(keys), next_cas, expiring, sum(map(len, payload)))
     crc = crc32(head)
     for part in payload:
         crc = crc32(part, crc)
     return [b"%s %08x\r\n" % (head, crc), *payload, b"\r\n"]
 
 
-def read_snapshot(buf: bytes, pos: int) -> tuple[Record, int]:
-    """The snapshot section at ``pos``: ``(b"snapshot", item_format,
-    next_cas, expiring, pairs)`` with ``pairs`` an iterator of (key, item),
-    and the offset after it. Every key and item is sliced out of ``buf`` by
-    C loops: this is what makes a compacted file load fast."""
+def read_snapshot(buf: bytes, pos: int, what: str = "snapshot") -> tuple[Record, int]:
+    """The snapshot section (or, with ``what="sets"``, the ``sets`` record)
+    at ``pos``: ``(b"snapshot", item_format, next_cas, expiring, pairs)``
+    with ``pairs`` an iterator of (key, item), and the offset after it. Every
+    key and item is sliced out of ``buf`` by C loops: this is what makes a
+    compacted file load fast."""
     n = len(buf)
-    line, parts, start = _header_line(buf, pos, "snapshot")
+    line, parts, start = _header_line(buf, pos, what)
     try:
         if len(parts) != 7:
             raise ValueError("wrong field count")
         item_format, count, next_cas, expiring, length = map(int, parts[1:6])
         crc = int(parts[6], 16)
     except ValueError as exc:
-        raise _Bad(f"malformed snapshot header: {exc}") from None
+        raise _Bad(f"malformed {what} header: {exc}") from None
     end = start + length
     if end + 2 > n:
-        raise _Bad("snapshot runs past the end of the file", torn=True)
+        raise _Bad(f"{what} runs past the end of the file", torn=True)
     view = memoryview(buf)
     if buf[end : end + 2] != b"\r\n" or crc32(view[start:end], crc32(line[: line.rfind(b" ")])) != crc:
-        raise _Bad("snapshot checksum mismatch")
+        raise _Bad(f"{what} checksum mismatch")
     key_lengths = array("H")
     key_lengths.frombytes(view[start : start + 2 * count])
     blob_lengths = array("I")
@@ -320,11 +279,11 @@ def read_snapshot(buf: bytes, pos: int) -> tuple[Record, int]:
     key_offsets = list(accumulate(key_lengths, initial=start + 6 * count))
     blob_offsets = list(accumulate(blob_lengths, initial=key_offsets[-1]))
     if blob_offsets[-1] != end:
-        raise _Bad("snapshot lengths do not add up")
+        raise _Bad(f"{what} lengths do not add up")
     take = buf.__getitem__
     keys = map(take, map(slice, key_offsets, key_offsets[1:]))
     blobs = map(take, map(slice, blob_offsets, blob_offsets[1:]))
-    return (b"snapshot", item_format, next_cas, expiring, zip(keys, blobs, strict=True)), end + 2
+    return (what.encode(), item_format, next_cas, expiring, zip(keys, blobs, strict=True)), end + 2
 
 
 def parse_one(buf: bytes, pos: int) -> tuple[Record, int]:
@@ -347,8 +306,8 @@ def parse_one(buf: bytes, pos: int) -> tuple[Record, int]:
             records, end = read_group(buf, pos)
             return (b"group", records), end
         if buf.startswith(b"sets ", pos):
-            records, end = read_sets(buf, pos)
-            return (b"group", records), end
+            record, end = read_snapshot(buf, pos, "sets")
+            return record[:4] + (list(record[4]),), end
         line = buf[pos : eol - 1]
         cut = line.rfind(b" ")
         parts = line.split(b" ")
@@ -463,6 +422,8 @@ def encode(record: Record) -> bytes:
         return encode_sync(record[1], record[2])
     if kind == b"snapshot":
         return b"".join(encode_snapshot(record[4], record[1], record[2], record[3]))
+    if kind == b"sets":
+        return b"".join(_encode_bulk(b"sets", [k for k, _ in record[4]], [b for _, b in record[4]], *record[1:4]))
     if kind == b"group":
         return encode_group([encode(r) for r in record[1]])
     return encode_next_cas(record[1])

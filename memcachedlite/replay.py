@@ -5,8 +5,11 @@ start-up to load in bulk.
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
+from itertools import repeat
+from operator import itemgetter
 from typing import TYPE_CHECKING
 
 from . import log as datalog
@@ -60,6 +63,15 @@ def replay(store: Store) -> None:
                 raise CorruptLogError(store.log.path, 0, f"snapshot of unknown item format {item_format}")
             items.update(pairs)
             next_cas[0] = max(next_cas[0], cas)
+            return
+        if kind == b"sets":  # a run of pipelined sets, in the snapshot's form
+            _, item_format, cas, timed, pairs = record
+            if item_format != ITEM_FORMAT:
+                raise CorruptLogError(store.log.path, 0, f"sets record of unknown item format {item_format}")
+            collections.deque(map(items.pop, map(itemgetter(0), pairs), repeat(None)), maxlen=0)  # to the young end
+            items.update(pairs)
+            next_cas[0] = max(next_cas[0], cas)
+            expiring[0] += timed
             return
         expiring[0] += 1  # a record the fast path does not take may set an expiry
         if kind == b"flush_all":

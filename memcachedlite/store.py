@@ -410,9 +410,7 @@ class Store(Durability):
                 self.unlink(key)
                 raise
 
-    def set_many(
-        self, entries: list[tuple[bytes, bytes, int, int]], verbatim: Optional[bytes] = None
-    ) -> list[Optional[ServerError]]:
+    def set_many(self, entries: list[tuple[bytes, bytes, int, int]]) -> list[Optional[ServerError]]:
         """:meth:`set` for each ``(key, value, flags, exptime)``, under one lock
         (the batch form of ``set``); the same effects, counted the same way.
         Returns, per entry, None or the error that :meth:`set` would have
@@ -421,10 +419,9 @@ class Store(Durability):
         Inside a batch, the common case (no expiry, no pending flush, no
         eviction) is :meth:`_write` with what it looks up once per item
         looked up once per call; anything else goes through :meth:`_write`.
-        ``verbatim``, when given, is the run of ``set`` commands these entries
-        came from, exactly as sent and each with an exptime of ``0``: if every
-        entry takes the common case, it is logged as one ``sets`` record
-        instead of a record per entry.
+        When every entry is the common case, the items are logged as one
+        ``sets`` record (:func:`memcachedlite.records.encode_sets`) rather
+        than a record each.
         """
         with self._lock:
             counters = self.counters
@@ -439,35 +436,41 @@ class Store(Durability):
             items = self._items
             get = items.get
             limit = self.memory_limit
-            record = datalog.set_record
             first_cas = cas = self._next_cas
             size = self.bytes
+            keys: Optional[list[bytes]] = []  # None once an entry took another path
+            blobs: list[bytes] = []
             slow = 0  # entries that went through _try_write, which counts them itself
             for i, (key, value, flags, exptime) in enumerate(entries):
                 old = get(key)
                 blob = b"%b %d %d\r\n%b\r\n" % (pack_meta(0, now, 0, cas, 0, flags), flags, len(value), value)
                 grow = len(blob) - len(old) if old is not None else len(key) + len(blob) + ITEM_OVERHEAD
                 if exptime or size + grow > limit:
-                    if verbatim is not None:  # the run is not all common cases: log them one by one
-                        pending.extend(record(k, v, f, 0, first_cas + j) for j, (k, v, f, _) in enumerate(entries[:i]))
-                        verbatim = None
+                    if keys is not None:  # not all common cases: log the ones so far a record each
+                        pending.extend(
+                            datalog.set_record(k, v, f, 0, first_cas + j) for j, (k, v, f, _) in enumerate(entries[:i])
+                        )
+                        keys = None
                     self._next_cas, self.bytes = cas, size
                     slow += 1
                     errors[i] = self._try_write(key, value, flags, exptime)
                     cas, size = self._next_cas, self.bytes
                     continue
-                if verbatim is None:
-                    pending.append(record(key, value, flags, 0, cas))
+                if keys is None:
+                    pending.append(datalog.set_record(key, value, flags, 0, cas))
+                else:
+                    keys.append(key)
+                    blobs.append(blob)
                 undo.append((key, old))
                 if old is not None:
                     del items[key]  # re-inserted at the young end
                 items[key] = blob
                 cas += 1
                 size += grow
+            if keys:
+                pending.extend(datalog.encode_sets(keys, blobs, ITEM_FORMAT, cas))
             counters["total_items"] += len(entries) - slow
             self._next_cas, self.bytes = cas, size
-            if verbatim is not None and entries:
-                pending.extend(datalog.encode_sets(verbatim, len(entries), first_cas))
             return errors
 
     def _try_write(self, key: bytes, value: bytes, flags: int, exptime: int) -> Optional[ServerError]:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from memcachedlite import Registry, Session, Store, default_registry
 from memcachedlite import log as datalog
 from memcachedlite.errors import LogWriteError
+from memcachedlite.items import decode
 from memcachedlite.log import parse_records, read_header
 from memcachedlite.session import Settings
 
@@ -35,12 +36,17 @@ def plain_registry() -> Registry:
 
 
 def records(path: Path) -> list:
-    """The changes a data file holds, one record each: a run of sets that the
-    batch form logged as one ``sets`` record reads as a group of them."""
+    """The changes a data file holds, one set record each: the batch form
+    logs a run of sets as one ``sets`` record of the items it stored."""
     data = path.read_bytes()
     flat = []
     for record in parse_records(data, read_header(data)[0]):
-        flat.extend(record[1] if record[0] == b"group" else [record])
+        if record[0] == b"sets":
+            for key, blob in record[4]:
+                item = decode(blob)
+                flat.append((b"set", key, item.value, item.flags, item.exptime, item.cas))
+        else:
+            flat.extend(record[1] if record[0] == b"group" else [record])
     return [r for r in flat if r[0] != b"sync"]
 
 

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from memcachedlite import CorruptLogError, Session, Store
 from memcachedlite import log as datalog
+from memcachedlite import store as store_module
 from memcachedlite.cli import main
 from memcachedlite.items import ITEM_FORMAT, make_item
 from memcachedlite.log import parse_records, read_header
@@ -25,6 +26,13 @@ RUN = (
     b"set k3 4294967295 0 0\r\n\r\n"
     b"set k1 00012 0 3\r\nnew\r\n"  # flags as memcached reads them, and a key stored twice
 )
+
+
+@pytest.fixture(autouse=True)
+def short_runs_too(monkeypatch) -> None:
+    """Log even these short runs as sets records (the server does from
+    SETS_RECORD_MIN sets on, where the bulk form starts to cost less)."""
+    monkeypatch.setattr(store_module, "SETS_RECORD_MIN", 2)
 
 
 def record_starts(data: bytes) -> list[int]:
@@ -85,6 +93,14 @@ def test_a_run_with_any_other_set_is_logged_record_by_record(tmp_path: Path, odd
         assert state(store) == before
     finally:
         store.close()
+
+
+def test_a_short_run_is_logged_a_record_per_set(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(store_module, "SETS_RECORD_MIN", 16)
+    path = tmp_path / "data.txt"
+    fill(path, b"".join(b"set s%d 0 0 1\r\n%d\r\n" % (i, i % 10) for i in range(15)))
+    fill(path, b"".join(b"set l%d 0 0 1\r\n%d\r\n" % (i, i % 10) for i in range(16)))
+    assert kinds(path) == [b"set"] * 15 + [b"sync", b"sets"]
 
 
 def test_a_run_that_meets_the_memory_limit_is_logged_record_by_record(tmp_path: Path) -> None:

@@ -37,6 +37,7 @@ import memcachedlite.log
 from memcachedlite import CorruptLogError, Store
 from memcachedlite.log import parse_one
 from memcachedlite.session import Session
+from memcachedlite.store import SETS_RECORD_MIN
 from tests.crashsim import (
     PATIENCE,
     CrashState,
@@ -104,12 +105,18 @@ def script(seed: int) -> list:
             return b"add %s 0 0 4\r\nnew!\r\n" % key
         return b"gat 50 %s\r\n" % key
 
+    def run_set() -> bytes:
+        data = value()
+        return b"set %s %d 0 %d\r\n%s\r\n" % (rng.choice(keys), rng.randrange(4), len(data), data)
+
     steps: list = []
     for i in range(70):
         if i in (25, 55):
             steps.append("compact")
         elif i % 9 == 4:
             steps.append("sync")
+        elif i in (10, 40):  # a run long enough to be logged as one sets record
+            steps.append([run_set() for _ in range(SETS_RECORD_MIN)])
         else:
             steps.append([command() for _ in range(rng.choice([1, 1, 1, 2, 3, 5]))])
     return steps
@@ -317,6 +324,8 @@ def test_every_power_loss_state_starts_with_a_prefix_that_keeps_what_was_durable
     run, _ = record_run(tmp_path, monkeypatch, policy, seed=13)
     kinds = {op.kind for op in run.trace.ops}
     assert {"write", "fsync", "rename", "dirsync"} <= kinds  # compaction is in the trace
+    writes = [b"\r\n" + op.data for op in run.trace.ops if op.kind == "write"]
+    assert any(b"\r\nsets " in data for data in writes)  # runs of sets, logged in bulk
     assert len(run.states) > 100
     checked = check_states(run, tmp_path / "crash", caplog, seed=5)
     assert checked >= STATES_PER_POLICY // 2

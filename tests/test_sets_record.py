@@ -5,6 +5,7 @@ apart like any other record's."""
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import pytest
@@ -189,3 +190,37 @@ def test_malformed_sets_headers(buf: bytes, torn: bool) -> None:
     with pytest.raises(_Bad) as caught:
         read_snapshot(buf, 0, "sets")
     assert caught.value.torn is torn
+
+
+def test_a_run_whose_write_fails_is_refused_whole_and_undone(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "data.txt"
+    fill(path, b"set k1 0 0 3\r\nold\r\n")
+    store = Store(path)
+    try:
+        size = path.stat().st_size
+        real_write = datalog.os.write
+
+        def disk_full(fd: int, data) -> int:
+            if fd == store.log._fd:  # the data file only: half of it, then no space
+                if len(data) > 100:
+                    return real_write(fd, bytes(data[: len(data) // 2]))
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_write(fd, data)
+
+        session = Session(store)
+        with monkeypatch.context() as patch:
+            patch.setattr(datalog.os, "write", disk_full)
+            replies = session.feed(RUN * 4)
+        assert replies == b"SERVER_ERROR cannot write data file: out of disk space\r\n" * 12  # noreply: quiet
+        assert state(store) == {b"k1": (b"old", 0, 0, 1)}
+        assert path.stat().st_size == size  # the half-written record was cut back
+        assert session.feed(RUN * 4).count(b"STORED\r\n") == 12  # the disk has room again
+        after = state(store)
+    finally:
+        store.close()
+    assert kinds(path)[-1] == b"sets"
+    again = Store(path)
+    try:
+        assert state(again) == after
+    finally:
+        again.close()

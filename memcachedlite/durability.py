@@ -38,8 +38,13 @@ from typing import Any, Iterator, Optional
 from . import log as datalog
 from .committer import Committer
 from .errors import LogWriteError, ServerError
+from .items import _size
+from .replay import snapshot_section
 
 logger = logging.getLogger(__name__)
+
+#: The data file is compacted once it is past this size and twice the live data.
+DEFAULT_COMPACT_MIN_SIZE = 64 * 1024 * 1024
 
 
 class _Refusing(list):
@@ -60,12 +65,20 @@ class Durability:
 
     The store sets ``log`` and the item state; this base class keeps the
     batch state (``_pending`` records, ``_undo`` entries), the undo of
-    batches not yet durable, the dirty keys, and the failure state.
+    batches not yet durable, the dirty keys, and the failure state. It
+    undoes changes in the item table and snapshots it for compaction.
     """
 
     log: Optional[datalog.DataLog]
     _lock: Any
     _closing: threading.Event
+    # the store's item state (see memcachedlite.store)
+    _items: dict[bytes, bytes]
+    bytes: int
+    flush_at: int
+    _next_cas: int
+    _max_given_cas: int
+    compact_min_size: int
 
     def _init_durability(self) -> None:
         # While a batch is open: the records waiting for one write, and how to
@@ -211,9 +224,9 @@ class Durability:
         log = self.log
         assert log is not None
         if (
-            size > self.compact_min_size  # type: ignore[attr-defined]
+            size > self.compact_min_size
             and self._compactor is None
-            and (size > 2 * self.bytes or size > 2 * log.snapshot_end)  # type: ignore[attr-defined]
+            and (size > 2 * self.bytes or size > 2 * log.snapshot_end)
         ):
             self.start_compaction()
 
@@ -228,8 +241,23 @@ class Durability:
             with self._lock:
                 self.data_file_errors += 1
 
-    def _restore(self, undo: list[tuple]) -> None:  # pragma: no cover - the store's
-        raise NotImplementedError
+    def _restore(self, undo: list[tuple]) -> None:
+        """Put back what a batch's changes replaced, newest first: each undo
+        entry is ``(key, what it held or None)``, or, for ``flush_all``,
+        ``(None, the whole table, bytes, flush_at)``."""
+        items = self._items
+        for entry in reversed(undo):
+            if entry[0] is None:  # a whole table, replaced by flush_all
+                _, self._items, self.bytes, self.flush_at = entry
+                items = self._items
+                continue
+            key, old = entry
+            current = items.pop(key, None)
+            if current is not None:
+                self.bytes -= _size(key, current)
+            if old is not None:
+                items[key] = old
+                self.bytes += _size(key, old)
 
     def _rollback(self, undo: list[tuple]) -> None:
         self._restore(undo)
@@ -313,11 +341,13 @@ class Durability:
 
     # -- compaction ---------------------------------------------------------
 
-    def _snapshot(self) -> tuple[dict, int, int]:  # pragma: no cover - the store's
-        raise NotImplementedError
+    def _snapshot(self) -> tuple[dict, int, int]:
+        """The item table, next cas and pending flush, for a compaction (lock held)."""
+        # a C-level copy: the shortest pause
+        return self._items.copy(), max(self._next_cas, self._max_given_cas + 1), self.flush_at
 
-    def _snapshot_section(self, snapshot: dict, next_cas: int, now: int) -> list[bytes]:  # pragma: no cover
-        raise NotImplementedError  # the store's
+    #: the snapshot section that recreates the items (see :mod:`memcachedlite.replay`)
+    _snapshot_section = staticmethod(snapshot_section)
 
     def compact(self, recovering: bool = False) -> int:
         """Rewrite the data file to just the live items; returns the bytes saved.

@@ -1,5 +1,7 @@
 """The shared store: the item table in memory, expiry, LRU eviction and
-counters, every change written to the data file first.
+counters, every change written to the data file first (how it reaches the
+file is :mod:`memcachedlite.durability`'s business; reclaiming expired items
+in the background is :mod:`memcachedlite.expiry`'s).
 
 Every mutation takes the store's lock, works out its effect, appends that
 effect to the data file and only then changes memory (write-ahead): a change
@@ -22,8 +24,9 @@ from typing import Callable, Iterable, Iterator, Optional, Union
 
 from . import log as datalog
 from .detail import PrefixStats
-from .durability import Durability
+from .durability import DEFAULT_COMPACT_MIN_SIZE, Durability
 from .errors import ClientError, OutOfMemory, ServerError
+from .expiry import Expiry
 from .items import (
     _EXP,
     _NEVER,
@@ -31,6 +34,7 @@ from .items import (
     ATIME_INTERVAL,
     BINARY_KEY,
     FETCHED,
+    ITEM_FORMAT,
     ITEM_OVERHEAD,
     META,
     STALE,
@@ -47,10 +51,9 @@ from .items import (
     decode,
     pack_meta,
 )
-from .items import ITEM_FORMAT as ITEM_FORMAT  # noqa: F401  moved to items, still importable from here
 from .items import make_item as make_item  # noqa: F401  moved to items, still importable from here
 from .protocol import RELATIVE_EXPTIME_LIMIT, U64, parse_counter
-from .replay import replay, snapshot_section
+from .replay import replay
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +62,7 @@ DEFAULT_MEMORY_LIMIT = 64 * 1024 * 1024
 #: ``sets`` record: below it, a record per set costs less than the bulk
 #: form's fixed part (measured with benchmarks/micro_session.py).
 SETS_RECORD_MIN = 16
-#: The data file is compacted once it is past this size and twice the live data.
-DEFAULT_COMPACT_MIN_SIZE = 64 * 1024 * 1024
+__all__ = ["DEFAULT_COMPACT_MIN_SIZE", "DEFAULT_MEMORY_LIMIT", "SETS_RECORD_MIN", "Store"]
 
 _COUNTERS = [
     "cmd_get",
@@ -95,7 +97,7 @@ _COUNTERS = [
 ]
 
 
-class Store(Durability):
+class Store(Expiry, Durability):
     """The key-value data shared by every connection of a server.
 
     ``path=None`` keeps everything in memory only (for tests and embedding);
@@ -134,13 +136,8 @@ class Store(Durability):
         self._max_given_cas = 0
         self.counters = dict.fromkeys(_COUNTERS, 0)
         self.compact_min_size = compact_min_size
-        self._sweeper: Optional[threading.Thread] = None
-        self._sweep_keys: list[bytes] = []
-        self._sweep_at = 0
-        # Whether some item may carry an expiry: the sweeper idles when none does.
-        self._may_expire = True
-        self._expiring_seen = False
         self._closing = threading.Event()
+        self._init_expiry()
         self._init_durability()
         self.log: Optional[datalog.DataLog] = None
         if path is not None:
@@ -383,23 +380,6 @@ class Store(Durability):
             self.counters["store_no_memory"] += 1
             raise OutOfMemory()
         return victims
-
-    def _restore(self, undo: list[tuple]) -> None:
-        """Put back what a batch's changes replaced, newest first (see
-        :meth:`Durability._rollback`)."""
-        items = self._items
-        for entry in reversed(undo):
-            if entry[0] is None:  # a whole table, replaced by flush_all
-                _, self._items, self.bytes, self.flush_at = entry
-                items = self._items
-                continue
-            key, old = entry
-            current = items.pop(key, None)
-            if current is not None:
-                self.bytes -= _size(key, current)
-            if old is not None:
-                items[key] = old
-                self.bytes += _size(key, old)
 
     def set(self, key: bytes, value: bytes, flags: int = 0, exptime: int = 0) -> int:
         """Store unconditionally; returns the new cas value (0 if stored already expired).
@@ -843,77 +823,10 @@ class Store(Durability):
 
     def close(self) -> None:
         self._closing.set()
-        if self._sweeper is not None:
-            self._sweeper.join()
+        self._stop_sweeper()
         self._close_durability()
         if self.log is not None:
             self.log.close()
-
-    # -- reclaiming expired items -------------------------------------------
-
-    def reclaim_expired(self, limit: int = 5000) -> int:
-        """Drop expired items among the next ``limit`` keys of a walk over
-        the table; returns how many were dropped.
-
-        Expired items are otherwise only noticed when touched, so memory held
-        by keys nobody asks for again would never come back. The walk works on
-        a copy of the key list, refreshed each round, and holds the lock for
-        one slice at a time. Nothing is logged: the records already carry the
-        absolute expiry, so a replay drops these items too.
-        """
-        with self._lock:
-            if self._sweep_at >= len(self._sweep_keys):
-                if not self._may_expire:  # the last round found nothing with an expiry
-                    return 0
-                self._sweep_keys = list(self._items)
-                self._sweep_at = 0
-                self._may_expire = self._expiring_seen = False
-                self.counters["lru_crawler_starts"] += 1
-            keys = self._sweep_keys[self._sweep_at : self._sweep_at + limit]
-            self._sweep_at += len(keys)
-            now = self.now()
-            items = self._items
-            dropped = 0
-            expiring = False
-            for key in keys:
-                blob = items.get(key)
-                if blob is not None and blob[_EXP] != _NEVER:
-                    if _unpack(blob)[4] <= now:
-                        self._drop(key, blob)
-                        dropped += 1
-                    else:
-                        expiring = True
-            if expiring:
-                self._expiring_seen = True
-            if self._sweep_at >= len(self._sweep_keys) and self._expiring_seen:
-                self._may_expire = True  # items left that will expire: go round again
-            counters = self.counters
-            counters["crawler_items_checked"] += len(keys)
-            counters["crawler_reclaimed"] += dropped
-            counters["reclaimed"] += dropped
-            return dropped
-
-    def start_sweeper(self, interval: float = 0.1, per_round: int = 5000) -> None:
-        """Reclaim expired items in the background, ``per_round`` keys every ``interval`` s."""
-        if self._sweeper is not None:
-            return
-
-        def sweep() -> None:
-            while not self._closing.wait(interval):
-                self.reclaim_expired(per_round)
-
-        self._sweeper = threading.Thread(target=sweep, name="mcl-sweeper", daemon=True)
-        self._sweeper.start()
-
-    # -- compaction ---------------------------------------------------------
-
-    def _snapshot(self) -> tuple[dict, int, int]:
-        """The item table, next cas and pending flush, for a compaction (lock held)."""
-        # a C-level copy: the shortest pause
-        return self._items.copy(), max(self._next_cas, self._max_given_cas + 1), self.flush_at
-
-    #: the snapshot section that recreates the items (see :mod:`memcachedlite.replay`)
-    _snapshot_section = staticmethod(snapshot_section)
 
     # -- run-time settings (memcached's cache_memlimit, -C) --------------------
 

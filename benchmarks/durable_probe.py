@@ -23,21 +23,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from run import free_port, wait_for_port  # noqa: E402  (benchmarks/run.py, beside this file)
+
 from memcachedlite import loadgen  # noqa: E402
 from memcachedlite.loadconfig import LoadConfig  # noqa: E402
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _cpu_ticks(pid: int) -> tuple[int, int]:
@@ -64,26 +57,16 @@ def _marks(path: Path) -> int:
 def probe(writers: int, seconds: float, use_perf: bool, record: str = "") -> dict[str, float]:
     cpus = sorted(os.sched_getaffinity(0))
     server_cpu, client_cpus = cpus[-1], tuple(cpus[:-1]) or (cpus[-1],)
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data.txt"
         proc = subprocess.Popen(
             [sys.executable, "-m", "memcachedlite", "serve", "--port", str(port), "--data-file", str(data),
              "--fsync", "always", "--cpu", str(server_cpu)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    import socket
-
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        raise RuntimeError("the server did not start") from None
-                    time.sleep(0.05)
+            wait_for_port(port, proc)
             config = dict(port=port, connections=writers, get_ratio=0.0, keys=10_000, prefill=False, cpus=client_cpus)
             loadgen.run(LoadConfig(duration=1.0, **config))  # warm-up
             perf = None

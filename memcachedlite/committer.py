@@ -154,12 +154,13 @@ class Committer:
         """Send without blocking; what does not fit goes to the connection's
         backlog, which a thread of its own sends. Returns whether all of it
         (and everything before it) has left."""
-        with self._cond:
-            backlog = self._backlog.get(session)
-            if backlog is not None:
-                backlog += data
-                session.unsent -= 1  # the backlog stands for it now
-                return False
+        if self._backlog:  # only this thread adds to it: empty, nobody has a backlog
+            with self._cond:
+                backlog = self._backlog.get(session)
+                if backlog is not None:
+                    backlog += data
+                    session.unsent -= 1  # the backlog stands for it now
+                    return False
         if data:
             try:
                 sent = session.sender.send(data, socket.MSG_DONTWAIT)

@@ -420,10 +420,8 @@ def encode(record: Record) -> bytes:
         return encode_flush(record[1])
     if kind == b"sync":
         return encode_sync(record[1], record[2])
-    if kind == b"snapshot":
-        return b"".join(encode_snapshot(record[4], record[1], record[2], record[3]))
-    if kind == b"sets":
-        return b"".join(_encode_bulk(b"sets", [k for k, _ in record[4]], [b for _, b in record[4]], *record[1:4]))
+    if kind in (b"snapshot", b"sets"):  # (kind, item format, next cas, expiring, pairs)
+        return b"".join(_encode_bulk(kind, [k for k, _ in record[4]], [b for _, b in record[4]], *record[1:4]))
     if kind == b"group":
         return encode_group([encode(r) for r in record[1]])
     return encode_next_cas(record[1])

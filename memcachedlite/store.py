@@ -422,7 +422,7 @@ class Store(Expiry, Durability):
             limit = self.memory_limit
             first_cas = cas = self._next_cas
             size = self.bytes
-            keys: Optional[list[bytes]] = [] if len(entries) >= SETS_RECORD_MIN else None
+            bulk = len(entries) >= SETS_RECORD_MIN  # one sets record, while every entry is a common case
             blobs: list[bytes] = []
             slow = 0  # entries that went through _try_write, which counts them itself
             for i, (key, value, flags, exptime) in enumerate(entries):
@@ -430,29 +430,28 @@ class Store(Expiry, Durability):
                 blob = b"%b %d %d\r\n%b\r\n" % (pack_meta(0, now, 0, cas, 0, flags), flags, len(value), value)
                 grow = len(blob) - len(old) if old is not None else len(key) + len(blob) + ITEM_OVERHEAD
                 if exptime or size + grow > limit:
-                    if keys is not None:  # not all common cases: log the ones so far a record each
+                    if bulk:  # not all common cases: log the ones so far a record each
                         pending.extend(
                             datalog.set_record(k, v, f, 0, first_cas + j) for j, (k, v, f, _) in enumerate(entries[:i])
                         )
-                        keys = None
+                        bulk = False
                     self._next_cas, self.bytes = cas, size
                     slow += 1
                     errors[i] = self._try_write(key, value, flags, exptime)
                     cas, size = self._next_cas, self.bytes
                     continue
-                if keys is None:
-                    pending.append(datalog.set_record(key, value, flags, 0, cas))
-                else:
-                    keys.append(key)
+                if bulk:
                     blobs.append(blob)
+                else:
+                    pending.append(datalog.set_record(key, value, flags, 0, cas))
                 undo.append((key, old))
                 if old is not None:
                     del items[key]  # re-inserted at the young end
                 items[key] = blob
                 cas += 1
                 size += grow
-            if keys:
-                pending.extend(datalog.encode_sets(keys, blobs, ITEM_FORMAT, cas))
+            if bulk:
+                pending.extend(datalog.encode_sets([entry[0] for entry in entries], blobs, ITEM_FORMAT, cas))
             counters["total_items"] += len(entries) - slow
             self._next_cas, self.bytes = cas, size
             return errors

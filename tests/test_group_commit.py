@@ -96,6 +96,29 @@ def test_a_client_that_does_not_read_holds_up_nobody(start_server) -> None:
         other.close()
 
 
+def test_replies_of_a_connection_with_a_backlog_queue_behind_it(start_server) -> None:
+    """A later batch of a connection whose earlier replies wait in the
+    backlog is appended to that backlog, never sent ahead of it."""
+    running = start_server(fsync="always")
+    value = b"y" * 4000
+    slow = socket.create_connection(("127.0.0.1", running.port))
+    try:
+        slow.sendall(b"set big 0 0 4000\r\n" + value + b"\r\n" + b"get big\r\n" * 3000)
+        for i in range(5):  # while the megabytes above wait for this client to read
+            slow.sendall(b"set later%d 0 0 1\r\n%d\r\n" % (i, i))
+        expected = b"STORED\r\n" + (b"VALUE big 0 4000\r\n" + value + b"\r\nEND\r\n") * 3000 + b"STORED\r\n" * 5
+        got = b""
+        slow.settimeout(10)
+        while len(got) < len(expected):
+            chunk = slow.recv(65536)
+            assert chunk, "connection closed early"
+            got += chunk
+        assert got == expected
+    finally:
+        slow.close()
+    assert running.store.peek(b"later4").value == b"4"
+
+
 def test_the_reply_before_quit_still_arrives(start_server) -> None:
     running = start_server(fsync="always")
     c = Raw(running.port)

@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from run import free_port, wait_for_port  # noqa: E402  (benchmarks/run.py, beside this file)
 
-from memcachedlite import loadgen  # noqa: E402
-from memcachedlite.loadconfig import LoadConfig  # noqa: E402
+from memcachedlite.loadgen import runner as loadgen  # noqa: E402
+from memcachedlite.loadgen.config import LoadConfig  # noqa: E402
 
 
 def _cpu_ticks(pid: int) -> tuple[int, int]:

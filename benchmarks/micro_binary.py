@@ -23,9 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from memcachedlite.binary import GET, GETKQ, NOOP, SET, SETQ, BinarySession, request  # noqa: E402
-from memcachedlite.session import Session  # noqa: E402
-from memcachedlite.store import Store  # noqa: E402
+from memcachedlite.protocols.binary import GET, GETKQ, NOOP, SET, SETQ, BinarySession, request  # noqa: E402
+from memcachedlite.protocols.session import Session  # noqa: E402
+from memcachedlite.storage.store import Store  # noqa: E402
 
 KEYS = 10000
 _SET_EXTRAS = struct.pack(">II", 0, 0)

@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from memcachedlite.session import Session  # noqa: E402
-from memcachedlite.store import Store  # noqa: E402
+from memcachedlite.protocols.session import Session  # noqa: E402
+from memcachedlite.storage.store import Store  # noqa: E402
 
 
 def batches(kind: str, n_batches: int, per: int) -> list[bytes]:

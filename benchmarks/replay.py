@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from memcachedlite import Session, Store  # noqa: E402
-from memcachedlite.log import HEADER, encode_set  # noqa: E402
+from memcachedlite.storage.records import HEADER, encode_set  # noqa: E402
 
 
 def rss_mib() -> float:

@@ -119,6 +119,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from memcachedlite import loadgen  # noqa: E402
+from memcachedlite.loadgen import keys as loadkeys  # noqa: E402
+from memcachedlite.loadgen import wire  # noqa: E402
 
 LITE = "memcachedlite"
 MEMCACHED = "memcached"
@@ -380,7 +382,7 @@ SERVERS: dict[str, type[Server]] = {LITE: Lite, MEMCACHED: Memcached, REDIS: Red
 def resp_call(port: int, *args: bytes, timeout: float = 600.0) -> bytes:
     """Send one Redis command; its reply's first line (a bulk reply: its data)."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(loadgen.resp_command(*args))
+        s.sendall(wire.resp_command(*args))
         buf = b""
         while True:
             chunk = s.recv(65536)
@@ -790,7 +792,7 @@ def first_get_seconds(server: Server, key: bytes, value: bytes, timeout: float =
     ``-LOADING``) means "not yet": ask again 5 ms later.
     """
     if server.protocol == "resp":
-        request = loadgen.resp_command(b"GET", key)
+        request = wire.resp_command(b"GET", key)
         wanted = b"$%d\r\n%s\r\n" % (len(value), value)
     else:
         request = b"get " + key + b"\r\n"
@@ -834,7 +836,7 @@ def w8(server: Server, s: Settings, m: Measure) -> None:
     )  # fmt: skip
     m.metrics["written/s"] = r.prefill_items / max(r.prefill_seconds, 1e-9)
     # the last key written, so the first correct answer means the whole file was read
-    ks = loadgen._Keyspace(loadgen.LoadConfig(port=server.port, keys=s.w8_items, value_size=100, key_prefix=prefix))
+    ks = loadkeys.Keyspace(loadgen.LoadConfig(port=server.port, keys=s.w8_items, value_size=100, key_prefix=prefix))
     key = ks.key(s.w8_items - 1)
     value = ks.value(key)
     server.stop()
@@ -867,7 +869,7 @@ def binary_w2(server: Server, s: Settings, m: Measure) -> None:
 
 def binary_unsupported(server: Server, m: Measure) -> bool:
     """True (and noted) when the server does not answer a binary VERSION request."""
-    version = loadgen.binary_probe("127.0.0.1", server.port)
+    version = wire.binary_probe("127.0.0.1", server.port)
     m.notes["binary_version"] = version
     if version is None:
         m.notes["unsupported"] = UNSUPPORTED

@@ -14,8 +14,8 @@ from __future__ import annotations
 from typing import Optional
 
 from memcachedlite import command
-from memcachedlite.protocol import END, NOT_FOUND, check_key, value_line
-from memcachedlite.session import Session
+from memcachedlite.protocols.session import Session
+from memcachedlite.protocols.text import END, NOT_FOUND, check_key, value_line
 
 
 @command("upper", min_args=1, max_args=1, mutates=True)

@@ -2,17 +2,16 @@
 
 Public API: :class:`MemcacheServer`, :class:`Store`, the verb registry
 (:data:`default_registry`, :func:`command`, :class:`Registry`), :class:`Session`,
-:class:`Settings` and the error types.
+:class:`Settings` and the error types. The layers behind them, lowest first:
+:mod:`~memcachedlite.errors`, :mod:`~memcachedlite.storage`,
+:mod:`~memcachedlite.protocols`, :mod:`~memcachedlite.server`, then
+:mod:`~memcachedlite.cli`, :mod:`~memcachedlite.loadgen` and
+:mod:`~memcachedlite.testing`.
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from . import admin as _admin  # noqa: E402,F401  (registers lru_crawler metadump)
-from . import commands as _commands  # noqa: E402,F401  (registers the built-in verbs)
-from . import meta as _meta  # noqa: E402,F401  (registers the meta verbs)
-from .errors import (  # noqa: E402
+from .errors import (
     BadCommandLine,
     ClientError,
     CorruptLogError,
@@ -21,10 +20,12 @@ from .errors import (  # noqa: E402
     ServerError,
     UnknownCommand,
 )
-from .registry import Command, Registry, command, default_registry  # noqa: E402
-from .server import MemcacheHandler, MemcacheServer  # noqa: E402
-from .session import Session, Settings  # noqa: E402
-from .store import Item, Store  # noqa: E402
+from .protocols.registry import Command, Registry, command, default_registry
+from .protocols.session import Session, Settings
+from .server.tcp import MemcacheHandler, MemcacheServer
+from .storage.items import Item
+from .storage.store import Store
+from .version import __version__
 
 __all__ = [
     "BadCommandLine",

@@ -194,12 +194,12 @@ _handed_out: set[int] = set()
 def mark_synced(path: Path) -> None:
     """Append the sync mark that a later fsync of the whole file would leave:
     damage before it is then corruption of synced data, not a crash's tail."""
-    from memcachedlite import log as datalog
+    from memcachedlite.storage import records
 
     data = path.read_bytes()
-    file_id = datalog.read_header(data)[1]
+    file_id = records.read_header(data)[1]
     with open(path, "ab") as f:
-        f.write(datalog.encode_sync(len(data), file_id))
+        f.write(records.encode_sync(len(data), file_id))
 
 
 def free_port() -> int:

@@ -2,7 +2,7 @@
 file system, then build the files a power loss could leave behind.
 
 :class:`FsRecorder` stands in for the ``os`` module of
-:mod:`memcachedlite.log` (and of any other module that touches the data
+:mod:`memcachedlite.storage.datafile` (and of any other module that touches the data
 file): every call passes through to the real ``os``, and the writes, fsyncs,
 truncations, renames and unlinks made on files of one directory are kept as a
 list of :class:`Op`. It can also make a chosen call fail (``EIO``,
@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Union
 
 from memcachedlite import MemcacheServer, Store
-from memcachedlite.session import Session
+from memcachedlite.protocols.session import Session
 from tests.conftest import Raw, Running
 
 PAGE = 4096
@@ -124,7 +124,7 @@ class FsRecorder:
     """An ``os`` module look-alike that records and can fail calls on the
     files of ``directory``; everything else goes straight to the real ``os``.
 
-    Install it with ``recorder.install(monkeypatch, memcachedlite.log)``.
+    Install it with ``recorder.install(monkeypatch, memcachedlite.storage.datafile)``.
     The files already in ``directory`` count as durable.
     """
 
@@ -599,11 +599,11 @@ def modules_with_os() -> list:
     file: the ones a recorder must be installed in."""
     found = []
     for name in (
-        "memcachedlite.log",
-        "memcachedlite.repair",
-        "memcachedlite.fileio",
-        "memcachedlite.store",
-        "memcachedlite.durability",
+        "memcachedlite.storage.datafile",
+        "memcachedlite.storage.repair",
+        "memcachedlite.storage.fileio",
+        "memcachedlite.storage.store",
+        "memcachedlite.storage.durability",
     ):
         try:
             module = importlib.import_module(name)

@@ -11,12 +11,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from memcachedlite import Registry, Session, Store, default_registry
-from memcachedlite import log as datalog
-from memcachedlite import store as store_module
 from memcachedlite.errors import LogWriteError
-from memcachedlite.items import decode
-from memcachedlite.log import parse_records, read_header
-from memcachedlite.session import Settings
+from memcachedlite.protocols.session import Settings
+from memcachedlite.storage import datafile
+from memcachedlite.storage import store as store_module
+from memcachedlite.storage.items import decode
+from memcachedlite.storage.records import parse_records, read_header
 
 
 class Clock:
@@ -176,7 +176,7 @@ def test_a_failed_batch_write_fails_every_command(tmp_path: Path, monkeypatch) -
         def full(fd, data):
             raise OSError(errno.ENOSPC, "No space left on device")
 
-        monkeypatch.setattr(datalog.os, "write", full)
+        monkeypatch.setattr(datafile.os, "write", full)
         reply = Session(store).feed(b"set a 0 0 1\r\n1\r\nset b 0 0 1\r\n2\r\n")
         assert reply == LogWriteError("cannot write data file: out of disk space").to_bytes() * 2
         assert store.keys() == []

@@ -21,7 +21,7 @@ from typing import Iterator
 import pytest
 
 from memcachedlite import loadgen
-from memcachedlite.loadgen import LoadConfig
+from memcachedlite.loadgen import LoadConfig, runner, wire
 
 from .conftest import ROOT, free_port, running_program, wait_for_port
 
@@ -58,52 +58,52 @@ def exchange(port: int, request: bytes, size: int) -> bytes:
 
 
 def test_binary_requests_follow_the_24_byte_header() -> None:
-    get = loadgen.binary_request(loadgen.BIN_GET, b"k1")
+    get = wire.binary_request(wire.BIN_GET, b"k1")
     assert get == bytes([0x80, 0x00, 0, 2, 0, 0, 0, 0, 0, 0, 0, 2]) + bytes(12) + b"k1"
-    put = loadgen.binary_set(b"k1", b"abc", flags=5, exptime=7)
+    put = wire.binary_set(b"k1", b"abc", flags=5, exptime=7)
     assert put[:2] == bytes([0x80, 0x01]) and put[2:4] == b"\x00\x02" and put[4] == 8
     assert int.from_bytes(put[8:12], "big") == 8 + 2 + 3  # extras + key + value
     assert put[24:32] == (5).to_bytes(4, "big") + (7).to_bytes(4, "big") and put[32:] == b"k1abc"
-    assert loadgen.resp_command(b"SET", b"k", b"v\r\n") == b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$3\r\nv\r\n\r\n"
+    assert wire.resp_command(b"SET", b"k", b"v\r\n") == b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$3\r\nv\r\n\r\n"
 
 
 def _reply(opcode: int, status: int, body: bytes, extras: int = 0, magic: int = 0x81) -> bytes:
-    return loadgen._BIN_HEADER.pack(magic, opcode, 0, extras, 0, status, len(body), 0, 12345) + body
+    return wire.BIN_HEADER.pack(magic, opcode, 0, extras, 0, status, len(body), 0, 12345) + body
 
 
 def test_binary_reply_check() -> None:
-    check = loadgen.check_binary_reply
+    check = wire.check_binary_reply
     body = b"\0\0\0\0" + b"value"
-    get = (True, loadgen.BIN_GET, body)
+    get = (True, wire.BIN_GET, body)
     hit = _reply(0, 0, body, extras=4)
-    assert check(b"xx" + hit, 2, get) == (2 + len(hit), loadgen._DONE)  # the cas (12345) is not compared
+    assert check(b"xx" + hit, 2, get) == (2 + len(hit), wire.DONE)  # the cas (12345) is not compared
     for cut in (0, 1, 23, 24, len(hit) - 1):
-        assert check(hit[:cut], 0, get) == (0, loadgen._MORE)
+        assert check(hit[:cut], 0, get) == (0, wire.MORE)
     miss = _reply(0, 1, b"Not found")
-    assert check(miss, 0, get) == (len(miss), loadgen._MISS)
-    assert check(_reply(0, 0, b"\0\0\0\0" + b"VALUE", extras=4), 0, get)[1] == loadgen._WRONG
-    assert check(_reply(1, 0, body), 0, get)[1] == loadgen._WRONG  # another opcode
-    assert check(_reply(0, 0, body, magic=0x80), 0, get)[1] == loadgen._WRONG
-    assert check(b"ERROR\r\n", 0, get)[1] == loadgen._WRONG
-    stored = (False, loadgen.BIN_SET, b"")
-    assert check(_reply(1, 0, b""), 0, stored) == (24, loadgen._DONE)
-    assert check(_reply(1, 1, b"Not found"), 0, stored)[1] == loadgen._WRONG  # only a get may miss
+    assert check(miss, 0, get) == (len(miss), wire.MISS)
+    assert check(_reply(0, 0, b"\0\0\0\0" + b"VALUE", extras=4), 0, get)[1] == wire.WRONG
+    assert check(_reply(1, 0, body), 0, get)[1] == wire.WRONG  # another opcode
+    assert check(_reply(0, 0, body, magic=0x80), 0, get)[1] == wire.WRONG
+    assert check(b"ERROR\r\n", 0, get)[1] == wire.WRONG
+    stored = (False, wire.BIN_SET, b"")
+    assert check(_reply(1, 0, b""), 0, stored) == (24, wire.DONE)
+    assert check(_reply(1, 1, b"Not found"), 0, stored)[1] == wire.WRONG  # only a get may miss
 
 
 def test_resp_reply_check() -> None:
-    check = loadgen.check_resp_reply
+    check = wire.check_resp_reply
     get = (True, b"$5\r\nvalue\r\n", b"$-1\r\n")
-    assert check(b"$5\r\nvalue\r\n", 0, get) == (11, loadgen._DONE)
-    assert check(b"+OK\r\n$-1\r\n", 5, get) == (10, loadgen._MISS)
-    assert check(b"$5\r\nva", 0, get) == (0, loadgen._MORE) and check(b"$-", 0, get) == (0, loadgen._MORE)
-    assert check(b"$5\r\nvalXe\r\n", 0, get)[1] == loadgen._WRONG
-    assert check(b"-LOADING Redis is loading the dataset in memory\r\n", 0, get)[1] == loadgen._WRONG
-    assert check(b"$-1\r\n", 0, (False, b"+OK\r\n", None))[1] == loadgen._WRONG
+    assert check(b"$5\r\nvalue\r\n", 0, get) == (11, wire.DONE)
+    assert check(b"+OK\r\n$-1\r\n", 5, get) == (10, wire.MISS)
+    assert check(b"$5\r\nva", 0, get) == (0, wire.MORE) and check(b"$-", 0, get) == (0, wire.MORE)
+    assert check(b"$5\r\nvalXe\r\n", 0, get)[1] == wire.WRONG
+    assert check(b"-LOADING Redis is loading the dataset in memory\r\n", 0, get)[1] == wire.WRONG
+    assert check(b"$-1\r\n", 0, (False, b"+OK\r\n", None))[1] == wire.WRONG
 
 
 def test_framed_replies_split_anywhere_and_a_wrong_one_is_caught() -> None:
     ours, theirs = socket.socketpair()
-    worker = loadgen._Worker(LoadConfig(keys=10, protocol="binary"), 0, 1, lambda message: None)
+    worker = runner.Worker(LoadConfig(keys=10, protocol="binary"), 0, 1, lambda message: None)
     conn = worker.conns[0]
     try:
         ours.setblocking(False)
@@ -135,18 +135,18 @@ def test_framed_replies_split_anywhere_and_a_wrong_one_is_caught() -> None:
 
 
 def test_binary_requests_and_checks_against_memcached(memcached) -> None:
-    assert (loadgen.binary_probe("127.0.0.1", memcached) or "").startswith("1.")
+    assert (wire.binary_probe("127.0.0.1", memcached) or "").startswith("1.")
     value = b"v" * 50
-    reply = exchange(memcached, loadgen.binary_set(b"bkey", value), 24)
-    assert loadgen.check_binary_reply(reply, 0, (False, loadgen.BIN_SET, b"")) == (24, loadgen._DONE)
+    reply = exchange(memcached, wire.binary_set(b"bkey", value), 24)
+    assert wire.check_binary_reply(reply, 0, (False, wire.BIN_SET, b"")) == (24, wire.DONE)
     size = 24 + 4 + len(value)
-    reply = exchange(memcached, loadgen.binary_request(loadgen.BIN_GET, b"bkey"), size)
-    assert loadgen.check_binary_reply(reply, 0, (True, loadgen.BIN_GET, b"\0\0\0\0" + value)) == (
+    reply = exchange(memcached, wire.binary_request(wire.BIN_GET, b"bkey"), size)
+    assert wire.check_binary_reply(reply, 0, (True, wire.BIN_GET, b"\0\0\0\0" + value)) == (
         size,
-        loadgen._DONE,
+        wire.DONE,
     )
-    reply = exchange(memcached, loadgen.binary_request(loadgen.BIN_GET, b"nokey"), 24 + 9)
-    assert loadgen.check_binary_reply(reply, 0, (True, loadgen.BIN_GET, b""))[1] == loadgen._MISS
+    reply = exchange(memcached, wire.binary_request(wire.BIN_GET, b"nokey"), 24 + 9)
+    assert wire.check_binary_reply(reply, 0, (True, wire.BIN_GET, b""))[1] == wire.MISS
     config = LoadConfig(port=memcached, protocol="binary", connections=3, processes=0, pipeline=4, keys=50, **QUICK)
     result = loadgen.run(config)
     assert result.errors == 0, result.error_samples
@@ -155,7 +155,7 @@ def test_binary_requests_and_checks_against_memcached(memcached) -> None:
 
 def test_binary_probe_of_this_build(server) -> None:
     """memcachedlite answers the binary protocol only once that branch is in: either way the probe is right."""
-    version = loadgen.binary_probe("127.0.0.1", server.port, timeout=1.0)
+    version = wire.binary_probe("127.0.0.1", server.port, timeout=1.0)
     if version is None:  # not spoken: the server is still fine for text clients
         assert exchange(server.port, b"version\r\n", 9).startswith(b"VERSION ")
     else:
@@ -164,10 +164,10 @@ def test_binary_probe_of_this_build(server) -> None:
 
 
 def test_resp_requests_and_checks_against_redis(redis) -> None:
-    assert exchange(redis, loadgen.resp_command(b"SET", b"rk", b"abc"), 5) == b"+OK\r\n"
-    reply = exchange(redis, loadgen.resp_command(b"GET", b"rk"), 9)
-    assert loadgen.check_resp_reply(reply, 0, (True, b"$3\r\nabc\r\n", b"$-1\r\n")) == (9, loadgen._DONE)
-    assert loadgen.binary_probe("127.0.0.1", redis, timeout=0.5) is None
+    assert exchange(redis, wire.resp_command(b"SET", b"rk", b"abc"), 5) == b"+OK\r\n"
+    reply = exchange(redis, wire.resp_command(b"GET", b"rk"), 9)
+    assert wire.check_resp_reply(reply, 0, (True, b"$3\r\nabc\r\n", b"$-1\r\n")) == (9, wire.DONE)
+    assert wire.binary_probe("127.0.0.1", redis, timeout=0.5) is None
     config = LoadConfig(port=redis, protocol="resp", connections=3, processes=0, pipeline=3, keys=50, **QUICK)
     result = loadgen.run(config)
     assert result.errors == 0, result.error_samples

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from memcachedlite import Settings, Store
-from memcachedlite import log as datalog
-from memcachedlite.binary import (
+from memcachedlite.protocols.auth import AuthFile, client_context, server_context
+from memcachedlite.protocols.binary import (
     ADD,
     ADDQ,
     APPEND,
@@ -67,8 +67,8 @@ from memcachedlite.binary import (
     BinarySession,
     request,
 )
-from memcachedlite.commands import PROTOCOL_VERSION
-from memcachedlite.security import AuthFile, client_context, server_context
+from memcachedlite.protocols.stats import PROTOCOL_VERSION
+from memcachedlite.storage import datafile
 from tests.conftest import Raw, Running
 from tests.test_security import PKI, TLSRaw, write_auth
 
@@ -436,7 +436,7 @@ def test_counters_are_shared(server: Running, binraw: BinRaw) -> None:
 def test_a_binary_set_is_logged_as_a_text_set_is(tmp_path: Path) -> None:
     text_store, binary_store = Store(tmp_path / "text.txt"), Store(tmp_path / "binary.txt")
     try:
-        from memcachedlite.session import Session
+        from memcachedlite.protocols.session import Session
 
         Session(text_store).feed(b"set k 5 0 3\r\nabc\r\nincr n 1\r\ndelete k\r\n")
         BinarySession(binary_store).feed(
@@ -447,7 +447,7 @@ def test_a_binary_set_is_logged_as_a_text_set_is(tmp_path: Path) -> None:
     finally:
         text_store.close()
         binary_store.close()
-    from memcachedlite.log import read_header
+    from memcachedlite.storage.records import read_header
 
     records = [p.read_bytes() for p in (tmp_path / "binary.txt", tmp_path / "text.txt")]
     assert [r[read_header(r)[0] :] for r in records][0] == [r[read_header(r)[0] :] for r in records][1]  # ids differ
@@ -482,7 +482,7 @@ def test_a_batch_that_cannot_be_written_fails_every_request(tmp_path: Path, monk
         def full(fd, data):
             raise OSError(errno.ENOSPC, "No space left on device")
 
-        monkeypatch.setattr(datalog.os, "write", full)
+        monkeypatch.setattr(datafile.os, "write", full)
         replies = parse(
             session.feed(
                 setp(b"k", b"new", op=SETQ, opaque=1)
@@ -529,7 +529,7 @@ def test_an_unexpected_failure_is_answered_and_logged(
         raise RuntimeError("bug")
 
     monkeypatch.setattr(session.store, method, broken)
-    with caplog.at_level(logging.ERROR, logger="memcachedlite.binary"):
+    with caplog.at_level(logging.ERROR, logger="memcachedlite.protocols.binary"):
         replies = parse(session.feed(request(opcode, b"k", opaque=4) + request(NOOP)))
     assert replies[0] == Packet(0x81, opcode, 0, ENOMEM, 4, 0, b"", b"", b"internal error")
     assert replies[1].opcode == NOOP and not session.closing

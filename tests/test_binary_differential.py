@@ -11,7 +11,7 @@ server from the same template. A connection the server closes shows as
 ``<closed>``; what came before the close is still compared.
 
 The deliberate differences are asserted on their own at the end and listed
-in README.md.
+in docs/protocols.md ("Deliberate differences in the binary protocol").
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any, Iterator, Union
 
 import pytest
 
-from memcachedlite.binary import (
+from memcachedlite.protocols.binary import (
     ADD,
     ADDQ,
     APPEND,
@@ -171,7 +171,7 @@ class BinaryConversation:
         value = b"<version>" if packet.opcode == VERSION and not packet.status else packet.value
         if _NUMBER_PAD.fullmatch(value):
             # memcached may leave spaces after a number an incr/decr made
-            # shorter; memcachedlite never pads (README, deliberate differences)
+            # shorter; memcachedlite never pads (docs/protocols.md, deliberate differences)
             value = value.rstrip(b" ")
         return packet._replace(cas=cas, value=value)
 

@@ -20,7 +20,7 @@ from click.testing import CliRunner, Result
 
 from memcachedlite import Store, __version__
 from memcachedlite.cli import main
-from memcachedlite.commands import PROTOCOL_VERSION
+from memcachedlite.protocols.stats import PROTOCOL_VERSION
 from tests.conftest import ROOT, Raw, free_port, mark_synced
 
 BINARY = b"line one\r\nline two\r\n\x00\x01\xff END\r\n\r\nVALUE x 0 1\r\n"

@@ -14,7 +14,7 @@ from pymemcache.client.base import Client
 from pymemcache.client.hash import HashClient
 from pymemcache.exceptions import MemcacheClientError, MemcacheServerError
 
-from memcachedlite.commands import PROTOCOL_VERSION
+from memcachedlite.protocols.stats import PROTOCOL_VERSION
 
 BINARY = b"line one\r\nline two\r\n\x00\x01\xff END\r\n\r\nVALUE x 0 1\r\n"
 

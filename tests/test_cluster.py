@@ -287,7 +287,7 @@ def test_pymemcache_through_the_proxy(cluster: Cluster) -> None:
 
 
 def test_dump_the_servers_and_load_through_the_proxy(cluster: Cluster, tmp_path: Path) -> None:
-    """The README's recipe: mcl dump from the three servers, mcl load through the proxy."""
+    """examples/cluster/README.md's recipe: mcl dump from the three servers, mcl load through the proxy."""
     from click.testing import CliRunner
 
     from memcachedlite.cli import main

@@ -20,7 +20,7 @@ from typing import Iterator
 import pytest
 
 from memcachedlite import MemcacheServer, Settings, Store
-from memcachedlite.commands import PROTOCOL_VERSION
+from memcachedlite.protocols.stats import PROTOCOL_VERSION
 from tests.conftest import Raw, Running
 
 VERSION = b"VERSION %s\r\n" % PROTOCOL_VERSION.encode("ascii")

@@ -14,9 +14,9 @@ import pytest
 from click.testing import CliRunner
 
 from memcachedlite import CorruptLogError, LogWriteError, Store
-from memcachedlite import log as datalog
 from memcachedlite.cli import main
-from memcachedlite.log import parse_records, read_header
+from memcachedlite.storage import datafile
+from memcachedlite.storage.records import parse_records, read_header
 from tests.conftest import ROOT, Raw, mark_synced
 
 
@@ -62,7 +62,7 @@ def test_writes_during_compaction_are_kept(tmp_path: Path, monkeypatch) -> None:
     path = tmp_path / "data.txt"
     s = Store(path)
     churn(s, rounds=3)
-    real_write = datalog.Rewrite.write
+    real_write = datafile.Rewrite.write
     calls = []
 
     def write_and_meddle(self, data):
@@ -73,7 +73,7 @@ def test_writes_during_compaction_are_kept(tmp_path: Path, monkeypatch) -> None:
             t.join()
         real_write(self, data)
 
-    monkeypatch.setattr(datalog.Rewrite, "write", write_and_meddle)
+    monkeypatch.setattr(datafile.Rewrite, "write", write_and_meddle)
     s.compact()
     monkeypatch.undo()
     before = state(s)
@@ -113,7 +113,7 @@ def test_failed_compaction_leaves_the_file_alone(tmp_path: Path, monkeypatch) ->
     def full(self, data):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(datalog.Rewrite, "write", full)
+    monkeypatch.setattr(datafile.Rewrite, "write", full)
     with pytest.raises(LogWriteError):
         s.compact()
     monkeypatch.undo()
@@ -128,7 +128,7 @@ CRASH_SCRIPT = textwrap.dedent(
     """
     import os, sys
     from memcachedlite import Store
-    from memcachedlite import log as datalog
+    from memcachedlite.storage import datafile
     point = sys.argv[2]
     s = Store(sys.argv[1])
     for r in range(5):
@@ -138,11 +138,11 @@ CRASH_SCRIPT = textwrap.dedent(
     def crash(*a, **k):
         os._exit(9)
     if point == "writing":
-        datalog.Rewrite.write = crash
+        datafile.Rewrite.write = crash
     elif point == "before-rename":
-        datalog.os.rename = crash
+        datafile.os.rename = crash
     elif point == "after-rename":
-        datalog._fsync_directory = crash
+        datafile.fsync_directory = crash
     s.compact()
     os._exit(0)
     """

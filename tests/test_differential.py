@@ -15,9 +15,10 @@ equal and changed cas stay changed. A step can use ``{cas1}`` (or
 ``{cas1+1}``, a wrong one) to send back the first cas value *that server*
 gave, so a ``cas`` command is built per server from the same template.
 
-What is left out of the equality on purpose is listed in README.md ("Deliberate
-differences") and asserted on its own in :func:`test_documented_difference`;
-``version`` and ``stats`` output is never compared.
+What is left out of the equality on purpose is listed in docs/protocols.md
+("Deliberate differences from memcached") and asserted on its own in
+:func:`test_documented_difference`; ``version`` and ``stats`` output is never
+compared.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from memcachedlite.commands import PROTOCOL_VERSION
+from memcachedlite.protocols.stats import PROTOCOL_VERSION
 from tests.conftest import Raw, running_memcached
 
 #: No single read may stall longer than this; a stall is reported, not waited out.
@@ -457,7 +458,7 @@ FRAMING = [
 ]
 
 # Found to differ from memcached 1.6.18 when this file was written and not among
-# README's deliberate differences: these assert memcached's replies and fail
+# docs/protocols.md's deliberate differences: these assert memcached's replies and fail
 # until memcachedlite is changed (or the difference is made deliberate and
 # moved to test_documented_difference).
 KNOWN_DIFFERENCES = [
@@ -509,7 +510,7 @@ def test_harness_normalises_cas_and_padding(shared_memcached: int, server) -> No
     assert converse(server.port, scenario)[3] == b"VALUE k 0 1\r\n9\r\nEND\r\n"
 
 
-# -- deliberate differences (README.md) ----------------------------------------------
+# -- deliberate differences (docs/protocols.md) --------------------------------------
 
 
 def _one_step(port: int, stream: bytes) -> bytes:
@@ -523,7 +524,7 @@ DELIBERATE = [
     # A storage line with a bad key but a valid length: the block is swallowed
     # (memcached runs "x" as a command line and answers ERROR).
     pytest.param(b"set " + KEY251 + b" 0 0 1\r\nx\r\n", BAD + b"ERROR\r\n", BAD, id="bad-key-data-swallowed"),
-    # ... and the same for a bad flags, exptime or cas number (README names only the key)
+    # ... and the same for a bad flags, exptime or cas number (docs/protocols.md names them all)
     pytest.param(b"set k abc 0 1\r\nx\r\n", BAD + b"ERROR\r\n", BAD, id="bad-flags-data-swallowed"),
     pytest.param(b"set k 0 abc 1\r\nx\r\n", BAD + b"ERROR\r\n", BAD, id="bad-exptime-data-swallowed"),
     pytest.param(b"cas k 0 0 1 abc\r\nx\r\n", BAD + b"ERROR\r\n", BAD, id="bad-cas-data-swallowed"),

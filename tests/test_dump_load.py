@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from memcachedlite import bulk
 from memcachedlite.cli import main
-from memcachedlite.store import ITEM_OVERHEAD
+from memcachedlite.cli import transfer as bulk
+from memcachedlite.storage.items import ITEM_OVERHEAD
 from tests.conftest import ROOT, Raw
 
 MEMCACHED_TOOL = "/usr/share/memcached/scripts/memcached-tool"

@@ -44,7 +44,7 @@ def test_upper_verb_served_by_mcl_serve_load(spawn, tmp_path: Path) -> None:
 def test_upper_module_registers_into_a_fresh_registry(fresh_registry, start_server, monkeypatch) -> None:
     # Importing the module with the default registry swapped for a copy keeps
     # the global table clean for other tests.
-    import memcachedlite.registry as registry_module
+    import memcachedlite.protocols.registry as registry_module
 
     monkeypatch.setattr(registry_module, "default_registry", fresh_registry)
     spec = importlib.util.spec_from_file_location("upper_example", ROOT / "examples" / "upper.py")

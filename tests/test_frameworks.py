@@ -1,4 +1,4 @@
-"""The recipes of the README for the frameworks people test, run through the
+"""The recipes of docs/testing.md for the frameworks people test, run through the
 plugin's fixtures: Django's ``PyMemcacheCache``, Flask-Caching's
 ``MemcachedCache`` and meta-memcache. They are test dependencies: missing,
 this module fails to import (an error, never a skip)."""

@@ -9,14 +9,14 @@ import threading
 from pathlib import Path
 
 from memcachedlite import Store
-from memcachedlite import log as datalog
+from memcachedlite.storage import datafile
 from tests.conftest import Raw
 
 
 def test_many_writers_share_fsyncs_and_every_reply_is_right(start_server, tmp_path: Path, monkeypatch) -> None:
     syncs = []
     real_fsync = os.fsync
-    monkeypatch.setattr(datalog.os, "fsync", lambda fd: (syncs.append(fd), real_fsync(fd)))
+    monkeypatch.setattr(datafile.os, "fsync", lambda fd: (syncs.append(fd), real_fsync(fd)))
     running = start_server(fsync="always")
     assert running.store.committer is not None
     errors: list[str] = []

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from memcachedlite import loadgen
 from memcachedlite.cli import main
-from memcachedlite.loadgen import LatencyHistogram, LoadConfig
+from memcachedlite.loadgen import LatencyHistogram, LoadConfig, latency, runner, wire
 
 QUICK = dict(duration=0.3, warmup=0.0, reply_timeout=2.0, connect_timeout=2.0)
 
@@ -32,11 +32,11 @@ def check_percentiles(result: loadgen.BenchResult) -> None:
 
 def test_histogram_buckets_are_contiguous_and_tight() -> None:
     expected_low = 0
-    for index in range(loadgen._BUCKETS - 1):
-        low, width = loadgen._bucket_range(index)
+    for index in range(latency.BUCKETS - 1):
+        low, width = latency.bucket_range(index)
         assert low == expected_low
-        assert loadgen._bucket(low) == index
-        assert loadgen._bucket(low + width - 1) == index
+        assert latency.bucket_index(low) == index
+        assert latency.bucket_index(low + width - 1) == index
         assert width == 1 or width / low <= 1 / 64
         expected_low = low + width
 
@@ -143,9 +143,9 @@ def test_replies_of_the_real_memcached_pass_every_check(memcached) -> None:
 def test_pinning_keeps_to_the_cpus_given_and_ignores_impossible_ones() -> None:
     allowed = os.sched_getaffinity(0)
     try:
-        loadgen._pin((min(allowed),))
+        runner.pin_to((min(allowed),))
         assert os.sched_getaffinity(0) == {min(allowed)}
-        loadgen._pin((10_000,))  # no such CPU: the process stays where it is
+        runner.pin_to((10_000,))  # no such CPU: the process stays where it is
         assert os.sched_getaffinity(0) == {min(allowed)}
     finally:
         os.sched_setaffinity(0, allowed)
@@ -284,10 +284,10 @@ def test_silence_and_closed_connections_are_errors(fake) -> None:
 
 
 @pytest.fixture
-def wired() -> Iterator[tuple[loadgen._Worker, loadgen._Conn, socket.socket]]:
+def wired() -> Iterator[tuple[runner.Worker, runner.Conn, socket.socket]]:
     """A worker whose one connection is half of a socketpair; the test plays the server."""
     ours, theirs = socket.socketpair()
-    worker = loadgen._Worker(LoadConfig(keys=10), 0, 1, lambda message: None)
+    worker = runner.Worker(LoadConfig(keys=10), 0, 1, lambda message: None)
     conn = worker.conns[0]
     ours.setblocking(False)
     conn.sock = ours
@@ -299,7 +299,7 @@ def wired() -> Iterator[tuple[loadgen._Worker, loadgen._Conn, socket.socket]]:
     theirs.close()
 
 
-def expect(worker: loadgen._Worker, conn: loadgen._Conn, *exps: object) -> None:
+def expect(worker: runner.Worker, conn: runner.Conn, *exps: object) -> None:
     conn.pending.extend(exps)
     worker.inflight += len(exps)
     conn.full = b"".join(e if isinstance(e, bytes) else e[2] for e in exps)  # type: ignore[index]
@@ -307,7 +307,7 @@ def expect(worker: loadgen._Worker, conn: loadgen._Conn, *exps: object) -> None:
     conn.tally = (len(gets), len(exps) - len(gets), sum(len(e[0]) for e in gets))  # type: ignore[index]
 
 
-def feed(worker: loadgen._Worker, conn: loadgen._Conn, peer: socket.socket, data: bytes, step: int = 1) -> None:
+def feed(worker: runner.Worker, conn: runner.Conn, peer: socket.socket, data: bytes, step: int = 1) -> None:
     for i in range(0, len(data), step):
         if conn.sock is None:  # dropped after an error
             return
@@ -320,7 +320,7 @@ def test_replies_split_anywhere_are_read_whole(wired) -> None:
     ks = worker.keyspace
     _, mget = ks.get_many(0, 3)
     _, single = ks.get_one(5)
-    expect(worker, conn, mget, loadgen._STORED, single)
+    expect(worker, conn, mget, wire.STORED, single)
     blocks = mget[1]
     # key 1 missing (a miss), then a set's reply, then a miss of the single get
     feed(worker, conn, peer, blocks[0] + blocks[2] + b"END\r\n" + b"STORED\r\n" + b"END\r\n")
@@ -332,7 +332,7 @@ def test_replies_split_anywhere_are_read_whole(wired) -> None:
 def test_a_whole_batch_in_one_piece_takes_the_fast_path(wired) -> None:
     worker, conn, peer = wired
     _, mget = worker.keyspace.get_many(7, 5)  # wraps around the 10 keys
-    expect(worker, conn, mget, loadgen._STORED)
+    expect(worker, conn, mget, wire.STORED)
     feed(worker, conn, peer, mget[2] + b"STORED\r\n", step=len(mget[2]) // 2 + 1)
     assert worker.errors == 0 and worker.hits == worker.keys == 5 and worker.ops == 2
 
@@ -360,7 +360,7 @@ def test_wrong_replies_are_caught(wired, reply, kind) -> None:
 
 def test_a_wrong_set_reply_takes_the_rest_of_its_batch_with_it(wired) -> None:
     worker, conn, peer = wired
-    expect(worker, conn, loadgen._STORED, loadgen._STORED, loadgen._STORED)
+    expect(worker, conn, wire.STORED, wire.STORED, wire.STORED)
     feed(worker, conn, peer, b"STORED\r\nNOT_STORED\r\n", step=100)
     assert worker.error_kinds == {"wrong reply to a set": 1, "unanswered: connection dropped after an error": 1}
     assert worker.errors == 2 and worker.inflight == 0
@@ -409,9 +409,9 @@ def test_mcl_bench_text(server) -> None:
 
 
 def test_mcl_bench_progress_line(capsys) -> None:
-    from memcachedlite.cli_bench import _BenchProgress
+    from memcachedlite.cli.bench import BenchProgress
 
-    progress = _BenchProgress(warmup=1.0, duration=2.0)
+    progress = BenchProgress(warmup=1.0, duration=2.0)
     progress.enabled = True  # as on a terminal
     progress(0.5, 0, 0)
     progress(1.5, 1000, 0)

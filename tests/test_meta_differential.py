@@ -546,7 +546,7 @@ def test_same_meta_replies_as_memcached(scenario: Scenario, shared_memcached: in
     assert ours == theirs, show(scenario, theirs, ours)
 
 
-#: Where memcachedlite differs on purpose (README, "Deliberate differences"):
+#: Where memcachedlite differs on purpose (docs/protocols.md, "Deliberate differences"):
 #: each case gives the steps, memcached 1.6.18's replies and ours, normalised.
 DELIBERATE = [
     pytest.param(

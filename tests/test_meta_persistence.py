@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from memcachedlite import CorruptLogError, Store
-from memcachedlite import log as datalog
-from memcachedlite.log import HEADER, parse_records
+from memcachedlite.storage import records as fmt
+from memcachedlite.storage import repair
+from memcachedlite.storage.records import HEADER, parse_records
 from tests.conftest import Raw, mark_synced
 
 NOW = 1_800_000_000
@@ -129,9 +130,9 @@ def test_keys_given_in_base64_have_records_of_their_own(tmp_path: Path) -> None:
     assert b"\r\ntouch =eq " in data and b"\r\nbdelete YSBi " in data
     assert b"a b" not in data
     # a record rewritten from its parsed form is byte for byte the original
-    start = datalog.read_header(data)[0]
+    start = fmt.read_header(data)[0]
     records = list(parse_records(data, start))
-    assert data[:start] + b"".join(datalog.encode(r) for r in records) == data
+    assert data[:start] + b"".join(fmt.encode(r) for r in records) == data
     again = Store(path)
     try:
         assert again.keys() == [b"=eq"] and again.peek(b"=eq").value == b"2"
@@ -145,11 +146,11 @@ def test_files_written_before_base64_keys_read_as_before(tmp_path: Path) -> None
     path = tmp_path / "data.txt"
     path.write_bytes(
         HEADER
-        + datalog.encode_set(b"=abcd", b"one", 0, 0, 1)
-        + datalog.encode_set(b"=abc", b"two", 0, 0, 2)
-        + datalog.encode_set(b"==x", b"three", 0, 0, 3)
-        + datalog.encode_touch(b"=abc", NOW + 100)
-        + datalog.encode_delete(b"=abcd")
+        + fmt.encode_set(b"=abcd", b"one", 0, 0, 1)
+        + fmt.encode_set(b"=abc", b"two", 0, 0, 2)
+        + fmt.encode_set(b"==x", b"three", 0, 0, 3)
+        + fmt.encode_touch(b"=abc", NOW + 100)
+        + fmt.encode_delete(b"=abcd")
     )
     store = Store(path, clock=Clock())
     try:
@@ -161,9 +162,9 @@ def test_files_written_before_base64_keys_read_as_before(tmp_path: Path) -> None
 
 def test_a_binary_record_with_a_bad_key_is_damage_with_an_offset(tmp_path: Path) -> None:
     path = tmp_path / "data.txt"
-    bad = datalog.encode_delete(b"k").replace(b"delete k", b"bdelete !!")
-    bad = datalog._seal(bad.rsplit(b" ", 1)[0])  # a valid checksum over a key that is not base64
-    path.write_bytes(HEADER + bad + datalog.encode_set(b"k", b"v", 0, 0, 1))
+    bad = fmt.encode_delete(b"k").replace(b"delete k", b"bdelete !!")
+    bad = fmt.seal(bad.rsplit(b" ", 1)[0])  # a valid checksum over a key that is not base64
+    path.write_bytes(HEADER + bad + fmt.encode_set(b"k", b"v", 0, 0, 1))
     mark_synced(path)
     with pytest.raises(CorruptLogError) as caught:
         Store(path)
@@ -186,7 +187,7 @@ def test_compaction_and_repair_keep_meta_state(tmp_path: Path) -> None:
     assert path.stat().st_size < size
     store.close()
 
-    datalog.repair(path)  # a clean file: repair must change nothing that matters
+    repair.repair(path)  # a clean file: repair must change nothing that matters
     again = Store(path, clock=clock)
     try:
         assert {k: again.peek(k)[:5] for k in again.keys()} == before

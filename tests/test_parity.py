@@ -16,9 +16,9 @@ import pytest
 
 from memcachedlite import Settings, Store
 from memcachedlite.errors import BadCommandLine
-from memcachedlite.protocol import parse_exptime
-from memcachedlite.session import Session
-from memcachedlite.slabs import item_class, largest_class
+from memcachedlite.protocols.session import Session
+from memcachedlite.protocols.text import parse_exptime
+from memcachedlite.storage.slabs import item_class, largest_class
 from tests.conftest import Raw
 from tests.test_cli import run_serve
 

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from memcachedlite import CorruptLogError, LogWriteError, Store
-from memcachedlite import log as datalog
-from memcachedlite.log import DataLog, parse_records, read_header
+from memcachedlite.storage import datafile
+from memcachedlite.storage import records as fmt
+from memcachedlite.storage.datafile import DataLog
+from memcachedlite.storage.records import parse_records, read_header
 
 
 def records(data: bytes) -> list:
@@ -51,7 +53,7 @@ def test_new_file_has_header_and_private_mode(path):
     data = path.read_bytes()
     start, file_id = read_header(data)
     assert data == b"MEMCACHEDLITE-LOG 2 %s\r\n" % file_id and start == len(data)
-    assert len(file_id) == 16 and file_id != datalog.LEGACY_ID
+    assert len(file_id) == 16 and file_id != fmt.LEGACY_ID
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
@@ -261,9 +263,9 @@ def test_foreign_file_refuses_to_start(path):
 @pytest.mark.parametrize(
     "record",
     [
-        datalog._seal(b"bogus 1"),
+        fmt.seal(b"bogus 1"),
         b"delete k zzzzzzzz\r\n",
-        datalog._seal(b"touch k"),
+        fmt.seal(b"touch k"),
         b"set k 0 0 1 1 00000000\r\nx\r\n",
     ],
     ids=["unknown-verb", "bad-crc-digits", "wrong-field-count", "bad-checksum"],
@@ -275,11 +277,11 @@ def test_each_kind_of_middle_damage_is_detected(path, record):
     file_id = read_header(path.read_bytes())[1]
     with open(path, "ab") as f:
         f.write(record)
-        f.write(datalog.encode_set(b"b", b"2", 0, 0, 9))
+        f.write(fmt.encode_set(b"b", b"2", 0, 0, 9))
     # a later fsync vouches for all of it: the damage is in synced data
     end = path.stat().st_size
     with open(path, "ab") as f:
-        f.write(datalog.encode_sync(end, file_id))
+        f.write(fmt.encode_sync(end, file_id))
     with pytest.raises(CorruptLogError, match="reached the disk"):
         Store(path)
 
@@ -290,8 +292,8 @@ def test_the_same_damage_past_the_last_sync_is_a_crash_tail(path, caplog):
     s.close()
     size = path.stat().st_size
     with open(path, "ab") as f:
-        f.write(datalog._seal(b"bogus 1"))
-        f.write(datalog.encode_set(b"b", b"2", 0, 0, 9))
+        f.write(fmt.seal(b"bogus 1"))
+        f.write(fmt.encode_set(b"b", b"2", 0, 0, 9))
     s = Store(path)
     try:
         assert s.peek(b"a").value == b"1" and s.peek(b"b") is None  # a prefix, never what lies past a hole
@@ -318,7 +320,7 @@ def test_failed_write_changes_nothing(path, monkeypatch):
     def full(fd, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(datalog.os, "write", full)
+    monkeypatch.setattr(datafile.os, "write", full)
     with pytest.raises(LogWriteError, match="out of disk space"):
         s.set(b"a", b"new")
     with pytest.raises(LogWriteError):
@@ -345,7 +347,7 @@ def test_partial_write_is_cut_back(path, monkeypatch):
             return real_write(fd, bytes(data[: len(data) // 2]))
         raise OSError(errno.EIO, "I/O error")
 
-    monkeypatch.setattr(datalog.os, "write", half_then_full)
+    monkeypatch.setattr(datafile.os, "write", half_then_full)
     with pytest.raises(LogWriteError, match="I/O error"):
         s.set(b"k", b"v" * 100)
     monkeypatch.undo()
@@ -363,7 +365,7 @@ def test_partial_write_is_cut_back(path, monkeypatch):
 def test_fsync_always_syncs_before_returning(path, monkeypatch):
     syncs = []
     real_fsync = os.fsync
-    monkeypatch.setattr(datalog.os, "fsync", lambda fd: (syncs.append(fd), real_fsync(fd)))
+    monkeypatch.setattr(datafile.os, "fsync", lambda fd: (syncs.append(fd), real_fsync(fd)))
     log = DataLog(path, fsync="always")
     syncs.clear()  # creating the file made it durable
     log.append(b"x")
@@ -384,7 +386,7 @@ def test_a_pipelined_batch_is_one_write(path, monkeypatch):
     s = Store(path)
     writes = []
     real_write = os.write
-    monkeypatch.setattr(datalog.os, "write", lambda fd, data: (writes.append(len(data)), real_write(fd, data))[1])
+    monkeypatch.setattr(datafile.os, "write", lambda fd, data: (writes.append(len(data)), real_write(fd, data))[1])
     session = Session(s)
     batch = b"".join(b"set k%d 0 0 1\r\n%d\r\n" % (i, i % 10) for i in range(100)) + b"delete k0\r\nincr k1 5\r\n"
     assert session.feed(batch) == b"STORED\r\n" * 100 + b"DELETED\r\n6\r\n"
@@ -412,7 +414,7 @@ def test_a_batch_that_cannot_be_written_is_undone_and_not_acknowledged(path, mon
     def full(fd, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(datalog.os, "write", full)
+    monkeypatch.setattr(datafile.os, "write", full)
     session = Session(s)
     batch = (
         b"set keep 0 0 3\r\nnew\r\ndelete gone\r\nset big 0 0 900\r\n" + b"z" * 900 + b"\r\n"
@@ -441,7 +443,7 @@ def test_group_commit_one_fsync_covers_concurrent_writers(start_server, monkeypa
         syncs.append(fd)
         real_fsync(fd)
 
-    monkeypatch.setattr(datalog.os, "fsync", counted_fsync)
+    monkeypatch.setattr(datafile.os, "fsync", counted_fsync)
     server = start_server(fsync="always")
     store = server.store
     writers, each = 20, 30

@@ -1,8 +1,8 @@
 """Power loss at every moment of a recorded workload (issue 13 item 5).
 
 A script of sets, deletes, incr, append, touch, flush_all, meta commands and
-compactions runs through :class:`~memcachedlite.session.Session` objects
-over a durable :class:`~memcachedlite.store.Store`, with every call on the
+compactions runs through :class:`~memcachedlite.protocols.session.Session` objects
+over a durable :class:`~memcachedlite.storage.store.Store`, with every call on the
 data file recorded by :class:`tests.crashsim.FsRecorder`. The same script
 runs one command at a time on an in-memory store, giving the state after
 each command. Then, for hundreds of moments and ways a power cut could
@@ -33,11 +33,11 @@ from typing import Optional
 
 import pytest
 
-import memcachedlite.log
 from memcachedlite import CorruptLogError, Store
-from memcachedlite.log import parse_one
-from memcachedlite.session import Session
-from memcachedlite.store import SETS_RECORD_MIN
+from memcachedlite.protocols.session import Session
+from memcachedlite.storage import records, repair
+from memcachedlite.storage.records import parse_one
+from memcachedlite.storage.store import SETS_RECORD_MIN
 from tests.crashsim import (
     PATIENCE,
     CrashState,
@@ -281,7 +281,7 @@ def repaired(state: CrashState, directory: Path, policy: str, caplog: pytest.Log
     state.write_to(directory)
     path = directory / "data.txt"
     if path.exists():
-        report = memcachedlite.log.repair(path)
+        report = repair.repair(path)
         assert not report.kept_across_damage, f"crash damage repaired as corruption at {state.at} ({state.how})"
     store = Store(path, fsync=policy, clock=clock)
     try:
@@ -432,7 +432,7 @@ def synced_file(tmp_path: Path, count: int = 40) -> tuple[Path, list[int]]:
         store.close()
     buf = path.read_bytes()
     offsets = []
-    header = memcachedlite.log.read_header(buf)
+    header = records.read_header(buf)
     assert header is not None
     pos = header[0]
     while pos < len(buf):

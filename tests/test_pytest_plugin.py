@@ -63,7 +63,7 @@ def test_a_suite_that_uses_no_fixture_starts_nothing(project: pytest.Pytester) -
 
         def test_untouched(request):
             assert request.config.pluginmanager.hasplugin("memcachedlite")
-            assert "memcachedlite.testing" not in sys.modules  # no server code even imported
+            assert "memcachedlite.testing.background" not in sys.modules  # no server code even imported
             assert threading.active_count() == 1
             sockets = []
             for fd in os.listdir("/proc/self/fd"):

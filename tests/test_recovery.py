@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from memcachedlite import CorruptLogError, Store
-from memcachedlite import log as datalog
 from memcachedlite.cli import main
-from memcachedlite.log import read_header
+from memcachedlite.storage import records, repair
+from memcachedlite.storage.records import read_header
 
 
 def synced_then_unsynced(path: Path) -> tuple[int, int]:
@@ -94,7 +94,7 @@ def test_a_mark_of_another_file_is_not_trusted(tmp_path: Path) -> None:
     size = path.stat().st_size
     with open(path, "ab") as f:
         f.write(b"\0" * 100)
-        f.write(datalog.encode_sync(size + 50, b"0123456789abcdef"))
+        f.write(records.encode_sync(size + 50, b"0123456789abcdef"))
     assert keys(path) == {b"a": b"1"}
 
 
@@ -107,17 +107,17 @@ def test_a_mark_naming_a_place_after_itself_is_not_trusted(tmp_path: Path) -> No
     size = path.stat().st_size
     with open(path, "ab") as f:
         f.write(b"\0" * 10)
-        f.write(datalog.encode_sync(size + 10_000, file_id))
+        f.write(records.encode_sync(size + 10_000, file_id))
     assert keys(path) == {b"a": b"1"}
 
 
 def test_a_version_1_file_with_a_crash_tail_starts(tmp_path: Path) -> None:
     path = tmp_path / "data.txt"
     path.write_bytes(
-        datalog.HEADER + datalog.encode_set(b"a", b"1", 0, 0, 1) + b"\0" * 64 + datalog.encode_set(b"b", b"2", 0, 0, 2)
+        records.HEADER + records.encode_set(b"a", b"1", 0, 0, 1) + b"\0" * 64 + records.encode_set(b"b", b"2", 0, 0, 2)
     )
     assert keys(path) == {b"a": b"1"}
-    assert path.read_bytes().startswith(datalog.HEADER)  # still version 1, appended to as before
+    assert path.read_bytes().startswith(records.HEADER)  # still version 1, appended to as before
 
 
 def test_repair_of_a_crash_keeps_a_prefix(tmp_path: Path) -> None:
@@ -151,6 +151,6 @@ def test_repair_of_corruption_says_it_kept_records_across_it(tmp_path: Path) -> 
 def test_salvage_reports_the_synced_offset(tmp_path: Path) -> None:
     path = tmp_path / "data.txt"
     unsynced, _ = synced_then_unsynced(path)
-    records, report = datalog.salvage(path.read_bytes())
+    records, report = repair.salvage(path.read_bytes())
     assert report.synced > 0 and report.synced < unsynced
     assert not report.damaged_offsets and all(r[0] != b"sync" for r in records)

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from memcachedlite import MemcacheServer, Store
-from memcachedlite.store import BINARY_KEY
+from memcachedlite.storage.items import BINARY_KEY
 from tests.conftest import Raw
 
 KEYS = [b"a", b"b", b"c", b"n"]

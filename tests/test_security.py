@@ -21,7 +21,7 @@ from pymemcache.exceptions import MemcacheClientError, MemcacheUnexpectedCloseEr
 
 from memcachedlite import Session, Settings, Store
 from memcachedlite.cli import main
-from memcachedlite.security import (
+from memcachedlite.protocols.auth import (
     MAX_AUTH_TOKEN,
     AuthFile,
     AuthFileError,
@@ -453,7 +453,7 @@ def test_reload_swaps_users_and_keeps_them_on_error(tmp_path: Path) -> None:
 def test_passwords_are_compared_in_constant_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import hmac
 
-    from memcachedlite import security
+    from memcachedlite.protocols import auth as security
 
     auth = AuthFile(write_auth(tmp_path / "auth", "alice:secret\nbob:hunter2\ncarol:x\n"))
     calls = []

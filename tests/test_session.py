@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from memcachedlite import ClientError, Registry, Session, Settings, Store
-from memcachedlite.protocol import MAX_LINE, MAX_LONG_LINE
+from memcachedlite.protocols.text import MAX_LINE, MAX_LONG_LINE
 
 
 @pytest.fixture

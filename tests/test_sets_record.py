@@ -12,12 +12,11 @@ import pytest
 from click.testing import CliRunner
 
 from memcachedlite import CorruptLogError, Session, Store
-from memcachedlite import log as datalog
-from memcachedlite import store as store_module
 from memcachedlite.cli import main
-from memcachedlite.items import ITEM_FORMAT, make_item
-from memcachedlite.log import parse_records, read_header
-from memcachedlite.records import _Bad, encode_sets, read_snapshot
+from memcachedlite.storage import datafile, records
+from memcachedlite.storage import store as store_module
+from memcachedlite.storage.items import ITEM_FORMAT, make_item
+from memcachedlite.storage.records import BadRecord, encode_sets, parse_records, read_header, read_snapshot
 
 from .conftest import mark_synced
 
@@ -40,7 +39,7 @@ def record_starts(data: bytes) -> list[int]:
     starts, pos = [], read_header(data)[0]
     while pos < len(data):
         starts.append(pos)
-        pos = datalog.parse_one(data, pos)[1]
+        pos = records.parse_one(data, pos)[1]
     return starts
 
 
@@ -158,7 +157,7 @@ def test_sets_records_read_back_and_reencode() -> None:
     buf = b"".join(encode_sets([b"a", b"b", b"c"], items, ITEM_FORMAT, 13))
     (record,) = list(parse_records(buf, 0))
     assert record == (b"sets", ITEM_FORMAT, 13, 0, list(zip([b"a", b"b", b"c"], items, strict=True)))
-    assert datalog.encode(record) == buf
+    assert records.encode(record) == buf
 
 
 def test_a_sets_record_of_an_unknown_item_format_refuses_to_start(tmp_path: Path) -> None:
@@ -173,8 +172,8 @@ def test_a_sets_record_of_an_unknown_item_format_refuses_to_start(tmp_path: Path
 
 def test_a_group_never_holds_a_sets_record() -> None:
     inner = b"".join(encode_sets([b"a"], [make_item(b"1", 0, 0, 1)], ITEM_FORMAT, 2))
-    with pytest.raises(_Bad):
-        datalog.read_group(datalog.encode_group([inner]), 0)
+    with pytest.raises(BadRecord):
+        records.read_group(records.encode_group([inner]), 0)
 
 
 @pytest.mark.parametrize(
@@ -187,7 +186,7 @@ def test_a_group_never_holds_a_sets_record() -> None:
     ],
 )
 def test_malformed_sets_headers(buf: bytes, torn: bool) -> None:
-    with pytest.raises(_Bad) as caught:
+    with pytest.raises(BadRecord) as caught:
         read_snapshot(buf, 0, "sets")
     assert caught.value.torn is torn
 
@@ -198,7 +197,7 @@ def test_a_run_whose_write_fails_is_refused_whole_and_undone(tmp_path: Path, mon
     store = Store(path)
     try:
         size = path.stat().st_size
-        real_write = datalog.os.write
+        real_write = datafile.os.write
 
         def disk_full(fd: int, data) -> int:
             if fd == store.log._fd:  # the data file only: half of it, then no space
@@ -209,7 +208,7 @@ def test_a_run_whose_write_fails_is_refused_whole_and_undone(tmp_path: Path, mon
 
         session = Session(store)
         with monkeypatch.context() as patch:
-            patch.setattr(datalog.os, "write", disk_full)
+            patch.setattr(datafile.os, "write", disk_full)
             replies = session.feed(RUN * 4)
         assert replies == b"SERVER_ERROR cannot write data file: out of disk space\r\n" * 12  # noreply: quiet
         assert state(store) == {b"k1": (b"old", 0, 0, 1)}

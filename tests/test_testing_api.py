@@ -13,7 +13,7 @@ from pymemcache.client.base import Client
 from pymemcache.exceptions import MemcacheServerError, MemcacheUnexpectedCloseError
 
 from memcachedlite import Store
-from memcachedlite.launch import LaunchError, UsageProblem, build_server, parse_size
+from memcachedlite.server.build import LaunchError, UsageProblem, build_server, parse_size
 from memcachedlite.testing import (
     DISK_FULL,
     BackgroundServer,
@@ -157,7 +157,7 @@ def test_every_serve_option_by_keyword(tmp_path: Path) -> None:
 
 
 def test_tls_by_keyword(tmp_path: Path) -> None:
-    from memcachedlite.security import client_context
+    from memcachedlite.protocols.auth import client_context
 
     pki = PKI(tmp_path)
     with serve_in_background(tls_cert=pki.pem("server"), tls_key=pki.key("server")) as server:

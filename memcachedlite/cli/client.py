@@ -1,0 +1,213 @@
+"""The ``mcl`` command group: its options, the client plumbing every command
+shares (:mod:`.cli_common`) and the small client verbs (``mcl get``, ``mcl set``, ...). Thin by design: parse
+options, call the library or pymemcache, turn failures into one-line messages
+and exit codes. The server side (:mod:`.cli_serve`), the benchmark
+(:mod:`.cli_bench`) and dump/load (:mod:`.cli_bulk`) register their commands on
+the same group, imported at the end of this module.
+
+Exit codes: 0 success, 1 the key was missing or not stored, 2 bad usage,
+3 the server could not be reached, 4 the server answered with an error,
+5 the server could not start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Optional
+
+import click
+
+from .common import (
+    NotFound,
+    ServerReplyError,
+    binary_stream,
+    current_config,
+    key_for,
+    main,
+    talking,
+)
+
+
+@main.command()
+@click.argument("key")
+def get(key: str) -> None:
+    """Print the value of KEY (raw bytes); exit 1 if it is missing."""
+    config = current_config()
+    with talking(config) as client:
+        value = client.get(key_for(key))
+    if value is None:
+        raise NotFound(f"{key}: not found")
+    out = binary_stream("stdout")
+    out.write(value)
+    if out.isatty() and not value.endswith(b"\n"):
+        out.write(b"\n")  # keep the prompt off the value; pipes get the exact bytes
+    out.flush()
+
+
+def _store(verb: str, key: str, value: str, ttl: int, flags: int) -> None:
+    data = binary_stream("stdin").read() if value == "-" else os.fsencode(value)
+    with talking(current_config()) as client:
+        ok = getattr(client, verb)(key_for(key), data, expire=ttl, noreply=False, flags=flags)
+    if not ok:
+        raise NotFound(f"{key}: not stored")
+    click.echo("STORED")
+
+
+_ttl = click.option(
+    "--ttl", default=0, show_default=True, type=click.IntRange(0), help="Seconds until the item expires (0: never)."
+)
+_flags = click.option(
+    "--flags",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, 2**32 - 1),
+    help="32-bit client flags kept with the value.",
+)
+
+
+@main.command("set")
+@click.argument("key")
+@click.argument("value")
+@_ttl
+@_flags
+def set_(key: str, value: str, ttl: int, flags: int) -> None:
+    """Store VALUE under KEY ('-' reads the value from standard input)."""
+    _store("set", key, value, ttl, flags)
+
+
+@main.command()
+@click.argument("key")
+@click.argument("value")
+@_ttl
+@_flags
+def add(key: str, value: str, ttl: int, flags: int) -> None:
+    """Store VALUE under KEY only if KEY is not there yet."""
+    _store("add", key, value, ttl, flags)
+
+
+@main.command()
+@click.argument("key")
+def delete(key: str) -> None:
+    """Delete KEY; exit 1 if it was not there."""
+    with talking(current_config()) as client:
+        deleted = client.delete(key_for(key), noreply=False)
+    if not deleted:
+        raise NotFound(f"{key}: not found")
+    click.echo("DELETED")
+
+
+def _arith(verb: str, key: str, delta: int) -> None:
+    with talking(current_config()) as client:
+        value = getattr(client, verb)(key_for(key), delta, noreply=False)
+    if value is None:
+        raise NotFound(f"{key}: not found")
+    click.echo(value)
+
+
+@main.command()
+@click.argument("key")
+@click.argument("delta", default=1, type=click.IntRange(0, 2**64 - 1))
+def incr(key: str, delta: int) -> None:
+    """Add DELTA (default 1) to the number stored under KEY."""
+    _arith("incr", key, delta)
+
+
+@main.command()
+@click.argument("key")
+@click.argument("delta", default=1, type=click.IntRange(0, 2**64 - 1))
+def decr(key: str, delta: int) -> None:
+    """Subtract DELTA (default 1) from the number under KEY, stopping at 0."""
+    _arith("decr", key, delta)
+
+
+@main.command()
+@click.argument("key")
+@click.argument("ttl", type=click.IntRange(0))
+def touch(key: str, ttl: int) -> None:
+    """Give KEY a new time to live of TTL seconds (0: never expires)."""
+    with talking(current_config()) as client:
+        touched = client.touch(key_for(key), ttl, noreply=False)
+    if not touched:
+        raise NotFound(f"{key}: not found")
+    click.echo("TOUCHED")
+
+
+@main.command("flush-all")
+@click.option(
+    "--delay", default=0, show_default=True, type=click.IntRange(0), help="Seconds before the items are invalidated."
+)
+def flush_all(delay: int) -> None:
+    """Invalidate every item (on every server given)."""
+    with talking(current_config()) as client:
+        client.flush_all(delay=delay, noreply=False)
+    click.echo("OK")
+
+
+@main.command()
+@click.option(
+    "--wait",
+    default=600.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Seconds to wait for it to finish (0: just start it).",
+)
+def compact(wait: float) -> None:
+    """Compact the data file of the server(s) now, and wait until it is done."""
+    config = current_config()
+    for server in config.servers:
+        one = config.only(server)
+        with talking(one) as client:
+            before = client.stats()
+            reply = client.raw_command("compact", b"\r\n")
+            if reply.strip() != b"OK":
+                raise ServerReplyError(reply.decode("utf-8", "replace").strip())
+            deadline = time.monotonic() + wait
+            while wait:
+                now = client.stats()
+                if int(now[b"compaction_failures"]) > int(before[b"compaction_failures"]):
+                    raise ServerReplyError(f"{one.describe()}: the compaction failed; see the server's log")
+                if int(now[b"compactions"]) > int(before[b"compactions"]):
+                    click.echo(f"{one.describe()}: data file compacted to {now[b'data_file_bytes']} bytes")
+                    break
+                if time.monotonic() > deadline:
+                    raise ServerReplyError(f"{one.describe()}: still compacting after {wait:g} s")
+                time.sleep(0.05)
+    click.echo("OK")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (server -> {name: value}) for scripts.")
+@click.argument("group", required=False, type=click.Choice(["settings"]))
+def stats(as_json: bool, group: Optional[str]) -> None:
+    """Show the server's statistics."""
+    config = current_config()
+    table = {}
+    for server in config.servers:
+        one = config.only(server)
+        with talking(one) as client:
+            raw = client.stats(*([group] if group else []))
+        table[one.describe()] = {_text(k): _text(v) for k, v in raw.items()}
+    if as_json:
+        click.echo(json.dumps(table, indent=2, sort_keys=False))
+        return
+    for server, values in table.items():
+        if len(table) > 1:
+            click.echo(f"[{server}]")
+        width = max((len(k) for k in values), default=0)
+        for name, value in values.items():
+            click.echo(f"{name.ljust(width)}  {value}")
+
+
+def _text(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, (int, float, str)):
+        return value
+    return str(value)
+
+
+# The server side, the benchmark and dump/load live in modules of their own
+# and register their commands on ``main`` when imported; importing them here
+# gives ``mcl`` (memcachedlite.cli:main) every command.

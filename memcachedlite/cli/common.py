@@ -1,0 +1,234 @@
+"""What every ``mcl`` command shares: the command group and its options,
+the exit-code exceptions, :class:`ClientConfig` and :func:`talking`. The
+commands themselves live in :mod:`.cli` (the client verbs), :mod:`.cli_serve`,
+:mod:`.cli_bench` and :mod:`.cli_bulk`, each registering on :data:`main`.
+
+Exit codes: 0 success, 1 the key was missing or not stored, 2 bad usage,
+3 the server could not be reached, 4 the server answered with an error,
+5 the server could not start.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import click
+
+from ..version import __version__
+
+DEFAULT_SERVER = "127.0.0.1:9889"
+
+
+class NotFound(click.ClickException):
+    """The key is missing (or a conditional store was refused)."""
+
+    exit_code = 1
+
+
+class Unreachable(click.ClickException):
+    """No connection to the server, or it stopped answering."""
+
+    exit_code = 3
+
+
+class ServerReplyError(click.ClickException):
+    """The server answered with CLIENT_ERROR or SERVER_ERROR."""
+
+    exit_code = 4
+
+
+class CannotStart(click.ClickException):
+    """``mcl serve`` could not start (port in use, damaged data file...)."""
+
+    exit_code = 5
+
+
+def _split_servers(values: tuple[str, ...]) -> list[tuple[str, int]]:
+    servers = []
+    for value in values:
+        for item in value.replace(",", " ").split():
+            host, sep, port = item.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise click.BadParameter(f"{item!r} is not HOST:PORT", param_hint="--server")
+            servers.append((host.strip("[]"), int(port)))
+    return servers or [("127.0.0.1", 9889)]
+
+
+class ClientConfig:
+    """What the group options say about reaching the server(s)."""
+
+    def __init__(
+        self, servers: list[tuple[str, int]], timeout: float, tls_context: Any = None, credentials: bytes | None = None
+    ) -> None:
+        self.servers = servers
+        self.timeout = timeout
+        self.tls_context = tls_context  # an ssl.SSLContext with --tls
+        self.credentials = credentials  # b"user password" with --credentials
+
+    def only(self, server: tuple[str, int]) -> ClientConfig:
+        """The same options for one of the servers."""
+        return ClientConfig([server], self.timeout, self.tls_context, self.credentials)
+
+    def authenticate(self, client: Any) -> None:
+        """Send the credentials (memcached's text-protocol authentication) on each connection."""
+        if self.credentials is None:
+            return
+        clients = getattr(client, "clients", None)  # a HashClient holds one client per server
+        for one in clients.values() if clients is not None else [client]:
+            one.set(b"auth", self.credentials, noreply=False)
+
+    def describe(self) -> str:
+        return ", ".join(f"{h}:{p}" for h, p in self.servers)
+
+    def client(self) -> Any:
+        from pymemcache.client.base import Client
+        from pymemcache.client.hash import HashClient
+
+        options = dict(connect_timeout=self.timeout, timeout=self.timeout, no_delay=True, default_noreply=False)
+        if self.tls_context is not None:
+            options["tls_context"] = self.tls_context
+        if len(self.servers) == 1:
+            return Client(self.servers[0], **options)
+        return HashClient(
+            self.servers, use_pooling=False, ignore_exc=False, retry_attempts=1, allow_unicode_keys=True, **options
+        )
+
+
+@contextmanager
+def talking(config: ClientConfig) -> Iterator[Any]:
+    """A connected client; connection failures and error replies become exit codes."""
+    from pymemcache.exceptions import (
+        MemcacheClientError,
+        MemcacheError,
+        MemcacheIllegalInputError,
+        MemcacheUnexpectedCloseError,
+    )
+
+    client = config.client()
+    try:
+        config.authenticate(client)
+        yield client
+    except MemcacheIllegalInputError as exc:
+        raise click.UsageError(str(exc)) from None
+    except (TimeoutError, OSError) as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise Unreachable(f"cannot reach server {config.describe()}: {reason}") from None
+    except MemcacheUnexpectedCloseError:
+        hint = "" if config.tls_context is not None else " (if it serves TLS, add --tls)"
+        raise Unreachable(f"server {config.describe()} closed the connection{hint}") from None
+    except MemcacheClientError as exc:
+        reason = _reason(exc)
+        if reason == "unauthenticated":
+            reason += " (the server wants a user and password: see --credentials)"
+        raise ServerReplyError(f"the server refused the request: {reason}") from None
+    except MemcacheError as exc:
+        raise ServerReplyError(f"server error: {_reason(exc)}") from None
+    finally:
+        client.close()
+
+
+def _reason(exc: Exception) -> str:
+    """pymemcache puts the server's error text in as bytes; show it as text."""
+    text = exc.args[0] if exc.args else ""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return str(text) or type(exc).__name__
+
+
+def binary_stream(name: str) -> Any:
+    """The byte stream under sys.stdin/sys.stdout (click 8.5 deprecates its helper)."""
+    stream = getattr(sys, name)
+    return getattr(stream, "buffer", stream)
+
+
+def key_for(key: str) -> Any:
+    """The key as the client wants it: bytes for one server (any byte is
+    kept); str for several, because pymemcache's HashClient hashes a bytes
+    key as its repr and would place it apart from the same key set as str by
+    other Python programs."""
+    if len(current_config().servers) > 1:
+        return key
+    return os.fsencode(key)
+
+
+EXISTING_FILE = click.Path(exists=True, dir_okay=False)
+
+
+def file_option(flag: str, envvar: str, help: str, **options: Any) -> Callable:
+    """An option naming a file that must exist (certificates, keys, credentials),
+    its variable named in the help when click is not asked to show it."""
+    if not options.get("show_envvar"):
+        help = f"{help}  [env: {envvar}]"
+    return click.option(flag, type=EXISTING_FILE, default=None, envvar=envvar, help=help, **options)
+
+
+SHOWN = dict(show_default=True, show_envvar=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--server",
+    "-s",
+    "servers",
+    multiple=True,
+    envvar="MCL_SERVER",
+    metavar="HOST:PORT",
+    help=(
+        "Server to talk to; repeat it (or give a comma list) to spread keys over several."
+        f"  [default: {DEFAULT_SERVER}; env: MCL_SERVER]"
+    ),
+)
+@click.option("--timeout", default=5.0, show_default=True, envvar="MCL_TIMEOUT", help="Seconds to wait for the server.")
+@click.option(
+    "--tls",
+    is_flag=True,
+    envvar="MCL_TLS",
+    help="Connect over TLS (implied by the other --tls options).  [env: MCL_TLS]",
+)
+@file_option("--tls-ca", "MCL_TLS_CA", "CA certificate(s) to verify the server with, instead of the system's.")
+@file_option("--tls-cert", "MCL_TLS_CLIENT_CERT", "Client certificate, for a server started with --tls-ca.")
+@file_option("--tls-key", "MCL_TLS_CLIENT_KEY", "Private key of --tls-cert, if not in that file.")
+@file_option("--credentials", "MCL_CREDENTIALS", "Authenticate with the first user:password line of this file.")
+@click.version_option(__version__, prog_name="memcachedlite")
+@click.pass_context
+def main(
+    ctx: click.Context,
+    servers: tuple[str, ...],
+    timeout: float,
+    tls: bool,
+    tls_ca: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    credentials: str | None,
+) -> None:
+    """memcachedlite: a memcached-compatible server with durable storage, and its client."""
+    tls_context = None
+    if tls or tls_ca or tls_cert or tls_key:
+        if tls_key and not tls_cert:
+            raise click.UsageError("--tls-key needs --tls-cert")
+        from ..protocols.auth import client_context
+
+        try:
+            tls_context = client_context(tls_ca, tls_cert, tls_key)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise click.UsageError(f"cannot load the TLS files: {getattr(exc, 'strerror', None) or exc}") from None
+    secret = None
+    if credentials:
+        from ..protocols.auth import AuthFileError, read_auth_file
+
+        try:
+            user, password = read_auth_file(credentials)[0]
+        except AuthFileError as exc:
+            raise click.UsageError(str(exc)) from None
+        secret = user + b" " + password
+    ctx.obj = ClientConfig(_split_servers(servers), timeout, tls_context, secret)
+
+
+# -- the client ---------------------------------------------------------------
+
+
+def current_config() -> ClientConfig:
+    return click.get_current_context().find_object(ClientConfig)

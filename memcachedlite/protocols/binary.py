@@ -1,0 +1,634 @@
+"""memcached's binary protocol: packet framing, the opcode table, status
+codes and reply encoding, for connections whose first byte is ``0x80``.
+
+Every packet is a 24-byte header (magic, opcode, key length, extras length,
+data type, vbucket or status, total body length, opaque, cas), then the
+extras, the key and the value. :class:`BinarySession` is a
+:class:`~memcachedlite.protocols.session.Session` with this framing instead of command
+lines: ``Session.feed()`` (one store batch and one data file write per
+receive, the group fsync, failing a whole batch) is inherited unchanged, and
+each opcode calls the same :class:`~memcachedlite.storage.store.Store` operations as
+its text counterpart, so items, cas values, log records and ``stats``
+counters are shared by both protocols.
+
+Replies follow memcached 1.6.18's ``proto_bin.c`` byte for byte (checked by
+``tests/test_binary_differential.py``): the status codes and the error
+bodies it sends with them, the opaque echoed, the request's own opcode in
+the reply, which malformed packets close the connection, and what the quiet
+opcodes keep to themselves (a quiet get answers only hits, a quiet mutation
+only errors). The deliberate differences are listed in README.md.
+
+SASL: with an auth file, a connection must authenticate with ``PLAIN``
+(``SASL_AUTH``, or an empty ``SASL_AUTH`` answered ``AUTH_CONTINUE`` and then
+``SASL_STEP``) against the same users as the text protocol's login; until
+then every opcode but the SASL ones and ``VERSION`` is answered
+``AUTH_ERROR`` and the connection is closed, as memcached does.
+
+Verbs registered in the registry are text-protocol verbs: the binary
+protocol's opcodes are a fixed table, and an opcode not in it is answered
+``UNKNOWN_COMMAND``.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from typing import Any, Callable, NamedTuple, Optional, Union
+
+from ..errors import ClientError, OutOfMemory, ProtocolError
+from .session import Session
+from .stats import PROTOCOL_VERSION, reset_stats, stats_lines
+from .text import MAX_KEY, check_key
+
+log = logging.getLogger(__name__)
+
+REQUEST = 0x80
+RESPONSE = 0x81
+HEADER = struct.Struct(">BBHBBHIIQ")  # magic opcode keylen extlen datatype status/vbucket bodylen opaque cas
+HEADER_SIZE = HEADER.size
+_unpack_header = HEADER.unpack_from
+_pack_header = HEADER.pack
+#: a reply header followed by the 4-byte flags extras of a get reply
+_GET_REPLY = struct.Struct(">BBHBBHIIQI").pack
+_SET_EXTRAS = struct.Struct(">II").unpack  # flags, exptime
+_ARITH_EXTRAS = struct.Struct(">QQI").unpack  # delta, initial, exptime
+_EXPTIME = struct.Struct(">I").unpack
+_U64 = struct.Struct(">Q").pack
+#: memcached refuses a body past this outright and closes (ITEM_SIZE_MAX_UPPER_LIMIT).
+BODY_LIMIT = 1024 * 1024 * 1024
+#: The incr/decr expiration that means "do not create a missing counter".
+NO_CREATE = 0xFFFFFFFF
+
+# -- opcodes (memcached's protocol_binary.h) -----------------------------------
+
+GET, SET, ADD, REPLACE, DELETE, INCREMENT, DECREMENT, QUIT = range(0x00, 0x08)
+FLUSH, GETQ, NOOP, VERSION, GETK, GETKQ, APPEND, PREPEND, STAT = range(0x08, 0x11)
+SETQ, ADDQ, REPLACEQ, DELETEQ, INCREMENTQ, DECREMENTQ, QUITQ, FLUSHQ = range(0x11, 0x19)
+APPENDQ, PREPENDQ, VERBOSITY, TOUCH, GAT, GATQ = range(0x19, 0x1F)
+SASL_LIST_MECHS, SASL_AUTH, SASL_STEP, GATK, GATKQ = range(0x20, 0x25)
+
+# -- status codes, and the words memcached sends with each ----------------------
+
+SUCCESS = 0x00
+KEY_ENOENT = 0x01
+KEY_EEXISTS = 0x02
+E2BIG = 0x03
+EINVAL = 0x04
+NOT_STORED = 0x05
+DELTA_BADVAL = 0x06
+AUTH_ERROR = 0x20
+AUTH_CONTINUE = 0x21
+UNKNOWN_COMMAND = 0x81
+ENOMEM = 0x82
+
+MESSAGES = {
+    ENOMEM: b"Out of memory",
+    UNKNOWN_COMMAND: b"Unknown command",
+    KEY_ENOENT: b"Not found",
+    EINVAL: b"Invalid arguments",
+    KEY_EEXISTS: b"Data exists for key.",
+    E2BIG: b"Too large.",
+    DELTA_BADVAL: b"Non-numeric server-side value for incr or decr",
+    NOT_STORED: b"Not stored.",
+    AUTH_ERROR: b"Auth failure.",
+}
+
+#: What SASL_LIST_MECHS answers: the one mechanism checked against the auth file.
+MECHANISMS = b"PLAIN"
+_AUTHENTICATED = b"Authenticated"
+#: memcached's words when a store runs out of memory (out_of_memory(), prefix dropped).
+_NO_MEMORY = b"Out of memory allocating item"
+_NO_MEMORY_NEW = b"Out of memory allocating new item"
+_INTERNAL = b"internal error"
+
+
+def response(
+    opcode: int,
+    status: int = SUCCESS,
+    opaque: int = 0,
+    cas: int = 0,
+    extras: bytes = b"",
+    key: bytes = b"",
+    value: bytes = b"",
+) -> bytes:
+    """One reply packet: the header, then extras, key and value."""
+    body = len(extras) + len(key) + len(value)
+    return _pack_header(RESPONSE, opcode, len(key), len(extras), 0, status, body, opaque, cas) + extras + key + value
+
+
+def error(opcode: int, status: int, opaque: int, message: Optional[bytes] = None) -> bytes:
+    """An error reply with memcached's words for ``status`` (or ``message``)."""
+    text = MESSAGES[status] if message is None else message
+    return _pack_header(RESPONSE, opcode, 0, 0, 0, status, len(text), opaque, 0) + text
+
+
+def request(
+    opcode: int, key: bytes = b"", value: bytes = b"", extras: bytes = b"", opaque: int = 0, cas: int = 0
+) -> bytes:
+    """One request packet (for tests, benchmarks and clients of our own)."""
+    body = len(extras) + len(key) + len(value)
+    return _pack_header(REQUEST, opcode, len(key), len(extras), 0, 0, body, opaque, cas) + extras + key + value
+
+
+class Quiet(bytes):
+    """The reply a quiet opcode kept to itself: empty on the wire, but it
+    remembers the request, so that a batch that could not be written can
+    still tell the client this request failed (see
+    :meth:`BinarySession.failed_reply`)."""
+
+    opcode: int
+    opaque: int
+
+    def __new__(cls, opcode: int, opaque: int) -> "Quiet":
+        self = super().__new__(cls)
+        self.opcode = opcode
+        self.opaque = opaque
+        return self
+
+
+# -- the opcodes ------------------------------------------------------------------
+
+#: A handler gets the session, the request's opcode, opaque and cas, its
+#: extras, key and value, and returns the reply (empty or a Quiet: none).
+Handler = Callable[["BinarySession", int, int, int, bytes, bytes, bytes], Union[bytes, None]]
+
+
+class Op(NamedTuple):
+    """One row of the opcode table."""
+
+    handler: Handler
+    #: memcached's shape check of (extras length, key length, body length);
+    #: a packet that fails it is answered EINVAL and the connection closed.
+    fits: Callable[[int, int, int], bool]
+    #: whether the value is read (else it is skipped unread)
+    value: bool = False
+
+
+def _no_body(ext: int, key: int, body: int) -> bool:
+    return body == 0  # key and extras fit in the body, already checked
+
+
+def _keyed(ext: int, key: int, body: int) -> bool:
+    return ext == 0 and key > 0 and body == key
+
+
+def _storage(ext: int, key: int, body: int) -> bool:
+    return ext == 8 and key > 0
+
+
+def _concat_shape(ext: int, key: int, body: int) -> bool:
+    return ext == 0 and key > 0
+
+
+def _arith_shape(ext: int, key: int, body: int) -> bool:
+    return ext == 20 and key > 0 and body == key + ext
+
+
+def _flush_shape(ext: int, key: int, body: int) -> bool:
+    return key == 0 and body == ext and ext in (0, 4)
+
+
+def _touch_shape(ext: int, key: int, body: int) -> bool:
+    return ext == 4 and key > 0
+
+
+def _stat_shape(ext: int, key: int, body: int) -> bool:
+    return ext == 0
+
+
+def _sasl_shape(ext: int, key: int, body: int) -> bool:
+    return ext == 0 and key > 0
+
+
+def _get(s: BinarySession, op: int, opaque: int, cas: int, extras: bytes, key: bytes, value: bytes) -> bytes | None:
+    """GET, GETQ, GETK, GETKQ. The key is not checked for spaces or control
+    bytes, which only the opcodes that store refuse: no protocol stores such
+    a key in plain form, so a read of one just misses."""
+    found = s.store.read(key)
+    if found is None:
+        if op == GETK:
+            return _pack_header(RESPONSE, op, len(key), 0, 0, KEY_ENOENT, len(key), opaque, 0) + key
+        return None if op != GET else error(op, KEY_ENOENT, opaque)  # GETQ and GETKQ keep misses quiet
+    flags, item_cas, data = found
+    if op in (GET, GETQ):
+        return _GET_REPLY(RESPONSE, op, 0, 4, 0, 0, 4 + len(data), opaque, item_cas, flags) + data
+    n = len(key)
+    return _GET_REPLY(RESPONSE, op, n, 4, 0, 0, 4 + n + len(data), opaque, item_cas, flags) + key + data
+
+
+def _touch(s: BinarySession, op: int, opaque: int, cas: int, extras: bytes, key: bytes, value: bytes) -> bytes | None:
+    """TOUCH, GAT, GATQ, GATK, GATKQ: counted as touches, as memcached counts them.
+
+    Keys are not checked (see :func:`_get`): only a stored item is touched,
+    and it is logged in the key form it was stored with."""
+    found = s.store.gat([key], _EXPTIME(extras)[0])
+    with_key = op in (GATK, GATKQ)
+    if not found:
+        if op in (GATQ, GATKQ):
+            return None
+        if with_key:
+            return _pack_header(RESPONSE, op, len(key), 0, 0, KEY_ENOENT, len(key), opaque, 0) + key
+        return error(op, KEY_ENOENT, opaque)
+    item = found[0][1]
+    data = b"" if op == TOUCH else item.value
+    n = len(key) if with_key else 0
+    return _GET_REPLY(RESPONSE, op, n, 4, 0, 0, 4 + n + len(data), opaque, item.cas, item.flags) + key[:n] + data
+
+
+def _stored(op: int, opaque: int, cas: int, quiet: bool) -> bytes:
+    if quiet:
+        return Quiet(op, opaque)
+    return _pack_header(RESPONSE, op, 0, 0, 0, SUCCESS, 0, opaque, cas)
+
+
+def _update(s: BinarySession, op: int, opaque: int, cas: int, extras: bytes, key: bytes, value: bytes) -> bytes:
+    """SET, ADD, REPLACE and their quiet forms; a non-zero cas makes any of them a cas."""
+    flags, exptime = _SET_EXTRAS(extras)
+    check_key(key)
+    store = s.store
+    kind = _BASE[op]
+    if kind == SET and not cas:
+        return _stored(op, opaque, store.set(key, value, flags, exptime), op == SETQ)
+    with store.atomic():
+        if cas:
+            outcome = store.cas(key, value, flags, exptime, cas)
+            if not outcome:
+                return error(op, KEY_ENOENT if outcome is None else KEY_EEXISTS, opaque)
+        elif kind == ADD:
+            if not store.add(key, value, flags, exptime):
+                return error(op, KEY_EEXISTS, opaque)
+        elif not store.replace(key, value, flags, exptime):
+            return error(op, KEY_ENOENT, opaque)
+        return _stored(op, opaque, _cas_of(s, key), op != kind)
+
+
+def _cas_of(s: BinarySession, key: bytes) -> int:
+    """The cas of the item just written (0 if it was stored already expired)."""
+    item = s.store.peek(key)
+    return 0 if item is None else item.cas
+
+
+def _concat(s: BinarySession, op: int, opaque: int, cas: int, extras: bytes, key: bytes, value: bytes) -> bytes:
+    """APPEND, PREPEND and their quiet forms; a cas, if given, must match."""
+    check_key(key)
+    store = s.store
+    after = _BASE[op] == APPEND
+    with store.atomic():
+        if cas:
+            item = store.peek(key)
+            if item is not None and item.cas != cas:
+                store.count("cmd_set")
+                return error(op, KEY_EEXISTS, opaque)
+        limit = s.settings.max_item_size
+        done = store.append(key, value, limit) if after else store.prepend(key, value, limit)
+        if not done:
+            return error(op, NOT_STORED, opaque)
+        return _stored(op, opaque, _cas_of(s, key), op != _BASE[op])
+
+
+def _delete(s: BinarySession, op: int, opaque: int, cas: int, extras: bytes, key: bytes, value: bytes) -> bytes:
+    store = s.store  # (the key is not checked: as for TOUCH, only a stored item is logged)
+    with store.atomic():
+        if cas:
+            item = store.peek(key)
+            if item is not None and item.cas != cas:
+                return error(op, KEY_EEXISTS, opaque)
+        if not store.delete(key):
+            return error(op, KEY_ENOENT, opaque)
+    return _stored(op, opaque, 0, op == DELETEQ)
+
+
+def _arith(s: BinarySession, op: int, opaque: int, cas: int, extras: bytes, key: bytes, value: bytes) -> bytes:
+    """INCREMENT, DECREMENT and their quiet forms: a missing counter is
+    created with the initial value unless the expiration is 0xffffffff."""
+    delta, initial, exptime = _ARITH_EXTRAS(extras)
+    check_key(key)
+    store = s.store
+    kind = _BASE[op]
+    with store.atomic():
+        item = store.peek(key)
+        if item is None:
+            if exptime == NO_CREATE:
+                store.count("incr_misses" if kind == INCREMENT else "decr_misses")
+                return error(op, KEY_ENOENT, opaque)
+            try:
+                # created as memcached's add would, and not counted as a miss
+                new_cas = store.put(key, b"%d" % initial, 0, store.absolute(exptime))
+            except OutOfMemory:
+                return error(op, ENOMEM, opaque, _NO_MEMORY_NEW)
+            number = initial
+        elif cas and item.cas != cas:
+            return error(op, KEY_EEXISTS, opaque)
+        else:
+            try:
+                result = store.incr(key, delta) if kind == INCREMENT else store.decr(key, delta)
+            except ClientError:
+                return error(op, DELTA_BADVAL, opaque)
+            number = result or 0
+            new_cas = _cas_of(s, key)
+    if op != kind:
+        return Quiet(op, opaque)
+    return _pack_header(RESPONSE, op, 0, 0, 0, SUCCESS, 8, opaque, new_cas) + _U64(number)
+
+
+def _flush(s: BinarySession, op: int, opaque: int, cas: int, extras: bytes, key: bytes, value: bytes) -> bytes:
+    s.store.flush_all(_EXPTIME(extras)[0] if extras else 0)
+    return _stored(op, opaque, 0, op == FLUSHQ)
+
+
+def _noop(s: BinarySession, op: int, opaque: int, cas: int, extras: bytes, key: bytes, value: bytes) -> bytes:
+    return response(op, opaque=opaque)
+
+
+def _version(s: BinarySession, op: int, opaque: int, cas: int, extras: bytes, key: bytes, value: bytes) -> bytes:
+    return response(op, opaque=opaque, value=PROTOCOL_VERSION.encode("ascii"))
+
+
+def _quit(s: BinarySession, op: int, opaque: int, cas: int, extras: bytes, key: bytes, value: bytes) -> bytes:
+    s.close()
+    return b"" if op == QUITQ else response(op, opaque=opaque)
+
+
+def _stat(s: BinarySession, op: int, opaque: int, cas: int, extras: bytes, key: bytes, value: bytes) -> bytes:
+    """STAT [group]: one packet per statistic, then an empty one.
+
+    The group is the key; memcached matches ``reset`` and ``settings`` as
+    prefixes, and answers a group it does not know KEY_ENOENT.
+    """
+    end = response(op, opaque=opaque)
+    if key.startswith(b"reset"):
+        reset_stats(s)
+        return end
+    group = None if not key else b"settings" if key.startswith(b"settings") else key
+    try:
+        lines = stats_lines(s, group)
+    except ProtocolError:
+        return error(op, KEY_ENOENT, opaque)
+    parts = [response(op, opaque=opaque, key=name.encode(), value=str(v).encode()) for name, v in lines]
+    parts.append(end)
+    return b"".join(parts)
+
+
+def _sasl_mechs(s: BinarySession, op: int, opaque: int, cas: int, extras: bytes, key: bytes, value: bytes) -> bytes:
+    if s._auth is None:
+        return error(op, UNKNOWN_COMMAND, opaque)
+    return response(op, opaque=opaque, value=MECHANISMS)
+
+
+def _sasl(s: BinarySession, op: int, opaque: int, cas: int, extras: bytes, key: bytes, value: bytes) -> bytes:
+    """SASL_AUTH and SASL_STEP with PLAIN: ``authzid NUL user NUL password``.
+
+    As memcached (with Cyrus SASL), an empty SASL_AUTH is answered
+    AUTH_CONTINUE with an empty challenge and the credentials come in a
+    SASL_STEP; every attempt first drops an earlier authentication.
+    """
+    auth = s._auth
+    if auth is None:
+        return error(op, UNKNOWN_COMMAND, opaque)
+    s.authenticated = False
+    started, s._sasl_started = s._sasl_started, False
+    if op == SASL_AUTH and key == MECHANISMS and not value:
+        s._sasl_started = True
+        return _pack_header(RESPONSE, op, 0, 0, 0, AUTH_CONTINUE, 0, opaque, 0)
+    if key != MECHANISMS or (op == SASL_STEP and not started):
+        auth.check(b"", b"")  # counted as a failed attempt (auth_cmds, auth_errors), as memcached does
+        return error(op, AUTH_ERROR, opaque)
+    fields = value.split(b"\0")
+    if len(fields) != 3 or not auth.check(fields[1], fields[2]):
+        log.info("SASL PLAIN authentication failed for user %r", fields[1:2])
+        if len(fields) != 3:
+            auth.check(b"", b"")
+        return error(op, AUTH_ERROR, opaque)
+    s.authenticated = True
+    return response(op, opaque=opaque, value=_AUTHENTICATED)
+
+
+_GETS = Op(_get, _keyed)
+_UPDATE = Op(_update, _storage, value=True)
+_CONCAT = Op(_concat, _concat_shape, value=True)
+_ARITH = Op(_arith, _arith_shape)
+_TOUCHES = Op(_touch, _touch_shape)
+_DELETE = Op(_delete, _keyed)
+
+#: opcode -> row. VERBOSITY is missing on purpose: memcached 1.6.18 answers it UNKNOWN_COMMAND.
+TABLE: dict[int, Op] = {
+    GET: _GETS,
+    GETQ: _GETS,
+    GETK: _GETS,
+    GETKQ: _GETS,
+    SET: _UPDATE,
+    SETQ: _UPDATE,
+    ADD: _UPDATE,
+    ADDQ: _UPDATE,
+    REPLACE: _UPDATE,
+    REPLACEQ: _UPDATE,
+    APPEND: _CONCAT,
+    APPENDQ: _CONCAT,
+    PREPEND: _CONCAT,
+    PREPENDQ: _CONCAT,
+    DELETE: _DELETE,
+    DELETEQ: _DELETE,
+    INCREMENT: _ARITH,
+    INCREMENTQ: _ARITH,
+    DECREMENT: _ARITH,
+    DECREMENTQ: _ARITH,
+    QUIT: Op(_quit, _no_body),
+    QUITQ: Op(_quit, _no_body),
+    FLUSH: Op(_flush, _flush_shape),
+    FLUSHQ: Op(_flush, _flush_shape),
+    NOOP: Op(_noop, _no_body),
+    VERSION: Op(_version, _no_body),
+    STAT: Op(_stat, _stat_shape),
+    TOUCH: _TOUCHES,
+    GAT: _TOUCHES,
+    GATQ: _TOUCHES,
+    GATK: _TOUCHES,
+    GATKQ: _TOUCHES,
+    SASL_LIST_MECHS: Op(_sasl_mechs, _no_body),
+    SASL_AUTH: Op(_sasl, _sasl_shape, value=True),
+    SASL_STEP: Op(_sasl, _sasl_shape, value=True),
+}
+
+#: each quiet opcode's loud form (and each loud one's own)
+_BASE = {op: op for op in TABLE}
+_BASE.update(
+    {
+        GETQ: GET,
+        GETKQ: GETK,
+        SETQ: SET,
+        ADDQ: ADD,
+        REPLACEQ: REPLACE,
+        APPENDQ: APPEND,
+        PREPENDQ: PREPEND,
+        DELETEQ: DELETE,
+        INCREMENTQ: INCREMENT,
+        DECREMENTQ: DECREMENT,
+        QUITQ: QUIT,
+        FLUSHQ: FLUSH,
+        GATQ: GAT,
+        GATKQ: GATK,
+    }
+)
+#: what an unauthenticated connection may send (memcached's authenticated())
+_OPEN = frozenset([SASL_LIST_MECHS, SASL_AUTH, SASL_STEP, VERSION])
+#: answered together when they come in a row (see BinarySession._run)
+_QUIET_GETS = frozenset([GETQ, GETKQ])
+#: storage opcodes whose value is bounded by the item size limit (E2BIG past it)
+_LIMITED = frozenset([SET, SETQ, ADD, ADDQ, REPLACE, REPLACEQ, APPEND, APPENDQ, PREPEND, PREPENDQ])
+
+
+def _error_for(op: int, opaque: int, exc: ProtocolError) -> bytes:
+    """A store's refusal, in the binary protocol's words."""
+    if isinstance(exc, OutOfMemory):
+        return error(op, ENOMEM, opaque, _NO_MEMORY)
+    if isinstance(exc, ClientError):
+        return error(op, EINVAL, opaque)
+    return error(op, ENOMEM, opaque, exc.message.encode("ascii", "replace") or None)
+
+
+class BinarySession(Session):
+    """Framing and dispatch of memcached's binary protocol for one connection.
+
+    Built with the same arguments as a :class:`Session`; ``feed()`` is the
+    text session's, so batching and durability are shared. With an auth file,
+    the connection counts as mid-request (the read timeout bounds it) until
+    SASL succeeds.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The text protocol's login gate (a `set` of "user password") does not
+        # apply: this protocol authenticates with SASL.
+        self.__dict__.pop("_run", None)
+        self.__dict__.pop("pending", None)
+        self._authed = self._auth is None
+        self._sasl_started = False
+
+    @property  # type: ignore[override]
+    def authenticated(self) -> bool:
+        """False only while an auth file is in force and SASL has not succeeded."""
+        return self._authed
+
+    @authenticated.setter
+    def authenticated(self, value: bool) -> None:
+        self._authed = value or self._auth is None
+
+    def pending(self) -> bool:
+        """Whether a packet has begun arriving, or the client has yet to authenticate."""
+        return bool(self._buf) or self._swallow > 0 or not self._authed
+
+    def failed_reply(self, reply: bytes, exc: ProtocolError) -> bytes:
+        """The error packet that replaces ``reply`` when its batch could not be
+        written: same opcode and opaque, memcached's status for a server-side
+        failure (ENOMEM), even for a reply a quiet opcode kept to itself."""
+        if isinstance(reply, Quiet):
+            return _error_for(reply.opcode, reply.opaque, exc)
+        if len(reply) < HEADER_SIZE:
+            return b""
+        _, op, _, _, _, _, _, opaque, _ = _unpack_header(reply)
+        return _error_for(op, opaque, exc)
+
+    def _close_with(self, out: list[bytes], reply: bytes) -> None:
+        out.append(reply)
+        self.closing = True
+
+    def _run(self, buf: bytes, out: list[bytes], pos: int = 0) -> int:
+        """Answer every complete packet in ``buf`` from ``pos``; return how much was used.
+
+        Quiet gets in a row (a client's multi-get: GETKQ per key, then NOOP)
+        are answered together with one store call, before any other reply.
+        """
+        n = len(buf)
+        table = TABLE
+        gets: list[tuple[int, int, bytes]] = []  # quiet gets waiting to be answered together
+        while n - pos >= HEADER_SIZE and not self.closing:
+            magic, op, keylen, extlen, _, _, bodylen, opaque, cas = _unpack_header(buf, pos)
+            if magic != REQUEST:
+                # framing is lost: memcached closes without a word
+                log.info("closing a binary connection: bad magic byte 0x%02x", magic)
+                self.closing = True
+                pos = n
+                break
+            start = pos + HEADER_SIZE
+            key_at = start + extlen
+            value_at = key_at + keylen
+            if value_at > n:
+                break  # extras and key first, as memcached reads them
+            if op in _QUIET_GETS and not extlen and bodylen == keylen and 0 < keylen <= MAX_KEY and self._authed:
+                gets.append((op, opaque, buf[key_at:value_at]))
+                pos = value_at
+                continue
+            if gets:
+                self._quiet_gets(gets, out)
+                gets = []
+            if keylen + extlen > bodylen:
+                self._close_with(out, error(op, UNKNOWN_COMMAND, opaque))
+                return n
+            if bodylen > BODY_LIMIT:
+                self._close_with(out, error(op, EINVAL, opaque))
+                return n
+            if not self._authed and op not in _OPEN:
+                self._close_with(out, error(op, AUTH_ERROR, opaque))
+                return n
+            if keylen > MAX_KEY:
+                self._close_with(out, error(op, EINVAL, opaque))
+                return n
+            end = start + bodylen
+            row = table.get(op)
+            if row is None:
+                out.append(error(op, UNKNOWN_COMMAND, opaque))
+                pos = self._skip(end, n)  # its value is dropped; the stream stays in step
+                continue
+            if not row.fits(extlen, keylen, bodylen):
+                self._close_with(out, error(op, EINVAL, opaque))
+                return n
+            if row.value:
+                if end - value_at > self.settings.max_item_size:
+                    # refused before it is buffered, its bytes read and dropped;
+                    # (memcached's binary path does not count store_too_large)
+                    out.append(error(op, E2BIG, opaque) if op in _LIMITED else error(op, ENOMEM, opaque))
+                    pos = self._skip(end, n)
+                    continue
+                if end > n:
+                    return pos  # wait for the rest of the value
+                value = buf[value_at:end]
+            else:
+                value = b""
+            try:
+                reply = row.handler(self, op, opaque, cas, buf[start:key_at], buf[key_at:value_at], value)
+            except ProtocolError as exc:
+                reply = _error_for(op, opaque, exc)
+            except Exception:
+                log.exception("binary opcode 0x%02x failed", op)
+                reply = error(op, ENOMEM, opaque, _INTERNAL)
+            pos = end if end <= n else self._skip(end, n)
+            if reply is not None:
+                out.append(reply)
+        if gets:
+            self._quiet_gets(gets, out)
+        if pos < n and buf[pos] != REQUEST and not self.closing:
+            # not even a whole header, but already not a request: close now
+            # (memcached waits for 24 bytes first) rather than at the read timeout
+            log.info("closing a binary connection: bad magic byte 0x%02x", buf[pos])
+            self.closing = True
+            return n
+        return pos
+
+    def _quiet_gets(self, gets: list[tuple[int, int, bytes]], out: list[bytes]) -> None:
+        """Answer the hits among quiet gets ``(opcode, opaque, key)``, in order."""
+        try:
+            found = self.store.read_many([key for _, _, key in gets])
+        except Exception:
+            log.exception("binary quiet gets failed")
+            out.extend(error(op, ENOMEM, opaque, _INTERNAL) for op, opaque, _ in gets)
+            return
+        add = out.append
+        for (op, opaque, key), item in zip(gets, found, strict=True):
+            if item is None:
+                continue  # a quiet get keeps its miss to itself
+            flags, cas, data = item
+            if op == GETQ:
+                add(_GET_REPLY(RESPONSE, op, 0, 4, 0, 0, 4 + len(data), opaque, cas, flags) + data)
+            else:
+                k = len(key)
+                add(_GET_REPLY(RESPONSE, op, k, 4, 0, 0, 4 + k + len(data), opaque, cas, flags) + key + data)

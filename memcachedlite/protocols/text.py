@@ -1,0 +1,153 @@
+"""Wire-level pieces of memcached's text protocol: limits, number and key
+parsing, and the reply lines. The framing loop itself is in
+:mod:`memcachedlite.protocols.session`.
+
+Reference: memcached's ``doc/protocol.txt``. Everything here is bytes.
+"""
+
+from __future__ import annotations
+
+from ..errors import BadCommandLine
+
+#: A command line longer than this with no newline closes the connection.
+MAX_LINE = 2048
+#: ``get``-like lines may name many keys; they are still bounded.
+MAX_LONG_LINE = 1024 * 1024
+MAX_KEY = 250
+DEFAULT_MAX_ITEM_SIZE = 1024 * 1024
+#: Exptimes above this many seconds are absolute unix times (30 days).
+RELATIVE_EXPTIME_LIMIT = 60 * 60 * 24 * 30
+
+U32 = 1 << 32
+U64 = 1 << 64
+_DIGITS = b"0123456789"
+_CONTROL = bytes(range(33)) + b"\x7f"
+
+CRLF = b"\r\n"
+STORED = b"STORED\r\n"
+NOT_STORED = b"NOT_STORED\r\n"
+NOT_STORED_LITE = b"NOT-STORED\r\n"
+EXISTS = b"EXISTS\r\n"
+NOT_FOUND = b"NOT_FOUND\r\n"
+DELETED = b"DELETED\r\n"
+TOUCHED = b"TOUCHED\r\n"
+END = b"END\r\n"
+OK = b"OK\r\n"
+RESET = b"RESET\r\n"
+ERROR = b"ERROR\r\n"
+
+
+def check_key(key: bytes) -> bytes:
+    """Reject keys over 250 bytes, and keys holding control characters.
+
+    memcached itself only refuses the long ones; control characters are
+    refused here too because a key with a newline or a tab in it cannot be
+    written back on a command line by most clients, nor read back safely.
+    """
+    if len(key) > MAX_KEY or not key or len(key.translate(None, _CONTROL)) != len(key):
+        raise BadCommandLine()
+    return key
+
+
+def check_keys(keys: list[bytes]) -> None:
+    """:func:`check_key` for many keys at once (one pass in C for the lot)."""
+    joined = b"".join(keys)
+    if len(joined.translate(None, _CONTROL)) != len(joined) or max(map(len, keys)) > MAX_KEY:
+        raise BadCommandLine()
+
+
+def parse_uint(token: bytes, limit: int = U64) -> int:
+    """A decimal unsigned integer below ``limit``; anything else is a bad line.
+
+    Like memcached's ``strtoul``, a leading ``+`` is allowed; unlike a bare
+    ``int()``, underscores and whitespace are not.
+    """
+    if token.isdigit() and len(token) <= 20:  # the usual case: plain ASCII digits
+        value = int(token)
+    else:
+        digits = token[1:] if token[:1] == b"+" else token
+        if not digits.isdigit() or len(digits) > 20:
+            raise BadCommandLine()
+        value = int(digits)
+    if value >= limit:
+        raise BadCommandLine()
+    return value
+
+
+def parse_int(token: bytes) -> int:
+    """A signed decimal integer (exptimes may be negative)."""
+    if token[:1] == b"-":
+        return -parse_uint(token[1:], 1 << 63)
+    return parse_uint(token, 1 << 63)
+
+
+_I64 = 1 << 63
+
+
+def parse_exptime(token: bytes) -> int:
+    """An exptime as memcached reads it: ``strtol`` into a 64-bit ``long``,
+    then kept as the low 32 bits taken as a signed number.
+
+    libmemcached (and so pylibmc, PHP's memcached, the libmemcached tools)
+    sends a negative exptime as its unsigned 32-bit form: ``4294967295`` is
+    -1, already expired, not a date in 2106. A number outside the 64-bit
+    range is a bad line, as ``strtol``'s ERANGE is for memcached.
+    """
+    if token.isdigit() and len(token) < 10:  # the usual case: a small positive number
+        return int(token)
+    digits = token[1:] if token[:1] in (b"+", b"-") else token
+    if not digits.isdigit():
+        raise BadCommandLine()
+    value = int(token)
+    if not -_I64 <= value < _I64:
+        raise BadCommandLine()
+    value &= U32 - 1
+    return value - U32 if value >= 1 << 31 else value
+
+
+#: memcached refuses lengths past INT_MAX - 2 outright, before reading any data.
+MAX_LENGTH = (1 << 31) - 3
+
+
+def parse_length(token: bytes) -> int:
+    """A data block length: unsigned, at most ``MAX_LENGTH`` as in memcached."""
+    return parse_uint(token, MAX_LENGTH + 1)
+
+
+_C_SPACE = b" \t\n\v\f\r"
+
+
+def parse_counter(value: bytes) -> int | None:
+    """The number an ``incr``/``decr`` finds in a stored value, or None.
+
+    memcached reads it with ``strtoull``: leading whitespace and a sign are
+    skipped, the digits must be followed by whitespace or the end, and a
+    value past 64 bits is not a number.
+    """
+    text = value.lstrip(_C_SPACE)
+    sign = text[:1]
+    if sign in (b"+", b"-"):
+        text = text[1:]
+    end = len(text) - len(text.lstrip(_DIGITS))
+    if end == 0 or (end < len(text) and text[end] not in _C_SPACE):
+        return None
+    number = int(text[:end])
+    if number >= U64:
+        return None
+    if sign == b"-":
+        number = -number % U64
+        if number >= 1 << 63:  # a negative number, as memcached sees it
+            return None
+    return number
+
+
+def value_line(key: bytes, flags: int, value: bytes, cas: int | None = None) -> bytes:
+    """The ``VALUE`` line and data block of one item in a retrieval reply."""
+    if cas is None:
+        return b"VALUE %s %d %d\r\n%s\r\n" % (key, flags, len(value), value)
+    return b"VALUE %s %d %d %d\r\n%s\r\n" % (key, flags, len(value), cas, value)
+
+
+def value_line_lite(key: bytes, value: bytes) -> bytes:
+    """The seed assignment's shape: ``VALUE <key> <bytes>`` without flags."""
+    return b"VALUE %s %d\r\n%s\r\n" % (key, len(value), value)

@@ -1,0 +1,444 @@
+"""The TCP server (a ``socketserver.ThreadingTCPServer``) and its per-connection
+handler (a ``StreamRequestHandler``) that moves bytes between the socket and a
+:class:`~memcachedlite.protocols.session.Session`.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import socketserver
+import ssl
+import threading
+import time
+from typing import Any, Optional
+
+from ..protocols.auth import AuthFile, PathLike, exposure_warning
+from ..protocols.binary import REQUEST, BinarySession
+from ..protocols.registry import Registry, default_registry
+from ..protocols.session import Session, Settings
+from ..storage.store import Store
+from .reaper import Reaper
+from .workers import WorkerPool
+
+log = logging.getLogger(__name__)
+
+#: One receive takes at most this much; a pipelined batch is what one receive
+#: brings. Received into one reused buffer: a fresh 256 KiB object per receive
+#: (above glibc's mmap threshold) cost 15-20 us a request.
+RECV_SIZE = 64 * 1024
+TOO_MANY_CONNECTIONS = b"ERROR Too many open connections\r\n"  # memcached's words
+DEFAULT_MAX_CONNECTIONS = 1024
+DEFAULT_READ_TIMEOUT = 10.0
+#: ``protocol=``: memcached's -B choices
+PROTOCOLS = ("auto", "ascii", "binary")
+
+
+class MemcacheHandler(socketserver.StreamRequestHandler):
+    """Serves one client: read what has arrived, answer the complete commands
+    in it with one write, repeat until the client leaves or the server stops."""
+
+    server: "MemcacheServer"
+    disable_nagle_algorithm = True  # replies are small; never wait for a delayed ACK
+
+    def setup(self) -> None:
+        super().setup()
+        server = self.server
+        self.session = self._new_session(BinarySession if server.protocol == "binary" else Session)
+        self.bytes_read = self.bytes_written = 0  # this thread's own, summed by the server
+        server._register(self)
+        log.debug("connection from %s:%d", *self.client_address[:2])
+
+    def handle(self) -> None:
+        # The socket itself, not rfile/wfile: their Python-level layers cost
+        # about a microsecond a request, and the session does its own
+        # buffering (one receive in, one send out per batch).
+        buffer = memoryview(bytearray(RECV_SIZE))
+        session = self.session
+        server = self.server
+        connection = self.connection
+        receive = connection.recv_into
+        send = connection.sendall
+        feed = session.feed
+        if server.protocol != "binary":
+
+            def first_feed(data: memoryview) -> bytes:
+                """The first bytes received pick the protocol for the connection's
+                whole life; later receives go straight to the session's feed."""
+                nonlocal session, feed
+                session, feed = self._choose_protocol(data)
+                return feed(data)
+
+            feed = first_feed
+        stopping = server.stopping.is_set
+        idle_timeout = server.idle_timeout or None
+        read_timeout = server.read_timeout or None
+        if server.ssl_context is not None and not self._handshake():
+            return
+        if server.store.committer is not None and server.ssl_context is None:
+            # fsync=always: replies that wait for the disk leave from the
+            # committer thread (one TLS object must not be used by two threads)
+            session.sender = connection
+        timeout = connection.gettimeout()
+        while True:
+            midway = session.pending()  # looked up each time: authentication swaps it
+            if stopping() and not midway:
+                break
+            # between requests: the idle timeout (none by default, as memcached);
+            # in the middle of one: the read timeout, so a stalled client
+            # cannot hold a worker forever.
+            wanted = read_timeout if midway else idle_timeout
+            if wanted != timeout:
+                connection.settimeout(wanted)
+                timeout = wanted
+            try:
+                count = receive(buffer)
+            except TimeoutError:
+                what = "in the middle of a request" if midway else "while idle"
+                log.info("closing %s:%d: no data for %s s %s", *self.client_address[:2], timeout, what)
+                if not midway:
+                    server.count_idle_kick()
+                break
+            except OSError:
+                break
+            if not count:
+                break
+            self.bytes_read += count
+            reply = feed(buffer[:count])
+            if reply:
+                try:
+                    send(reply)
+                except OSError:
+                    break
+                self.bytes_written += len(reply)
+            if session.closing:
+                break
+
+    def _new_session(self, kind: type[Session]) -> Session:
+        server = self.server
+        return kind(
+            server.store, server.settings, server.registry, server=server, stop=server.stopping, auth=server.auth
+        )
+
+    def _choose_protocol(self, data: memoryview) -> tuple[Session, Any]:
+        """memcached's negotiation: a first byte of 0x80 means the binary
+        protocol, anything else the text one. Under ``protocol="ascii"`` a
+        binary client is closed at once rather than left waiting for a reply."""
+        session = self.session
+        if data[0] == REQUEST:
+            if self.server.protocol == "ascii":
+                log.info("closing %s:%d: binary protocol request, but only ascii is served", *self.client_address[:2])
+                session.close()
+                return session, _nothing
+            sender = session.sender
+            session = self.session = self._new_session(BinarySession)
+            session.sender = sender  # fsync=always: its replies may leave from the committer too
+        return session, session.feed
+
+    def _handshake(self) -> bool:
+        """The TLS handshake, on this worker thread and bounded by the read
+        timeout, so a slow or plain-text client never holds up the accept loop."""
+        connection = self.connection
+        connection.settimeout(self.server.read_timeout or DEFAULT_READ_TIMEOUT)
+        try:
+            connection.do_handshake()
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            log.info("TLS handshake with %s:%d failed: %s", *self.client_address[:2], exc)
+            self.server.count_handshake_error()
+            return False
+        return True
+
+    def finish(self) -> None:
+        committer = self.server.store.committer
+        if self.session.unsent and committer is not None:
+            committer.drain(self.session)  # its last replies are still to leave
+        try:
+            super().finish()
+        except OSError:  # the client already went away
+            pass
+        self.server._unregister(self)
+        log.debug("connection from %s:%d closed", *self.client_address[:2])
+
+
+def _nothing(data: memoryview) -> bytes:
+    return b""
+
+
+def _worker_stack_size() -> None:
+    """Workers only parse and dispatch: a small stack lets a thousand of them fit."""
+    try:
+        threading.stack_size(512 * 1024)
+    except (ValueError, RuntimeError):  # pragma: no cover - platform without the knob
+        pass
+
+
+class MemcacheServer(socketserver.ThreadingTCPServer):
+    """A memcached-protocol server over one shared :class:`Store`.
+
+    ``store`` may be None while the server is built unbound, but must be set
+    before it serves.
+
+    Each connection is served by a thread from a bounded pool of reused
+    workers; past ``max_connections`` a new connection is told
+    ``ERROR Too many open connections`` and closed, as memcached does.
+    ``stop()`` ends the server gracefully: no new connections, every command
+    already received is answered, then the connections are closed.
+    """
+
+    daemon_threads = True
+    allow_reuse_address = True
+    block_on_close = False
+    request_queue_size = 1024  # memcached's listen backlog
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        store: Optional[Store],
+        *,
+        settings: Optional[Settings] = None,
+        registry: Optional[Registry] = None,
+        backlog: int = 1024,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        idle_timeout: float = 0,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
+        bind_and_activate: bool = True,
+        ssl_context: ssl.SSLContext | None = None,
+        auth_file: PathLike | None = None,
+        protocol: str = "auto",
+    ) -> None:
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}")
+        #: "auto" (a first byte of 0x80 means binary), "ascii" or "binary" (memcached's -B)
+        self.protocol = protocol
+        self.store = store
+        self.settings = settings or Settings()
+        self.registry = registry or default_registry
+        self.request_queue_size = backlog
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.read_timeout = read_timeout
+        self.started = time.time()
+        self.stopping = threading.Event()
+        self.total_connections = 0
+        self.rejected_connections = 0
+        self.idle_kicks = 0
+        self.ssl_handshake_errors = 0
+        #: memcached's listen_disabled_num: times accepting stopped for want of
+        #: file descriptors, and the time spent so (refusals past
+        #: --max-connections count as rejected_connections, as in memcached).
+        self.listen_disabled_num = 0
+        self.time_in_listen_disabled_us = 0
+        self._listen_disabled_at: Optional[float] = None
+        #: ``slabs automove`` settings: kept and shown, with no slabs to move.
+        self.slab_automove = 1
+        self.slab_automove_ratio = 0.8
+        self.reaper = Reaper()
+        self.bytes_read = 0
+        self.bytes_written = 0
+        self._handlers: set[MemcacheHandler] = set()
+        self._handlers_changed = threading.Condition()
+        self._serving = False
+        self._state_lock = threading.Lock()
+        #: With a context, every connection speaks TLS (see ``get_request``).
+        self.ssl_context = ssl_context
+        #: With an auth file, a connection must authenticate before anything else.
+        self.auth = AuthFile(auth_file) if auth_file is not None else None
+        _worker_stack_size()
+        self.pool = WorkerPool(max_connections)
+        super().__init__(address, MemcacheHandler, bind_and_activate)
+
+    def get_request(self) -> tuple[Any, Any]:
+        try:
+            request, client_address = super().get_request()
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                self._listen_disabled()
+            raise
+        if self._listen_disabled_at is not None:
+            with self._handlers_changed:
+                self.time_in_listen_disabled_us += int((time.monotonic() - self._listen_disabled_at) * 1e6)
+                self._listen_disabled_at = None
+        if self.ssl_context is not None:
+            # No I/O here: the handshake runs on the connection's worker.
+            try:
+                request = self.ssl_context.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
+            except (OSError, ValueError):
+                request.close()
+                raise OSError("cannot set up TLS on an accepted connection") from None
+        return request, client_address
+
+    def server_activate(self) -> None:
+        super().server_activate()
+        ctx = self.ssl_context
+        warning = exposure_warning(
+            self.server_address[0],
+            tls=ctx is not None,
+            client_certs=ctx is not None and ctx.verify_mode == ssl.CERT_REQUIRED,
+            auth=self.auth is not None,
+        )
+        if warning:
+            log.warning("%s", warning)
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.reaper.close()
+
+    def reload_auth(self) -> int:
+        """Reread the auth file (the CLI does on SIGHUP); return how many users it holds.
+
+        A file that cannot be read or is malformed raises
+        :class:`~memcachedlite.protocols.auth.AuthFileError` and the users already
+        loaded stay in force. Connections already authenticated stay so.
+        """
+        if self.auth is None:
+            raise RuntimeError("this server has no auth file")
+        return self.auth.reload()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Hand the connection to a pooled worker, or turn it away when all are busy."""
+        if self.stopping.is_set() or not self.pool.submit(self.process_request_thread, request, client_address):
+            self._reject(request, client_address)
+
+    def _reject(self, request: Any, client_address: Any) -> None:
+        with self._handlers_changed:
+            self.rejected_connections += 1
+        log.warning("rejected a connection from %s:%d: too many open connections", *client_address[:2])
+        if isinstance(request, ssl.SSLSocket):  # over TLS, a reply would need a handshake here
+            self.shutdown_request(request)
+            return
+        try:
+            request.sendall(TOO_MANY_CONNECTIONS)
+        except OSError:
+            request.close()
+            return
+        self.reaper.add(request)  # closed once the client has read it, off this thread
+
+    def _listen_disabled(self) -> None:
+        """No file descriptor for a new connection: count it as memcached's
+        listen_disabled_num, and give connections a moment to close (the
+        wait ends at once when the server stops)."""
+        with self._handlers_changed:
+            if self._listen_disabled_at is None:
+                self.listen_disabled_num += 1
+                self._listen_disabled_at = time.monotonic()
+        log.error("cannot accept connections: out of file descriptors")
+        self.stopping.wait(0.1)
+
+    def count_idle_kick(self) -> None:
+        with self._handlers_changed:
+            self.idle_kicks += 1
+
+    def count_handshake_error(self) -> None:
+        with self._handlers_changed:
+            self.ssl_handshake_errors += 1
+
+    def request_stop(self, reason: str) -> None:
+        """Begin the clean stop SIGTERM gives (the ``shutdown`` command, a
+        signal handler); returns at once, ``serve_forever`` then returns."""
+        if self.stopping.is_set():
+            return
+        log.info("%s, shutting down", reason)
+        self.stopping.set()
+        threading.Thread(target=self.shutdown, name="mcl-shutdown", daemon=True).start()
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        assert self.store is not None, "a server needs its store before it serves"
+        with self._state_lock:
+            if self.stopping.is_set():  # stopped before it started
+                return
+            self._serving = True
+        self.store.start_sweeper()
+        try:
+            super().serve_forever(poll_interval)
+        finally:
+            self._serving = False
+
+    def shutdown(self) -> None:
+        """Stop the ``serve_forever`` loop; harmless if it never started.
+
+        (socketserver's own would wait forever for a loop that never ran.)
+        """
+        with self._state_lock:
+            self.stopping.set()
+            if not self._serving:
+                return
+        super().shutdown()
+
+    def _register(self, handler: MemcacheHandler) -> None:
+        with self._handlers_changed:
+            self._handlers.add(handler)
+            self.total_connections += 1
+
+    def _unregister(self, handler: MemcacheHandler) -> None:
+        with self._handlers_changed:
+            self._handlers.discard(handler)
+            self.bytes_read += handler.bytes_read
+            self.bytes_written += handler.bytes_written
+            self._handlers_changed.notify_all()
+
+    def connection_stats(self) -> dict[str, Any]:
+        with self._handlers_changed:
+            current = len(self._handlers)
+            bytes_read = self.bytes_read + sum(h.bytes_read for h in self._handlers)
+            bytes_written = self.bytes_written + sum(h.bytes_written for h in self._handlers)
+        return {
+            "curr_connections": current,
+            "total_connections": self.total_connections,
+            "rejected_connections": self.rejected_connections,
+            "max_connections": self.max_connections,
+            "bytes_read": bytes_read,
+            "bytes_written": bytes_written,
+            "accepting_conns": 0 if self.stopping.is_set() or self._listen_disabled_at is not None else 1,
+            "threads": self.pool.size + 1,
+            "host": self.server_address[0],
+            "port": self.port,
+            "backlog": self.request_queue_size,
+            "idle_timeout": self.idle_timeout,
+            "idle_kicks": self.idle_kicks,
+            "read_buf_size": RECV_SIZE,
+            "listen_disabled_num": self.listen_disabled_num,
+            "time_in_listen_disabled_us": self.time_in_listen_disabled_us,
+            "ssl_handshake_errors": self.ssl_handshake_errors,
+        }
+
+    def reset_stats(self) -> None:
+        with self._handlers_changed:
+            self.total_connections = len(self._handlers)
+            self.rejected_connections = 0
+            self.idle_kicks = self.ssl_handshake_errors = 0
+            self.listen_disabled_num = self.time_in_listen_disabled_us = 0
+            self.bytes_read = self.bytes_written = 0
+            for handler in self._handlers:
+                handler.bytes_read = handler.bytes_written = 0
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.exception("error serving %s", client_address)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop accepting, let connections finish what they received, close them.
+
+        Safe to call from any thread but the one running ``serve_forever``.
+        """
+        self.shutdown()
+        self.server_close()
+        with self._handlers_changed:
+            for handler in list(self._handlers):
+                try:  # wakes a handler blocked in recv; its replies still go out
+                    # socket.socket's own shutdown: SSLSocket's would drop TLS and
+                    # let the last replies leave in clear text.
+                    socket.socket.shutdown(handler.connection, socket.SHUT_RD)
+                except OSError:
+                    pass
+            deadline = time.monotonic() + timeout
+            while self._handlers:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.warning("%d connections still busy at shutdown", len(self._handlers))
+                    break
+                self._handlers_changed.wait(left)
+        self.pool.close(timeout=1.0)

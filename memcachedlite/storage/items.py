@@ -1,0 +1,120 @@
+"""The item layout: how one stored item is packed into a single bytes object,
+its state bits, and the decoded :class:`Item` view handed to callers.
+
+Items are kept as one bytes object each, laid out so that a ``get`` reply is
+``b"VALUE " + key + item[META:]``::
+
+    pack(fetched, atime, state, cas, exptime, flags)  b" <flags> <bytes>\r\n"  <value>  b"\r\n"
+
+(``pack`` is the 26-byte big-endian struct ``>BIBQqI``: whether the item was
+fetched, its last access time, the other state bits, cas, exptime, client
+flags). One object per item instead of a tuple keeps memory close to
+memcached's and makes reads a single concatenation; :class:`Item` is the
+decoded view handed to callers. The fetched byte and the access time lead,
+big-endian, so that one comparison of the first five bytes tells whether a
+read must refresh them (see :meth:`memcachedlite.storage.store.Store._bump`).
+
+The state bits are memcached's: whether the item was fetched since it was
+stored, whether it was marked stale (meta delete with ``I``), whether a
+client was already told it won the right to recache it, and whether its key
+was given in base64. As in memcached, a read refreshes the last access time,
+and moves the item to the young end of the LRU order, at most once a minute.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple, Optional
+
+#: Bytes counted per item on top of key and value: the two objects' headers,
+#: the item's metadata and its slot in the table, as measured on CPython 3.11.
+ITEM_OVERHEAD = 120
+
+#: Item state bits (memcached's ITEM_FETCHED, and the meta protocol's stale
+#: and win-token-sent marks).
+FETCHED = 1
+STALE = 2
+WIN_SENT = 4
+#: The key was given in base64 (meta ``b``): the meta ``k`` flag answers in base64.
+BINARY_KEY = 8
+
+
+class Item(NamedTuple):
+    """One stored value. ``exptime`` is an absolute unix time, 0 for never;
+    ``atime`` the unix time of the last access; ``state`` the bits above."""
+
+    value: bytes
+    flags: int
+    exptime: int
+    cas: int
+    atime: int = 0
+    state: int = 0
+
+    @property
+    def fetched(self) -> bool:
+        return bool(self.state & FETCHED)
+
+    @property
+    def stale(self) -> bool:
+        return bool(self.state & STALE)
+
+    @property
+    def win_sent(self) -> bool:
+        return bool(self.state & WIN_SENT)
+
+
+_META = struct.Struct(">BIBQqI")  # fetched, atime, state, cas, exptime, flags
+#: The number of this layout in snapshot sections of the data file; change
+#: it (and teach the loader the old one) whenever the layout changes.
+ITEM_FORMAT = 1
+META = _META.size
+pack_meta = _META.pack
+unpack_meta = _META.unpack_from
+STATE_OFFSET = 5  # offset of the state byte (every bit but FETCHED, which has its own)
+EXPTIME_FIELD = slice(14, 22)  # where exptime lies, to test it for 0 without unpacking
+NEVER_PACKED = bytes(8)  # exptime 0, as packed
+pack_recent = struct.Struct(">BI").pack
+#: A read refreshes an item's last access time and LRU place at most this
+#: often (memcached's ITEM_UPDATE_INTERVAL), so hot items are not rebuilt.
+ATIME_INTERVAL = 60
+
+
+def _header(state: int, atime: int, cas: int, exptime: int, flags: int) -> bytes:
+    return pack_meta(state & FETCHED, atime, state & ~FETCHED, cas, exptime, flags)
+
+
+def make_item(value: bytes, flags: int, exptime: int, cas: int, atime: int = 0, state: int = 0) -> bytes:
+    """The stored form of an item (see the module docstring)."""
+    return b"%b %d %d\r\n%b\r\n" % (_header(state, atime, cas, exptime, flags), flags, len(value), value)
+
+
+def decode(blob: bytes) -> Item:
+    fetched, atime, state, cas, exptime, flags = unpack_meta(blob)
+    return Item(blob[blob.index(b"\n", META) + 1 : -2], flags, exptime, cas, atime, state | fetched)
+
+
+def item_exptime(blob: bytes) -> int:
+    return 0 if blob[EXPTIME_FIELD] == NEVER_PACKED else unpack_meta(blob)[4]
+
+
+def item_cas(blob: bytes) -> int:
+    return unpack_meta(blob)[3]
+
+
+def with_exptime(blob: bytes, exptime: int) -> bytes:
+    fetched, atime, state, cas, _, flags = unpack_meta(blob)
+    return pack_meta(fetched, atime, state, cas, exptime, flags) + blob[META:]
+
+
+def with_state(blob: bytes, state: int, cas: Optional[int] = None) -> bytes:
+    """``blob`` with new state bits (FETCHED included) and, if given, a new cas."""
+    _, atime, _, old_cas, exptime, flags = unpack_meta(blob)
+    return _header(state, atime, old_cas if cas is None else cas, exptime, flags) + blob[META:]
+
+
+def item_state(blob: bytes) -> int:
+    return blob[STATE_OFFSET] | blob[0]
+
+
+def item_size(key: bytes, blob: bytes) -> int:
+    return len(key) + len(blob) + ITEM_OVERHEAD

@@ -1,0 +1,427 @@
+"""The data file's record format: the header and file id, record encoders
+and parsers, the snapshot section, groups and sync marks.
+
+File format (version 2; version 1 files, whose header has no file id, are
+still read and appended to), documented in ``docs/data-file.md``::
+
+    MEMCACHEDLITE-LOG 2 <file id>\\r\\n                        header
+    snapshot <format> <count> <next cas> <expiring> <bytes> <crc>\\r\\n<bytes>\\r\\n
+                                    (written by compaction, at the head only)
+    sync <offset> <file id> <crc>\\r\\n                     sync mark
+    group <records> <bytes> <crc>\\r\\n<records>              one change, all or nothing
+    sets <format> <count> <next cas> <expiring> <bytes> <crc>\\r\\n<bytes>\\r\\n
+                                    (items a run of pipelined sets stored, as a snapshot holds them)
+    set <key> <flags> <exptime> <bytes> <cas> <crc>\\r\\n<data>\\r\\n
+    delete <key> <crc>\\r\\n
+    touch <key> <exptime> <crc>\\r\\n
+    invalidate <key> <cas> <crc>\\r\\n
+    flush_all <at> <crc>\\r\\n
+    next_cas <cas> <crc>\\r\\n
+
+A key stored through the meta protocol's base64 form (``b`` flag) may hold
+any byte: its records are ``bset``, ``bdelete``, ``btouch`` and
+``binvalidate``, the same records with the key in base64. Files written
+before these existed never hold them, so they read as they always did.
+
+Fields are ASCII decimal; ``exptime`` and ``at`` are absolute unix times (0:
+never / now). ``crc`` is the CRC-32 of the line before the space that
+precedes it, continued over the data block, as 8 lowercase hex digits. Records
+hold normalized effects (an ``incr`` is logged as the ``set`` it caused), so a
+replay never needs a user's module.
+"""
+
+from __future__ import annotations
+
+import binascii
+import os
+import re
+import sys
+from array import array
+from itertools import accumulate
+from typing import Iterator, Optional
+from zlib import crc32
+
+#: The header of a version 1 file (no file id); still read, never written.
+HEADER = b"MEMCACHEDLITE-LOG 1\r\n"
+_HEADER_V2 = b"MEMCACHEDLITE-LOG 2 "
+#: The file id that sync marks in a version 1 file carry.
+LEGACY_ID = b"0" * 16
+
+
+def new_file_id() -> bytes:
+    """A random id for a new data file. Sync marks carry it, so that a mark
+    on a stale page left over from another file is never taken for one of
+    this file's."""
+    return os.urandom(8).hex().encode("ascii")
+
+
+def make_header(file_id: bytes) -> bytes:
+    return _HEADER_V2 + file_id + b"\r\n"
+
+
+def read_header(buf: bytes) -> Optional[tuple[int, bytes]]:
+    """Where the records of a data file start, and its file id; None when
+    ``buf`` does not start with a whole header."""
+    if buf.startswith(HEADER):
+        return len(HEADER), LEGACY_ID
+    end = len(_HEADER_V2) + 16
+    if buf.startswith(_HEADER_V2) and buf[end : end + 2] == b"\r\n":
+        file_id = buf[len(_HEADER_V2) : end]
+        if len(file_id.strip(b"0123456789abcdef")) == 0:
+            return end + 2, bytes(file_id)
+    return None
+
+
+def is_header_prefix(buf: bytes) -> bool:
+    """Whether ``buf`` is the beginning of a header cut short by a crash."""
+    return HEADER.startswith(buf) or _HEADER_V2.startswith(buf[: len(_HEADER_V2)])
+
+
+Record = tuple  # ("set", key, value, flags, exptime, cas) | ("delete", key) | ...
+
+
+def _key(key: bytes, binary: bool) -> bytes:
+    return binascii.b2a_base64(key, newline=False) if binary else key
+
+
+def record_key(verb: bytes, field: bytes) -> tuple[bytes, bytes, bool]:
+    """A parsed record's kind (``set``...), key and whether the key is binary,
+    from its verb (``set`` or ``bset``...) and key field."""
+    if verb in _BINARY_VERBS:
+        return verb[1:], binascii.a2b_base64(field), True
+    return verb, field, False
+
+
+def seal(head: bytes, data: bytes = b"") -> bytes:
+    crc = crc32(data, crc32(head)) if data else crc32(head)
+    return b"%s %08x\r\n" % (head, crc)
+
+
+def encode_set(key: bytes, value: bytes, flags: int, exptime: int, cas: int, binary: bool = False) -> bytes:
+    if binary:
+        return set_record(_key(key, True), value, flags, exptime, cas, b"bset")
+    return set_record(key, value, flags, exptime, cas)
+
+
+def set_record(field: bytes, value: bytes, flags: int, exptime: int, cas: int, verb: bytes = b"set") -> bytes:
+    """A ``set`` (or ``bset``) record of a key field as written."""
+    head = b"%s %s %d %d %d %d" % (verb, field, flags, exptime, len(value), cas)
+    return b"%s %08x\r\n%s\r\n" % (head, crc32(value, crc32(head)), value)
+
+
+def encode_delete(key: bytes, binary: bool = False) -> bytes:
+    return seal(b"bdelete " + _key(key, True) if binary else b"delete " + key)
+
+
+def encode_touch(key: bytes, exptime: int, binary: bool = False) -> bytes:
+    return seal(b"%s %s %d" % (b"btouch" if binary else b"touch", _key(key, binary), exptime))
+
+
+def encode_invalidate(key: bytes, cas: int, binary: bool = False) -> bytes:
+    """The item under ``key`` is now stale, with this cas (meta delete with ``I``)."""
+    return seal(b"%s %s %d" % (b"binvalidate" if binary else b"invalidate", _key(key, binary), cas))
+
+
+def encode_flush(at: int) -> bytes:
+    return seal(b"flush_all %d" % at)
+
+
+def encode_next_cas(cas: int) -> bytes:
+    return seal(b"next_cas %d" % cas)
+
+
+def encode_sync(offset: int, file_id: bytes) -> bytes:
+    """A sync mark: every byte of this file before ``offset`` had reached the
+    disk (an fsync covering it had returned) before this mark was written.
+
+    The mark itself may sit in the part of the file that a power cut can
+    take back; it is only ever a lower bound, and start-up trusts the
+    highest genuine one it can find, wherever it lies.
+    """
+    return seal(b"sync %d %s" % (offset, file_id))
+
+
+_BINARY_VERBS = frozenset([b"bset", b"bdelete", b"btouch", b"binvalidate"])
+
+
+class BadRecord(Exception):
+    """A record that cannot be read; ``torn`` when it runs into the end of file."""
+
+    def __init__(self, reason: str, torn: bool = False) -> None:
+        super().__init__(reason)
+        self.torn = torn
+        self.offset = 0
+        self.progress = (0, 0, 0)  # records loaded, highest cas, sets with an expiry, before this one
+
+
+def _header_line(buf: bytes, pos: int, what: str) -> tuple[bytes, list[bytes], int]:
+    """The header line of the ``what`` section at ``pos`` (without its CRLF),
+    its space-separated fields and the offset after its CRLF; :class:`BadRecord`
+    (torn) when the line has no end."""
+    eol = buf.find(b"\r\n", pos)
+    if eol < 0:
+        raise BadRecord(f"{what} header has no end of line", torn=True)
+    line = buf[pos:eol]
+    return line, line.split(b" "), eol + 2
+
+
+def encode_group(records: list[bytes]) -> bytes:
+    """Records that make one change (a stale set: a set and an invalidate; a
+    set that evicts: a set and deletes; ``md k I T``: a touch and an
+    invalidate): replay applies all of them or, when a crash cut into them,
+    none, so no state that never existed can come back."""
+    body = b"".join(records)
+    return seal(b"group %d %d" % (len(records), len(body))) + body
+
+
+def regroup(chunks: list[bytes]) -> bytes:
+    """One group of every record in ``chunks`` (groups among them flattened):
+    the records a single command appended in several steps."""
+    flat: list[Record] = []
+    body = b"".join(chunks)
+    for record in parse_records(body, 0):
+        flat.extend(record[1] if record[0] == b"group" else (record,))
+    return encode_group([encode(r) for r in flat])
+
+
+def read_group(buf: bytes, pos: int) -> tuple[list[Record], int]:
+    """The records of the group at ``pos`` and the offset after them;
+    :class:`BadRecord` at ``pos`` if any of it cannot be read."""
+    line, parts, start = _header_line(buf, pos, "group")
+    try:
+        if len(parts) != 4 or crc32(line[: line.rfind(b" ")]) != int(parts[3], 16):
+            raise ValueError("bad group header")
+        count, length = int(parts[1]), int(parts[2])
+    except ValueError as exc:
+        raise BadRecord(f"malformed group: {exc}") from None
+    end = start + length
+    if end > len(buf):
+        raise BadRecord("group runs past the end of the file", torn=True)
+    records = []
+    at = start
+    try:
+        while at < end:
+            record, at = parse_one(buf, at)
+            records.append(record)
+    except BadRecord as bad:
+        raise BadRecord(f"record {len(records) + 1} of a group: {bad}", torn=bad.torn) from None
+    if at != end or len(records) != count or any(r[0] in (b"group", b"snapshot", b"sets", b"sync") for r in records):
+        raise BadRecord("group does not hold what its header says")
+    return records, end
+
+
+def encode_snapshot(pairs: list[tuple[bytes, bytes]], item_format: int, next_cas: int, expiring: int) -> list[bytes]:
+    """A snapshot section: every live item at once, in a form that loads in
+    bulk (the way Redis puts an RDB preamble at the head of its AOF).
+
+    ``pairs`` are the store's (key, item) pairs, the item in the store's own
+    layout number ``item_format``; ``expiring`` counts the items with an
+    expiry (0 lets start-up skip looking for expired ones). The payload is
+    the key lengths (uint16) and item lengths (uint32), little-endian, then
+    the keys, then the items, each run back to back.
+    """
+    return _encode_bulk(b"snapshot", [k for k, _ in pairs], [b for _, b in pairs], item_format, next_cas, expiring)
+
+
+def encode_sets(keys: list[bytes], blobs: list[bytes], item_format: int, next_cas: int) -> list[bytes]:
+    """A ``sets`` record: items just stored by a run of pipelined sets (none
+    with an expiry), in the snapshot's form, so that logging them is a few C
+    loops instead of a record per set, and start-up loads them in bulk too.
+    Replayed whole or not at all, like a group; each item replaces whatever
+    its key held."""
+    return _encode_bulk(b"sets", keys, blobs, item_format, next_cas, 0)
+
+
+def _encode_bulk(
+    verb: bytes, keys: list[bytes], blobs: list[bytes], item_format: int, next_cas: int, expiring: int
+) -> list[bytes]:
+    key_lengths = array("H", map(len, keys))
+    blob_lengths = array("I", map(len, blobs))
+    if sys.byteorder == "big":  # pragma: no cover - the file is little-endian everywhere
+        key_lengths.byteswap()
+        blob_lengths.byteswap()
+    payload = [key_lengths.tobytes(), blob_lengths.tobytes(), b"".join(keys), b"".join(blobs)]
+    head = b"%s %d %d %d %d %d" % (verb, item_format, len(keys), next_cas, expiring, sum(map(len, payload)))
+    crc = crc32(head)
+    for part in payload:
+        crc = crc32(part, crc)
+    return [b"%s %08x\r\n" % (head, crc), *payload, b"\r\n"]
+
+
+def read_snapshot(buf: bytes, pos: int, what: str = "snapshot") -> tuple[Record, int]:
+    """The snapshot section (or, with ``what="sets"``, the ``sets`` record)
+    at ``pos``: ``(b"snapshot", item_format, next_cas, expiring, pairs)``
+    with ``pairs`` an iterator of (key, item), and the offset after it. Every
+    key and item is sliced out of ``buf`` by C loops: this is what makes a
+    compacted file load fast."""
+    n = len(buf)
+    line, parts, start = _header_line(buf, pos, what)
+    try:
+        if len(parts) != 7:
+            raise ValueError("wrong field count")
+        item_format, count, next_cas, expiring, length = map(int, parts[1:6])
+        crc = int(parts[6], 16)
+    except ValueError as exc:
+        raise BadRecord(f"malformed {what} header: {exc}") from None
+    end = start + length
+    if end + 2 > n:
+        raise BadRecord(f"{what} runs past the end of the file", torn=True)
+    view = memoryview(buf)
+    if buf[end : end + 2] != b"\r\n" or crc32(view[start:end], crc32(line[: line.rfind(b" ")])) != crc:
+        raise BadRecord(f"{what} checksum mismatch")
+    key_lengths = array("H")
+    key_lengths.frombytes(view[start : start + 2 * count])
+    blob_lengths = array("I")
+    blob_lengths.frombytes(view[start + 2 * count : start + 6 * count])
+    if sys.byteorder == "big":  # pragma: no cover
+        key_lengths.byteswap()
+        blob_lengths.byteswap()
+    key_offsets = list(accumulate(key_lengths, initial=start + 6 * count))
+    blob_offsets = list(accumulate(blob_lengths, initial=key_offsets[-1]))
+    if blob_offsets[-1] != end:
+        raise BadRecord(f"{what} lengths do not add up")
+    take = buf.__getitem__
+    keys = map(take, map(slice, key_offsets, key_offsets[1:]))
+    blobs = map(take, map(slice, blob_offsets, blob_offsets[1:]))
+    return (what.encode(), item_format, next_cas, expiring, zip(keys, blobs, strict=True)), end + 2
+
+
+def parse_one(buf: bytes, pos: int) -> tuple[Record, int]:
+    """Parse the record at ``pos``; return it and the offset just after it.
+
+    Raises :class:`BadRecord` (with its ``offset``) when it cannot be read; the
+    caller decides whether that is a torn tail or damage.
+    """
+    n = len(buf)
+    try:
+        eol = buf.find(b"\n", pos)
+        if eol < 0:
+            raise BadRecord("record has no end of line", torn=True)
+        if buf[eol - 1] != 13:
+            raise BadRecord("record line not ended by CRLF", torn=eol + 1 >= n)
+        if buf.startswith(b"snapshot ", pos):
+            record, end = read_snapshot(buf, pos)
+            return record[:4] + (list(record[4]),), end
+        if buf.startswith(b"group ", pos):
+            records, end = read_group(buf, pos)
+            return (b"group", records), end
+        if buf.startswith(b"sets ", pos):
+            record, end = read_snapshot(buf, pos, "sets")
+            return record[:4] + (list(record[4]),), end
+        line = buf[pos : eol - 1]
+        cut = line.rfind(b" ")
+        parts = line.split(b" ")
+        verb = parts[0]
+        kind = verb[1:] if verb in _BINARY_VERBS else verb
+        try:
+            crc = int(parts[-1], 16)
+            if kind is not verb and len(parts) > 2:
+                try:
+                    binascii.a2b_base64(parts[1], strict_mode=True)
+                except binascii.Error:
+                    raise ValueError("key is not base64") from None
+            if kind == b"set" and len(parts) == 7:
+                data_end = eol + 1 + int(parts[4])
+                if data_end + 2 > n:
+                    raise BadRecord("data block runs past the end of the file", torn=True)
+                value = buf[eol + 1 : data_end]
+                if buf[data_end : data_end + 2] != b"\r\n":
+                    raise BadRecord("data block not ended by CRLF", torn=data_end + 2 >= n)
+                if crc32(value, crc32(line[:cut])) != crc:
+                    raise BadRecord("checksum mismatch", torn=data_end + 2 >= n)
+                return (verb, parts[1], value, int(parts[2]), int(parts[3]), int(parts[5])), data_end + 2
+            if crc32(line[:cut]) != crc:
+                raise BadRecord("checksum mismatch", torn=eol + 1 >= n)
+            if kind == b"delete" and len(parts) == 3:
+                return (verb, parts[1]), eol + 1
+            if kind == b"touch" and len(parts) == 4:
+                return (verb, parts[1], int(parts[2])), eol + 1
+            if kind == b"invalidate" and len(parts) == 4:
+                return (verb, parts[1], int(parts[2])), eol + 1
+            if verb == b"flush_all" and len(parts) == 3:
+                return (b"flush_all", int(parts[1])), eol + 1
+            if verb == b"next_cas" and len(parts) == 3:
+                return (b"next_cas", int(parts[1])), eol + 1
+            if verb == b"sync" and len(parts) == 4:
+                return (b"sync", int(parts[1]), parts[2]), eol + 1
+        except ValueError as exc:
+            raise BadRecord(f"malformed record: {exc}", torn=eol + 1 >= n) from None
+        raise BadRecord(f"unknown record {bytes(verb[:20])!r}")
+    except BadRecord as bad:
+        bad.offset = pos
+        raise
+
+
+def parse_records(buf: bytes, start: int) -> Iterator[Record]:
+    """Yield each record from offset ``start`` to the end of ``buf``.
+
+    Raises :class:`BadRecord` at the first record that cannot be read.
+    """
+    pos = start
+    n = len(buf)
+    while pos < n:
+        record, pos = parse_one(buf, pos)
+        yield record
+
+
+_RECORD_START = re.compile(
+    rb"\r\n(?=(?:b?(?:set|delete|touch|invalidate)|sets|flush_all|next_cas|sync|snapshot|group) )"
+)
+_SYNC_MARK = re.compile(rb"\r\nsync (\d{1,19}) ([0-9a-f]{16}) ([0-9a-f]{8})\r\n")
+
+
+def highest_sync_mark(buf: bytes, file_id: bytes, start: int = 0) -> int:
+    """The highest offset that a genuine sync mark at or after ``start``
+    vouches for: its checksum holds, it carries this file's id, and it lies
+    at or past the offset it names (a mark is written after its fsync)."""
+    best = 0
+    for match in _SYNC_MARK.finditer(buf, max(start - 2, 0)):
+        offset = int(match.group(1))
+        head = b"sync %s %s" % (match.group(1), match.group(2))
+        if (
+            match.group(2) == file_id
+            and int(match.group(3), 16) == crc32(head)
+            and offset <= match.start() + 2
+            and offset > best
+        ):
+            best = offset
+    return best
+
+
+def next_valid_record(buf: bytes, start: int) -> Optional[int]:
+    """The offset of the first intact record at or after ``start``, if any.
+
+    Candidates are line starts that begin with a record verb; the checksum
+    makes a false match in the middle of a value practically impossible.
+    """
+    for match in _RECORD_START.finditer(buf, max(start - 2, 0)):
+        offset = match.end()
+        try:
+            next(parse_records(buf, offset))
+        except (BadRecord, StopIteration):
+            continue
+        return offset
+    return None
+
+
+def encode(record: Record) -> bytes:
+    """The bytes of one parsed record (the inverse of :func:`parse_records`;
+    a ``b`` record's key stays in base64)."""
+    verb = record[0]
+    kind = verb[1:] if verb in _BINARY_VERBS else verb
+    if kind == b"set":
+        _, field, value, flags, exptime, cas = record
+        return set_record(field, bytes(value), flags, exptime, cas, verb)
+    if kind == b"delete":
+        return seal(verb + b" " + record[1])
+    if kind in (b"touch", b"invalidate"):
+        return seal(b"%s %s %d" % (verb, record[1], record[2]))
+    if kind == b"flush_all":
+        return encode_flush(record[1])
+    if kind == b"sync":
+        return encode_sync(record[1], record[2])
+    if kind in (b"snapshot", b"sets"):  # (kind, item format, next cas, expiring, pairs)
+        return b"".join(_encode_bulk(kind, [k for k, _ in record[4]], [b for _, b in record[4]], *record[1:4]))
+    if kind == b"group":
+        return encode_group([encode(r) for r in record[1]])
+    return encode_next_cas(record[1])

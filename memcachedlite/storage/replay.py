@@ -1,0 +1,113 @@
+"""The item table's life in the data file: replaying the file into a store's
+table at start-up, and the snapshot section a compaction writes for the next
+start-up to load in bulk.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import logging
+from itertools import repeat
+from operator import itemgetter
+from typing import TYPE_CHECKING
+
+from ..errors import CorruptLogError
+from . import records
+from .items import (
+    BINARY_KEY,
+    EXPTIME_FIELD,
+    ITEM_FORMAT,
+    ITEM_OVERHEAD,
+    NEVER_PACKED,
+    STALE,
+    item_exptime,
+    item_state,
+    make_item,
+    pack_meta,
+    unpack_meta,
+    with_exptime,
+    with_state,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .store import Store
+
+logger = logging.getLogger(__name__)
+
+
+def snapshot_section(snapshot: dict, next_cas: int, now: int) -> list[bytes]:
+    """The snapshot section that recreates the live items of ``snapshot``:
+    the items are written in their stored form, so start-up loads them
+    in bulk (see :func:`memcachedlite.storage.datafile.encode_snapshot`)."""
+    timed = [k for k, b in snapshot.items() if b[EXPTIME_FIELD] != NEVER_PACKED]
+    expired = {k for k in timed if unpack_meta(snapshot[k])[4] <= now}
+    if expired:
+        snapshot = {k: b for k, b in snapshot.items() if k not in expired}
+    return records.encode_snapshot(list(snapshot.items()), ITEM_FORMAT, next_cas, len(timed) - len(expired))
+
+
+def replay(store: Store) -> None:
+    """Load ``store``'s data file into its item table at start-up."""
+    assert store.log is not None
+    items = store._items
+    now = store.now()
+    next_cas = [0]
+    expiring = [0]
+
+    def apply(record: tuple) -> None:
+        kind = record[0]
+        if kind == b"snapshot":  # written by compaction, at the head of the file
+            _, item_format, cas, expiring[0], pairs = record
+            if item_format != ITEM_FORMAT:
+                raise CorruptLogError(store.log.path, 0, f"snapshot of unknown item format {item_format}")
+            items.update(pairs)
+            next_cas[0] = max(next_cas[0], cas)
+            return
+        if kind == b"sets":  # a run of pipelined sets, in the snapshot's form
+            _, item_format, cas, timed, pairs = record
+            if item_format != ITEM_FORMAT:
+                raise CorruptLogError(store.log.path, 0, f"sets record of unknown item format {item_format}")
+            collections.deque(map(items.pop, map(itemgetter(0), pairs), repeat(None)), maxlen=0)  # to the young end
+            items.update(pairs)
+            next_cas[0] = max(next_cas[0], cas)
+            expiring[0] += timed
+            return
+        expiring[0] += 1  # a record the fast path does not take may set an expiry
+        if kind == b"flush_all":
+            if record[1] <= now:
+                items.clear()  # in place: the loader keeps filling this very dict
+                store.flush_at = 0
+            else:
+                store._flush(record[1], now)
+            return
+        if kind == b"next_cas":  # written by compaction
+            next_cas[0] = max(next_cas[0], record[1])
+            return
+        kind, key, binary = records.record_key(kind, record[1])
+        if kind == b"set":  # bset: the loader takes every plain set
+            _, _, value, flags, exptime, cas = record
+            items.pop(key, None)  # re-inserted at the young end, as the loader does
+            items[key] = make_item(bytes(value), flags, exptime, cas, now, BINARY_KEY if binary else 0)
+            next_cas[0] = max(next_cas[0], cas + 1)
+        elif kind == b"delete":
+            items.pop(key, None)
+        elif kind == b"touch":
+            old = items.get(key)
+            if old is not None:
+                items[key] = with_exptime(old, record[2])
+        else:  # invalidate
+            old = items.get(key)
+            if old is not None:
+                items[key] = with_state(old, item_state(old) | STALE, cas=record[2])
+                next_cas[0] = max(next_cas[0], record[2] + 1)
+
+    count, max_cas, timed = store.log.load(items, functools.partial(pack_meta, 0, now, 0), apply)
+    if timed or expiring[0]:  # otherwise nothing loaded can have expired
+        for key in [k for k, b in items.items() if 0 < item_exptime(b) <= now]:
+            del items[key]
+    store.bytes = sum(map(len, items)) + sum(map(len, items.values())) + ITEM_OVERHEAD * len(items)
+    if store.flush_at <= now:
+        store.flush_at = 0
+    store._next_cas = max(max_cas + 1, next_cas[0], 1)
+    logger.info("loaded %d items from %s (%d records)", len(items), store.log.path, count)

@@ -1,0 +1,895 @@
+"""The shared store: the item table in memory, expiry, LRU eviction and
+counters, every change written to the data file first (how it reaches the
+file is :mod:`memcachedlite.storage.durability`'s business; reclaiming expired items
+in the background is :mod:`memcachedlite.storage.expiry`'s).
+
+Every mutation takes the store's lock, works out its effect, appends that
+effect to the data file and only then changes memory (write-ahead): a change
+that cannot be logged is refused with :class:`~memcachedlite.errors.LogWriteError`
+and memory is left as it was.
+
+Items are kept in the stored form of :mod:`memcachedlite.storage.items`, one bytes
+object each. As in memcached, a read refreshes an item's last access time,
+and moves the item to the young end of the LRU order, at most once a minute.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator, Optional, Union
+
+from ..errors import ClientError, OutOfMemory, ServerError
+from ..protocols.text import RELATIVE_EXPTIME_LIMIT, U64, parse_counter
+from . import datafile, records
+from .durability import DEFAULT_COMPACT_MIN_SIZE, Durability
+from .expiry import Expiry
+from .items import (
+    ATIME_INTERVAL,
+    BINARY_KEY,
+    EXPTIME_FIELD,
+    FETCHED,
+    ITEM_FORMAT,
+    ITEM_OVERHEAD,
+    META,
+    NEVER_PACKED,
+    STALE,
+    STATE_OFFSET,
+    WIN_SENT,
+    Item,
+    decode,
+    item_cas,
+    item_exptime,
+    item_size,
+    item_state,
+    pack_meta,
+    pack_recent,
+    unpack_meta,
+    with_exptime,
+    with_state,
+)
+from .prefixes import PrefixStats
+from .replay import replay
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MEMORY_LIMIT = 64 * 1024 * 1024
+#: The fewest entries a run of pipelined sets needs to be logged as one
+#: ``sets`` record: below it, a record per set costs less than the bulk
+#: form's fixed part (measured with benchmarks/micro_session.py).
+SETS_RECORD_MIN = 16
+
+_COUNTERS = [
+    "cmd_get",
+    "cmd_set",
+    "cmd_touch",
+    "cmd_flush",
+    "cmd_meta",
+    "get_hits",
+    "get_misses",
+    "get_expired",
+    "get_flushed",
+    "delete_hits",
+    "delete_misses",
+    "incr_hits",
+    "incr_misses",
+    "decr_hits",
+    "decr_misses",
+    "cas_hits",
+    "cas_misses",
+    "cas_badval",
+    "touch_hits",
+    "touch_misses",
+    "total_items",
+    "evictions",
+    "expired_unfetched",
+    "reclaimed",
+    "store_too_large",
+    "store_no_memory",
+    "crawler_reclaimed",
+    "crawler_items_checked",
+    "lru_crawler_starts",
+]
+
+
+class Store(Expiry, Durability):
+    """The key-value data shared by every connection of a server.
+
+    ``path=None`` keeps everything in memory only (for tests and embedding);
+    otherwise the data file at ``path`` is replayed first and then appended to.
+    How a change reaches the file, and when it may be shown, is the business
+    of the base class (:mod:`memcachedlite.storage.durability`).
+    """
+
+    def __init__(
+        self,
+        path: Union[str, os.PathLike, None] = None,
+        *,
+        fsync: str = "everysec",
+        memory_limit: int = DEFAULT_MEMORY_LIMIT,
+        evict: bool = True,
+        compact_min_size: int = DEFAULT_COMPACT_MIN_SIZE,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        # Insertion order is the LRU order: a write or a bump re-inserts at the end.
+        self._items: dict[bytes, bytes] = {}
+        self._lock = threading.RLock()
+        self._below_at = -1  # the second _below was worked out for; see _bump_below
+        self._below = b""
+        self._clock = clock
+        self.memory_limit = memory_limit
+        self.evict = evict
+        #: False as memcached's -C: every item's cas is 0 (see disable_cas).
+        self.cas_enabled = True
+        #: ``stats detail``: counted by the protocol commands while enabled.
+        self.prefixes = PrefixStats()
+        self.bytes = 0
+        self.flush_at = 0  # pending delayed flush_all, absolute time
+        self._next_cas = 1
+        self._in_atomic = False
+        #: the highest cas a client chose (meta E): a snapshot's next cas is past it too
+        self._max_given_cas = 0
+        self.counters = dict.fromkeys(_COUNTERS, 0)
+        self.compact_min_size = compact_min_size
+        self._closing = threading.Event()
+        self._init_expiry()
+        self._init_durability()
+        self.log: Optional[datafile.DataLog] = None
+        if path is not None:
+            self.log = datafile.DataLog(path, fsync=fsync)
+            try:
+                replay(self)
+            except BaseException:
+                self.log.close()
+                raise
+            self._start_durability()
+
+    # -- time ---------------------------------------------------------------
+
+    def now(self) -> int:
+        return int(self._clock())
+
+    def absolute(self, exptime: int, now: Optional[int] = None) -> int:
+        """memcached's exptime rule: 0 never expires, up to 30 days is
+        relative, larger is a unix time, negative is already expired."""
+        if exptime == 0:
+            return 0
+        if now is None:
+            now = self.now()
+        if exptime < 0:
+            return -1
+        if exptime > RELATIVE_EXPTIME_LIMIT:
+            return exptime
+        return now + exptime
+
+    # -- reading ------------------------------------------------------------
+
+    def _live(self, key: bytes, now: int, read: bool = False) -> Optional[bytes]:
+        """The stored item under ``key`` unless it has expired (then it is
+        dropped, and counted as ``get_expired`` too when this is a ``read``)."""
+        if self._dirty:  # fsync=always, with changes not durable yet
+            self._note_read(key)
+        blob = self._items.get(key)
+        if blob is None:
+            return None
+        if blob[EXPTIME_FIELD] != NEVER_PACKED and 0 < unpack_meta(blob)[4] <= now:
+            self._drop(key, blob)
+            self.counters["reclaimed"] += 1
+            if read:
+                self.counters["get_expired"] += 1
+            return None
+        return blob
+
+    def _drop(self, key: bytes, blob: bytes) -> None:
+        del self._items[key]
+        self.bytes -= item_size(key, blob)
+
+    def _bump(self, key: bytes, blob: bytes, now: int) -> None:
+        """Record a read of ``key``: mark it fetched, make ``now`` its last
+        access and move it to the young end of the LRU order.
+
+        Readers call this only when the item was never fetched or its last
+        access is over ``ATIME_INTERVAL`` old (see :meth:`_bump_below`), as
+        memcached bumps an item at most once a minute. That keeps reads of hot
+        keys from rebuilding and re-inserting them over and over.
+        """
+        _, _, state, cas, exptime, flags = unpack_meta(blob)
+        items = self._items
+        del items[key]
+        items[key] = pack_meta(1, now, state, cas, exptime, flags) + blob[META:]
+
+    def _bump_below(self, now: int) -> bytes:
+        """Items whose first five bytes compare at or below this need a
+        :meth:`_bump` when read: never fetched, or last read too long ago.
+        Worked out once a second, not once a read."""
+        if now != self._below_at:
+            self._below_at = now
+            self._below = pack_recent(1, max(now - ATIME_INTERVAL, 0))
+        return self._below
+
+    def get(self, key: bytes) -> Optional[Item]:
+        """The live item under ``key``, counted as a get (see :meth:`fetch`)."""
+        return self.fetch(key)
+
+    def render(self, keys: list[bytes], with_cas: bool = False, lite: bool = False) -> bytes:
+        """The whole reply to ``get``/``gets`` for ``keys``, ``END`` included.
+
+        The hot path of the server: each hit is the stored item appended to
+        ``VALUE <key>``, with no decoding.
+        """
+        with self._lock:
+            now = self.now()
+            counters = self.counters
+            get = self._items.get
+            below = self._bump_below(now)
+            parts: list[bytes] = []
+            add = parts.extend
+            hits = 0
+            dirty = self._dirty
+            for key in keys:
+                if dirty:  # fsync=always, with changes not durable yet
+                    self._note_read(key)
+                blob = get(key)
+                if blob is None:
+                    continue
+                if blob[EXPTIME_FIELD] != NEVER_PACKED and 0 < unpack_meta(blob)[4] <= now:
+                    self._drop(key, blob)
+                    counters["get_expired"] += 1
+                    counters["reclaimed"] += 1
+                    continue
+                hits += 1
+                if blob[:5] <= below:
+                    self._bump(key, blob, now)
+                if with_cas:
+                    end = blob.index(b"\r\n", META)
+                    add((b"VALUE ", key, b"%b %d" % (blob[META:end], item_cas(blob)), blob[end:]))
+                elif lite:
+                    end = blob.index(b"\r\n", META)
+                    add((b"VALUE ", key, b" %d" % (len(blob) - end - 4), blob[end:]))
+                else:
+                    add((b"VALUE ", key, blob[META:]))  # one copy: join does the rest
+            counters["cmd_get"] += len(keys)
+            counters["get_hits"] += hits
+            counters["get_misses"] += len(keys) - hits
+            parts.append(b"END\r\n")
+            return b"".join(parts)
+
+    def peek(self, key: bytes) -> Optional[Item]:
+        """The live item without counting it or refreshing its LRU place."""
+        with self._lock:
+            blob = self._live(key, self.now())
+            return None if blob is None else decode(blob)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def keys(self) -> list[bytes]:
+        with self._lock:
+            now = self.now()
+            return [k for k, b in self._items.items() if not 0 < item_exptime(b) <= now]
+
+    # -- writing ------------------------------------------------------------
+
+    def _new_cas(self) -> int:
+        cas = self._next_cas
+        self._next_cas = cas + 1
+        return cas
+
+    def _write(
+        self, key: bytes, value: bytes, flags: int, exptime: int, cas: Optional[int] = None, state: int = 0
+    ) -> int:
+        """Log and apply a set of ``key``; the one path every store takes.
+
+        ``exptime`` is already absolute. ``cas`` overrides the next cas value
+        (the meta protocol's ``E`` flag) and ``state`` gives the new item's
+        state bits (a stale item is logged as its set and an invalidate).
+        Evicted items are logged as deletes in the same write. Caller holds
+        the lock.
+        """
+        now = int(self._clock())
+        if self.flush_at:
+            exptime = self._before_flush(exptime, now)
+        items = self._items
+        old = items.get(key)
+        if exptime and exptime <= now:  # stored already expired: the effect is a delete
+            if old is not None:
+                self._append(records.encode_delete(key, bool(state & BINARY_KEY)))
+                self._remember(key, old)
+                self._drop(key, old)
+            self.counters["total_items"] += 1
+            return 0
+        given = cas is not None
+        if cas is None:
+            cas = self._next_cas if self.cas_enabled else 0
+        # make_item and encode_set, spelled out: this is the path of every set
+        header = pack_meta(state & FETCHED, now, state & ~FETCHED, cas, exptime, flags)
+        blob = b"%b %d %d\r\n%b\r\n" % (header, flags, len(value), value)
+        if exptime:
+            self._may_expire = self._expiring_seen = True
+        grow = len(blob) - len(old) if old is not None else len(key) + len(blob) + ITEM_OVERHEAD
+        victims = self._victims(key, grow) if self.bytes + grow > self.memory_limit else ()
+        if state:  # a key given in base64 (its own records), or a stale item
+            binary = bool(state & BINARY_KEY)
+            record = records.encode_set(key, value, flags, exptime, cas, binary)
+            if state & STALE:  # one change in two records: all or nothing on replay
+                record = records.encode_group([record, records.encode_invalidate(key, cas, binary)])
+        else:
+            record = records.set_record(key, value, flags, exptime, cas)
+        if victims:
+            record = records.regroup(
+                [record, *[records.encode_delete(v, bool(items[v][STATE_OFFSET] & BINARY_KEY)) for v in victims]]
+            )
+        pending = self._pending
+        if pending is not None:
+            pending.append(record)
+        else:
+            self._append(record)
+        if not given:
+            self._next_cas = cas + 1
+        elif cas > self._max_given_cas:
+            self._max_given_cas = cas
+        undo = self._undo
+        if undo is not None:
+            undo.append((key, old))
+        for victim in victims:
+            self._remember(victim, items[victim])
+            self._drop(victim, items[victim])
+        if victims:
+            self.counters["evictions"] += len(victims)
+        if old is not None:
+            del items[key]  # re-inserted below, at the young end
+        items[key] = blob
+        self.bytes += grow
+        self.counters["total_items"] += 1
+        return cas
+
+    def _before_flush(self, exptime: int, now: int) -> int:
+        """An expiry no later than a pending delayed flush_all, which covers
+        every item written or touched before it falls due."""
+        at = self.flush_at
+        if at > now and (not exptime or exptime > at):
+            return at
+        return exptime
+
+    def _victims(self, key: bytes, grow: int) -> list[bytes]:
+        """Least recently used keys to evict so that ``grow`` more bytes fit.
+
+        A little more than needed (1% of the limit) goes at once, so that one
+        walk from the old end of the table serves many stores.
+        """
+        if not self.evict:
+            self.counters["store_no_memory"] += 1
+            raise OutOfMemory()
+        need = self.bytes + grow - self.memory_limit
+        want = need + self.memory_limit // 100
+        items = self._items
+        victims = []
+        freed = 0
+        for other in items:
+            if freed >= want:
+                break
+            if other != key:
+                victims.append(other)
+                freed += item_size(other, items[other])
+        if freed < need:
+            self.counters["store_no_memory"] += 1
+            raise OutOfMemory()
+        return victims
+
+    def set(self, key: bytes, value: bytes, flags: int = 0, exptime: int = 0) -> int:
+        """Store unconditionally; returns the new cas value (0 if stored already expired).
+
+        Refused for lack of memory, the old value is removed too, as memcached does.
+        """
+        with self._lock:
+            self.counters["cmd_set"] += 1
+            try:
+                return self._write(key, value, flags, self.absolute(exptime) if exptime else 0)
+            except OutOfMemory:
+                self.unlink(key)
+                raise
+
+    def set_many(self, entries: list[tuple[bytes, bytes, int, int]]) -> list[Optional[ServerError]]:
+        """:meth:`set` for each ``(key, value, flags, exptime)``, under one lock
+        (the batch form of ``set``); the same effects, counted the same way.
+        Returns, per entry, None or the error that :meth:`set` would have
+        raised for it (memory full with ``-M``, data file not writable).
+
+        Inside a batch, the common case (no expiry, no pending flush, no
+        eviction) is :meth:`_write` with what it looks up once per item
+        looked up once per call; anything else goes through :meth:`_write`.
+        When every entry is the common case, the items are logged as one
+        ``sets`` record (:func:`memcachedlite.storage.records.encode_sets`) rather
+        than a record each.
+        """
+        with self._lock:
+            counters = self.counters
+            counters["cmd_set"] += len(entries)
+            pending, undo = self._pending, self._undo
+            errors: list[Optional[ServerError]] = [None] * len(entries)
+            if pending is None or undo is None or self.flush_at or type(pending) is not list or not self.cas_enabled:
+                for i, (key, value, flags, exptime) in enumerate(entries):
+                    errors[i] = self._try_write(key, value, flags, exptime)
+                return errors
+            now = int(self._clock())
+            items = self._items
+            get = items.get
+            limit = self.memory_limit
+            first_cas = cas = self._next_cas
+            size = self.bytes
+            bulk = len(entries) >= SETS_RECORD_MIN  # one sets record, while every entry is a common case
+            blobs: list[bytes] = []
+            slow = 0  # entries that went through _try_write, which counts them itself
+            for i, (key, value, flags, exptime) in enumerate(entries):
+                old = get(key)
+                blob = b"%b %d %d\r\n%b\r\n" % (pack_meta(0, now, 0, cas, 0, flags), flags, len(value), value)
+                grow = len(blob) - len(old) if old is not None else len(key) + len(blob) + ITEM_OVERHEAD
+                if exptime or size + grow > limit:
+                    if bulk:  # not all common cases: log the ones so far a record each
+                        pending.extend(
+                            records.set_record(k, v, f, 0, first_cas + j) for j, (k, v, f, _) in enumerate(entries[:i])
+                        )
+                        bulk = False
+                    self._next_cas, self.bytes = cas, size
+                    slow += 1
+                    errors[i] = self._try_write(key, value, flags, exptime)
+                    cas, size = self._next_cas, self.bytes
+                    continue
+                if bulk:
+                    blobs.append(blob)
+                else:
+                    pending.append(records.set_record(key, value, flags, 0, cas))
+                undo.append((key, old))
+                if old is not None:
+                    del items[key]  # re-inserted at the young end
+                items[key] = blob
+                cas += 1
+                size += grow
+            if bulk:
+                pending.extend(records.encode_sets([entry[0] for entry in entries], blobs, ITEM_FORMAT, cas))
+            counters["total_items"] += len(entries) - slow
+            self._next_cas, self.bytes = cas, size
+            return errors
+
+    def _try_write(self, key: bytes, value: bytes, flags: int, exptime: int) -> Optional[ServerError]:
+        """One entry of :meth:`set_many` the way :meth:`set` stores it."""
+        try:
+            self._write(key, value, flags, self.absolute(exptime) if exptime else 0)
+        except OutOfMemory as exc:
+            self.unlink(key)
+            return exc
+        except ServerError as exc:
+            return exc
+        return None
+
+    def add(self, key: bytes, value: bytes, flags: int = 0, exptime: int = 0) -> bool:
+        """Store only if ``key`` holds no live item."""
+        with self._lock:
+            self.counters["cmd_set"] += 1
+            blob = self._live(key, self.now())
+            if blob is not None:
+                # memcached moves the item it refused to replace up the LRU order
+                del self._items[key]
+                self._items[key] = blob
+                return False
+            self._write(key, value, flags, self.absolute(exptime))
+            return True
+
+    def replace(self, key: bytes, value: bytes, flags: int = 0, exptime: int = 0) -> bool:
+        """Store only if ``key`` already holds a live item."""
+        with self._lock:
+            self.counters["cmd_set"] += 1
+            if self._live(key, self.now()) is None:
+                return False
+            self._write(key, value, flags, self.absolute(exptime))
+            return True
+
+    def append(self, key: bytes, value: bytes, limit: Optional[int] = None) -> bool:
+        """Add ``value`` after the existing data; flags and expiry are kept.
+
+        Refused (False) when the key is missing or the result would be larger
+        than ``limit``, as memcached refuses to grow an item past its limit.
+        """
+        return self._concat(key, value, True, limit)
+
+    def prepend(self, key: bytes, value: bytes, limit: Optional[int] = None) -> bool:
+        """Add ``value`` before the existing data; see :meth:`append`."""
+        return self._concat(key, value, False, limit)
+
+    def _concat(self, key: bytes, value: bytes, after: bool, limit: Optional[int]) -> bool:
+        with self._lock:
+            self.counters["cmd_set"] += 1
+            blob = self._live(key, self.now())
+            if blob is None:
+                return False
+            old = decode(blob)
+            if limit is not None and len(old.value) + len(value) > limit:
+                return False
+            joined = old.value + value if after else value + old.value
+            self._write(key, joined, old.flags, old.exptime)
+            return True
+
+    def cas(self, key: bytes, value: bytes, flags: int, exptime: int, unique: int) -> Optional[bool]:
+        """Store if the item's cas is still ``unique``.
+
+        Returns True (stored), False (someone changed it: EXISTS) or None
+        (no such item: NOT_FOUND).
+        """
+        with self._lock:
+            counters = self.counters
+            counters["cmd_set"] += 1
+            blob = self._live(key, self.now())
+            if blob is None:
+                counters["cas_misses"] += 1
+                return None
+            if item_cas(blob) != unique:
+                counters["cas_badval"] += 1
+                return False
+            self._write(key, value, flags, self.absolute(exptime))
+            counters["cas_hits"] += 1
+            return True
+
+    def update(self, key: bytes, change: Callable[[Item], Optional[bytes]]) -> Optional[Item]:
+        """Atomically replace the value of ``key`` with ``change(item)``.
+
+        For verbs of one's own that read and write an item in one step. The
+        new value keeps the flags and expiry; ``change`` returning None leaves
+        the item alone. Returns the resulting item, or None if ``key`` is
+        missing. Logged as a plain ``set``, so replay needs no user code.
+        """
+        with self._lock:
+            blob = self._live(key, self.now())
+            if blob is None:
+                return None
+            old = decode(blob)
+            value = change(old)
+            if value is None:
+                return old
+            self._write(key, value, old.flags, old.exptime)
+            return decode(self._items[key])
+
+    # -- primitives for the meta protocol -----------------------------------
+
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
+        """Hold the store's lock, so that a sequence of calls (a meta command
+        reads, decides, then writes) is one step to every other connection;
+        and, inside a batch, log what the sequence wrote as one group, so that
+        a crash cannot keep half of it."""
+        with self._lock:
+            pending = self._pending
+            if pending is None or type(pending) is not list or self._in_atomic:
+                yield
+                return
+            start = len(pending)
+            self._in_atomic = True
+            try:
+                yield
+            finally:
+                self._in_atomic = False
+                if len(pending) - start > 1 and pending is self._pending:
+                    pending[start:] = [records.regroup(pending[start:])]
+
+    def fetch(self, key: bytes, bump: bool = True, count: bool = True) -> Optional[Item]:
+        """The live item under ``key`` as it was before this read, counted as
+        a get unless ``count`` is False. The read marks the item fetched and
+        refreshes its place in the LRU order, unless ``bump`` is False (meta
+        ``u``)."""
+        with self._lock:
+            now = self.now()
+            blob = self._live(key, now, read=True)
+            if blob is not None and bump and blob[:5] <= self._bump_below(now):
+                self._bump(key, blob, now)
+            if count:
+                counters = self.counters
+                counters["cmd_get"] += 1
+                counters["get_hits" if blob is not None else "get_misses"] += 1
+            return None if blob is None else decode(blob)
+
+    def put(
+        self,
+        key: bytes,
+        value: bytes,
+        flags: int = 0,
+        exptime: int = 0,
+        *,
+        cas: Optional[int] = None,
+        stale: bool = False,
+        state: int = 0,
+    ) -> int:
+        """Store unconditionally with an *absolute* ``exptime``; returns the cas.
+
+        ``cas`` gives the item that cas instead of the next one; ``stale``
+        stores it already marked stale; ``state`` sets further state bits
+        (``BINARY_KEY``, or ``FETCHED`` for an item created by a read). The
+        meta commands decide the conditions, and count what memcached counts,
+        themselves under :meth:`atomic`: this counts nothing.
+        """
+        with self._lock:
+            return self._write(key, value, flags, exptime, cas, state | (STALE if stale else 0))
+
+    def mark(self, key: bytes, *, stale: bool = False, win: Optional[bool] = None, cas: Optional[int] = None) -> bool:
+        """Change the meta state of the live item under ``key``; False if none.
+
+        ``stale`` marks it stale and gives it a new cas (``cas``, or the next
+        one): a logged change, so a restart keeps it. ``win`` sets or clears
+        the mark that a client was told to recache the item; that mark is not
+        logged and lasts while the server runs, as in memcached.
+        """
+        with self._lock:
+            blob = self._live(key, self.now())
+            if blob is None:
+                return False
+            state = item_state(blob)
+            if win is not None:
+                state = state | WIN_SENT if win else state & ~WIN_SENT
+            if not stale:
+                self._items[key] = with_state(blob, state)
+                return True
+            given = cas is not None
+            if cas is None:
+                cas = self._next_cas
+            self._append(records.encode_invalidate(key, cas, bool(state & BINARY_KEY)))
+            if not given:
+                self._next_cas = cas + 1
+            elif cas > self._max_given_cas:
+                self._max_given_cas = cas
+            self._remember(key, blob)
+            self._items[key] = with_state(blob, state | STALE, cas=cas)
+            return True
+
+    def delete(self, key: bytes) -> bool:
+        with self._lock:
+            blob = self._live(key, self.now())
+            if blob is None:
+                self.counters["delete_misses"] += 1
+                return False
+            self._remove(key, blob)
+            self.counters["delete_hits"] += 1
+            return True
+
+    def unlink(self, key: bytes) -> bool:
+        """Remove ``key`` without counting a delete; False if it held nothing live.
+
+        What memcached does to the old value of a ``set`` (or ``ms``) it
+        refused as too large or for lack of memory: readers must never get
+        the stale value of a key whose update failed. Logged like any delete.
+        """
+        with self._lock:
+            blob = self._live(key, self.now())
+            if blob is None:
+                return False
+            self._remove(key, blob)
+            return True
+
+    def _remove(self, key: bytes, blob: bytes) -> None:
+        self._append(records.encode_delete(key, bool(blob[STATE_OFFSET] & BINARY_KEY)))
+        self._remember(key, blob)
+        self._drop(key, blob)
+
+    def incr(self, key: bytes, delta: int) -> Optional[int]:
+        """Add ``delta`` modulo 2**64; None if missing. Non-numbers are a ClientError."""
+        return self._arith(key, delta, "incr")
+
+    def decr(self, key: bytes, delta: int) -> Optional[int]:
+        """Subtract ``delta``, stopping at 0; None if missing."""
+        return self._arith(key, delta, "decr")
+
+    def _arith(self, key: bytes, delta: int, kind: str) -> Optional[int]:
+        with self._lock:
+            blob = self._live(key, self.now())
+            if blob is None:
+                self.counters[kind + "_misses"] += 1
+                return None
+            old = decode(blob)
+            number = parse_counter(old.value)
+            if number is None:
+                raise ClientError("cannot increment or decrement non-numeric value")
+            number = (number + delta) % U64 if kind == "incr" else max(number - delta, 0)
+            # changed in place, as memcached does: still fetched, same key form
+            self._write(key, b"%d" % number, old.flags, old.exptime, state=old.state & (FETCHED | BINARY_KEY))
+            self.counters[kind + "_hits"] += 1
+            return number
+
+    def touch(self, key: bytes, exptime: int, count: bool = True) -> bool:
+        """Give ``key`` a new expiry without changing its value; ``count``
+        False leaves the touch counters alone (meta ``md I T``)."""
+        with self._lock:
+            if count:
+                self.counters["cmd_touch"] += 1
+            return self._touch(key, exptime, self.now(), count) is not None
+
+    def gat(self, keys: Iterable[bytes], exptime: int) -> list[tuple[bytes, Item]]:
+        """Get and touch: the live items among ``keys``, each given a new expiry."""
+        with self._lock:
+            now = self.now()
+            found = []
+            for key in keys:
+                self.counters["cmd_touch"] += 1
+                item = self._touch(key, exptime, now)
+                if item is not None:
+                    found.append((key, item))
+            return found
+
+    def _touch(self, key: bytes, exptime: int, now: int, count: bool = True) -> Optional[Item]:
+        blob = self._live(key, now)
+        if blob is None:
+            if count:
+                self.counters["touch_misses"] += 1
+            return None
+        if count:
+            self.counters["touch_hits"] += 1
+        absolute = self.absolute(exptime, now)
+        absolute = self._before_flush(absolute, now)
+        self._remember(key, blob)
+        binary = bool(blob[STATE_OFFSET] & BINARY_KEY)
+        if absolute and absolute <= now:
+            self._append(records.encode_delete(key, binary))
+            self._drop(key, blob)
+            return decode(blob)
+        self._append(records.encode_touch(key, absolute, binary))
+        blob = with_exptime(blob, absolute)
+        if absolute:
+            self._may_expire = self._expiring_seen = True
+        items = self._items
+        del items[key]
+        items[key] = blob
+        return decode(blob)
+
+    def flush_all(self, delay: int = 0) -> None:
+        """Invalidate every item now, or everything written before ``delay`` seconds pass."""
+        with self._lock:
+            self.counters["cmd_flush"] += 1
+            now = self.now()
+            at = self.absolute(delay, now) if delay > 0 else 0
+            self._append(records.encode_flush(at))
+            if self._undo is not None:
+                self._undo.append((None, dict(self._items) if at > now else self._items, self.bytes, self.flush_at))
+            self._flush(at, now)
+
+    def _flush(self, at: int, now: int) -> None:
+        if at <= now:
+            self._items = {}  # a new table: a batch can still put the old one back
+            self.bytes = 0
+            self.flush_at = 0
+            return
+        self.flush_at = at
+        self._may_expire = self._expiring_seen = True
+        items = self._items
+        for key, blob in list(items.items()):
+            exptime = item_exptime(blob)
+            if not exptime or exptime > at:
+                items[key] = with_exptime(blob, at)
+
+    def read(self, key: bytes) -> Optional[tuple[int, int, bytes]]:
+        """``(flags, cas, value)`` of the live item under ``key``, or None.
+
+        Counted and refreshed exactly as :meth:`fetch` does, without building
+        an :class:`Item`: the binary protocol's GET, whose cost is held to
+        within 10% of the text ``get`` (which renders stored items unparsed).
+        """
+        with self._lock:  # read_many() for one key, spelled out: the hot path of binary GET
+            now = int(self._clock())
+            blob = self._live(key, now, read=True)
+            counters = self.counters
+            counters["cmd_get"] += 1
+            if blob is None:
+                counters["get_misses"] += 1
+                return None
+            counters["get_hits"] += 1
+            if blob[:5] <= self._bump_below(now):
+                self._bump(key, blob, now)
+            _, _, _, cas, _, flags = unpack_meta(blob)
+            return flags, cas, blob[blob.index(b"\n", META) + 1 : -2]
+
+    def read_many(self, keys: Iterable[bytes]) -> list[Optional[tuple[int, int, bytes]]]:
+        """:meth:`read` for many keys under one lock: a pipeline of binary
+        quiet gets (a multi-get) costs one call, as a text multi-key ``get`` does."""
+        with self._lock:
+            now = int(self._clock())
+            below = self._bump_below(now)
+            get = self._items.get
+            counters = self.counters
+            out: list[Optional[tuple[int, int, bytes]]] = []
+            add = out.append
+            dirty = self._dirty
+            for key in keys:
+                if dirty:  # fsync=always, with changes not durable yet
+                    self._note_read(key)
+                blob = get(key)
+                if blob is not None and blob[EXPTIME_FIELD] != NEVER_PACKED and 0 < unpack_meta(blob)[4] <= now:
+                    self._drop(key, blob)  # _live, spelled out as render() does
+                    counters["reclaimed"] += 1
+                    counters["get_expired"] += 1
+                    blob = None
+                if blob is None:
+                    add(None)
+                    continue
+                if blob[:5] <= below:
+                    self._bump(key, blob, now)
+                _, _, _, cas, _, flags = unpack_meta(blob)
+                add((flags, cas, blob[blob.index(b"\n", META) + 1 : -2]))
+            hits = len(out) - out.count(None)
+            counters["cmd_get"] += len(out)
+            counters["get_hits"] += hits
+            counters["get_misses"] += len(out) - hits
+            return out
+
+    def close(self) -> None:
+        self._closing.set()
+        self._stop_sweeper()
+        self._close_durability()
+        if self.log is not None:
+            self.log.close()
+
+    # -- run-time settings (memcached's cache_memlimit, -C) --------------------
+
+    def set_memory_limit(self, limit: int) -> int:
+        """Change the memory limit; returns how many items were evicted to fit it.
+
+        With eviction on, least recently used items go (logged as deletes)
+        until the items fit; with it off (``-M``) they stay and new items are
+        refused until enough is deleted, as memcached's slabs do.
+        """
+        with self._lock:
+            self.memory_limit = limit
+            if self.bytes <= limit or not self.evict:
+                return 0
+            victims = self._victims(b"", 0)
+            items = self._items
+            for victim in victims:
+                self._remove(victim, items[victim])
+            self.counters["evictions"] += len(victims)
+            return len(victims)
+
+    def disable_cas(self) -> None:
+        """memcached's -C: items stored from now on get cas 0, and ``cas`` cannot succeed."""
+        self.cas_enabled = False
+
+    def walk_lru(self, accept: Callable[[bytes, Item], bool], limit: int = 0) -> list[tuple[bytes, Item]]:
+        """Live items from the most to the least recently used, those ``accept`` takes,
+        at most ``limit`` of them (0: all). For ``stats cachedump``: it holds the
+        lock for the whole walk, so it is a tool for debugging, not for serving."""
+        with self._lock:
+            now = self.now()
+            found: list[tuple[bytes, Item]] = []
+            for key in reversed(self._items):
+                blob = self._items[key]
+                if 0 < item_exptime(blob) <= now:
+                    continue
+                item = decode(blob)
+                if accept(key, item):
+                    found.append((key, item))
+                    if len(found) == limit:
+                        break
+            return found
+
+    # -- reporting ----------------------------------------------------------
+
+    def count(self, counter: str, n: int = 1) -> None:
+        """Add to one of the store's counters (for events seen outside the store)."""
+        with self._lock:
+            self.counters[counter] += n
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            out = dict(self.counters)
+            out["curr_items"] = len(self._items)
+            out["bytes"] = self.bytes
+            out["limit_maxbytes"] = self.memory_limit
+            out["compactions"] = self.compactions
+            out["compaction_failures"] = self.compaction_failures
+            out["compacting"] = int(self.compacting)
+            out["data_file_bytes"] = self.log.size if self.log is not None else 0
+            out["data_file_writable"] = int(self._writable)
+            out["data_file_errors"] = self.data_file_errors
+            return out
+
+    def reset_stats(self) -> None:
+        with self._lock:
+            keep_total = self.counters["total_items"]
+            self.counters = dict.fromkeys(_COUNTERS, 0)
+            self.counters["total_items"] = keep_total

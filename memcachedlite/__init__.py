@@ -21,7 +21,8 @@ from .errors import (
     UnknownCommand,
 )
 from .protocols.registry import Command, Registry, command, default_registry
-from .protocols.session import Session, Settings
+from .protocols.session import Session
+from .protocols.settings import Settings
 from .server.tcp import MemcacheHandler, MemcacheServer
 from .storage.items import Item
 from .storage.store import Store

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from memcachedlite import Registry, Session, Store, default_registry
 from memcachedlite.errors import LogWriteError
-from memcachedlite.protocols.session import Settings
+from memcachedlite.protocols.settings import Settings
 from memcachedlite.storage import datafile
 from memcachedlite.storage import store as store_module
 from memcachedlite.storage.items import decode

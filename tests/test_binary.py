@@ -521,7 +521,7 @@ def test_a_counter_cannot_be_created_when_memory_is_full() -> None:
     assert reply == Packet(0x81, INCREMENT, 0, ENOMEM, 0, 0, b"", b"", b"Out of memory allocating new item")
 
 
-@pytest.mark.parametrize("method, opcode", [("read", GET), ("read_many", GETKQ)])
+@pytest.mark.parametrize("method, opcode", [("get_many", GET), ("get_many", GETKQ)])
 def test_an_unexpected_failure_is_answered_and_logged(
     session: BinarySession, monkeypatch, caplog, method: str, opcode: int
 ) -> None:

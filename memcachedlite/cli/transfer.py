@@ -42,7 +42,8 @@ from typing import IO, Callable, Iterable, Iterator
 from urllib.parse import unquote_to_bytes
 
 from ..errors import BadCommandLine
-from ..protocols.text import MAX_KEY, RELATIVE_EXPTIME_LIMIT, U32, check_key
+from ..protocols.text import MAX_KEY, U32, check_key
+from ..storage.numbers import RELATIVE_EXPTIME_LIMIT
 
 DUMP_FORMAT = "memcachedlite-dump"
 DUMP_VERSION = 1

@@ -36,6 +36,7 @@ import struct
 from typing import Any, Callable, NamedTuple, Optional, Union
 
 from ..errors import ClientError, OutOfMemory, ProtocolError
+from ..storage.items import item_value, unpack_meta
 from .session import Session
 from .stats import PROTOCOL_VERSION, reset_stats, stats_lines
 from .text import MAX_KEY, check_key
@@ -204,12 +205,13 @@ def _get(s: BinarySession, op: int, opaque: int, cas: int, extras: bytes, key: b
     """GET, GETQ, GETK, GETKQ. The key is not checked for spaces or control
     bytes, which only the opcodes that store refuse: no protocol stores such
     a key in plain form, so a read of one just misses."""
-    found = s.store.read(key)
-    if found is None:
+    blob = s.store.get_many([key])[0]
+    if blob is None:
         if op == GETK:
             return _pack_header(RESPONSE, op, len(key), 0, 0, KEY_ENOENT, len(key), opaque, 0) + key
         return None if op != GET else error(op, KEY_ENOENT, opaque)  # GETQ and GETKQ keep misses quiet
-    flags, item_cas, data = found
+    _, _, _, item_cas, _, flags = unpack_meta(blob)
+    data = item_value(blob)
     if op in (GET, GETQ):
         return _GET_REPLY(RESPONSE, op, 0, 4, 0, 0, 4 + len(data), opaque, item_cas, flags) + data
     n = len(key)
@@ -617,16 +619,17 @@ class BinarySession(Session):
     def _quiet_gets(self, gets: list[tuple[int, int, bytes]], out: list[bytes]) -> None:
         """Answer the hits among quiet gets ``(opcode, opaque, key)``, in order."""
         try:
-            found = self.store.read_many([key for _, _, key in gets])
+            found = self.store.get_many([key for _, _, key in gets])
         except Exception:
             log.exception("binary quiet gets failed")
             out.extend(error(op, ENOMEM, opaque, _INTERNAL) for op, opaque, _ in gets)
             return
         add = out.append
-        for (op, opaque, key), item in zip(gets, found, strict=True):
-            if item is None:
+        for (op, opaque, key), blob in zip(gets, found, strict=True):
+            if blob is None:
                 continue  # a quiet get keeps its miss to itself
-            flags, cas, data = item
+            _, _, _, cas, _, flags = unpack_meta(blob)
+            data = item_value(blob)
             if op == GETQ:
                 add(_GET_REPLY(RESPONSE, op, 0, 4, 0, 0, 4 + len(data), opaque, cas, flags) + data)
             else:

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Optional
 
 from ..errors import BadCommandLine, ClientError, ProtocolError, UnknownCommand
 from ..storage import slabs
-from ..storage.items import BINARY_KEY, Item
+from ..storage.items import BINARY_KEY, META, Item, item_cas
+from ..storage.numbers import U64
 from .registry import command, default_registry
 from .stats import PROTOCOL_VERSION, reset_stats, stats_lines
 from .text import (
@@ -25,7 +26,6 @@ from .text import (
     STORED,
     TOUCHED,
     U32,
-    U64,
     check_key,
     check_keys,
     parse_exptime,
@@ -36,7 +36,6 @@ from .text import (
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..storage.prefixes import PrefixStats
-    from ..storage.store import Store
     from .session import Session
 
 
@@ -169,29 +168,48 @@ def _values(ctx: "Session", found: list, with_cas: bool) -> bytes:
     return b"".join(parts)
 
 
-def _record_gets(store: "Store", keys: list[bytes]) -> None:
-    """Count a retrieval of ``keys`` for ``stats detail`` (a hit is a key now live)."""
-    store.prefixes.record_gets(keys, {key for key in keys if store.peek(key) is not None})
+def _retrieve(ctx: "Session", keys: list[bytes], with_cas: bool) -> bytes:
+    """The reply to ``get``/``gets``: a ``VALUE`` line and data block per hit, then ``END``.
+
+    A stored item ends with the text protocol's ``<flags> <bytes>\r\n<data>\r\n``
+    (see :mod:`memcachedlite.storage.items`), so a plain hit is rendered with
+    one slice and no decoding.
+    """
+    check_keys(keys)
+    store = ctx.store
+    found = store.get_many(keys)
+    if store.prefixes.enabled:
+        store.prefixes.record_gets(keys, {key for key, blob in zip(keys, found, strict=True) if blob is not None})
+    parts: list[bytes] = []
+    add = parts.extend
+    if with_cas:
+        for key, blob in zip(keys, found, strict=True):
+            if blob is not None:
+                end = blob.index(b"\r\n", META)
+                add((b"VALUE ", key, b"%b %d" % (blob[META:end], item_cas(blob)), blob[end:]))
+    elif ctx.lite:
+        for key, blob in zip(keys, found, strict=True):
+            if blob is not None:
+                end = blob.index(b"\r\n", META)
+                add((b"VALUE ", key, b" %d" % (len(blob) - end - 4), blob[end:]))
+    else:
+        for key, blob in zip(keys, found, strict=True):
+            if blob is not None:
+                add((b"VALUE ", key, blob[META:]))
+    parts.append(END)
+    return b"".join(parts)
 
 
 @command("get", min_args=1, long_line=True)
 def get(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
     """get <key>*"""
-    check_keys(args)
-    store = ctx.store
-    if store.prefixes.enabled:
-        _record_gets(store, args)
-    return store.render(args, with_cas=False, lite=ctx.lite)
+    return _retrieve(ctx, args, with_cas=False)
 
 
 @command("gets", min_args=1, long_line=True)
 def gets(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
     """gets <key>*: like get, with each item's cas unique."""
-    check_keys(args)
-    store = ctx.store
-    if store.prefixes.enabled:
-        _record_gets(store, args)
-    return store.render(args, with_cas=True)
+    return _retrieve(ctx, args, with_cas=True)
 
 
 def _exptime(token: bytes) -> int:
@@ -410,8 +428,7 @@ def shutdown(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> Option
     if args and args != [b"graceful"]:
         raise ClientError("invalid shutdown mode")
     ctx.close()
-    if ctx.server is not None:
-        ctx.server.request_stop("shutdown command")
+    ctx.server.request_stop("shutdown command")
     return None
 
 
@@ -443,14 +460,12 @@ def _slabs_automove(ctx: "Session", args: list[bytes]) -> bytes:
             ratio = None
         if ratio is None:
             return ERROR
-        if ctx.server is not None:
-            ctx.server.slab_automove_ratio = ratio
+        ctx.server.slab_automove_ratio = ratio
         return OK
     level = parse_uint(args[0], U32)
     if level > 2:
         return ERROR
-    if ctx.server is not None:
-        ctx.server.slab_automove = level
+    ctx.server.slab_automove = level
     return OK
 
 

@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 from ..errors import BadCommandLine, ClientError, OutOfMemory, UnknownCommand
 from ..storage.items import BINARY_KEY, FETCHED, STALE, WIN_SENT, Item
+from ..storage.numbers import U64, apply_delta, parse_counter
 from .registry import command
-from .text import MAX_KEY, U32, U64, check_key, parse_counter, parse_exptime, parse_uint
+from .text import MAX_KEY, U32, check_key, parse_exptime, parse_uint
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..storage.store import Store
@@ -263,7 +264,7 @@ def mg(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> Optional[byt
     key = meta.key
     with store.atomic():
         now = store.now()
-        item = store.fetch(key, bump=_u not in flags, count=False)
+        item = store.fetch_uncounted(key, bump=_u not in flags)
         won = created = False
         if item is None:
             if _N not in flags:
@@ -462,7 +463,7 @@ def ma(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> Optional[byt
             if number is None:
                 raise ClientError("cannot increment or decrement non-numeric value")
             delta = meta.number(_D, 1)
-            number = (number + delta) % U64 if kind == "incr" else max(number - delta, 0)
+            number = apply_delta(number, delta, kind == "incr")
             exptime = _absolute(store, meta.number(_T), now) if _T in flags else item.exptime
             value = b"%d" % number
             state = item.state & (BINARY_KEY | FETCHED)  # changed in place, as memcached does

@@ -10,7 +10,7 @@ user's module does::
         "upper <key>"
         ...
 
-A handler receives the connection's :class:`~memcachedlite.protocols.session.Session`
+A handler receives the connection's session (a :class:`~memcachedlite.protocols.context.Context`:
 (``ctx.store`` is the shared store), the arguments as a list of bytes (without
 the verb and without a trailing ``noreply``) and the data block (bytes, or
 ``None`` for verbs that take none). It returns the reply bytes, CRLF included,
@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional, Union
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .session import Session
+    from .context import Context
 
-Handler = Callable[["Session", list, Optional[bytes]], Optional[bytes]]
+Handler = Callable[["Context", list, Optional[bytes]], Optional[bytes]]
 #: A batch form: (ctx, [(match, data), ...]) -> one reply (or None) per request.
-BatchHandler = Callable[["Session", list], list]
+BatchHandler = Callable[["Context", list], list]
 
 
 @dataclass(frozen=True)

@@ -12,21 +12,21 @@ import binascii
 import logging
 import random
 import threading
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from ..errors import BadCommandLine, LineTooLong, LogWriteError, ProtocolError, TooLarge
+from ..storage.numbers import U64
 from .auth import MAX_AUTH_TOKEN
+from .context import Host, Standalone
 from .registry import Command, Registry, default_registry
+from .settings import Settings
 from .text import (
-    DEFAULT_MAX_ITEM_SIZE,
     ERROR,
     MAX_LINE,
     MAX_LONG_LINE,
     NOT_STORED,
     NOT_STORED_LITE,
     U32,
-    U64,
     check_key,
     parse_exptime,
     parse_length,
@@ -58,25 +58,6 @@ def _always() -> bool:
     return True
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Protocol behaviour shared by every connection of a server."""
-
-    #: "memcached", or "lite" for the seed assignment's reply shapes.
-    dialect: str = "memcached"
-    max_item_size: int = DEFAULT_MAX_ITEM_SIZE
-    #: The seed's demo of concurrency: random sleeps before set and get.
-    simulate_delay: bool = False
-    #: memcached's -A: the ``shutdown`` command stops the server.
-    enable_shutdown: bool = False
-    #: False as memcached's -F: ``flush_all`` is refused.
-    flush_enabled: bool = True
-
-    def __post_init__(self) -> None:
-        if self.dialect not in ("memcached", "lite"):
-            raise ValueError("dialect must be 'memcached' or 'lite'")
-
-
 class Session:
     """Framing and dispatch for one connection; handlers receive it as ``ctx``.
 
@@ -93,13 +74,13 @@ class Session:
         store: "Store",
         settings: Optional[Settings] = None,
         registry: Optional[Registry] = None,
-        server: Any = None,
+        server: Optional[Host] = None,
         stop: Optional[threading.Event] = None,
         auth: AuthFile | None = None,
     ) -> None:
         self.store = store
         self.settings = settings or Settings()
-        self.server = server
+        self.server: Host = server if server is not None else Standalone()
         self.lite = self.settings.dialect == "lite"
         self.not_stored = NOT_STORED_LITE if self.lite else NOT_STORED
         self.closing = False
@@ -109,10 +90,6 @@ class Session:
         self._stop = stop or threading.Event()
         self._delays = {b"set": 2.0, b"get": 1.0} if self.settings.simulate_delay else {}
         log_ = store.log
-        #: The socket the store's committer may send this connection's
-        #: replies on (fsync=always), and how many it holds that have not left.
-        self.sender: Any = None
-        self.unsent = 0
         # Batching holds the store's lock while a batch runs: not with the
         # simulated delays, which would hold it for seconds.
         self._batched = log_ is not None and not self._delays
@@ -143,25 +120,33 @@ class Session:
 
         Incomplete input (half a line, half a data block) is kept for the next
         call. Replies of a whole batch come back as one bytes object, so the
-        server sends a pipelined batch with one write.
+        server sends a pipelined batch with one write. With ``fsync=always``
+        this waits until the disk has what the replies show.
         """
-        if self._swallow:
-            if len(data) <= self._swallow:
-                self._swallow -= len(data)
-                return b""
-            data = data[self._swallow :]
-            self._swallow = 0
-        # bytes, not a bytearray: lines and data blocks are then sliced out
-        # with one copy each; only an incomplete tail is carried over.
-        buf = self._buf + data if self._buf else bytes(data)
+        replies, need = self.receive(data)
+        if need and replies:
+            replies = self.after_disk(need, replies)
+        return b"".join(replies)
+
+    def receive(self, data: Union[bytes, memoryview]) -> tuple[list[bytes], int]:
+        """What :meth:`feed` does, without waiting for the disk: the replies,
+        and the log position they may not leave before (0: none; see
+        :meth:`Store.end_batch <memcachedlite.storage.durability.Durability.end_batch>`).
+
+        The server calls this to hand replies that must wait to a courier
+        (:mod:`memcachedlite.server.delivery`) instead of waiting itself.
+        """
+        buf = self._take(data)
+        if not buf:
+            return [], 0
         out: list[bytes] = []
         need = 0
+        store = self.store
         if not self._batched:
             pos = self._run(buf, out)
-            if self.store.committer is not None:
-                need = self.store.log.lsn  # type: ignore[union-attr]
+            if store.committer is not None:
+                need = store.log.lsn  # type: ignore[union-attr]
         else:
-            store = self.store
             opened = store.begin_batch()  # one write to the data file for the whole batch
             try:
                 pos = self._run(buf, out)
@@ -172,28 +157,29 @@ class Session:
                     # Undone in memory: acknowledge nothing of this batch.
                     out = [self.failed_reply(reply, exc) for reply in out]
         self._buf = buf[pos:] if pos < len(buf) else b""
-        if (need or self.unsent) and out:
-            # fsync=always: these replies show changes that are not on disk yet
-            return self._after_fsync(need, out)
-        return b"".join(out)
+        return out, need
 
-    def _after_fsync(self, need: int, out: list[bytes]) -> bytes:
-        """Replies that may leave only once the log position ``need`` is durable.
+    def _take(self, data: Union[bytes, memoryview]) -> bytes:
+        """The bytes to parse: what was kept from the last call and ``data``,
+        less what is left of a refused data block being swallowed."""
+        if self._swallow:
+            if len(data) <= self._swallow:
+                self._swallow -= len(data)
+                return b""
+            data = data[self._swallow :]
+            self._swallow = 0
+        # bytes, not a bytearray: lines and data blocks are then sliced out
+        # with one copy each; only an incomplete tail is carried over.
+        return self._buf + data if self._buf else bytes(data)
 
-        With a socket to send on (``sender``), they are handed to the store's
-        committer, which sends them after the group fsync; this connection
-        goes back to reading at once. Without one, this waits.
-        """
-        committer = self.store.committer
-        assert committer is not None
-        if self.sender is not None:
-            committer.hand_off(self, need, out)
-            return b""
+    def after_disk(self, need: int, replies: list[bytes]) -> list[bytes]:
+        """``replies`` once log position ``need`` is durable (this waits), or
+        each one's error reply if it never will be."""
         try:
-            committer.wait(need)
+            self.store.wait_durable(need)
         except LogWriteError as exc:
-            out = [self.failed_reply(reply, exc) for reply in out]
-        return b"".join(out)
+            return [self.failed_reply(reply, exc) for reply in replies]
+        return replies
 
     def failed_reply(self, reply: bytes, exc: ProtocolError) -> bytes:
         """What replaces ``reply`` when its batch could not be made durable.

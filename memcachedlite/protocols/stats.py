@@ -42,9 +42,9 @@ def general_stats(ctx: "Session") -> list[tuple[str, object]]:
     server = ctx.server
     now = time.time()
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    conn = server.connection_stats() if server is not None else {}
-    started = server.started if server is not None else now
-    auth = getattr(server, "auth", None)
+    conn = server.connection_stats()
+    started = server.started
+    auth = server.auth
     curr = conn.get("curr_connections", 0)
     lines: list[tuple[str, object]] = [
         ("pid", os.getpid()),
@@ -129,7 +129,7 @@ def general_stats(ctx: "Session") -> list[tuple[str, object]]:
         ("log_watcher_sent", _IDLE),
         ("log_watchers", _IDLE),
     ]
-    if getattr(server, "ssl_context", None) is not None:
+    if server.ssl_context is not None:
         lines += [
             ("ssl_handshake_errors", conn.get("ssl_handshake_errors", 0)),
             ("time_since_server_cert_refresh", int(now - started)),
@@ -177,10 +177,10 @@ def settings_stats(ctx: "Session") -> list[tuple[str, object]]:
     store = ctx.store
     server = ctx.server
     settings = ctx.settings
-    conn = server.connection_stats() if server is not None else {}
+    conn = server.connection_stats()
     log_ = store.log
-    auth = getattr(server, "auth", None)
-    tls = getattr(server, "ssl_context", None)
+    auth = server.auth
+    tls = server.ssl_context
     threads = conn.get("threads", 2) - 1
     return [
         ("maxbytes", store.memory_limit),
@@ -203,7 +203,7 @@ def settings_stats(ctx: "Session") -> list[tuple[str, object]]:
         ("reqs_per_event", 20),
         ("cas_enabled", _yes(store.cas_enabled)),
         ("tcp_backlog", conn.get("backlog", 0)),
-        ("binding_protocol", getattr(server, "protocol", "auto").replace("auto", "auto-negotiate")),  # -B
+        ("binding_protocol", server.protocol.replace("auto", "auto-negotiate")),  # -B
         # memcached's names; binary connections log in with SASL PLAIN, text ones
         # with memcached's set-based login (auth_enabled_ascii: the auth file's path or "no")
         ("auth_enabled_sasl", "yes" if auth is not None else "no"),
@@ -212,8 +212,8 @@ def settings_stats(ctx: "Session") -> list[tuple[str, object]]:
         ("maxconns_fast", "yes"),
         ("hashpower_init", 0),
         ("slab_reassign", "yes"),
-        ("slab_automove", getattr(server, "slab_automove", 1)),
-        ("slab_automove_ratio", "%.2f" % getattr(server, "slab_automove_ratio", 0.8)),
+        ("slab_automove", server.slab_automove),
+        ("slab_automove_ratio", "%.2f" % server.slab_automove_ratio),
         ("slab_automove_window", 30),
         ("slab_chunk_max", slabs.class_sizes(settings.max_item_size)[-1]),
         ("lru_crawler", "yes"),
@@ -298,5 +298,4 @@ def reset_stats(ctx: "Session") -> None:
     forget the per-prefix counts (memcached clears them too)."""
     ctx.store.reset_stats()
     ctx.store.prefixes.clear()
-    if ctx.server is not None:
-        ctx.server.reset_stats()
+    ctx.server.reset_stats()

@@ -8,6 +8,7 @@ Reference: memcached's ``doc/protocol.txt``. Everything here is bytes.
 from __future__ import annotations
 
 from ..errors import BadCommandLine
+from ..storage.numbers import U64
 
 #: A command line longer than this with no newline closes the connection.
 MAX_LINE = 2048
@@ -15,12 +16,7 @@ MAX_LINE = 2048
 MAX_LONG_LINE = 1024 * 1024
 MAX_KEY = 250
 DEFAULT_MAX_ITEM_SIZE = 1024 * 1024
-#: Exptimes above this many seconds are absolute unix times (30 days).
-RELATIVE_EXPTIME_LIMIT = 60 * 60 * 24 * 30
-
 U32 = 1 << 32
-U64 = 1 << 64
-_DIGITS = b"0123456789"
 _CONTROL = bytes(range(33)) + b"\x7f"
 
 CRLF = b"\r\n"
@@ -112,33 +108,6 @@ MAX_LENGTH = (1 << 31) - 3
 def parse_length(token: bytes) -> int:
     """A data block length: unsigned, at most ``MAX_LENGTH`` as in memcached."""
     return parse_uint(token, MAX_LENGTH + 1)
-
-
-_C_SPACE = b" \t\n\v\f\r"
-
-
-def parse_counter(value: bytes) -> int | None:
-    """The number an ``incr``/``decr`` finds in a stored value, or None.
-
-    memcached reads it with ``strtoull``: leading whitespace and a sign are
-    skipped, the digits must be followed by whitespace or the end, and a
-    value past 64 bits is not a number.
-    """
-    text = value.lstrip(_C_SPACE)
-    sign = text[:1]
-    if sign in (b"+", b"-"):
-        text = text[1:]
-    end = len(text) - len(text.lstrip(_DIGITS))
-    if end == 0 or (end < len(text) and text[end] not in _C_SPACE):
-        return None
-    number = int(text[:end])
-    if number >= U64:
-        return None
-    if sign == b"-":
-        number = -number % U64
-        if number >= 1 << 63:  # a negative number, as memcached sees it
-            return None
-    return number
 
 
 def value_line(key: bytes, flags: int, value: bytes, cas: int | None = None) -> bytes:

@@ -17,7 +17,7 @@ import sys
 from typing import Any, Iterable, Optional, Union
 
 from ..errors import CorruptLogError
-from ..protocols.session import Settings
+from ..protocols.settings import Settings
 from ..protocols.text import DEFAULT_MAX_ITEM_SIZE
 from ..storage import repair
 from ..storage.durability import DEFAULT_COMPACT_MIN_SIZE

@@ -17,8 +17,10 @@ from typing import Any, Optional
 from ..protocols.auth import AuthFile, PathLike, exposure_warning
 from ..protocols.binary import REQUEST, BinarySession
 from ..protocols.registry import Registry, default_registry
-from ..protocols.session import Session, Settings
+from ..protocols.session import Session
+from ..protocols.settings import Settings
 from ..storage.store import Store
+from .delivery import Courier
 from .reaper import Reaper
 from .workers import WorkerPool
 
@@ -37,7 +39,12 @@ PROTOCOLS = ("auto", "ascii", "binary")
 
 class MemcacheHandler(socketserver.StreamRequestHandler):
     """Serves one client: read what has arrived, answer the complete commands
-    in it with one write, repeat until the client leaves or the server stops."""
+    in it with one write, repeat until the client leaves or the server stops.
+
+    The socket itself is read and written, not ``rfile``/``wfile``: their
+    Python-level layers cost about a microsecond a request, and the session
+    does its own buffering (one receive in, one send out per batch).
+    """
 
     server: "MemcacheServer"
     disable_nagle_algorithm = True  # replies are small; never wait for a delayed ACK
@@ -47,73 +54,86 @@ class MemcacheHandler(socketserver.StreamRequestHandler):
         server = self.server
         self.session = self._new_session(BinarySession if server.protocol == "binary" else Session)
         self.bytes_read = self.bytes_written = 0  # this thread's own, summed by the server
-        server._register(self)
+        #: whether the first bytes have chosen the protocol yet (memcached's -B auto)
+        self.negotiated = server.protocol == "binary"
+        committer = server.store.committer
+        #: fsync=always: replies that wait for the disk leave from the group commit
+        #: thread (not over TLS: one TLS object must not be used by two threads)
+        self.courier = Courier(self.connection, committer) if committer and server.ssl_context is None else None
+        self.timeout = self.connection.gettimeout()
+        server.register(self)
         log.debug("connection from %s:%d", *self.client_address[:2])
 
     def handle(self) -> None:
-        # The socket itself, not rfile/wfile: their Python-level layers cost
-        # about a microsecond a request, and the session does its own
-        # buffering (one receive in, one send out per batch).
-        buffer = memoryview(bytearray(RECV_SIZE))
-        session = self.session
-        server = self.server
-        connection = self.connection
-        receive = connection.recv_into
-        send = connection.sendall
-        feed = session.feed
-        if server.protocol != "binary":
-
-            def first_feed(data: memoryview) -> bytes:
-                """The first bytes received pick the protocol for the connection's
-                whole life; later receives go straight to the session's feed."""
-                nonlocal session, feed
-                session, feed = self._choose_protocol(data)
-                return feed(data)
-
-            feed = first_feed
-        stopping = server.stopping.is_set
-        idle_timeout = server.idle_timeout or None
-        read_timeout = server.read_timeout or None
-        if server.ssl_context is not None and not self._handshake():
+        if self.server.ssl_context is not None and not self._handshake():
             return
-        if server.store.committer is not None and server.ssl_context is None:
-            # fsync=always: replies that wait for the disk leave from the
-            # committer thread (one TLS object must not be used by two threads)
-            session.sender = connection
-        timeout = connection.gettimeout()
-        while True:
-            midway = session.pending()  # looked up each time: authentication swaps it
-            if stopping() and not midway:
-                break
-            # between requests: the idle timeout (none by default, as memcached);
-            # in the middle of one: the read timeout, so a stalled client
-            # cannot hold a worker forever.
-            wanted = read_timeout if midway else idle_timeout
-            if wanted != timeout:
-                connection.settimeout(wanted)
-                timeout = wanted
-            try:
-                count = receive(buffer)
-            except TimeoutError:
-                what = "in the middle of a request" if midway else "while idle"
-                log.info("closing %s:%d: no data for %s s %s", *self.client_address[:2], timeout, what)
-                if not midway:
-                    server.count_idle_kick()
-                break
-            except OSError:
-                break
+        buffer = memoryview(bytearray(RECV_SIZE))
+        while self._keep_reading():
+            count = self._receive(buffer)
             if not count:
                 break
-            self.bytes_read += count
-            reply = feed(buffer[:count])
-            if reply:
-                try:
-                    send(reply)
-                except OSError:
-                    break
-                self.bytes_written += len(reply)
-            if session.closing:
+            self._answer(buffer[:count])
+            if self.session.closing:
                 break
+
+    def _keep_reading(self) -> bool:
+        """Whether to read again, with the timeout for where the client is:
+        between requests, the idle timeout (none by default, as memcached); in
+        the middle of one, the read timeout, so a stalled client cannot hold a
+        worker forever. A stopping server stops reading between requests."""
+        server = self.server
+        midway = self.session.pending()
+        if not midway and server.stopping.is_set():
+            return False
+        wanted = (server.read_timeout if midway else server.idle_timeout) or None
+        if wanted != self.timeout:
+            self.connection.settimeout(wanted)
+            self.timeout = wanted
+        return True
+
+    def _receive(self, buffer: memoryview) -> int:
+        """One receive into ``buffer``; 0 once the connection is over."""
+        try:
+            count = self.connection.recv_into(buffer)
+        except TimeoutError:
+            midway = self.session.pending()
+            what = "in the middle of a request" if midway else "while idle"
+            log.info("closing %s:%d: no data for %s s %s", *self.client_address[:2], self.timeout, what)
+            if not midway:
+                self.server.count_idle_kick()
+            return 0
+        except OSError:
+            return 0
+        self.bytes_read += count
+        return count
+
+    def _answer(self, data: memoryview) -> None:
+        """Feed ``data`` to the session and send the replies, now or, when they
+        show changes not yet on disk, once the disk has them."""
+        if not self.negotiated and not self._choose_protocol(data):
+            return
+        session = self.session
+        courier = self.courier
+        if courier is None:
+            self._send(session.feed(data))
+            return
+        replies, need = session.receive(data)
+        if not replies:
+            return
+        if need or courier.unsent:  # (later replies queue behind earlier ones)
+            courier.hand_off(need, replies, session.failed_reply)
+        else:
+            self._send(b"".join(replies))
+
+    def _send(self, reply: bytes) -> None:
+        if not reply:
+            return
+        try:
+            self.connection.sendall(reply)
+        except OSError:
+            self.session.close()  # the client is gone
+            return
+        self.bytes_written += len(reply)
 
     def _new_session(self, kind: type[Session]) -> Session:
         server = self.server
@@ -121,20 +141,20 @@ class MemcacheHandler(socketserver.StreamRequestHandler):
             server.store, server.settings, server.registry, server=server, stop=server.stopping, auth=server.auth
         )
 
-    def _choose_protocol(self, data: memoryview) -> tuple[Session, Any]:
+    def _choose_protocol(self, data: memoryview) -> bool:
         """memcached's negotiation: a first byte of 0x80 means the binary
-        protocol, anything else the text one. Under ``protocol="ascii"`` a
-        binary client is closed at once rather than left waiting for a reply."""
-        session = self.session
-        if data[0] == REQUEST:
-            if self.server.protocol == "ascii":
-                log.info("closing %s:%d: binary protocol request, but only ascii is served", *self.client_address[:2])
-                session.close()
-                return session, _nothing
-            sender = session.sender
-            session = self.session = self._new_session(BinarySession)
-            session.sender = sender  # fsync=always: its replies may leave from the committer too
-        return session, session.feed
+        protocol for the connection's whole life, anything else the text one.
+        Under ``protocol="ascii"`` a binary client is closed at once rather
+        than left waiting for a reply (returns False)."""
+        self.negotiated = True
+        if data[0] != REQUEST:
+            return True
+        if self.server.protocol == "ascii":
+            log.info("closing %s:%d: binary protocol request, but only ascii is served", *self.client_address[:2])
+            self.session.close()
+            return False
+        self.session = self._new_session(BinarySession)
+        return True
 
     def _handshake(self) -> bool:
         """The TLS handshake, on this worker thread and bounded by the read
@@ -147,22 +167,18 @@ class MemcacheHandler(socketserver.StreamRequestHandler):
             log.info("TLS handshake with %s:%d failed: %s", *self.client_address[:2], exc)
             self.server.count_handshake_error()
             return False
+        self.timeout = connection.gettimeout()
         return True
 
     def finish(self) -> None:
-        committer = self.server.store.committer
-        if self.session.unsent and committer is not None:
-            committer.drain(self.session)  # its last replies are still to leave
+        if self.courier is not None and self.courier.unsent:
+            self.courier.drain()  # its last replies are still to leave
         try:
             super().finish()
         except OSError:  # the client already went away
             pass
-        self.server._unregister(self)
+        self.server.unregister(self)
         log.debug("connection from %s:%d closed", *self.client_address[:2])
-
-
-def _nothing(data: memoryview) -> bytes:
-    return b""
 
 
 def _worker_stack_size() -> None:
@@ -369,12 +385,12 @@ class MemcacheServer(socketserver.ThreadingTCPServer):
                 return
         super().shutdown()
 
-    def _register(self, handler: MemcacheHandler) -> None:
+    def register(self, handler: MemcacheHandler) -> None:
         with self._handlers_changed:
             self._handlers.add(handler)
             self.total_connections += 1
 
-    def _unregister(self, handler: MemcacheHandler) -> None:
+    def unregister(self, handler: MemcacheHandler) -> None:
         with self._handlers_changed:
             self._handlers.discard(handler)
             self.bytes_read += handler.bytes_read

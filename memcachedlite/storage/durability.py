@@ -1,5 +1,5 @@
-"""The commit path of a store: batches and their undo, group commit with
-reply hand-off, what happens when the disk fails, and compaction.
+"""The commit path of a store: batches and their undo, group commit, what
+happens when the disk fails, and compaction.
 
 :class:`Durability` is the base class of :class:`~memcachedlite.storage.store.Store`:
 the store owns the items, this module owns the way a change reaches the
@@ -15,10 +15,11 @@ The rules it keeps:
   reader waits for the fsync already due, it never adds one. Until then the
   store keeps the batch's undo, so that a failed fsync can take the changes
   back out of memory before anyone saw them.
-- **Hand-off.** A connection whose replies must wait gives them to the
-  :class:`~memcachedlite.storage.committer.Committer` thread and goes back to reading its socket; the
-  committer runs the fsync and sends every reply it covered, in order per
-  connection. One wake-up per request instead of two, and one fsync for all.
+- **Group commit.** The :class:`~memcachedlite.storage.committer.Committer`
+  thread runs one fsync for every position waiting, then tells each waiter
+  the outcome (a callback): the server's courier sends the replies it
+  covered (:mod:`memcachedlite.server.delivery`), a caller with no socket
+  wakes up.
 - **A failed fsync is never retried and trusted.** The store stops taking
   writes (reads go on), fails every reply that waited for it, and rewrites
   the data file from memory, which then holds exactly what was durable (with

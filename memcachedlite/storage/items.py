@@ -93,6 +93,11 @@ def decode(blob: bytes) -> Item:
     return Item(blob[blob.index(b"\n", META) + 1 : -2], flags, exptime, cas, atime, state | fetched)
 
 
+def item_value(blob: bytes) -> bytes:
+    """The value an item holds (its data block, without the CRLF)."""
+    return blob[blob.index(b"\n", META) + 1 : -2]
+
+
 def item_exptime(blob: bytes) -> int:
     return 0 if blob[EXPTIME_FIELD] == NEVER_PACKED else unpack_meta(blob)[4]
 
@@ -118,3 +123,13 @@ def item_state(blob: bytes) -> int:
 
 def item_size(key: bytes, blob: bytes) -> int:
     return len(key) + len(blob) + ITEM_OVERHEAD
+
+
+def expire_by(items: dict[bytes, bytes], at: int) -> None:
+    """Give every item of ``items`` that would outlive ``at`` the expiry
+    ``at``: what a delayed ``flush_all`` does to the items stored before it
+    falls due (in the table, and when a replay meets its record)."""
+    for key, blob in list(items.items()):
+        exptime = item_exptime(blob)
+        if not exptime or exptime > at:
+            items[key] = with_exptime(blob, at)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import functools
 import logging
+from dataclasses import dataclass
 from itertools import repeat
 from operator import itemgetter
 from typing import TYPE_CHECKING
@@ -18,9 +19,9 @@ from .items import (
     BINARY_KEY,
     EXPTIME_FIELD,
     ITEM_FORMAT,
-    ITEM_OVERHEAD,
     NEVER_PACKED,
     STALE,
+    expire_by,
     item_exptime,
     item_state,
     make_item,
@@ -31,7 +32,7 @@ from .items import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .store import Store
+    from .datafile import DataLog
 
 logger = logging.getLogger(__name__)
 
@@ -47,27 +48,42 @@ def snapshot_section(snapshot: dict, next_cas: int, now: int) -> list[bytes]:
     return records.encode_snapshot(list(snapshot.items()), ITEM_FORMAT, next_cas, len(timed) - len(expired))
 
 
-def replay(store: Store) -> None:
-    """Load ``store``'s data file into its item table at start-up."""
-    assert store.log is not None
-    items = store._items
-    now = store.now()
+@dataclass
+class Loaded:
+    """The item table a data file replays to: the items in LRU order (oldest
+    first), the next cas to hand out, and a delayed ``flush_all`` still due
+    (0: none)."""
+
+    items: dict[bytes, bytes]
+    next_cas: int
+    flush_at: int
+
+
+def replay(log: DataLog, now: int) -> Loaded:
+    """Read ``log``'s data file into a new item table as of ``now``.
+
+    Items already expired at ``now`` are left out; what a record cannot
+    express by itself (a delayed flush, the next cas) comes back in the
+    result for the store to take over.
+    """
+    items: dict[bytes, bytes] = {}
     next_cas = [0]
     expiring = [0]
+    flush_at = [0]
 
     def apply(record: tuple) -> None:
         kind = record[0]
         if kind == b"snapshot":  # written by compaction, at the head of the file
             _, item_format, cas, expiring[0], pairs = record
             if item_format != ITEM_FORMAT:
-                raise CorruptLogError(store.log.path, 0, f"snapshot of unknown item format {item_format}")
+                raise CorruptLogError(log.path, 0, f"snapshot of unknown item format {item_format}")
             items.update(pairs)
             next_cas[0] = max(next_cas[0], cas)
             return
         if kind == b"sets":  # a run of pipelined sets, in the snapshot's form
             _, item_format, cas, timed, pairs = record
             if item_format != ITEM_FORMAT:
-                raise CorruptLogError(store.log.path, 0, f"sets record of unknown item format {item_format}")
+                raise CorruptLogError(log.path, 0, f"sets record of unknown item format {item_format}")
             collections.deque(map(items.pop, map(itemgetter(0), pairs), repeat(None)), maxlen=0)  # to the young end
             items.update(pairs)
             next_cas[0] = max(next_cas[0], cas)
@@ -77,9 +93,10 @@ def replay(store: Store) -> None:
         if kind == b"flush_all":
             if record[1] <= now:
                 items.clear()  # in place: the loader keeps filling this very dict
-                store.flush_at = 0
+                flush_at[0] = 0
             else:
-                store._flush(record[1], now)
+                flush_at[0] = record[1]
+                expire_by(items, record[1])
             return
         if kind == b"next_cas":  # written by compaction
             next_cas[0] = max(next_cas[0], record[1])
@@ -102,12 +119,9 @@ def replay(store: Store) -> None:
                 items[key] = with_state(old, item_state(old) | STALE, cas=record[2])
                 next_cas[0] = max(next_cas[0], record[2] + 1)
 
-    count, max_cas, timed = store.log.load(items, functools.partial(pack_meta, 0, now, 0), apply)
+    count, max_cas, timed = log.load(items, functools.partial(pack_meta, 0, now, 0), apply)
     if timed or expiring[0]:  # otherwise nothing loaded can have expired
         for key in [k for k, b in items.items() if 0 < item_exptime(b) <= now]:
             del items[key]
-    store.bytes = sum(map(len, items)) + sum(map(len, items.values())) + ITEM_OVERHEAD * len(items)
-    if store.flush_at <= now:
-        store.flush_at = 0
-    store._next_cas = max(max_cas + 1, next_cas[0], 1)
-    logger.info("loaded %d items from %s (%d records)", len(items), store.log.path, count)
+    logger.info("loaded %d items from %s (%d records)", len(items), log.path, count)
+    return Loaded(items, max(max_cas + 1, next_cas[0], 1), flush_at[0] if flush_at[0] > now else 0)

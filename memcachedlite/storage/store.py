@@ -23,7 +23,6 @@ from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator, Optional, Union
 
 from ..errors import ClientError, OutOfMemory, ServerError
-from ..protocols.text import RELATIVE_EXPTIME_LIMIT, U64, parse_counter
 from . import datafile, records
 from .durability import DEFAULT_COMPACT_MIN_SIZE, Durability
 from .expiry import Expiry
@@ -41,6 +40,7 @@ from .items import (
     WIN_SENT,
     Item,
     decode,
+    expire_by,
     item_cas,
     item_exptime,
     item_size,
@@ -51,8 +51,9 @@ from .items import (
     with_exptime,
     with_state,
 )
+from .numbers import absolute_exptime, apply_delta, parse_counter
 from .prefixes import PrefixStats
-from .replay import replay
+from .replay import Loaded, replay
 
 logger = logging.getLogger(__name__)
 
@@ -141,11 +142,18 @@ class Store(Expiry, Durability):
         if path is not None:
             self.log = datafile.DataLog(path, fsync=fsync)
             try:
-                replay(self)
+                self._install(replay(self.log, self.now()))
             except BaseException:
                 self.log.close()
                 raise
             self._start_durability()
+
+    def _install(self, loaded: Loaded) -> None:
+        """Take over the item table that replaying the data file gave."""
+        items = self._items = loaded.items
+        self.bytes = sum(map(len, items)) + sum(map(len, items.values())) + ITEM_OVERHEAD * len(items)
+        self.flush_at = loaded.flush_at
+        self._next_cas = loaded.next_cas
 
     # -- time ---------------------------------------------------------------
 
@@ -155,15 +163,7 @@ class Store(Expiry, Durability):
     def absolute(self, exptime: int, now: Optional[int] = None) -> int:
         """memcached's exptime rule: 0 never expires, up to 30 days is
         relative, larger is a unix time, negative is already expired."""
-        if exptime == 0:
-            return 0
-        if now is None:
-            now = self.now()
-        if exptime < 0:
-            return -1
-        if exptime > RELATIVE_EXPTIME_LIMIT:
-            return exptime
-        return now + exptime
+        return absolute_exptime(exptime, self.now() if now is None else now) if exptime else 0
 
     # -- reading ------------------------------------------------------------
 
@@ -211,51 +211,58 @@ class Store(Expiry, Durability):
         return self._below
 
     def get(self, key: bytes) -> Optional[Item]:
-        """The live item under ``key``, counted as a get (see :meth:`fetch`)."""
-        return self.fetch(key)
-
-    def render(self, keys: list[bytes], with_cas: bool = False, lite: bool = False) -> bytes:
-        """The whole reply to ``get``/``gets`` for ``keys``, ``END`` included.
-
-        The hot path of the server: each hit is the stored item appended to
-        ``VALUE <key>``, with no decoding.
-        """
+        """The live item under ``key``, counted as a get and refreshed in the
+        LRU order, as :meth:`get_many` does for each key."""
         with self._lock:
             now = self.now()
+            blob = self._live(key, now, read=True)
+            counters = self.counters
+            counters["cmd_get"] += 1
+            if blob is None:
+                counters["get_misses"] += 1
+                return None
+            counters["get_hits"] += 1
+            if blob[:5] <= self._bump_below(now):
+                self._bump(key, blob, now)
+            return decode(blob)
+
+    def get_many(self, keys: list[bytes]) -> list[Optional[bytes]]:
+        """A retrieval of ``keys``, counted as memcached counts a multi-key
+        ``get`` (``cmd_get``, hits, misses, ``get_expired``), each hit marked
+        fetched and refreshed in the LRU order: for each key, its item in the
+        stored form of :mod:`memcachedlite.storage.items`, or None.
+
+        The hot path of every protocol's reads: items are handed out as
+        stored, so the text protocol renders a hit with one slice.
+        """
+        with self._lock:
+            now = int(self._clock())
             counters = self.counters
             get = self._items.get
             below = self._bump_below(now)
-            parts: list[bytes] = []
-            add = parts.extend
+            found: list[Optional[bytes]] = []
+            add = found.append
             hits = 0
             dirty = self._dirty
             for key in keys:
                 if dirty:  # fsync=always, with changes not durable yet
                     self._note_read(key)
                 blob = get(key)
-                if blob is None:
-                    continue
-                if blob[EXPTIME_FIELD] != NEVER_PACKED and 0 < unpack_meta(blob)[4] <= now:
-                    self._drop(key, blob)
-                    counters["get_expired"] += 1
-                    counters["reclaimed"] += 1
-                    continue
-                hits += 1
-                if blob[:5] <= below:
-                    self._bump(key, blob, now)
-                if with_cas:
-                    end = blob.index(b"\r\n", META)
-                    add((b"VALUE ", key, b"%b %d" % (blob[META:end], item_cas(blob)), blob[end:]))
-                elif lite:
-                    end = blob.index(b"\r\n", META)
-                    add((b"VALUE ", key, b" %d" % (len(blob) - end - 4), blob[end:]))
-                else:
-                    add((b"VALUE ", key, blob[META:]))  # one copy: join does the rest
+                if blob is not None:
+                    if blob[EXPTIME_FIELD] != NEVER_PACKED and 0 < unpack_meta(blob)[4] <= now:
+                        self._drop(key, blob)  # _live, spelled out for speed
+                        counters["get_expired"] += 1
+                        counters["reclaimed"] += 1
+                        blob = None
+                    else:
+                        hits += 1
+                        if blob[:5] <= below:
+                            self._bump(key, blob, now)
+                add(blob)
             counters["cmd_get"] += len(keys)
             counters["get_hits"] += hits
             counters["get_misses"] += len(keys) - hits
-            parts.append(b"END\r\n")
-            return b"".join(parts)
+            return found
 
     def peek(self, key: bytes) -> Optional[Item]:
         """The live item without counting it or refreshing its LRU place."""
@@ -573,21 +580,20 @@ class Store(Expiry, Durability):
                 if len(pending) - start > 1 and pending is self._pending:
                     pending[start:] = [records.regroup(pending[start:])]
 
-    def fetch(self, key: bytes, bump: bool = True, count: bool = True) -> Optional[Item]:
-        """The live item under ``key`` as it was before this read, counted as
-        a get unless ``count`` is False. The read marks the item fetched and
-        refreshes its place in the LRU order, unless ``bump`` is False (meta
-        ``u``)."""
+    def fetch_uncounted(self, key: bytes, bump: bool = True) -> Optional[Item]:
+        """The live item under ``key`` as it was before this read, for a
+        caller that counts the read itself (meta ``mg`` counts a read that
+        touches as a touch): only an expired item found is counted
+        (``get_expired``). The read marks the item fetched and refreshes its
+        place in the LRU order, unless ``bump`` is False (meta ``u``)."""
         with self._lock:
             now = self.now()
             blob = self._live(key, now, read=True)
-            if blob is not None and bump and blob[:5] <= self._bump_below(now):
+            if blob is None:
+                return None
+            if bump and blob[:5] <= self._bump_below(now):
                 self._bump(key, blob, now)
-            if count:
-                counters = self.counters
-                counters["cmd_get"] += 1
-                counters["get_hits" if blob is not None else "get_misses"] += 1
-            return None if blob is None else decode(blob)
+            return decode(blob)
 
     def put(
         self,
@@ -688,7 +694,7 @@ class Store(Expiry, Durability):
             number = parse_counter(old.value)
             if number is None:
                 raise ClientError("cannot increment or decrement non-numeric value")
-            number = (number + delta) % U64 if kind == "incr" else max(number - delta, 0)
+            number = apply_delta(number, delta, kind == "incr")
             # changed in place, as memcached does: still fetched, same key form
             self._write(key, b"%d" % number, old.flags, old.exptime, state=old.state & (FETCHED | BINARY_KEY))
             self.counters[kind + "_hits"] += 1
@@ -758,65 +764,7 @@ class Store(Expiry, Durability):
             return
         self.flush_at = at
         self._may_expire = self._expiring_seen = True
-        items = self._items
-        for key, blob in list(items.items()):
-            exptime = item_exptime(blob)
-            if not exptime or exptime > at:
-                items[key] = with_exptime(blob, at)
-
-    def read(self, key: bytes) -> Optional[tuple[int, int, bytes]]:
-        """``(flags, cas, value)`` of the live item under ``key``, or None.
-
-        Counted and refreshed exactly as :meth:`fetch` does, without building
-        an :class:`Item`: the binary protocol's GET, whose cost is held to
-        within 10% of the text ``get`` (which renders stored items unparsed).
-        """
-        with self._lock:  # read_many() for one key, spelled out: the hot path of binary GET
-            now = int(self._clock())
-            blob = self._live(key, now, read=True)
-            counters = self.counters
-            counters["cmd_get"] += 1
-            if blob is None:
-                counters["get_misses"] += 1
-                return None
-            counters["get_hits"] += 1
-            if blob[:5] <= self._bump_below(now):
-                self._bump(key, blob, now)
-            _, _, _, cas, _, flags = unpack_meta(blob)
-            return flags, cas, blob[blob.index(b"\n", META) + 1 : -2]
-
-    def read_many(self, keys: Iterable[bytes]) -> list[Optional[tuple[int, int, bytes]]]:
-        """:meth:`read` for many keys under one lock: a pipeline of binary
-        quiet gets (a multi-get) costs one call, as a text multi-key ``get`` does."""
-        with self._lock:
-            now = int(self._clock())
-            below = self._bump_below(now)
-            get = self._items.get
-            counters = self.counters
-            out: list[Optional[tuple[int, int, bytes]]] = []
-            add = out.append
-            dirty = self._dirty
-            for key in keys:
-                if dirty:  # fsync=always, with changes not durable yet
-                    self._note_read(key)
-                blob = get(key)
-                if blob is not None and blob[EXPTIME_FIELD] != NEVER_PACKED and 0 < unpack_meta(blob)[4] <= now:
-                    self._drop(key, blob)  # _live, spelled out as render() does
-                    counters["reclaimed"] += 1
-                    counters["get_expired"] += 1
-                    blob = None
-                if blob is None:
-                    add(None)
-                    continue
-                if blob[:5] <= below:
-                    self._bump(key, blob, now)
-                _, _, _, cas, _, flags = unpack_meta(blob)
-                add((flags, cas, blob[blob.index(b"\n", META) + 1 : -2]))
-            hits = len(out) - out.count(None)
-            counters["cmd_get"] += len(out)
-            counters["get_hits"] += hits
-            counters["get_misses"] += len(out) - hits
-            return out
+        expire_by(self._items, at)
 
     def close(self) -> None:
         self._closing.set()

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from memcachedlite import Settings, Store
-from memcachedlite.protocols.auth import AuthFile, client_context, server_context
+from memcachedlite.protocols.auth import AuthFile
 from memcachedlite.protocols.binary import (
     ADD,
     ADDQ,
@@ -68,6 +68,7 @@ from memcachedlite.protocols.binary import (
     request,
 )
 from memcachedlite.protocols.stats import PROTOCOL_VERSION
+from memcachedlite.server.tls import client_context, server_context
 from memcachedlite.storage import datafile
 from tests.conftest import Raw, Running
 from tests.test_security import PKI, TLSRaw, write_auth

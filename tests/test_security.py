@@ -21,15 +21,8 @@ from pymemcache.exceptions import MemcacheClientError, MemcacheUnexpectedCloseEr
 
 from memcachedlite import Session, Settings, Store
 from memcachedlite.cli import main
-from memcachedlite.protocols.auth import (
-    MAX_AUTH_TOKEN,
-    AuthFile,
-    AuthFileError,
-    client_context,
-    exposure_warning,
-    is_loopback,
-    server_context,
-)
+from memcachedlite.protocols.auth import MAX_AUTH_TOKEN, AuthFile, AuthFileError
+from memcachedlite.server.tls import client_context, exposure_warning, is_loopback, server_context
 from tests.conftest import Raw, Running
 
 UNAUTHENTICATED = b"CLIENT_ERROR unauthenticated\r\n"

@@ -157,7 +157,7 @@ def test_every_serve_option_by_keyword(tmp_path: Path) -> None:
 
 
 def test_tls_by_keyword(tmp_path: Path) -> None:
-    from memcachedlite.protocols.auth import client_context
+    from memcachedlite.server.tls import client_context
 
     pki = PKI(tmp_path)
     with serve_in_background(tls_cert=pki.pem("server"), tls_key=pki.key("server")) as server:

@@ -209,7 +209,7 @@ def main(
     if tls or tls_ca or tls_cert or tls_key:
         if tls_key and not tls_cert:
             raise click.UsageError("--tls-key needs --tls-cert")
-        from ..protocols.auth import client_context
+        from ..server.tls import client_context
 
         try:
             tls_context = client_context(tls_ca, tls_cert, tls_key)

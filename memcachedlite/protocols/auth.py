@@ -1,6 +1,5 @@
-"""What keeps a server safe on a network: TLS contexts, the auth file of
-memcached's text-protocol authentication, and the check that says when a
-listening address is exposed.
+"""Authentication: the auth file of memcached's text-protocol login (``-Y``),
+which the binary protocol's SASL ``PLAIN`` checks against too.
 
 The auth file is memcached's ``-Y`` format: one ``user:password`` line per
 user (the password is everything after the first colon). Blank lines and
@@ -12,10 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import logging
 import os
-import ssl
 import stat
 import threading
 from typing import Union
@@ -107,53 +104,3 @@ def read_auth_file(path: PathLike) -> list[tuple[bytes, bytes]]:
     if stat.S_IMODE(mode) & 0o077:
         log.warning("auth file %s can be read by other users of this machine (chmod 600 it)", path)
     return entries
-
-
-def server_context(cert: PathLike, key: PathLike | None = None, ca: PathLike | None = None) -> ssl.SSLContext:
-    """A TLS 1.2+ server context; with ``ca``, clients must present a certificate it signed."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(cert, key)
-    if ca is not None:
-        context.load_verify_locations(ca)
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
-
-
-def client_context(
-    ca: PathLike | None = None, cert: PathLike | None = None, key: PathLike | None = None
-) -> ssl.SSLContext:
-    """A TLS client context that verifies the server (against ``ca``, else the
-    system's certificates) and its host name; ``cert`` is the client's own."""
-    context = ssl.create_default_context(cafile=os.fspath(ca) if ca is not None else None)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if cert is not None:
-        context.load_cert_chain(cert, key)
-    return context
-
-
-def is_loopback(host: str) -> bool:
-    """Whether a numeric listening address is reachable from this machine only."""
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def exposure_warning(host: str, tls: bool, client_certs: bool, auth: bool) -> str | None:
-    """What is unsafe about listening on ``host`` this way, or None if nothing is."""
-    if is_loopback(host):
-        return None
-    if not tls and not auth:
-        return (
-            f"listening on {host} with neither TLS nor an auth file: anyone who can reach this address "
-            "can read and change every item (use --tls-cert/--tls-key and --auth-file, or listen on 127.0.0.1)"
-        )
-    if not tls:
-        return f"listening on {host} without TLS: passwords and data cross the network in clear text"
-    if not auth and not client_certs:
-        return (
-            f"listening on {host} with TLS but neither client certificates (--tls-ca) nor an auth file: "
-            "anyone who can reach this address can read and change every item"
-        )
-    return None

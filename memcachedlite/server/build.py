@@ -77,7 +77,7 @@ def server_tls(cert: Optional[PathLike], key: Optional[PathLike], ca: Optional[P
         if key or ca:
             raise UsageProblem("--tls-key and --tls-ca need --tls-cert")
         return None
-    from ..protocols.auth import server_context
+    from .tls import server_context
 
     try:
         return server_context(cert, key, ca)

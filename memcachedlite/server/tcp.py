@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Any, Optional
 
-from ..protocols.auth import AuthFile, PathLike, exposure_warning
+from ..protocols.auth import AuthFile, PathLike
 from ..protocols.binary import REQUEST, BinarySession
 from ..protocols.registry import Registry, default_registry
 from ..protocols.session import Session
@@ -22,6 +22,7 @@ from ..protocols.settings import Settings
 from ..storage.store import Store
 from .delivery import Courier
 from .reaper import Reaper
+from .tls import exposure_warning
 from .workers import WorkerPool
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,9 @@ import pytest
 from pymemcache.client.base import Client
 from pymemcache.exceptions import MemcacheServerError, MemcacheUnexpectedCloseError
 
-from memcachedlite import Store
+from memcachedlite import Store, default_registry
 from memcachedlite.server.build import LaunchError, UsageProblem, build_server, parse_size
+from memcachedlite.server.config import ServerConfig
 from memcachedlite.testing import (
     DISK_FULL,
     BackgroundServer,
@@ -114,7 +115,7 @@ def test_persistent_servers_keep_their_data_across_a_restart(tmp_path: Path) -> 
 
 def test_persistent_true_uses_a_temporary_data_file_removed_on_stop() -> None:
     with serve_in_background(persistent=True) as server:
-        path = Path(server.options["data_file"])
+        path = Path(server.config.data_file)
         server.client().set("k", b"v")
         server.restart()
         assert server.store.get(b"k").value == b"v"
@@ -151,6 +152,7 @@ def test_every_serve_option_by_keyword(tmp_path: Path) -> None:
             stats = dict(line.split(b" ")[1:] for line in raw.ask(b"stats settings\r\n").splitlines()[:-1])
         finally:
             raw.close()
+            default_registry.remove("upper")  # loaded into the process's registry, as --load does
     assert stats[b"maxbytes"] == b"2097152" and stats[b"evictions"] == b"off"
     assert stats[b"item_size_max"] == b"2048" and stats[b"maxconns"] == b"5" and stats[b"idle_timeout"] == b"30"
     assert stats[b"dialect"] == b"lite" and stats[b"auth_enabled_ascii"] == str(auth).encode()
@@ -168,15 +170,61 @@ def test_tls_by_keyword(tmp_path: Path) -> None:
 
 def test_build_server_refuses_bad_options_and_leaves_nothing_behind(tmp_path: Path) -> None:
     with serve_in_background() as taken, pytest.raises(LaunchError, match="cannot listen on 127.0.0.1"):
-        build_server(port=taken.port, data_file=tmp_path / "data.txt")
+        build_server(ServerConfig(port=taken.port, data_file=tmp_path / "data.txt"))
     assert not (tmp_path / "data.txt").exists()
     with pytest.raises(UsageProblem, match="need --tls-cert"):
-        build_server(tls_key=tmp_path / "key.pem")
+        build_server(ServerConfig(tls_key=tmp_path / "key.pem"))
     with pytest.raises(UsageProblem, match="not a size"):
-        build_server(max_item_size="12q")
+        build_server(ServerConfig(max_item_size="12q"))
     with pytest.raises(LaunchError, match="cannot load nonexistent_module_xyz"):
-        build_server(modules=["nonexistent_module_xyz"])
+        build_server(ServerConfig(modules=["nonexistent_module_xyz"]))
     assert parse_size("512k") == 524288 and parse_size(7) == 7 and parse_size(" 1M ") == 1048576
+
+
+def test_one_config_object_builds_servers_and_keywords_change_it(tmp_path: Path) -> None:
+    shared = ServerConfig(memory_limit=8, max_item_size="2k", dialect="lite")
+    with serve_in_background(shared) as first, serve_in_background(shared, max_item_size="4k") as second:
+        assert first.config == shared and second.config == shared.replace(max_item_size="4k")
+        assert first.store.memory_limit == second.store.memory_limit == 8 * 1024 * 1024
+        assert first.server.settings.max_item_size == 2048 and second.server.settings.max_item_size == 4096
+        assert first.client().set("k", b"v") and second.client().get("k") is None  # two servers
+    with pytest.raises(TypeError, match="unknown server option.*max_item"):
+        ServerConfig.of(max_item=1)
+    assert ServerConfig(modules=["a", "b"]).modules == ("a", "b")  # hashable, as a frozen config is
+    assert ServerConfig(data_file=tmp_path / "d", no_data_file=True).path is None
+
+
+def test_building_and_stopping_a_server_changes_nothing_process_wide(tmp_path: Path, monkeypatch) -> None:
+    """The worker threads' small stack is theirs alone, and ``--load`` leaves
+    ``sys.path`` as it found it (the module is still imported from the
+    current directory, as ``python -m`` would)."""
+    import sys
+    import threading
+
+    (tmp_path / "verbs_of_mine.py").write_text(
+        "from memcachedlite import command\n\n"
+        "@command('mine_ping')\n"
+        "def mine_ping(ctx, args, data):\n"
+        "    return b'PONG\\r\\n'\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    path_before = list(sys.path)
+    stack_before = threading.stack_size()
+    try:
+        with serve_in_background(modules=["verbs_of_mine"]) as server:
+            assert server.client().raw_command(b"mine_ping", b"\r\n") == b"PONG"
+            assert threading.stack_size() == stack_before  # while workers run, too
+            started_elsewhere: list[int] = []
+            other = threading.Thread(target=lambda: started_elsewhere.append(threading.stack_size()))
+            other.start()
+            other.join()
+            assert started_elsewhere == [stack_before]
+        assert sys.path == path_before
+        assert threading.stack_size() == stack_before
+    finally:
+        default_registry.remove("mine_ping")
+        sys.modules.pop("verbs_of_mine", None)
 
 
 def test_mcl_serve_no_data_file(spawn, tmp_path: Path) -> None:

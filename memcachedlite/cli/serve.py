@@ -215,6 +215,7 @@ def serve(cpu: str, verbose: int, **options: Any) -> None:
     """
     from ..protocols.auth import AuthFileError
     from ..server.build import LaunchError, UsageProblem, build_server
+    from ..server.config import ServerConfig
 
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -225,7 +226,7 @@ def serve(cpu: str, verbose: int, **options: Any) -> None:
     # A write past a file size limit must fail with EFBIG, not kill the server.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
-        server = build_server(**options)
+        server = build_server(ServerConfig(**options))
     except UsageProblem as exc:
         raise click.UsageError(str(exc)) from None
     except LaunchError as exc:

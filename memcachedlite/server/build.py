@@ -1,10 +1,7 @@
-"""Building a ready server from the options of ``mcl serve``: the one place that
-turns those options into a bound :class:`MemcacheServer` with its
-:class:`Store`, so the CLI and :mod:`memcachedlite.testing` cannot drift apart.
-
-Every keyword of :func:`build_server` is named as the ``mcl serve`` option it
-stands for (``--max-item-size`` is ``max_item_size``), so adding an option is a
-click decorator in ``cli_serve.py`` and a keyword here.
+"""Building a ready server from a :class:`~memcachedlite.server.config.ServerConfig`:
+the one place that turns ``mcl serve``'s options into a bound
+:class:`MemcacheServer` with its :class:`Store`, so the CLI and
+:mod:`memcachedlite.testing` cannot drift apart.
 """
 
 from __future__ import annotations
@@ -14,20 +11,17 @@ import importlib.util
 import logging
 import os
 import sys
-from typing import Any, Iterable, Optional, Union
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator, Optional
 
 from ..errors import CorruptLogError
 from ..protocols.settings import Settings
-from ..protocols.text import DEFAULT_MAX_ITEM_SIZE
 from ..storage import repair
-from ..storage.durability import DEFAULT_COMPACT_MIN_SIZE
 from ..storage.store import Store
-from .tcp import DEFAULT_MAX_CONNECTIONS, DEFAULT_READ_TIMEOUT, MemcacheServer
+from .config import PathLike, ServerConfig, Size
+from .tcp import MemcacheServer
 
 log = logging.getLogger(__name__)
-
-PathLike = Union[str, "os.PathLike[str]"]
-Size = Union[int, str]
 
 
 class LaunchError(Exception):
@@ -65,10 +59,24 @@ def load_module(spec: str) -> None:
         sys.modules[name] = module
         module_spec.loader.exec_module(module)
     else:
-        if os.getcwd() not in sys.path:
-            sys.path.insert(0, os.getcwd())
-        importlib.import_module(spec)
+        with _current_directory_importable():
+            importlib.import_module(spec)
     log.info("loaded verbs from %s", spec)
+
+
+@contextmanager
+def _current_directory_importable() -> Iterator[None]:
+    """The current directory on ``sys.path`` while a ``--load`` module is
+    imported (as ``python -m`` has it), and ``sys.path`` as it was after."""
+    here = os.getcwd()
+    added = here not in sys.path
+    if added:
+        sys.path.insert(0, here)
+    try:
+        yield
+    finally:
+        if added:
+            sys.path.remove(here)
 
 
 def server_tls(cert: Optional[PathLike], key: Optional[PathLike], ca: Optional[PathLike]) -> Any:
@@ -98,112 +106,103 @@ def check_item_size(max_item_size: int, memory_limit: int) -> None:
         raise UsageProblem("Cannot set item size limit higher than 1/2 of memory max.")
 
 
-def build_server(
-    *,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    data_file: Optional[PathLike] = None,
-    no_data_file: bool = False,
-    fsync: str = "everysec",
-    dialect: str = "memcached",
-    max_item_size: Size = DEFAULT_MAX_ITEM_SIZE,
-    memory_limit: int = 64,
-    no_evict: bool = False,
-    max_connections: int = DEFAULT_MAX_CONNECTIONS,
-    idle_timeout: float = 0.0,
-    read_timeout: float = DEFAULT_READ_TIMEOUT,
-    backlog: int = 1024,
-    compact_min_size: Size = DEFAULT_COMPACT_MIN_SIZE,
-    repair: bool = False,
-    modules: Iterable[str] = (),
-    tls_cert: Optional[PathLike] = None,
-    tls_key: Optional[PathLike] = None,
-    tls_ca: Optional[PathLike] = None,
-    auth_file: Optional[PathLike] = None,
-    simulate_delay: bool = False,
-    enable_shutdown: bool = False,
-    disable_flush_all: bool = False,
-    disable_cas: bool = False,
-    protocol: str = "auto",
-) -> MemcacheServer:
-    """A server listening on ``host:port`` (0: a free port), with its store
-    open, ready for ``serve_forever()``.
+def build_server(config: ServerConfig) -> MemcacheServer:
+    """A server listening as ``config`` says (port 0: a free port), with its
+    store open, ready for ``serve_forever()``.
 
-    ``data_file=None`` or ``no_data_file=True`` keeps the data in memory only,
-    as memcached does; ``memory_limit`` is in MiB, sizes take ``512k``/``1m``.
     The caller owns the result: ``server.stop()`` then ``server.store.close()``.
     Raises :class:`UsageProblem` for contradictory options and
     :class:`LaunchError` when the environment says no; either way nothing is
     left open and no data file is created.
     """
-    for spec in modules:
-        try:
-            load_module(spec)
-        except LaunchError:
-            raise
-        except Exception as exc:
-            raise LaunchError(f"cannot load {spec}: {exc}") from None
-    try:
-        settings = Settings(
-            dialect=dialect,
-            max_item_size=parse_size(max_item_size),
-            simulate_delay=simulate_delay,
-            enable_shutdown=enable_shutdown,
-            flush_enabled=not disable_flush_all,
-        )
-        compact_min_size = parse_size(compact_min_size)
-    except ValueError as exc:
-        raise UsageProblem(str(exc)) from None
-    check_item_size(settings.max_item_size, memory_limit * 1024 * 1024)
-    path = None if no_data_file else data_file
-    tls_context = server_tls(tls_cert, tls_key, tls_ca)
-    from ..protocols.auth import AuthFileError
-
+    load_modules(config.modules)
+    settings = protocol_settings(config)
+    compact_min_size = _size(config.compact_min_size)
+    check_item_size(settings.max_item_size, config.memory_limit * 1024 * 1024)
+    tls_context = server_tls(config.tls_cert, config.tls_key, config.tls_ca)
+    server = _unbound_server(config, settings, tls_context)
     # Bind first: a port in use should not leave a new data file behind.
     try:
-        server = MemcacheServer(
-            (host, port),
-            None,
-            settings=settings,
-            backlog=backlog,
-            max_connections=max_connections,
-            idle_timeout=idle_timeout,
-            read_timeout=read_timeout,
-            bind_and_activate=False,
-            ssl_context=tls_context,
-            auth_file=auth_file,
-            protocol=protocol,
-        )
-    except AuthFileError as exc:
-        raise LaunchError(str(exc)) from None
-    try:
         server.server_bind()
-        server.store = _open_store(path, repair, fsync, memory_limit, no_evict, compact_min_size)
-        if disable_cas:
+        server.store = _open_store(config, compact_min_size)
+        if config.disable_cas:
             server.store.disable_cas()
         server.server_activate()
     except OSError as exc:
         server.server_close()
-        raise LaunchError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        raise LaunchError(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from None
     except BaseException:
         server.server_close()
         raise
     return server
 
 
-def _open_store(
-    path: Optional[PathLike], repair: bool, fsync: str, memory_limit: int, no_evict: bool, compact_min_size: int
-) -> Store:
+def load_modules(specs: Iterable[str]) -> None:
+    """Import the user's modules (``--load``) so their verbs register."""
+    for spec in specs:
+        try:
+            load_module(spec)
+        except LaunchError:
+            raise
+        except Exception as exc:
+            raise LaunchError(f"cannot load {spec}: {exc}") from None
+
+
+def protocol_settings(config: ServerConfig) -> Settings:
+    """The protocol behaviour ``config`` asks for, every connection's."""
+    try:
+        return Settings(
+            dialect=config.dialect,
+            max_item_size=parse_size(config.max_item_size),
+            simulate_delay=config.simulate_delay,
+            enable_shutdown=config.enable_shutdown,
+            flush_enabled=not config.disable_flush_all,
+        )
+    except ValueError as exc:
+        raise UsageProblem(str(exc)) from None
+
+
+def _size(value: Size) -> int:
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise UsageProblem(str(exc)) from None
+
+
+def _unbound_server(config: ServerConfig, settings: Settings, tls_context: Any) -> MemcacheServer:
+    """The server object, not yet bound, with no store yet."""
+    from ..protocols.auth import AuthFileError
+
+    try:
+        return MemcacheServer(
+            (config.host, config.port),
+            None,
+            settings=settings,
+            backlog=config.backlog,
+            max_connections=config.max_connections,
+            idle_timeout=config.idle_timeout,
+            read_timeout=config.read_timeout,
+            bind_and_activate=False,
+            ssl_context=tls_context,
+            auth_file=config.auth_file,
+            protocol=config.protocol,
+        )
+    except AuthFileError as exc:
+        raise LaunchError(str(exc)) from None
+
+
+def _open_store(config: ServerConfig, compact_min_size: int) -> Store:
     """The store, from the data file (repaired first when asked and damaged) or in memory only."""
     options: dict[str, Any] = dict(
-        memory_limit=memory_limit * 1024 * 1024, evict=not no_evict, compact_min_size=compact_min_size
+        memory_limit=config.memory_limit * 1024 * 1024, evict=not config.no_evict, compact_min_size=compact_min_size
     )
+    path = config.path
     if path is None:
         return Store(None, **options)
-    if repair and os.path.exists(path):
+    if config.repair and os.path.exists(path):
         _repair_if_damaged(path)
     try:
-        return Store(path, fsync=fsync, **options)
+        return Store(path, fsync=config.fsync, **options)
     except CorruptLogError as exc:
         raise LaunchError(f"{exc}; run 'mcl repair {os.fspath(path)}' to salvage the valid records") from None
     except (OSError, RuntimeError) as exc:

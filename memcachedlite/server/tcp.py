@@ -182,14 +182,6 @@ class MemcacheHandler(socketserver.StreamRequestHandler):
         log.debug("connection from %s:%d closed", *self.client_address[:2])
 
 
-def _worker_stack_size() -> None:
-    """Workers only parse and dispatch: a small stack lets a thousand of them fit."""
-    try:
-        threading.stack_size(512 * 1024)
-    except (ValueError, RuntimeError):  # pragma: no cover - platform without the knob
-        pass
-
-
 class MemcacheServer(socketserver.ThreadingTCPServer):
     """A memcached-protocol server over one shared :class:`Store`.
 
@@ -261,7 +253,6 @@ class MemcacheServer(socketserver.ThreadingTCPServer):
         self.ssl_context = ssl_context
         #: With an auth file, a connection must authenticate before anything else.
         self.auth = AuthFile(auth_file) if auth_file is not None else None
-        _worker_stack_size()
         self.pool = WorkerPool(max_connections)
         super().__init__(address, MemcacheHandler, bind_and_activate)
 

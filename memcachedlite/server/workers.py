@@ -16,6 +16,11 @@ from typing import Any, Callable
 log = logging.getLogger(__name__)
 
 _STOP = object()
+#: Workers only parse and dispatch: a small stack lets a thousand of them fit.
+WORKER_STACK_SIZE = 512 * 1024
+#: ``threading.stack_size`` is the whole process's: held while it is changed
+#: for a worker's start and put back, so no other thread of ours sees it.
+_stack_size_lock = threading.Lock()
 
 
 class WorkerPool:
@@ -53,7 +58,7 @@ class WorkerPool:
             else:
                 thread = threading.Thread(target=self._work, name=f"{self.name}-{len(self._threads) + 1}", daemon=True)
                 self._threads.append(thread)
-                thread.start()
+                _start_small(thread)
             self._tasks.put((fn, args))
             return True
 
@@ -81,3 +86,19 @@ class WorkerPool:
             self._tasks.put(_STOP)
         for thread in threads:
             thread.join(timeout)
+
+
+def _start_small(thread: threading.Thread) -> None:
+    """Start ``thread`` with a stack of :data:`WORKER_STACK_SIZE`, leaving the
+    process's default for every other thread as it was (the size applies
+    when a thread is created, so it is put back as soon as this one runs)."""
+    with _stack_size_lock:
+        try:
+            before = threading.stack_size(WORKER_STACK_SIZE)
+        except (ValueError, RuntimeError):  # pragma: no cover - platform without the knob
+            thread.start()
+            return
+        try:
+            thread.start()
+        finally:
+            threading.stack_size(before)

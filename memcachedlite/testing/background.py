@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional
 from ..errors import LogWriteError
 from ..protocols.registry import Command, Registry
 from ..server.build import build_server
+from ..server.config import ServerConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     from pymemcache.client.base import Client
@@ -247,8 +248,8 @@ def _flush(host: str, port: int) -> None:
 class BackgroundServer:
     """A memcachedlite server on a thread of this process.
 
-    Built from the keywords of ``mcl serve``'s options (see
-    :func:`memcachedlite.server.build.build_server`); unlike ``mcl serve`` it
+    Built from the keywords of ``mcl serve``'s options (the fields of
+    :class:`~memcachedlite.server.config.ServerConfig`); unlike ``mcl serve`` it
     defaults to a free port of 127.0.0.1 and to memory only.
     ``persistent=True`` keeps the data in a file of a temporary directory
     (removed on stop) when no ``data_file`` is given, so that
@@ -260,14 +261,14 @@ class BackgroundServer:
     the port.
     """
 
-    def __init__(self, *, persistent: bool = False, **options: Any) -> None:
-        options.setdefault("host", "127.0.0.1")
-        options.setdefault("port", 0)
+    def __init__(self, config: Optional[ServerConfig] = None, *, persistent: bool = False, **options: Any) -> None:
+        config = config.replace(**options) if config is not None else ServerConfig.of(**options)
         self._tempdir: Optional[tempfile.TemporaryDirectory] = None
-        if persistent and not options.get("data_file"):
+        if persistent and not config.data_file:
             self._tempdir = tempfile.TemporaryDirectory(prefix="memcachedlite-")
-            options["data_file"] = os.path.join(self._tempdir.name, "data.txt")
-        self.options = options
+            config = config.replace(data_file=os.path.join(self._tempdir.name, "data.txt"))
+        #: the options it was built with (:class:`~memcachedlite.server.config.ServerConfig`)
+        self.config = config
         self.faults = Faults(self)
         self.refusing = False
         self._server: Optional[MemcacheServer] = None
@@ -306,7 +307,7 @@ class BackgroundServer:
     @property
     def persistent(self) -> bool:
         """Whether the data is in a file (and so survives :meth:`restart`)."""
-        return bool(self.options.get("data_file")) and not self.options.get("no_data_file")
+        return self.config.path is not None
 
     def client(self, **options: Any) -> Client:
         """A pymemcache ``Client`` for this server (``default_noreply=False``, 5 s
@@ -332,11 +333,11 @@ class BackgroundServer:
         with self._lock:
             if self._server is not None:
                 raise RuntimeError("the server is already running")
-            self._run(self._build(self.options))
+            self._run(self._build(self.config))
         return self
 
-    def _build(self, options: dict[str, Any]) -> MemcacheServer:
-        server = build_server(**options)
+    def _build(self, config: ServerConfig) -> MemcacheServer:
+        server = build_server(config)
         server.registry = self.faults.registry(server.registry)
         return server
 
@@ -390,10 +391,10 @@ class BackgroundServer:
             port = old.port
             carried = old.store if keep_data and not self.persistent else None
             self._halt(close_store=carried is None)
-            data_file = self.options.get("data_file")
-            if not keep_data and self.persistent and os.path.exists(data_file):
+            data_file = self.config.path
+            if not keep_data and data_file is not None and os.path.exists(data_file):
                 os.remove(data_file)
-            server = self._build(dict(self.options, port=port))
+            server = self._build(self.config.replace(port=port))
             if carried is not None:
                 fresh, server.store = server.store, carried
                 if fresh is not None:
@@ -445,14 +446,16 @@ class BackgroundServer:
 
 
 @contextmanager
-def serve_in_background(**options: Any) -> Iterator[BackgroundServer]:
+def serve_in_background(config: Optional[ServerConfig] = None, **options: Any) -> Iterator[BackgroundServer]:
     """A started :class:`BackgroundServer`, stopped when the block ends (even on error).
 
     ``options`` are ``mcl serve``'s options as keywords (``memory_limit=8``,
     ``max_item_size="2k"``, ``tls_cert=...``, ``auth_file=...``,
-    ``modules=["myverbs"]``, ``data_file=...``), plus ``persistent=True``.
+    ``modules=["myverbs"]``, ``data_file=...``), plus ``persistent=True``;
+    or a :class:`~memcachedlite.server.config.ServerConfig` that several
+    servers share, with keywords changing some of its options.
     """
-    server = BackgroundServer(**options).start()
+    server = BackgroundServer(config, **options).start()
     try:
         yield server
     finally:

@@ -22,7 +22,6 @@ _BIN_REQUEST = 0x80
 _BIN_RESPONSE = 0x81
 BIN_GET = 0x00
 BIN_SET = 0x01
-BIN_NOOP = 0x0A
 BIN_VERSION = 0x0B
 _BIN_NOT_FOUND = 0x0001
 #: A reply body longer than this is not one the load asked for (1 MiB items and some room).

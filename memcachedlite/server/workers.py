@@ -39,10 +39,6 @@ class WorkerPool:
         self._closed = False
 
     @property
-    def busy(self) -> int:
-        return self._busy
-
-    @property
     def size(self) -> int:
         """Threads alive, busy or idle."""
         return len(self._threads)

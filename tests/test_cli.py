@@ -102,6 +102,20 @@ def test_set_with_ttl_and_flags(server) -> None:
     assert_clean(mcl("-s", addr(server), "set", "--ttl", "-5", "k", "v"), 2)
 
 
+@pytest.mark.parametrize("ttl", [2592000, 2592001, 400 * 86400])
+def test_ttl_means_seconds_from_now_however_long(server, ttl: int) -> None:
+    """memcached reads an exptime over 30 days as a unix time; --ttl stays
+    'seconds from now' past it (a TTL of 30 days and a second was an instant expiry)."""
+    now = server.store.now()
+    assert_clean(mcl("-s", addr(server), "set", "--ttl", str(ttl), "k", "v"), 0)
+    item = server.store.peek(b"k")
+    assert item is not None, "stored already expired"
+    assert now + ttl - 2 <= item.exptime <= now + ttl + 2
+    assert_clean(mcl("-s", addr(server), "touch", "k", str(ttl + 60)), 0)
+    assert now + ttl + 58 <= server.store.peek(b"k").exptime <= now + ttl + 62
+    assert_clean(mcl("-s", addr(server), "touch", "k", "-1"), 2)  # a usage error, not an instant expiry
+
+
 def test_a_value_over_the_item_limit_is_a_one_line_server_error(server) -> None:
     result = mcl("-s", addr(server), "set", "big", "-", input=b"x" * (1024 * 1024 + 1))
     assert_clean(result, 4)

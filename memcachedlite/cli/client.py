@@ -28,6 +28,7 @@ from .common import (
     main,
     talking,
 )
+from .transfer import exptime
 
 
 @main.command()
@@ -49,14 +50,18 @@ def get(key: str) -> None:
 def _store(verb: str, key: str, value: str, ttl: int, flags: int) -> None:
     data = binary_stream("stdin").read() if value == "-" else os.fsencode(value)
     with talking(current_config()) as client:
-        ok = getattr(client, verb)(key_for(key), data, expire=ttl, noreply=False, flags=flags)
+        ok = getattr(client, verb)(key_for(key), data, expire=exptime(ttl), noreply=False, flags=flags)
     if not ok:
         raise NotFound(f"{key}: not stored")
     click.echo("STORED")
 
 
 _ttl = click.option(
-    "--ttl", default=0, show_default=True, type=click.IntRange(0), help="Seconds until the item expires (0: never)."
+    "--ttl",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Seconds from now until the item expires, however many (0: never).",
 )
 _flags = click.option(
     "--flags",
@@ -128,7 +133,7 @@ def decr(key: str, delta: int) -> None:
 def touch(key: str, ttl: int) -> None:
     """Give KEY a new time to live of TTL seconds (0: never expires)."""
     with talking(current_config()) as client:
-        touched = client.touch(key_for(key), ttl, noreply=False)
+        touched = client.touch(key_for(key), exptime(ttl), noreply=False)
     if not touched:
         raise NotFound(f"{key}: not found")
     click.echo("TOUCHED")
@@ -141,7 +146,7 @@ def touch(key: str, ttl: int) -> None:
 def flush_all(delay: int) -> None:
     """Invalidate every item (on every server given)."""
     with talking(current_config()) as client:
-        client.flush_all(delay=delay, noreply=False)
+        client.flush_all(delay=exptime(delay), noreply=False)
     click.echo("OK")
 
 

@@ -428,7 +428,8 @@ class LoadReport:
 
 
 def exptime(ttl: int, now: int | None = None) -> int:
-    """The exptime to send for ``ttl`` seconds: memcached reads more than 30 days as a unix time."""
+    """The exptime to send for ``ttl`` seconds from now: memcached reads more
+    than 30 days as a unix time, so a longer one is sent as the time it ends."""
     if ttl <= RELATIVE_EXPTIME_LIMIT:
         return ttl
     return int(time.time() if now is None else now) + ttl

@@ -379,6 +379,11 @@ class DataLog:
 
     # -- compaction -------------------------------------------------------
 
+    @property
+    def rewriting(self) -> Optional[Rewrite]:
+        """The compaction under way (:meth:`start_rewrite`), or None."""
+        return self._rewrite
+
     def start_rewrite(self) -> Rewrite:
         """Begin a compaction. From now on appends are also kept for the new
         file; the caller writes the live items with ``Rewrite.write`` and ends

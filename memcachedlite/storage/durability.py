@@ -309,7 +309,7 @@ class Durability:
             if log.buffering:
                 log.discard_queued()  # their records must never reach the file now
             self._dirty.clear()
-            if log._rewrite is not None:  # its snapshot may hold what was just undone
+            if log.rewriting is not None:  # its snapshot may hold what was just undone
                 log.abort_rewrite()
             if not self._writable:
                 return
@@ -368,7 +368,7 @@ class Durability:
             with self._lock:
                 if not self._writable and not recovering:
                     raise LogWriteError(f"data file not writable: {self._failure}")
-                if log._rewrite is not None:
+                if log.rewriting is not None:
                     log.abort_rewrite()
                 try:
                     rewrite = log.start_rewrite()
@@ -386,27 +386,27 @@ class Durability:
                     rewrite.write(records.encode_flush(flush_at))
                 os.fsync(rewrite.fd)  # the bulk reaches the disk outside the lock
                 with self._lock:
-                    if log._rewrite is not rewrite:
+                    if log.rewriting is not rewrite:
                         raise LogWriteError("compaction abandoned: the data file failed meanwhile")
                     saved = log.finish_rewrite()
                     self._unsynced.clear()  # all of it is in the new, synced file
                     self._dirty.clear()
             except OSError as exc:
                 with self._lock:
-                    if log._rewrite is rewrite:
+                    if log.rewriting is rewrite:
                         log.abort_rewrite()
                 logger.error("compaction of %s failed: %s", log.path, exc)
                 raise LogWriteError(f"compaction failed: {exc.strerror}") from exc
             except LogWriteError:
                 with self._lock:
-                    if log._rewrite is rewrite:
+                    if log.rewriting is rewrite:
                         log.abort_rewrite()
                 if log.failed:
                     self._fail(log.failed)
                 raise
             except BaseException:
                 with self._lock:
-                    if log._rewrite is rewrite:
+                    if log.rewriting is rewrite:
                         log.abort_rewrite()
                 raise
             self.compactions += 1

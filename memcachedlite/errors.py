@@ -47,6 +47,13 @@ class BadCommandLine(ClientError):
         super().__init__(message)
 
 
+class NonNumeric(ClientError):
+    """``incr``/``decr`` of a value that is not a number."""
+
+    def __init__(self, message: str = "cannot increment or decrement non-numeric value") -> None:
+        super().__init__(message)
+
+
 class LineTooLong(ClientError):
     """A command line ran past the limit with no newline; framing is lost."""
 

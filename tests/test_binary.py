@@ -4,6 +4,7 @@ input and fuzzing, detection per connection and ``--protocol``."""
 
 from __future__ import annotations
 
+import base64
 import errno
 import logging
 import struct
@@ -70,6 +71,7 @@ from memcachedlite.protocols.binary import (
 from memcachedlite.protocols.stats import PROTOCOL_VERSION
 from memcachedlite.server.tls import client_context, server_context
 from memcachedlite.storage import datafile
+from memcachedlite.storage.items import BINARY_KEY
 from tests.conftest import Raw, Running
 from tests.test_security import PKI, TLSRaw, write_auth
 
@@ -393,6 +395,34 @@ def test_stat_groups(session: BinarySession) -> None:
     assert_error(one(session.feed(request(STAT, b"nonsense", opaque=1))), STAT, KEY_ENOENT, 1)
 
 
+def stat(session: BinarySession, key: bytes, opaque: int = 0) -> list[Packet]:
+    return parse(session.feed(request(STAT, key, opaque=opaque)))
+
+
+def test_stat_detail_on_off_dump(session: BinarySession, store: Store) -> None:
+    """memcached's process_bin_stat (and its t/binary.t, which starts with
+    ``detail on``): on and off answer the empty end packet, dump answers one
+    statistic named ``detailed`` holding the text protocol's dump; any other
+    detail word is KEY_ENOENT."""
+    end = Packet(0x81, STAT, 0, 0, 5, 0, b"", b"", b"")
+    assert stat(session, b"detail on", 5) == [end]
+    assert store.prefixes.enabled
+    session.feed(setp(b"p:a", b"1") + request(GET, b"p:a") + request(GETQ, b"p:b") + request(DELETE, b"p:a"))
+    session.feed(request(TOUCH, b"p:a", extras=bytes(4)) + request(APPEND, b"p:big", b"x") + request(NOOP))
+    dump = stat(session, b"detail dump", 5)
+    assert dump == [
+        Packet(0x81, STAT, 0, 0, 5, 0, b"", b"detailed", b"PREFIX p get 3 hit 1 set 2 del 1\r\nEND\r\n"),
+        end,
+    ]
+    assert stat(session, b"detail off", 5) == [end] and not store.prefixes.enabled
+    session.feed(request(GET, b"p:a"))
+    assert stat(session, b"detail dump")[0].value == b"PREFIX p get 3 hit 1 set 2 del 1\r\nEND\r\n"
+    for word in (b"detail", b"detail bogus", b"detailed"):
+        assert_error(one(session.feed(request(STAT, word, opaque=6))), STAT, KEY_ENOENT, 6)
+    assert stat(session, b"reset")[0] == Packet(0x81, STAT, 0, 0, 0, 0, b"", b"", b"")
+    assert stat(session, b"detail dump")[0].value == b"END\r\n"  # a reset forgets the counts
+
+
 def test_unknown_opcodes_and_verbosity(session: BinarySession) -> None:
     """VERBOSITY is not in memcached 1.6.18's binary protocol: UNKNOWN_COMMAND,
     as from memcached. The value of an unknown opcode is read and dropped,
@@ -457,6 +487,49 @@ def test_a_binary_set_is_logged_as_a_text_set_is(tmp_path: Path) -> None:
         assert reopened.peek(b"k") is None and len(reopened) == 0
     finally:
         reopened.close()
+
+
+def test_a_key_of_any_bytes_is_logged_replayed_and_read_from_meta(tmp_path: Path) -> None:
+    """A binary key the text rule refuses goes to the data file as the meta
+    protocol's base64 keys do (``bset``...), replays, and meta reads it with
+    ``b``; a key the text rule takes is an ordinary key."""
+    from memcachedlite.protocols.session import Session
+
+    path = tmp_path / "data.txt"
+    store = Store(path)
+    session = BinarySession(store)
+    session.feed(setp(b"a b", b"spaced", flags=4) + setp(b"\x00\x01", b"nul") + setp(b"plain", b"p"))
+    session.feed(request(INCREMENT, b"n\tn", extras=arith_extras(1, 41)) + request(TOUCH, b"a b", extras=bytes(4)))
+    session.feed(request(INCREMENT, b"n\tn", extras=arith_extras(1)))
+    session.feed(request(APPEND, b"\x00\x01", b"!") + setp(b"gone now", b"x") + request(DELETE, b"gone now"))
+    store.close()
+    data = path.read_bytes()
+    for key in (b"a b", b"\x00\x01", b"n\tn"):
+        assert b"bset " + base64.b64encode(key) + b" " in data
+    assert b"btouch " + base64.b64encode(b"a b") + b" " in data
+    assert b"bdelete " + base64.b64encode(b"gone now") + b" " in data
+    assert b"set plain " in data and b"a b" not in data
+    store = Store(path)
+    try:
+        assert store.peek(b"a b")[:2] == (b"spaced", 4) and store.peek(b"\x00\x01").value == b"nul!"
+        assert store.peek(b"n\tn").value == b"42" and store.peek(b"gone now") is None
+        assert all(store.peek(key).state & BINARY_KEY for key in (b"a b", b"\x00\x01", b"n\tn"))
+        meta = Session(store)
+        token = base64.b64encode(b"a b")
+        assert meta.feed(b"mg %s b v f k\r\n" % token) == b"VA 6 f4 k%s b\r\nspaced\r\n" % token
+        assert meta.feed(b"get plain\r\n") == b"VALUE plain 0 1\r\np\r\nEND\r\n"
+        assert one(BinarySession(store).feed(request(GETK, b"\x00\x01"))).value == b"nul!"
+    finally:
+        store.close()
+
+
+def test_flush_is_refused_under_disable_flush_all(store: Store) -> None:
+    """memcached's binary FLUSH under -F: AUTH_ERROR, and (unlike the text
+    flush_all) not counted."""
+    session = BinarySession(store, Settings(flush_enabled=False))
+    session.feed(setp(b"k", b"v"))
+    assert_error(one(session.feed(request(FLUSH, opaque=2))), FLUSH, AUTH_ERROR, 2)
+    assert store.peek(b"k").value == b"v" and store.stats()["cmd_flush"] == 0
 
 
 def test_items_survive_a_restart(tmp_path: Path) -> None:
@@ -557,7 +630,36 @@ def test_too_large_a_value_is_refused_and_dropped_unbuffered() -> None:
     for at in range(100, len(packet), 1000):
         assert session.feed(packet[at : at + 1000]) == b""
     assert one(session.feed(request(NOOP))).opcode == NOOP
-    assert store.peek(b"k") is None and store.stats()["store_too_large"] == 0  # as memcached's binary path counts
+    # counted as the text and meta protocols count it (memcached's binary path does not: docs/protocols.md)
+    assert store.peek(b"k") is None and store.stats()["store_too_large"] == 1
+
+
+@pytest.mark.parametrize("op", [SET, SETQ])
+def test_a_set_refused_as_too_large_unlinks_the_old_value(op: int, tmp_path: Path) -> None:
+    """As memcached's process_bin_update (and the text set, the meta ms): a
+    reader must not get the value an update failed to replace. Only a SET:
+    ADD, REPLACE, APPEND and PREPEND leave the old value. The removal is
+    logged, so a restart does not bring the value back."""
+    store = Store(tmp_path / "data.txt")
+    session = BinarySession(store, Settings(max_item_size=1024))
+    store.prefixes.enabled = True
+    session.feed(setp(b"p:k", b"old") + setp(b"p:a", b"old"))
+    reply = parse(session.feed(setp(b"p:k", b"x" * 2000, op=op, opaque=1) + request(NOOP)))
+    assert_error(reply[0], op, E2BIG, 1)
+    refused = [setp(b"p:a", b"x" * 2000, op=other) for other in (ADD, REPLACE)]
+    refused += [request(kind, b"p:a", b"x" * 2000) for kind in (APPEND, PREPEND)]
+    replies = parse(session.feed(b"".join(refused)))
+    assert [p.status for p in replies] == [E2BIG] * 4
+    assert store.peek(b"p:k") is None and store.peek(b"p:a").value == b"old"
+    assert store.stats()["store_too_large"] == 5 and store.stats()["cmd_set"] == 2
+    # each set counted in stats detail before it is refused, as memcached counts them
+    assert store.prefixes.dump() == b"PREFIX p get 0 hit 0 set 7 del 0\r\nEND\r\n"
+    store.close()
+    store = Store(tmp_path / "data.txt")
+    try:
+        assert store.peek(b"p:k") is None and store.peek(b"p:a").value == b"old"
+    finally:
+        store.close()
 
 
 @pytest.mark.parametrize(
@@ -591,22 +693,32 @@ def test_a_wrong_magic_mid_stream_closes_without_a_reply(session: BinarySession)
     assert session.closing
 
 
-def test_a_key_with_spaces_or_control_bytes_is_refused(session: BinarySession, store: Store) -> None:
-    """A deliberate difference: memcached stores any bytes as a binary key."""
-    stream = setp(b"a b", b"v") + request(INCREMENT, b"a\nb", extras=arith_extras()) + request(APPEND, b"a\0", b"x")
-    stream += request(GET, b"a b") + request(TOUCH, b"a b", extras=bytes(4)) + request(DELETE, b"a\tb")
-    replies = parse(session.feed(stream + request(NOOP)))
-    # such a key is never stored, so the other opcodes just miss
+def test_a_key_of_any_bytes_is_stored(session: BinarySession, store: Store) -> None:
+    """As memcached: a binary key may hold any byte (pylibmc's tests store
+    ``"\x00\x01"`` and keys with spaces). One the text protocol could not
+    carry is stored as the meta protocol stores a key given in base64."""
+    stream = (
+        setp(b"a b", b"v") + request(INCREMENT, b"a\nb", extras=arith_extras(initial=5)) + request(APPEND, b"a b", b"x")
+    )
+    stream += request(GET, b"a b") + request(TOUCH, b"a b", extras=bytes(4)) + request(DELETE, b"a\nb")
+    stream += setp(b"\x00\x01", b"nul")
+    replies = parse(session.feed(stream + request(GET, b"\x00\x01") + request(NOOP)))
     assert [(p.opcode, p.status) for p in replies] == [
-        (SET, EINVAL),
-        (INCREMENT, EINVAL),
-        (APPEND, EINVAL),
-        (GET, KEY_ENOENT),
-        (TOUCH, KEY_ENOENT),
-        (DELETE, KEY_ENOENT),
+        (SET, SUCCESS),
+        (INCREMENT, SUCCESS),
+        (APPEND, SUCCESS),
+        (GET, SUCCESS),
+        (TOUCH, SUCCESS),
+        (DELETE, SUCCESS),
+        (SET, SUCCESS),
+        (GET, SUCCESS),
         (NOOP, SUCCESS),
     ]
-    assert len(store) == 0 and not session.closing
+    assert replies[3].value == b"vx" and replies[7].value == b"nul"
+    assert store.peek(b"a\nb") is None and not session.closing
+    assert all(store.peek(key).state & BINARY_KEY for key in (b"a b", b"\x00\x01"))
+    plain = parse(session.feed(setp(b"plain", b"v") + request(NOOP)))[0]
+    assert plain.status == SUCCESS and not store.peek(b"plain").state & BINARY_KEY  # the item text get sees
 
 
 def test_pieces_of_a_packet_wait_for_the_rest(session: BinarySession) -> None:
@@ -690,7 +802,7 @@ def test_sasl_list_mechs_and_plain(gated: BinarySession) -> None:
     assert ok == Packet(0x81, SASL_AUTH, 0, SUCCESS, 3, 0, b"", b"", b"Authenticated")
     assert gated.authenticated and not gated.pending()
     assert one(gated.feed(setp(b"k", b"v"))).status == SUCCESS
-    assert (gated._auth.auth_cmds, gated._auth.auth_errors) == (2, 1)
+    assert (gated.auth.auth_cmds, gated.auth.auth_errors) == (2, 1)
 
 
 def test_sasl_step_after_an_empty_auth(gated: BinarySession) -> None:

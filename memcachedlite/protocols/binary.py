@@ -16,7 +16,13 @@ Replies follow memcached 1.6.18's ``proto_bin.c`` byte for byte (checked by
 bodies it sends with them, the opaque echoed, the request's own opcode in
 the reply, which malformed packets close the connection, and what the quiet
 opcodes keep to themselves (a quiet get answers only hits, a quiet mutation
-only errors). The deliberate differences are listed in README.md.
+only errors). The deliberate differences are listed in docs/protocols.md.
+
+Keys are the protocol's own: any bytes, as memcached takes them. A key that
+passes the text protocol's rule is stored as a plain key (the item a text
+``get`` finds); one that does not is stored as the meta protocol stores a
+key given in base64 (``BINARY_KEY``: ``bset`` records in the data file,
+read from meta with ``mg <base64> b``).
 
 SASL: with an auth file, a connection must authenticate with ``PLAIN``
 (``SASL_AUTH``, or an empty ``SASL_AUTH`` answered ``AUTH_CONTINUE`` and then
@@ -35,11 +41,12 @@ import logging
 import struct
 from typing import Any, Callable, NamedTuple, Optional, Union
 
-from ..errors import ClientError, OutOfMemory, ProtocolError
-from ..storage.items import item_value, unpack_meta
+from ..errors import ClientError, NonNumeric, OutOfMemory, ProtocolError
+from ..storage.items import BINARY_KEY, META, unpack_meta
+from ..storage.store import Mode, Outcome
 from .session import Session
-from .stats import PROTOCOL_VERSION, reset_stats, stats_lines
-from .text import MAX_KEY, check_key
+from .stats import PROTOCOL_VERSION, reset_stats, stats_detail, stats_lines
+from .text import MAX_KEY, is_plain_key
 
 log = logging.getLogger(__name__)
 
@@ -201,17 +208,20 @@ def _sasl_shape(ext: int, key: int, body: int) -> bool:
     return ext == 0 and key > 0
 
 
+def _key_state(key: bytes) -> int:
+    """How an item stored under a binary-protocol key records it (see the module docstring)."""
+    return 0 if is_plain_key(key) else BINARY_KEY
+
+
 def _get(s: BinarySession, op: int, opaque: int, cas: int, extras: bytes, key: bytes, value: bytes) -> bytes | None:
-    """GET, GETQ, GETK, GETKQ. The key is not checked for spaces or control
-    bytes, which only the opcodes that store refuse: no protocol stores such
-    a key in plain form, so a read of one just misses."""
+    """GET, GETQ, GETK, GETKQ."""
     blob = s.store.get_many([key])[0]
     if blob is None:
         if op == GETK:
             return _pack_header(RESPONSE, op, len(key), 0, 0, KEY_ENOENT, len(key), opaque, 0) + key
         return None if op != GET else error(op, KEY_ENOENT, opaque)  # GETQ and GETKQ keep misses quiet
     _, _, _, item_cas, _, flags = unpack_meta(blob)
-    data = item_value(blob)
+    data = blob[blob.index(b"\n", META) + 1 : -2]
     if op in (GET, GETQ):
         return _GET_REPLY(RESPONSE, op, 0, 4, 0, 0, 4 + len(data), opaque, item_cas, flags) + data
     n = len(key)
@@ -219,10 +229,7 @@ def _get(s: BinarySession, op: int, opaque: int, cas: int, extras: bytes, key: b
 
 
 def _touch(s: BinarySession, op: int, opaque: int, cas: int, extras: bytes, key: bytes, value: bytes) -> bytes | None:
-    """TOUCH, GAT, GATQ, GATK, GATKQ: counted as touches, as memcached counts them.
-
-    Keys are not checked (see :func:`_get`): only a stored item is touched,
-    and it is logged in the key form it was stored with."""
+    """TOUCH, GAT, GATQ, GATK, GATKQ: counted as touches, as memcached counts them."""
     found = s.store.gat([key], _EXPTIME(extras)[0])
     with_key = op in (GATK, GATKQ)
     if not found:
@@ -243,60 +250,45 @@ def _stored(op: int, opaque: int, cas: int, quiet: bool) -> bytes:
     return _pack_header(RESPONSE, op, 0, 0, 0, SUCCESS, 0, opaque, cas)
 
 
+def _refused(op: int, opaque: int, outcome: Outcome) -> bytes:
+    """A storage opcode's refusal, in memcached's status for it (complete_update_bin)."""
+    if outcome == Outcome.EXISTS:
+        return error(op, KEY_EEXISTS, opaque)
+    if outcome == Outcome.NOT_FOUND:
+        return error(op, KEY_ENOENT, opaque)
+    kind = _BASE[op]  # NOT_STORED: an add of a present key, a replace of a missing one...
+    return error(op, KEY_EEXISTS if kind == ADD else KEY_ENOENT if kind == REPLACE else NOT_STORED, opaque)
+
+
 def _update(s: BinarySession, op: int, opaque: int, cas: int, extras: bytes, key: bytes, value: bytes) -> bytes:
     """SET, ADD, REPLACE and their quiet forms; a non-zero cas makes any of them a cas."""
     flags, exptime = _SET_EXTRAS(extras)
-    check_key(key)
     store = s.store
     kind = _BASE[op]
-    if kind == SET and not cas:
+    state = _key_state(key)
+    if kind == SET and not cas and not state:  # the common case, spelled out for speed
         return _stored(op, opaque, store.set(key, value, flags, exptime), op == SETQ)
-    with store.atomic():
-        if cas:
-            outcome = store.cas(key, value, flags, exptime, cas)
-            if not outcome:
-                return error(op, KEY_ENOENT if outcome is None else KEY_EEXISTS, opaque)
-        elif kind == ADD:
-            if not store.add(key, value, flags, exptime):
-                return error(op, KEY_EEXISTS, opaque)
-        elif not store.replace(key, value, flags, exptime):
-            return error(op, KEY_ENOENT, opaque)
-        return _stored(op, opaque, _cas_of(s, key), op != kind)
-
-
-def _cas_of(s: BinarySession, key: bytes) -> int:
-    """The cas of the item just written (0 if it was stored already expired)."""
-    item = s.store.peek(key)
-    return 0 if item is None else item.cas
+    # as memcached: a cas the item keeps (not under -C) makes the request a cas
+    mode = Mode.CAS if cas and store.cas_enabled else _MODES[kind]
+    outcome, new_cas = store.store(mode, key, value, flags, exptime, cas, key_state=state, unlink=kind == SET)
+    if outcome != Outcome.STORED:
+        return _refused(op, opaque, outcome)
+    return _stored(op, opaque, new_cas, op != kind)
 
 
 def _concat(s: BinarySession, op: int, opaque: int, cas: int, extras: bytes, key: bytes, value: bytes) -> bytes:
     """APPEND, PREPEND and their quiet forms; a cas, if given, must match."""
-    check_key(key)
-    store = s.store
-    after = _BASE[op] == APPEND
-    with store.atomic():
-        if cas:
-            item = store.peek(key)
-            if item is not None and item.cas != cas:
-                store.count("cmd_set")
-                return error(op, KEY_EEXISTS, opaque)
-        limit = s.settings.max_item_size
-        done = store.append(key, value, limit) if after else store.prepend(key, value, limit)
-        if not done:
-            return error(op, NOT_STORED, opaque)
-        return _stored(op, opaque, _cas_of(s, key), op != _BASE[op])
+    kind = _BASE[op]
+    outcome, new_cas = s.store.store(_MODES[kind], key, value, cas=cas, limit=s.settings.max_item_size)
+    if outcome != Outcome.STORED:
+        return _refused(op, opaque, outcome)
+    return _stored(op, opaque, new_cas, op != kind)
 
 
 def _delete(s: BinarySession, op: int, opaque: int, cas: int, extras: bytes, key: bytes, value: bytes) -> bytes:
-    store = s.store  # (the key is not checked: as for TOUCH, only a stored item is logged)
-    with store.atomic():
-        if cas:
-            item = store.peek(key)
-            if item is not None and item.cas != cas:
-                return error(op, KEY_EEXISTS, opaque)
-        if not store.delete(key):
-            return error(op, KEY_ENOENT, opaque)
+    outcome = s.store.delete(key, cas)
+    if outcome != Outcome.DELETED:
+        return error(op, KEY_EEXISTS if outcome == Outcome.EXISTS else KEY_ENOENT, opaque)
     return _stored(op, opaque, 0, op == DELETEQ)
 
 
@@ -304,36 +296,26 @@ def _arith(s: BinarySession, op: int, opaque: int, cas: int, extras: bytes, key:
     """INCREMENT, DECREMENT and their quiet forms: a missing counter is
     created with the initial value unless the expiration is 0xffffffff."""
     delta, initial, exptime = _ARITH_EXTRAS(extras)
-    check_key(key)
     store = s.store
     kind = _BASE[op]
+    create = None if exptime == NO_CREATE else (initial, exptime)
     with store.atomic():
-        item = store.peek(key)
-        if item is None:
-            if exptime == NO_CREATE:
-                store.count("incr_misses" if kind == INCREMENT else "decr_misses")
-                return error(op, KEY_ENOENT, opaque)
-            try:
-                # created as memcached's add would, and not counted as a miss
-                new_cas = store.put(key, b"%d" % initial, 0, store.absolute(exptime))
-            except OutOfMemory:
-                return error(op, ENOMEM, opaque, _NO_MEMORY_NEW)
-            number = initial
-        elif cas and item.cas != cas:
-            return error(op, KEY_EEXISTS, opaque)
-        else:
-            try:
-                result = store.incr(key, delta) if kind == INCREMENT else store.decr(key, delta)
-            except ClientError:
-                return error(op, DELTA_BADVAL, opaque)
-            number = result or 0
-            new_cas = _cas_of(s, key)
+        try:
+            counted = store.arith(key, delta, kind == INCREMENT, cas, create=create, key_state=_key_state(key))
+        except NonNumeric:
+            return error(op, DELTA_BADVAL, opaque)
+        except OutOfMemory:
+            return error(op, ENOMEM, opaque, _NO_MEMORY_NEW if store.peek(key) is None else _NO_MEMORY)
+    if counted.outcome != Outcome.STORED:
+        return _refused(op, opaque, counted.outcome)
     if op != kind:
         return Quiet(op, opaque)
-    return _pack_header(RESPONSE, op, 0, 0, 0, SUCCESS, 8, opaque, new_cas) + _U64(number)
+    return _pack_header(RESPONSE, op, 0, 0, 0, SUCCESS, 8, opaque, counted.cas) + _U64(counted.number)
 
 
 def _flush(s: BinarySession, op: int, opaque: int, cas: int, extras: bytes, key: bytes, value: bytes) -> bytes:
+    if not s.settings.flush_enabled:
+        return error(op, AUTH_ERROR, opaque)  # memcached's answer under -F (and, unlike the text verb, not counted)
     s.store.flush_all(_EXPTIME(extras)[0] if extras else 0)
     return _stored(op, opaque, 0, op == FLUSHQ)
 
@@ -354,13 +336,15 @@ def _quit(s: BinarySession, op: int, opaque: int, cas: int, extras: bytes, key: 
 def _stat(s: BinarySession, op: int, opaque: int, cas: int, extras: bytes, key: bytes, value: bytes) -> bytes:
     """STAT [group]: one packet per statistic, then an empty one.
 
-    The group is the key; memcached matches ``reset`` and ``settings`` as
-    prefixes, and answers a group it does not know KEY_ENOENT.
+    The group is the key; memcached matches ``reset``, ``settings`` and
+    ``detail`` as prefixes, and answers a group it does not know KEY_ENOENT.
     """
     end = response(op, opaque=opaque)
     if key.startswith(b"reset"):
         reset_stats(s)
         return end
+    if key.startswith(b"detail"):
+        return _stat_detail(s, op, opaque, key[6:])
     group = None if not key else b"settings" if key.startswith(b"settings") else key
     try:
         lines = stats_lines(s, group)
@@ -371,8 +355,20 @@ def _stat(s: BinarySession, op: int, opaque: int, cas: int, extras: bytes, key: 
     return b"".join(parts)
 
 
+def _stat_detail(s: BinarySession, op: int, opaque: int, rest: bytes) -> bytes:
+    """STAT ``detail on``, ``detail off`` or ``detail dump``, as memcached's
+    process_bin_stat: the dump comes as one statistic named ``detailed``
+    (the text protocol's lines, END included); any other word is KEY_ENOENT."""
+    end = response(op, opaque=opaque)
+    for word in (b"dump", b"on", b"off"):
+        if rest.startswith(b" " + word):
+            dump = stats_detail(s, word)
+            return end if dump is None else response(op, opaque=opaque, key=b"detailed", value=dump) + end
+    return error(op, KEY_ENOENT, opaque)
+
+
 def _sasl_mechs(s: BinarySession, op: int, opaque: int, cas: int, extras: bytes, key: bytes, value: bytes) -> bytes:
-    if s._auth is None:
+    if s.auth is None:
         return error(op, UNKNOWN_COMMAND, opaque)
     return response(op, opaque=opaque, value=MECHANISMS)
 
@@ -384,13 +380,13 @@ def _sasl(s: BinarySession, op: int, opaque: int, cas: int, extras: bytes, key: 
     AUTH_CONTINUE with an empty challenge and the credentials come in a
     SASL_STEP; every attempt first drops an earlier authentication.
     """
-    auth = s._auth
+    auth = s.auth
     if auth is None:
         return error(op, UNKNOWN_COMMAND, opaque)
     s.authenticated = False
-    started, s._sasl_started = s._sasl_started, False
+    started, s.sasl_started = s.sasl_started, False
     if op == SASL_AUTH and key == MECHANISMS and not value:
-        s._sasl_started = True
+        s.sasl_started = True
         return _pack_header(RESPONSE, op, 0, 0, 0, AUTH_CONTINUE, 0, opaque, 0)
     if key != MECHANISMS or (op == SASL_STEP and not started):
         auth.check(b"", b"")  # counted as a failed attempt (auth_cmds, auth_errors), as memcached does
@@ -477,6 +473,8 @@ _OPEN = frozenset([SASL_LIST_MECHS, SASL_AUTH, SASL_STEP, VERSION])
 _QUIET_GETS = frozenset([GETQ, GETKQ])
 #: storage opcodes whose value is bounded by the item size limit (E2BIG past it)
 _LIMITED = frozenset([SET, SETQ, ADD, ADDQ, REPLACE, REPLACEQ, APPEND, APPENDQ, PREPEND, PREPENDQ])
+#: what each storage opcode is for the store
+_MODES = {SET: Mode.SET, ADD: Mode.ADD, REPLACE: Mode.REPLACE, APPEND: Mode.APPEND, PREPEND: Mode.PREPEND}
 
 
 def _error_for(op: int, opaque: int, exc: ProtocolError) -> bytes:
@@ -494,30 +492,14 @@ class BinarySession(Session):
     Built with the same arguments as a :class:`Session`; ``feed()`` is the
     text session's, so batching and durability are shared. With an auth file,
     the connection counts as mid-request (the read timeout bounds it) until
-    SASL succeeds.
+    SASL succeeds: the text protocol's login (a ``set`` of "user password")
+    does not apply, this protocol authenticates with SASL.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # The text protocol's login gate (a `set` of "user password") does not
-        # apply: this protocol authenticates with SASL.
-        self.__dict__.pop("_run", None)
-        self.__dict__.pop("pending", None)
-        self._authed = self._auth is None
-        self._sasl_started = False
-
-    @property  # type: ignore[override]
-    def authenticated(self) -> bool:
-        """False only while an auth file is in force and SASL has not succeeded."""
-        return self._authed
-
-    @authenticated.setter
-    def authenticated(self, value: bool) -> None:
-        self._authed = value or self._auth is None
-
-    def pending(self) -> bool:
-        """Whether a packet has begun arriving, or the client has yet to authenticate."""
-        return bool(self._buf) or self._swallow > 0 or not self._authed
+        #: an empty SASL_AUTH was answered AUTH_CONTINUE: a SASL_STEP may follow
+        self.sasl_started = False
 
     def failed_reply(self, reply: bytes, exc: ProtocolError) -> bytes:
         """The error packet that replaces ``reply`` when its batch could not be
@@ -530,10 +512,6 @@ class BinarySession(Session):
         _, op, _, _, _, _, _, opaque, _ = _unpack_header(reply)
         return _error_for(op, opaque, exc)
 
-    def _close_with(self, out: list[bytes], reply: bytes) -> None:
-        out.append(reply)
-        self.closing = True
-
     def _run(self, buf: bytes, out: list[bytes], pos: int = 0) -> int:
         """Answer every complete packet in ``buf`` from ``pos``; return how much was used.
 
@@ -541,80 +519,97 @@ class BinarySession(Session):
         are answered together with one store call, before any other reply.
         """
         n = len(buf)
-        table = TABLE
         gets: list[tuple[int, int, bytes]] = []  # quiet gets waiting to be answered together
         while n - pos >= HEADER_SIZE and not self.closing:
             magic, op, keylen, extlen, _, _, bodylen, opaque, cas = _unpack_header(buf, pos)
-            if magic != REQUEST:
-                # framing is lost: memcached closes without a word
-                log.info("closing a binary connection: bad magic byte 0x%02x", magic)
-                self.closing = True
-                pos = n
-                break
             start = pos + HEADER_SIZE
             key_at = start + extlen
             value_at = key_at + keylen
-            if value_at > n:
-                break  # extras and key first, as memcached reads them
-            if op in _QUIET_GETS and not extlen and bodylen == keylen and 0 < keylen <= MAX_KEY and self._authed:
+            if magic != REQUEST or value_at > n:
+                break  # framing lost (closed below), or the extras and key first, as memcached reads them
+            if op in _QUIET_GETS and not extlen and bodylen == keylen and 0 < keylen <= MAX_KEY and self.authenticated:
                 gets.append((op, opaque, buf[key_at:value_at]))
                 pos = value_at
                 continue
             if gets:
                 self._quiet_gets(gets, out)
                 gets = []
-            if keylen + extlen > bodylen:
-                self._close_with(out, error(op, UNKNOWN_COMMAND, opaque))
-                return n
-            if bodylen > BODY_LIMIT:
-                self._close_with(out, error(op, EINVAL, opaque))
-                return n
-            if not self._authed and op not in _OPEN:
-                self._close_with(out, error(op, AUTH_ERROR, opaque))
-                return n
-            if keylen > MAX_KEY:
-                self._close_with(out, error(op, EINVAL, opaque))
+            row = TABLE.get(op)
+            refusal = self._refusal(row, op, keylen, extlen, bodylen, opaque)
+            if refusal is not None:
+                out.append(refusal)
+                self.closing = True
                 return n
             end = start + bodylen
-            row = table.get(op)
+            value = b""
             if row is None:
                 out.append(error(op, UNKNOWN_COMMAND, opaque))
                 pos = self._skip(end, n)  # its value is dropped; the stream stays in step
                 continue
-            if not row.fits(extlen, keylen, bodylen):
-                self._close_with(out, error(op, EINVAL, opaque))
-                return n
             if row.value:
                 if end - value_at > self.settings.max_item_size:
-                    # refused before it is buffered, its bytes read and dropped;
-                    # (memcached's binary path does not count store_too_large)
-                    out.append(error(op, E2BIG, opaque) if op in _LIMITED else error(op, ENOMEM, opaque))
-                    pos = self._skip(end, n)
+                    pos = self._too_large(op, opaque, buf[key_at:value_at], end, n, out)
                     continue
                 if end > n:
                     return pos  # wait for the rest of the value
                 value = buf[value_at:end]
-            else:
-                value = b""
-            try:
-                reply = row.handler(self, op, opaque, cas, buf[start:key_at], buf[key_at:value_at], value)
-            except ProtocolError as exc:
-                reply = _error_for(op, opaque, exc)
-            except Exception:
-                log.exception("binary opcode 0x%02x failed", op)
-                reply = error(op, ENOMEM, opaque, _INTERNAL)
+            reply = self._dispatch(row, op, opaque, cas, buf[start:key_at], buf[key_at:value_at], value)
             pos = end if end <= n else self._skip(end, n)
             if reply is not None:
                 out.append(reply)
         if gets:
             self._quiet_gets(gets, out)
         if pos < n and buf[pos] != REQUEST and not self.closing:
-            # not even a whole header, but already not a request: close now
-            # (memcached waits for 24 bytes first) rather than at the read timeout
+            # framing is lost: memcached closes without a word (and waits for
+            # 24 bytes first; here a first byte that is not a request is enough)
             log.info("closing a binary connection: bad magic byte 0x%02x", buf[pos])
             self.closing = True
             return n
         return pos
+
+    def _refusal(
+        self, row: Optional[Op], op: int, keylen: int, extlen: int, bodylen: int, opaque: int
+    ) -> Optional[bytes]:
+        """The error packet a request gets when it cannot be served and the
+        connection must close after it (memcached's checks, in its order), or None."""
+        if keylen + extlen > bodylen:
+            return error(op, UNKNOWN_COMMAND, opaque)
+        if bodylen > BODY_LIMIT:
+            return error(op, EINVAL, opaque)
+        if not self.authenticated and op not in _OPEN:
+            return error(op, AUTH_ERROR, opaque)
+        if keylen > MAX_KEY or (row is not None and not row.fits(extlen, keylen, bodylen)):
+            return error(op, EINVAL, opaque)
+        return None
+
+    def _too_large(self, op: int, opaque: int, key: bytes, end: int, n: int, out: list[bytes]) -> int:
+        """A value past the item size limit: refused before it is buffered,
+        its bytes read and dropped. A storage opcode gets E2BIG and what the
+        store does for a refused set (counted; a SET unlinks the old value,
+        as memcached's process_bin_update does); another one ENOMEM."""
+        pos = self._skip(end, n)
+        if op not in _LIMITED:
+            out.append(error(op, ENOMEM, opaque))
+            return pos
+        try:
+            self.store.refused_set(key, too_large=True, unlink=_BASE[op] == SET, detail=True)
+        except ProtocolError as exc:
+            out.append(_error_for(op, opaque, exc))
+            return pos
+        out.append(error(op, E2BIG, opaque))
+        return pos
+
+    def _dispatch(
+        self, row: Op, op: int, opaque: int, cas: int, extras: bytes, key: bytes, value: bytes
+    ) -> Optional[bytes]:
+        """The opcode's handler; a failure is answered, never raised."""
+        try:
+            return row.handler(self, op, opaque, cas, extras, key, value)
+        except ProtocolError as exc:
+            return _error_for(op, opaque, exc)
+        except Exception:
+            log.exception("binary opcode 0x%02x failed", op)
+            return error(op, ENOMEM, opaque, _INTERNAL)
 
     def _quiet_gets(self, gets: list[tuple[int, int, bytes]], out: list[bytes]) -> None:
         """Answer the hits among quiet gets ``(opcode, opaque, key)``, in order."""
@@ -629,7 +624,7 @@ class BinarySession(Session):
             if blob is None:
                 continue  # a quiet get keeps its miss to itself
             _, _, _, cas, _, flags = unpack_meta(blob)
-            data = item_value(blob)
+            data = blob[blob.index(b"\n", META) + 1 : -2]
             if op == GETQ:
                 add(_GET_REPLY(RESPONSE, op, 0, 4, 0, 0, 4 + len(data), opaque, cas, flags) + data)
             else:

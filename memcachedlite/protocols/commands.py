@@ -13,8 +13,9 @@ from ..errors import BadCommandLine, ClientError, ProtocolError, UnknownCommand
 from ..storage import slabs
 from ..storage.items import BINARY_KEY, META, Item, item_cas
 from ..storage.numbers import U64
+from ..storage.store import Mode, Outcome
 from .registry import command, default_registry
-from .stats import PROTOCOL_VERSION, reset_stats, stats_lines
+from .stats import PROTOCOL_VERSION, reset_stats, stats_detail, stats_lines
 from .text import (
     DELETED,
     END,
@@ -35,41 +36,60 @@ from .text import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..storage.prefixes import PrefixStats
     from .session import Session
 
 
-def _storage_args(args: list[bytes], prefixes: Optional[PrefixStats] = None) -> tuple[bytes, int, int]:
+def _storage_args(args: list[bytes]) -> tuple[bytes, int, int]:
     """Key, flags and exptime of a storage command.
 
     Accepts memcached's ``<key> <flags> <exptime> <bytes>`` and the seed's
-    lite form ``<key> <bytes>`` (flags and exptime 0). Once the line has
-    parsed, counts a set for ``stats detail`` when ``prefixes`` (the store's)
-    counts, as memcached does.
+    lite form ``<key> <bytes>`` (flags and exptime 0).
     """
     if len(args) == 2:
-        parsed = check_key(args[0]), 0, 0
-    elif len(args) != 4:
+        return check_key(args[0]), 0, 0
+    if len(args) != 4:
         raise BadCommandLine()
-    else:
-        parsed = check_key(args[0]), parse_uint(args[1], U32), parse_exptime(args[2])
-    if prefixes is not None and prefixes.enabled:
-        prefixes.record_set(parsed[0])
-    return parsed
+    return check_key(args[0]), parse_uint(args[1], U32), parse_exptime(args[2])
 
 
-_STORAGE = dict(arities=(2, 4), data=-1, noreply=True, mutates=True)
+def _parsed_key(args: list[bytes], with_cas: bool = False) -> Optional[bytes]:
+    """The key of a storage command whose line parses as memcached parses it
+    before it counts the set and reads the data; None if it does not."""
+    try:
+        key = _storage_args(args[:4] if with_cas else args)[0]
+        if with_cas:
+            parse_uint(args[4], U64)
+    except (BadCommandLine, IndexError):
+        return None
+    return key
 
 
-@command("set", **_STORAGE)
+def _refused_set(ctx: "Session", args: list[bytes], too_large: bool) -> None:
+    """A ``set`` whose data was refused: counted as memcached counts it, and
+    when too large, the key's old value goes too."""
+    ctx.store.refused_set(_parsed_key(args), too_large=too_large, unlink=too_large, detail=True)
+
+
+def _refused_update(ctx: "Session", args: list[bytes], too_large: bool) -> None:
+    """``add``, ``replace``, ``append`` or ``prepend`` whose data was refused: counted only."""
+    ctx.store.refused_set(_parsed_key(args), too_large=too_large, detail=True)
+
+
+def _refused_cas(ctx: "Session", args: list[bytes], too_large: bool) -> None:
+    ctx.store.refused_set(_parsed_key(args, with_cas=True), too_large=too_large, detail=True)
+
+
+_STORAGE = dict(arities=(2, 4), data=-1, noreply=True, mutates=True, refused=_refused_update)
+
+
+@command("set", **{**_STORAGE, "refused": _refused_set})
 def set_(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
     """set <key> <flags> <exptime> <bytes> [noreply]  (or: set <key> <bytes>)"""
-    store = ctx.store
-    if len(args) == 4 and args[1] == b"0" and args[2] == b"0" and not store.prefixes.enabled:
-        store.set(check_key(args[0]), data)  # type: ignore[arg-type]  # the common case, spelled out for speed
+    if len(args) == 4 and args[1] == b"0" and args[2] == b"0":
+        ctx.store.set(check_key(args[0]), data)  # type: ignore[arg-type]  # the common case, spelled out for speed
         return STORED
-    key, flags, exptime = _storage_args(args, store.prefixes)
-    store.set(key, data, flags, exptime)  # type: ignore[arg-type]
+    key, flags, exptime = _storage_args(args)
+    ctx.store.set(key, data, flags, exptime)  # type: ignore[arg-type]
     return STORED
 
 
@@ -88,11 +108,8 @@ def set_batch(ctx: "Session", requests: list) -> list[Optional[bytes]]:
     entries = []
     stored: list[int] = []  # which request each entry came from
     replies: list[Optional[bytes]] = [STORED] * len(requests)
-    prefixes = ctx.store.prefixes
     for i, (found, data) in enumerate(requests):
         key, flags, exptime = found.group(1, 2, 3)
-        if prefixes.enabled:
-            prefixes.record_set(key)
         if flags == b"0" and exptime == b"0":
             entries.append((key, data, 0, 0))
         else:
@@ -112,49 +129,46 @@ def set_batch(ctx: "Session", requests: list) -> list[Optional[bytes]]:
 default_registry.add_batch("set", set_batch, SET_LINE)
 
 
+def _update(ctx: "Session", mode: Mode, args: list[bytes], data: Optional[bytes]) -> bytes:
+    key, flags, exptime = _storage_args(args)
+    outcome, _ = ctx.store.store(mode, key, data, flags, exptime, limit=ctx.settings.max_item_size)  # type: ignore[arg-type]
+    return STORED if outcome == Outcome.STORED else ctx.not_stored
+
+
 @command("add", **_STORAGE)
 def add(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
     """add <key> <flags> <exptime> <bytes> [noreply]: store only if absent."""
-    key, flags, exptime = _storage_args(args, ctx.store.prefixes)
-    return STORED if ctx.store.add(key, data, flags, exptime) else ctx.not_stored  # type: ignore[arg-type]
+    return _update(ctx, Mode.ADD, args, data)
 
 
 @command("replace", **_STORAGE)
 def replace(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
     """replace <key> <flags> <exptime> <bytes> [noreply]: store only if present."""
-    key, flags, exptime = _storage_args(args, ctx.store.prefixes)
-    return STORED if ctx.store.replace(key, data, flags, exptime) else ctx.not_stored  # type: ignore[arg-type]
+    return _update(ctx, Mode.REPLACE, args, data)
 
 
 @command("append", **_STORAGE)
 def append(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
     """append <key> <flags> <exptime> <bytes> [noreply]: flags and exptime are ignored."""
-    key, _, _ = _storage_args(args, ctx.store.prefixes)
-    stored = ctx.store.append(key, data, ctx.settings.max_item_size)  # type: ignore[arg-type]
-    return STORED if stored else ctx.not_stored
+    return _update(ctx, Mode.APPEND, args, data)
 
 
 @command("prepend", **_STORAGE)
 def prepend(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
     """prepend <key> <flags> <exptime> <bytes> [noreply]: flags and exptime are ignored."""
-    key, _, _ = _storage_args(args, ctx.store.prefixes)
-    stored = ctx.store.prepend(key, data, ctx.settings.max_item_size)  # type: ignore[arg-type]
-    return STORED if stored else ctx.not_stored
+    return _update(ctx, Mode.PREPEND, args, data)
 
 
-@command("cas", min_args=5, max_args=5, data=3, noreply=True, mutates=True)
+_CAS_REPLIES = {Outcome.STORED: STORED, Outcome.EXISTS: EXISTS, Outcome.NOT_FOUND: NOT_FOUND}
+
+
+@command("cas", min_args=5, max_args=5, data=3, noreply=True, mutates=True, refused=_refused_cas)
 def cas(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
     """cas <key> <flags> <exptime> <bytes> <cas unique> [noreply]"""
     key, flags, exptime = _storage_args(args[:4])
     unique = parse_uint(args[4], U64)
-    if ctx.store.prefixes.enabled:
-        ctx.store.prefixes.record_set(key)
-    if not ctx.store.cas_enabled:
-        unique = -1  # as memcached's -C: no cas value matches, every item's is 0
-    outcome = ctx.store.cas(key, data, flags, exptime, unique)  # type: ignore[arg-type]
-    if outcome is None:
-        return NOT_FOUND
-    return STORED if outcome else EXISTS
+    outcome, _ = ctx.store.store(Mode.CAS, key, data, flags, exptime, unique)  # type: ignore[arg-type]
+    return _CAS_REPLIES[outcome]
 
 
 def _values(ctx: "Session", found: list, with_cas: bool) -> bytes:
@@ -176,10 +190,7 @@ def _retrieve(ctx: "Session", keys: list[bytes], with_cas: bool) -> bytes:
     one slice and no decoding.
     """
     check_keys(keys)
-    store = ctx.store
-    found = store.get_many(keys)
-    if store.prefixes.enabled:
-        store.prefixes.record_gets(keys, {key for key, blob in zip(keys, found, strict=True) if blob is not None})
+    found = ctx.store.get_many(keys)
     parts: list[bytes] = []
     add = parts.extend
     if with_cas:
@@ -225,8 +236,6 @@ def _gat(ctx: "Session", args: list[bytes], with_cas: bool) -> bytes:
     for key in keys:
         check_key(key)
     found = ctx.store.gat(keys, exptime)
-    if ctx.store.prefixes.enabled:
-        ctx.store.prefixes.record_gets(keys, {key for key, _ in found})
     return _values(ctx, found, with_cas=with_cas)
 
 
@@ -265,8 +274,6 @@ def delete(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> Optional
         if noreply:
             return None
         raise
-    if ctx.store.prefixes.enabled:
-        ctx.store.prefixes.record_delete(key)
     reply = DELETED if ctx.store.delete(key) else NOT_FOUND
     return None if noreply else reply
 
@@ -356,19 +363,6 @@ def quit_(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> None:
     return None
 
 
-_DETAIL_USAGE = "usage: stats detail on|off|dump"
-
-
-def _stats_detail(ctx: "Session", word: bytes) -> bytes:
-    prefixes = ctx.store.prefixes
-    if word == b"dump":
-        return prefixes.dump()
-    if word not in (b"on", b"off"):
-        raise ClientError(_DETAIL_USAGE)
-    prefixes.enabled = word == b"on"
-    return OK
-
-
 def _cachedump(ctx: "Session", args: list[bytes]) -> bytes:
     """``stats cachedump <class> <limit>``: the items memcached would keep in that
     slab class, most recently used first, as ``ITEM <key> [<bytes> b; <exptime> s]``."""
@@ -401,7 +395,8 @@ def stats(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
         reset_stats(ctx)
         return RESET
     if group == b"detail":
-        return _stats_detail(ctx, args[1] if len(args) > 1 else b"")
+        dump = stats_detail(ctx, args[1] if len(args) > 1 else b"")
+        return OK if dump is None else dump
     if group == b"cachedump":
         return _cachedump(ctx, args[1:])
     try:

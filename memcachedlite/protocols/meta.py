@@ -22,9 +22,10 @@ import binascii
 from base64 import b64encode
 from typing import TYPE_CHECKING, Callable, Optional
 
-from ..errors import BadCommandLine, ClientError, OutOfMemory, UnknownCommand
+from ..errors import BadCommandLine, ClientError, UnknownCommand
 from ..storage.items import BINARY_KEY, FETCHED, STALE, WIN_SENT, Item
-from ..storage.numbers import U64, apply_delta, parse_counter
+from ..storage.numbers import U64
+from ..storage.store import Mode, Outcome
 from .registry import command
 from .text import MAX_KEY, U32, check_key, parse_exptime, parse_uint
 
@@ -246,11 +247,6 @@ def _ttl_left(exptime: int, now: int) -> int:
     return -1 if not exptime else max(exptime - now, 0)
 
 
-def _absolute(store: "Store", ttl: int, now: int) -> int:
-    """An absolute exptime for a meta TTL; a negative one has already passed."""
-    return -1 if ttl < 0 else store.absolute(ttl, now)
-
-
 # -- the commands -------------------------------------------------------------
 
 
@@ -259,137 +255,160 @@ def mg(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> Optional[byt
     """mg <key> <flags>*: get an item's value and facts about it."""
     _check_line(args, 1, "options flags are too long")
     meta = parse(args)
-    flags = meta.flags
     store = ctx.store
-    key = meta.key
     with store.atomic():
         now = store.now()
-        item = store.fetch_uncounted(key, bump=_u not in flags)
-        won = created = False
+        item = store.fetch_uncounted(meta.key, bump=_u not in meta.flags)
+        created = item is None
+        if created and _N not in meta.flags:
+            _count_read(store, meta, hit=False)
+            return _reply(_EN, meta.echo(), meta, (_EN,))
         if item is None:
-            if _N not in flags:
-                store.count("cmd_get")
-                store.count("get_misses")
-                return _reply(_EN, meta.echo(), meta, (_EN,))
-            if _T not in flags:  # memcached counts the read that creates the item as a hit
-                store.count("cmd_get")  # (with T, as a touch only)
-                store.count("get_hits")
-            exptime = _absolute(store, meta.number(_N), now)
-            state = BINARY_KEY if meta.binary else 0
-            read = state if _u in flags else state | FETCHED  # this read is its first fetch
-            cas = store.put(key, b"", 0, exptime, cas=meta.new_cas, state=read)
-            item = Item(b"", 0, exptime, cas, now, state)
-            won = created = True
-        elif _T not in flags:  # a read that touches counts as a touch only, as gat does
-            store.count("cmd_get")
-            store.count("get_hits")
-        out = []
-        add = out.append
-        # flags act in the order given: a t before N or T shows the TTL before it
-        exptime = 0 if created else item.exptime
-        for flag, rest in flags.items():
-            if flag == _N:
-                if created:
-                    exptime = item.exptime
-            elif flag == _T:
-                exptime = _absolute(store, meta.number(_T), now)
-                store.touch(key, exptime)  # absolute times pass through memcached's rule unchanged
-            elif flag == _R:
-                if not item.state & WIN_SENT and not created and exptime and exptime < now + meta.number(_R):
-                    won = True
-            elif flag == _s:
-                add(b" s%d" % len(item.value))
-            elif flag == _t:
-                add(b" t%d" % _ttl_left(exptime, now))
-            elif flag == _c:
-                add(b" c%d" % item.cas)
-            elif flag == _f:
-                add(b" f%d" % item.flags)
-            elif flag == _l:
-                add(b" l%d" % (now - item.atime if item.atime else 0))
-            elif flag == _h:
-                add(b" h1" if item.state & FETCHED else b" h0")
-            elif flag == _O:
-                add(b" O" + rest)
-            elif flag == _k:
-                add(meta.key_field(bool(item.state & BINARY_KEY)))
-        if item.state & WIN_SENT:
-            add(b" Z")
-        if item.state & STALE:
-            add(b" X")
-            if not item.state & WIN_SENT:
+            item = _vivify(store, meta, now)
+        _count_read(store, meta, hit=True)
+        out, won = _mg_flags(store, meta, item, created, now)
+        out += _mg_marks(store, meta.key, item, won)
+    if _v in meta.flags:
+        return b"VA %d%b\r\n%b\r\n" % (len(item.value), out, item.value)
+    return b"HD" + out + b"\r\n"
+
+
+def _count_read(store: "Store", meta: Meta, hit: bool) -> None:
+    """Count an ``mg`` as memcached does: a get (a hit also when ``N``
+    created the item), except that a hit that touches (``T``) counts as a
+    touch only, as ``gat`` does."""
+    if not hit:
+        store.count("cmd_get")
+        store.count("get_misses")
+    elif _T not in meta.flags:
+        store.count("cmd_get")
+        store.count("get_hits")
+
+
+def _vivify(store: "Store", meta: Meta, now: int) -> Item:
+    """``mg`` with ``N`` on a miss: create an empty item with the TTL given,
+    fetched by this read (unless ``u``), and win its recache."""
+    exptime = store.absolute(meta.number(_N), now)
+    state = BINARY_KEY if meta.binary else 0
+    read = state if _u in meta.flags else state | FETCHED  # this read is its first fetch
+    cas = store.put(meta.key, b"", 0, exptime, cas=meta.new_cas, state=read)
+    return Item(b"", 0, exptime, cas, now, state)
+
+
+def _mg_flags(store: "Store", meta: Meta, item: Item, created: bool, now: int) -> tuple[bytes, bool]:
+    """The reply flags of ``mg`` about ``item``, and whether ``R`` won the
+    client the recache (or ``N`` created the item). Flags act in the order
+    given: a ``t`` before ``N`` or ``T`` shows the TTL before it."""
+    out = []
+    add = out.append
+    won = created
+    exptime = 0 if created else item.exptime
+    for flag, rest in meta.flags.items():
+        if flag == _N:
+            if created:
+                exptime = item.exptime
+        elif flag == _T:
+            exptime = store.absolute(meta.number(_T), now)
+            store.touch(meta.key, exptime)  # absolute times pass through memcached's rule unchanged
+        elif flag == _R:
+            if not item.state & WIN_SENT and not created and exptime and exptime < now + meta.number(_R):
                 won = True
-        if won:
-            add(b" W")
-            store.mark(key, win=True)
-    if _v in flags:
-        value = item.value
-        return b"VA %d%b\r\n%b\r\n" % (len(value), b"".join(out), value)
-    return b"HD" + b"".join(out) + b"\r\n"
+        elif flag == _s:
+            add(b" s%d" % len(item.value))
+        elif flag == _t:
+            add(b" t%d" % _ttl_left(exptime, now))
+        elif flag == _c:
+            add(b" c%d" % item.cas)
+        elif flag == _f:
+            add(b" f%d" % item.flags)
+        elif flag == _l:
+            add(b" l%d" % (now - item.atime if item.atime else 0))
+        elif flag == _h:
+            add(b" h1" if item.state & FETCHED else b" h0")
+        elif flag == _O:
+            add(b" O" + rest)
+        elif flag == _k:
+            add(meta.key_field(bool(item.state & BINARY_KEY)))
+    return b"".join(out), won
+
+
+def _mg_marks(store: "Store", key: bytes, item: Item, won: bool) -> bytes:
+    """The stale-while-revalidate marks: ``Z`` (a client already won the
+    recache), ``X`` (stale; its first reader wins), ``W`` (this client
+    won: the item remembers it was told)."""
+    out = b""
+    if item.state & WIN_SENT:
+        out += b" Z"
+    if item.state & STALE:
+        out += b" X"
+        if not item.state & WIN_SENT:
+            won = True
+    if won:
+        out += b" W"
+        store.mark(key, win=True)
+    return out
 
 
 def _check_ms(args: list[bytes]) -> None:
     _check_line(args, 2)
 
 
-_SET_MODES = b"SEAPR"
-_SET, _ADD, _APPEND, _PREPEND, _REPLACE = _SET_MODES
+def _ms_key(args: list[bytes]) -> Optional[bytes]:
+    """The key of an ``ms`` line as the command would take it, or None."""
+    try:
+        return _decode_key(args[0]) if b"b" in args[2:] else check_key(args[0])
+    except ClientError:
+        return None
 
 
-@command("ms", data=1, mutates=True, check=_check_ms)
+def _refused_ms(ctx: "Session", args: list[bytes], too_large: bool) -> None:
+    """An ``ms`` whose data was refused: when too large it is counted and, as
+    memcached does, the key's old value goes (meta commands count nothing
+    in ``stats detail``)."""
+    if too_large:
+        ctx.store.refused_set(_ms_key(args), too_large=True, unlink=True)
+
+
+#: ``ms`` modes (the M flag), and what each is for the store
+_SET_MODES = {
+    ord("S"): Mode.SET,
+    ord("E"): Mode.ADD,
+    ord("A"): Mode.APPEND,
+    ord("P"): Mode.PREPEND,
+    ord("R"): Mode.REPLACE,
+}
+_SET = ord("S")
+_MS_CODES = {Outcome.STORED: _HD, Outcome.NOT_STORED: _NS, Outcome.EXISTS: _EX, Outcome.NOT_FOUND: _NF}
+
+
+@command("ms", data=1, mutates=True, check=_check_ms, refused=_refused_ms)
 def ms(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> Optional[bytes]:
     """ms <key> <datalen> <flags>*: store a value; ``M`` picks set, add, append, prepend or replace."""
     meta = parse(args, first_flag=2)
     flags = meta.flags
-    mode = meta.number(_M, _SET)
-    if mode not in _SET_MODES:
+    mode = _SET_MODES.get(meta.number(_M, _SET))
+    if mode is None:
         raise ClientError("invalid mode for ms M token")
+    if _C in flags and (mode == Mode.SET or mode == Mode.REPLACE):
+        mode = Mode.CAS  # as memcached: a set or replace with a cas is a cas (add ignores it)
     assert data is not None
-    store = ctx.store
-    key = meta.key
-    with store.atomic():
-        now = store.now()
-        store.count("cmd_set")  # every meta set, stored or not, as memcached counts
-        old = store.peek(key)
-        code = _HD
-        stale = False
-        value, client_flags = data, meta.number(_F)
-        exptime = _absolute(store, meta.number(_T), now) if _T in flags else 0
-        if _C in flags:
-            wanted = meta.number(_C) if store.cas_enabled else -1  # under -C no cas matches
-            if old is None:
-                code = _NF
-                store.count("cas_misses")
-            elif wanted != old.cas:
-                if _I in flags and 0 < wanted < old.cas:
-                    stale = True  # an older value may still be stored, marked stale
-                    exptime = old.exptime
-                else:
-                    code = _EX
-                    store.count("cas_badval")
-        if code == _HD:
-            if (old is not None) if mode == _ADD else (old is None and mode != _SET):
-                code = _NS  # add of a present key; append, prepend or replace of a missing one
-            elif mode in (_APPEND, _PREPEND):
-                assert old is not None
-                joined = old.value + data if mode == _APPEND else data + old.value
-                if len(joined) > ctx.settings.max_item_size:
-                    code = _NS
-                value, client_flags, exptime = joined, old.flags, old.exptime
-        if code != _HD:
-            return _reply(code, meta.echo(b"Okc"), meta)
-        if _C in flags:
-            store.count("cas_hits")
-        state = BINARY_KEY if meta.binary else 0
-        if old is not None and mode in (_APPEND, _PREPEND):
-            state = old.state & BINARY_KEY  # the item keeps the key form it was stored with
-        if stale:
-            state |= old.state & WIN_SENT
-        try:
-            cas = store.put(key, value, client_flags, exptime, cas=meta.new_cas, stale=stale, state=state)
-        except OutOfMemory:
-            store.unlink(key)  # as memcached: no stale value left behind a failed update
-            raise
+    outcome, cas = ctx.store.store(
+        mode,
+        meta.key,
+        data,
+        meta.number(_F),
+        meta.number(_T),
+        meta.number(_C),
+        limit=ctx.settings.max_item_size,
+        invalidate=_I in flags,
+        new_cas=meta.new_cas,
+        key_state=BINARY_KEY if meta.binary else 0,
+        unlink=True,  # as memcached: no stale value left behind an update refused for lack of memory
+        detail=False,
+    )
+    code = _MS_CODES[outcome]
+    if code != _HD:
+        return _reply(code, meta.echo(b"Okc"), meta)
     return _reply(_HD, meta.echo(b"Okc", cas), meta, (_HD,))
 
 
@@ -402,7 +421,6 @@ def md(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> Optional[byt
     store = ctx.store
     key = meta.key
     with store.atomic():
-        now = store.now()
         item = store.peek(key)
         if item is None:
             store.count("delete_misses")
@@ -411,23 +429,22 @@ def md(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> Optional[byt
             store.count("delete_misses")  # as memcached counts a delete refused for its cas
             return _reply(_EX, meta.echo(), meta)
         new_cas = meta.new_cas
-        if _I in flags or _x in flags:
-            if _x in flags:
-                exptime = _absolute(store, meta.number(_T), now) if _T in flags else item.exptime
-                store.put(
-                    key, b"", meta.number(_F), exptime, cas=new_cas, stale=_I in flags, state=item.state & BINARY_KEY
-                )
-            else:
-                if _T in flags:
-                    store.touch(key, _absolute(store, meta.number(_T), now), count=False)
-                store.mark(key, stale=True, win=False, cas=new_cas)  # the next reader may win
+        if _x in flags:
+            exptime = store.absolute(meta.number(_T)) if _T in flags else item.exptime
+            state = item.state & BINARY_KEY
+            store.put(key, b"", meta.number(_F), exptime, cas=new_cas, stale=_I in flags, state=state)
+        elif _I in flags:
+            if _T in flags:
+                store.touch(key, meta.number(_T), count=False)
+            store.mark(key, stale=True, win=False, cas=new_cas)  # the next reader may win
         else:
-            store.delete(key)
+            store.delete(key, detail=False)
     return _reply(_HD, meta.echo(), meta, (_HD,))
 
 
 _INCR = frozenset(b"I+")
 _DECR = frozenset(b"D-")
+_ARITH_CODES = {Outcome.NOT_FOUND: _NF, Outcome.EXISTS: _EX}
 
 
 @command("ma", mutates=True)
@@ -440,37 +457,21 @@ def ma(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> Optional[byt
     if mode not in _INCR and mode not in _DECR:
         raise ClientError("invalid mode for ma M token")
     store = ctx.store
-    key = meta.key
-    kind = "incr" if mode in _INCR else "decr"
-    with store.atomic():
-        now = store.now()
-        item = store.peek(key)
-        created = False
-        if item is None:
-            if _N not in flags:
-                store.count(kind + "_misses")
-                return _reply(_NF, meta.echo(), meta)
-            number = meta.number(_J)
-            exptime = _absolute(store, meta.number(_N), now)
-            value = b"%d" % number
-            state = BINARY_KEY if meta.binary else 0
-            cas = store.put(key, value, 0, exptime, cas=meta.new_cas, state=state)
-            created = True
-        else:
-            if meta.number(_C) not in (0, item.cas):  # C0 asks for no check, as in memcached
-                return _reply(_EX, meta.echo(), meta)
-            number = parse_counter(item.value)
-            if number is None:
-                raise ClientError("cannot increment or decrement non-numeric value")
-            delta = meta.number(_D, 1)
-            number = apply_delta(number, delta, kind == "incr")
-            exptime = _absolute(store, meta.number(_T), now) if _T in flags else item.exptime
-            value = b"%d" % number
-            state = item.state & (BINARY_KEY | FETCHED)  # changed in place, as memcached does
-            cas = store.put(key, value, item.flags, exptime, cas=meta.new_cas, state=state)
-            store.count(kind + "_hits")
-    out = meta.echo(b"Okct", cas, _ttl_left(exptime, now))
-    if meta.quiet and not created:
+    counted = store.arith(
+        meta.key,
+        meta.number(_D, 1),
+        mode in _INCR,
+        meta.number(_C),  # C0 asks for no check, as in memcached
+        exptime=meta.number(_T) if _T in flags else None,
+        create=(meta.number(_J), meta.number(_N)) if _N in flags else None,
+        new_cas=meta.new_cas,
+        key_state=BINARY_KEY if meta.binary else 0,
+    )
+    if counted.outcome != Outcome.STORED:
+        return _reply(_ARITH_CODES[counted.outcome], meta.echo(), meta)
+    value = b"%d" % counted.number
+    out = meta.echo(b"Okct", counted.cas, _ttl_left(counted.exptime, store.now()))
+    if meta.quiet and not counted.created:
         return None
     if _v in flags:
         return b"VA %d%b\r\n%b\r\n" % (len(value), out, value)

@@ -29,6 +29,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .context import Context
 
 Handler = Callable[["Context", list, Optional[bytes]], Optional[bytes]]
+#: What a verb with a data block does when the session refuses its block: (ctx, args, too_large).
+RefusedHandler = Callable[["Context", list, bool], None]
 #: A batch form: (ctx, [(match, data), ...]) -> one reply (or None) per request.
 BatchHandler = Callable[["Context", list], list]
 
@@ -45,7 +47,13 @@ class Command:
     argument counts accepted (``set`` takes 2 or 4, never 3). ``check``, for
     verbs with a data block, vets the command line before the block is read:
     an error it raises leaves the block unread, to be taken as the next
-    command (as memcached does for a meta set with a bad key).
+    command (as memcached does for a meta set with a bad key). ``refused``,
+    for verbs with a data block, is called as ``refused(ctx, args, too_large)``
+    when the session refuses the block before the handler runs (too large,
+    or not ended by CRLF), for what memcached does then: count it, unlink
+    the key's old value (see :meth:`Store.refused_set
+    <memcachedlite.storage.store.Store.refused_set>`). Without it, a block too
+    large is counted in ``store_too_large`` and nothing else happens.
 
     ``batch`` and ``batch_line``, when given (see :meth:`Registry.add_batch`),
     let the session hand a run of pipelined commands of this verb to one
@@ -62,6 +70,7 @@ class Command:
     mutates: bool = False
     arities: Optional[frozenset] = None
     check: Optional[Callable[[list], None]] = None
+    refused: Optional[RefusedHandler] = None
     batch: Optional[BatchHandler] = None
     batch_line: Optional[re.Pattern] = None
 
@@ -91,6 +100,7 @@ class Registry:
         mutates: bool = False,
         arities: Optional[Iterable[int]] = None,
         check: Optional[Callable[[list], None]] = None,
+        refused: Optional[RefusedHandler] = None,
     ) -> Command:
         """Register ``handler`` for ``name``; the explicit form of :meth:`command`."""
         verb = name.encode("ascii") if isinstance(name, str) else bytes(name)
@@ -105,7 +115,7 @@ class Registry:
             min_args, max_args = min(allowed), max(allowed)
         else:
             allowed = frozenset(range(min_args, max_args + 1)) if max_args is not None else None
-        row = Command(verb, handler, min_args, max_args, data, noreply, long_line, mutates, allowed, check)
+        row = Command(verb, handler, min_args, max_args, data, noreply, long_line, mutates, allowed, check, refused)
         self._commands[verb] = row
         return row
 

@@ -8,14 +8,12 @@ protocol be tested on in-memory bytes; the server only moves bytes.
 
 from __future__ import annotations
 
-import binascii
 import logging
 import random
 import threading
 from typing import TYPE_CHECKING, Any, Optional, Union
 
-from ..errors import BadCommandLine, LineTooLong, LogWriteError, ProtocolError, TooLarge
-from ..storage.numbers import U64
+from ..errors import LineTooLong, LogWriteError, ProtocolError, TooLarge
 from .auth import MAX_AUTH_TOKEN
 from .context import Host, Standalone
 from .registry import Command, Registry, default_registry
@@ -26,11 +24,7 @@ from .text import (
     MAX_LONG_LINE,
     NOT_STORED,
     NOT_STORED_LITE,
-    U32,
-    check_key,
-    parse_exptime,
     parse_length,
-    parse_uint,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -47,15 +41,6 @@ _AUTH_FAILURE = b"CLIENT_ERROR authentication failure\r\n"
 _AUTH_BAD_FORMAT = b"CLIENT_ERROR bad authentication token format\r\n"
 _AUTH_BAD_TERMINATION = b"CLIENT_ERROR bad command line termination\r\n"
 _AUTH_STORED = b"STORED\r\n"
-#: Verbs whose refused (too large) value also removes the key's old value, as
-#: in memcached: a reader must not get the value an update failed to replace.
-_UNLINK_WHEN_TOO_LARGE = frozenset((b"set", b"ms"))
-#: The verbs memcached counts as sets in ``stats detail`` (not the meta ones).
-_DETAIL_SETS = frozenset((b"set", b"add", b"replace", b"append", b"prepend", b"cas"))
-
-
-def _always() -> bool:
-    return True
 
 
 class Session:
@@ -66,7 +51,7 @@ class Session:
     is the server object when there is one (for connection statistics), and
     ``ctx.close()`` ends the connection after the current reply. With ``auth``
     (a :class:`~memcachedlite.protocols.auth.AuthFile`), the client must
-    authenticate before any handler runs (see ``_run_unauthenticated``).
+    authenticate before any handler runs (see ``_run_login``).
     """
 
     def __init__(
@@ -93,27 +78,20 @@ class Session:
         # Batching holds the store's lock while a batch runs: not with the
         # simulated delays, which would hold it for seconds.
         self._batched = log_ is not None and not self._delays
-        self._auth = auth
-        if auth is not None:
-            # Until the client authenticates, feed() runs the gate instead of
-            # the dispatch loop; without auth the loop pays nothing for it.
-            self._run = self._run_unauthenticated  # type: ignore[method-assign]
-            # and the connection counts as mid-request: the server's read
-            # timeout, not the idle one, bounds how long it may stay silent.
-            self.pending = _always  # type: ignore[method-assign]
-
-    @property
-    def authenticated(self) -> bool:
-        """False only while an auth file is in force and the client has not authenticated."""
-        return "_run" not in self.__dict__
+        #: the users a client must log in as before anything else (None: no login)
+        self.auth = auth
+        #: False only while an auth file is in force and the client has not logged in
+        self.authenticated = auth is None
 
     def close(self) -> None:
         """Ask for the connection to be closed once the pending replies are sent."""
         self.closing = True
 
     def pending(self) -> bool:
-        """Whether a request has begun arriving but is not complete yet."""
-        return bool(self._buf) or self._swallow > 0
+        """Whether a request has begun arriving but is not complete yet. A
+        client yet to log in counts as mid-request: the server's read timeout,
+        not the idle one, bounds how long it may stay silent."""
+        return bool(self._buf) or self._swallow > 0 or not self.authenticated
 
     def feed(self, data: Union[bytes, memoryview]) -> bytes:
         """Take bytes from the client; return the replies to every command now complete.
@@ -193,120 +171,144 @@ class Session:
 
     def _run(self, buf: bytes, out: list[bytes], pos: int = 0) -> int:
         """Execute every complete command in ``buf`` from ``pos``; return how much was used."""
+        if not self.authenticated:
+            return self._run_login(buf, out, pos)
         table = self._table
         find = buf.find
         n = len(buf)
         while pos < n and not self.closing:
             eol = find(b"\n", pos)
             if eol < 0:
-                self._check_partial_line(buf, pos)
-                if self.closing:
-                    out.append(LineTooLong().to_bytes())
-                return n if self.closing else pos
-            line = buf[pos : eol - 1] if eol > pos and buf[eol - 1] == 13 else buf[pos:eol]
-            # memcached splits on spaces only (a tab stays inside a token and
-            # makes the key invalid) and ignores runs of them.
-            args = line.split(b" ")
+                return self._incomplete_line(buf, pos, out)
+            # the tokens: memcached splits on spaces only (a tab stays inside a
+            # token and makes the key invalid) and ignores runs of them
+            args = (buf[pos : eol - 1] if eol > pos and buf[eol - 1] == 13 else buf[pos:eol]).split(b" ")
             if b"" in args:
                 args = [a for a in args if a]
-                if not args:
-                    out.append(ERROR)
-                    pos = eol + 1
-                    continue
-            row = table.get(args[0])
+            row = table.get(args[0]) if args else None
             if row is None:
-                if args[-1][:5] == b"HTTP/":
-                    # memcached hangs up on what looks like HTTP, without a word,
-                    # so a web page cannot use a browser to talk to the cache.
-                    self.closing = True
-                    return n
-                out.append(ERROR)
-                pos = eol + 1
+                pos = self._not_a_command(args, eol, n, out)
                 continue
-            if row.batch is not None and not self._delays:
-                # worth it only when another command follows this one
-                follows = eol + 1
-                if row.data is not None:
-                    length = args[-2] if args[-1] == b"noreply" else args[-1]
-                    follows += int(length) + 2 if length.isdigit() else n
-                if follows < n:
-                    after = self._run_batch(row, buf, pos, out)
-                    if after:
-                        pos = after
-                        continue
-            del args[0]
-            noreply = False
-            if row.noreply and (count := len(args)) > row.min_args:
-                if count - 1 == row.max_args:
-                    # memcached's optional last token: noreply, or anything, ignored
-                    noreply = args.pop() == b"noreply"
-                elif args[-1] == b"noreply" and (row.accepts(count) or row.accepts(count - 1)):
-                    args.pop()
-                    noreply = True
-            if not row.accepts(len(args)):
-                # A wrong number of tokens: memcached's bare ERROR, even under
-                # noreply. Unless noreply was the token too many: memcached read
-                # it as a number ("set k 0 0 noreply") and its error is silenced.
-                if not noreply:
-                    out.append(ERROR)
-                pos = eol + 1
-                continue
-            data = None
-            try:
-                if row.data is not None:
-                    if row.check is not None:
-                        row.check(args)
-                    length = parse_length(args[row.data])
-                    start = eol + 1
-                    if length > self.settings.max_item_size:
-                        self.store.count("store_too_large")
-                        pos = self._skip(start + length + 2, n)
-                        if row.name in _UNLINK_WHEN_TOO_LARGE:
-                            self._unlink_refused(args)
-                        if self.store.prefixes.enabled:
-                            self._count_refused_set(row.name, args)
-                        raise TooLarge()
-                    end = start + length
-                    if end + 2 > n:
-                        return pos  # wait for the rest of the data block
-                    data = buf[start:end]
-                    pos = end + 2
-                    if buf[end:pos] != b"\r\n":
-                        if self.store.prefixes.enabled:
-                            self._count_refused_set(row.name, args)
-                        if not noreply:
-                            out.append(_BAD_DATA_CHUNK)
-                        continue
-                else:
-                    pos = eol + 1
-                if self._delays:
-                    self._simulated_delay(row.name)
-                reply = row.handler(self, args, data)
-            except ProtocolError as exc:
-                if pos <= eol:
-                    pos = eol + 1
-                # As memcached 1.6 does, noreply silences errors too: a client
-                # that asked for no reply is not reading one.
-                if not noreply:
-                    out.append(exc.to_bytes())
-                if exc.close:
-                    self.closing = True
-                continue
-            except Exception:
-                if pos <= eol:
-                    pos = eol + 1
-                log.exception("handler for %r failed", row.name)
-                if not noreply:
-                    out.append(_INTERNAL_ERROR)
-                continue
-            if reply and not noreply:
-                out.append(reply)
+            after = self._command(row, args, buf, pos, eol, out)
+            if after == pos:
+                return pos  # wait for the rest of its data block
+            pos = after
         return pos
+
+    def _incomplete_line(self, buf: bytes, pos: int, out: list[bytes]) -> int:
+        """A line without its newline yet: wait for the rest, unless it has
+        grown past its limit (then the connection closes after an error)."""
+        self._check_partial_line(buf, pos)
+        if self.closing:
+            out.append(LineTooLong().to_bytes())
+            return len(buf)
+        return pos
+
+    def _not_a_command(self, args: list[bytes], eol: int, n: int, out: list[bytes]) -> int:
+        """An empty line or an unknown verb: ``ERROR``. memcached hangs up,
+        without a word, on what looks like HTTP, so that a web page cannot
+        use a browser to talk to the cache."""
+        if args and args[-1][:5] == b"HTTP/":
+            self.closing = True
+            return n
+        out.append(ERROR)
+        return eol + 1
+
+    def _command(self, row: Command, args: list[bytes], buf: bytes, start: int, eol: int, out: list[bytes]) -> int:
+        """Run the command whose line is ``buf[start:eol]`` (``args`` its
+        tokens, the verb first): its arguments, noreply, its data block, the
+        handler, the reply; or, when more commands of a verb with a batch form
+        follow, the whole run of them. Returns where the next command starts
+        (``start``: the data block has not all arrived yet)."""
+        if (
+            row.batch is not None
+            and row.data is None
+            and eol + 1 < len(buf)
+            and (after := self._run_batch(row, buf, start, out))
+        ):
+            return after
+        del args[0]
+        noreply = False
+        if row.noreply and len(args) > row.min_args and (args[-1] == b"noreply" or len(args) - 1 == row.max_args):
+            noreply = self._noreply(row, args)
+        if not row.accepts(len(args)):
+            # A wrong number of tokens: memcached's bare ERROR, even under
+            # noreply. Unless noreply was the token too many: memcached read
+            # it as a number ("set k 0 0 noreply") and its error is silenced.
+            if not noreply:
+                out.append(ERROR)
+            return eol + 1
+        pos = eol + 1
+        data = None
+        try:
+            if row.data is not None:
+                if row.check is not None:
+                    row.check(args)
+                end = pos + parse_length(args[row.data])
+                if end - pos > self.settings.max_item_size:
+                    pos = self._skip(end + 2, len(buf))
+                    self._refused(row, args, too_large=True)
+                    raise TooLarge()
+                if end + 2 > len(buf):
+                    return start  # wait for the rest of the data block
+                if row.batch is not None and end + 2 < len(buf) and (after := self._run_batch(row, buf, start, out)):
+                    return after
+                data = buf[pos:end]
+                pos = end + 2
+                if buf[end:pos] != b"\r\n":
+                    self._refused(row, args, too_large=False)
+                    if not noreply:
+                        out.append(_BAD_DATA_CHUNK)
+                    return pos
+            if self._delays:
+                self._simulated_delay(row.name)
+            reply = row.handler(self, args, data)
+        except ProtocolError as exc:
+            # As memcached 1.6 does, noreply silences errors too: a client
+            # that asked for no reply is not reading one.
+            if not noreply:
+                out.append(exc.to_bytes())
+            if exc.close:
+                self.closing = True
+            return pos
+        except Exception:
+            log.exception("handler for %r failed", row.name)
+            if not noreply:
+                out.append(_INTERNAL_ERROR)
+            return pos
+        if reply and not noreply:
+            out.append(reply)
+        return pos
+
+    @staticmethod
+    def _noreply(row: Command, args: list[bytes]) -> bool:
+        """Whether the command's last token asks for no reply (then it is taken off ``args``)."""
+        count = len(args)
+        if count - 1 == row.max_args:
+            # memcached's optional last token: noreply, or anything, ignored
+            return args.pop() == b"noreply"
+        if args[-1] == b"noreply" and (row.accepts(count) or row.accepts(count - 1)):
+            args.pop()
+            return True
+        return False
+
+    def _refused(self, row: Command, args: list[bytes], too_large: bool) -> None:
+        """A data block refused before the handler sees it (too large, or not
+        ended by CRLF; already swallowed). What memcached does for the
+        command then is the verb's own business (``row.refused``: count it,
+        unlink the old value); a verb with no say is counted as too large."""
+        if row.refused is not None:
+            row.refused(self, args, too_large)
+        elif too_large:
+            self.store.refused_set(None, too_large=True)
 
     def _run_batch(self, row: Command, buf: bytes, pos: int, out: list[bytes]) -> int:
         """Hand the run of complete, well-formed commands of ``row``'s verb
         that starts at ``pos`` to its batch form; return where the run ends,
-        or 0 (nothing done) when fewer than two commands qualify."""
+        or 0 (nothing done) when fewer than two commands qualify. (Not with
+        the simulated delays, which are per command.)"""
+        if self._delays:
+            return 0
         pattern = row.batch_line
         match = pattern.match  # type: ignore[union-attr]
         groups = pattern.groupindex  # type: ignore[union-attr]
@@ -343,7 +345,7 @@ class Session:
             out.extend(reply for reply, hush in zip(replies, quiet, strict=True) if reply and not hush)
         return at
 
-    def _run_unauthenticated(self, buf: bytes, out: list[bytes], pos: int = 0) -> int:
+    def _run_login(self, buf: bytes, out: list[bytes], pos: int = 0) -> int:
         """The gate before authentication, as memcached's ``-Y``.
 
         A ``set <key> <flags> <exptime> <bytes>`` whose data is ``user password``
@@ -385,7 +387,7 @@ class Session:
                 reply = self._authenticate(bytes(buf[start:end]), buf[end:pos] == b"\r\n")
                 if not noreply:
                     out.append(reply)
-                if reply is _AUTH_STORED:
+                if self.authenticated:
                     return self._run(buf, out, pos)
                 continue
             out.append(_UNAUTHENTICATED)
@@ -408,41 +410,12 @@ class Session:
         words = [w for w in token.split(b" ") if w]
         if len(words) < 2:
             return _AUTH_BAD_FORMAT
-        assert self._auth is not None
-        if not self._auth.check(words[0], words[1]):
+        assert self.auth is not None
+        if not self.auth.check(words[0], words[1]):
             log.info("authentication failed for user %r", words[0].decode("utf-8", "replace"))
             return _AUTH_FAILURE
-        del self._run, self.pending  # back to the class's own methods
+        self.authenticated = True
         return _AUTH_STORED
-
-    def _count_refused_set(self, verb: bytes, args: list[bytes]) -> None:
-        """``stats detail`` counts a classic storage command memcached parsed,
-        even when its data is then refused (too large, bad data chunk)."""
-        if verb not in _DETAIL_SETS or len(args) < 4:
-            return
-        try:
-            check_key(args[0])
-            parse_uint(args[1], U32)
-            parse_exptime(args[2])
-            if verb == b"cas":
-                parse_uint(args[4], U64)
-        except BadCommandLine:
-            return  # memcached refuses the line before counting
-        self.store.prefixes.record_set(args[0])
-
-    def _unlink_refused(self, args: list[bytes]) -> None:
-        """Remove the old value of the key a refused ``set``/``ms`` named."""
-        key = args[0]
-        if b"b" in args[2:]:  # a meta key given in base64
-            try:
-                key = binascii.a2b_base64(key)
-            except binascii.Error:
-                return
-        try:
-            check_key(key)
-        except BadCommandLine:
-            return
-        self.store.unlink(key)
 
     def _skip(self, end: int, n: int) -> int:
         """Swallow a refused data block up to ``end``, even past what has arrived."""

@@ -12,7 +12,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Optional
 
-from ..errors import BadCommandLine
+from ..errors import BadCommandLine, ClientError
 from ..storage import slabs
 from ..version import __version__
 
@@ -291,6 +291,23 @@ def stats_lines(ctx: "Session", group: Optional[bytes] = None) -> list[tuple[str
     if group == b"sizes":
         return [("sizes_status", "disabled")]  # memcached's answer unless started with -o track_sizes
     raise BadCommandLine()
+
+
+_DETAIL_USAGE = "usage: stats detail on|off|dump"
+
+
+def stats_detail(ctx: "Session", word: bytes) -> Optional[bytes]:
+    """``stats detail on|off|dump``, for the text ``stats`` and the binary
+    STAT (key ``detail on``...): switch per-prefix counting on or off (None),
+    or the dump, memcached's ``PREFIX`` lines and ``END``. Another word is a
+    :class:`ClientError` (the binary STAT answers it KEY_ENOENT)."""
+    prefixes = ctx.store.prefixes
+    if word == b"dump":
+        return prefixes.dump()
+    if word not in (b"on", b"off"):
+        raise ClientError(_DETAIL_USAGE)
+    prefixes.enabled = word == b"on"
+    return None
 
 
 def reset_stats(ctx: "Session") -> None:

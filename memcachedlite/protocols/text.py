@@ -45,6 +45,13 @@ def check_key(key: bytes) -> bytes:
     return key
 
 
+def is_plain_key(key: bytes) -> bool:
+    """Whether ``key`` passes the text protocol's rule (:func:`check_key`):
+    a key another protocol takes that does not is stored as a key given in
+    base64 (``BINARY_KEY``), so that its data file records carry it."""
+    return 0 < len(key) <= MAX_KEY and len(key.translate(None, _CONTROL)) == len(key)
+
+
 def check_keys(keys: list[bytes]) -> None:
     """:func:`check_key` for many keys at once (one pass in C for the lot)."""
     joined = b"".join(keys)
@@ -68,13 +75,6 @@ def parse_uint(token: bytes, limit: int = U64) -> int:
     if value >= limit:
         raise BadCommandLine()
     return value
-
-
-def parse_int(token: bytes) -> int:
-    """A signed decimal integer (exptimes may be negative)."""
-    if token[:1] == b"-":
-        return -parse_uint(token[1:], 1 << 63)
-    return parse_uint(token, 1 << 63)
 
 
 _I64 = 1 << 63

@@ -58,10 +58,6 @@ class Item(NamedTuple):
     def stale(self) -> bool:
         return bool(self.state & STALE)
 
-    @property
-    def win_sent(self) -> bool:
-        return bool(self.state & WIN_SENT)
-
 
 _META = struct.Struct(">BIBQqI")  # fetched, atime, state, cas, exptime, flags
 #: The number of this layout in snapshot sections of the data file; change
@@ -91,11 +87,6 @@ def make_item(value: bytes, flags: int, exptime: int, cas: int, atime: int = 0, 
 def decode(blob: bytes) -> Item:
     fetched, atime, state, cas, exptime, flags = unpack_meta(blob)
     return Item(blob[blob.index(b"\n", META) + 1 : -2], flags, exptime, cas, atime, state | fetched)
-
-
-def item_value(blob: bytes) -> bytes:
-    """The value an item holds (its data block, without the CRLF)."""
-    return blob[blob.index(b"\n", META) + 1 : -2]
 
 
 def item_exptime(blob: bytes) -> int:

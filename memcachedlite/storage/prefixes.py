@@ -39,12 +39,11 @@ class PrefixStats:
             if hit:
                 counts[1] += 1
 
-    def record_get(self, key: bytes, hit: bool) -> None:
-        self._add(key, 0, hit)
-
-    def record_gets(self, keys: Iterable[bytes], hits: set[bytes]) -> None:
-        for key in keys:
-            self._add(key, 0, key in hits)
+    def record_gets(self, keys: Iterable[bytes], found: Iterable[object]) -> None:
+        """Count a get of each key; ``found`` holds, key by key, what the read
+        found (None for a miss)."""
+        for key, item in zip(keys, found, strict=True):
+            self._add(key, 0, item is not None)
 
     def record_set(self, key: bytes) -> None:
         self._add(key, 2)

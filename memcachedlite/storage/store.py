@@ -20,9 +20,10 @@ import os
 import threading
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator, Optional, Union
+from enum import IntEnum
+from typing import Callable, Iterable, Iterator, NamedTuple, NoReturn, Optional, Union
 
-from ..errors import ClientError, OutOfMemory, ServerError
+from ..errors import LogWriteError, NonNumeric, OutOfMemory, ServerError
 from . import datafile, records
 from .durability import DEFAULT_COMPACT_MIN_SIZE, Durability
 from .expiry import Expiry
@@ -96,6 +97,43 @@ _COUNTERS = [
 ]
 
 
+class Mode(IntEnum):
+    """What a storage command does with what its key holds (memcached's store modes)."""
+
+    SET = 0
+    ADD = 1
+    REPLACE = 2
+    APPEND = 3
+    PREPEND = 4
+    CAS = 5
+
+
+class Outcome(IntEnum):
+    """What a change did; only ``NOT_FOUND`` is false."""
+
+    NOT_FOUND = 0
+    STORED = 1
+    DELETED = 2
+    NOT_STORED = 3
+    EXISTS = 4
+
+
+#: What a storage command writes: (value, flags, absolute exptime, state bits), or why it does not.
+Plan = Union[tuple[bytes, int, int, int], Outcome]
+
+
+class Arith(NamedTuple):
+    """What :meth:`Store.arith` did: its outcome, and when ``STORED`` the
+    number, the item's new cas and absolute exptime, and whether the counter
+    was created."""
+
+    outcome: Outcome
+    number: int = 0
+    cas: int = 0
+    exptime: int = 0
+    created: bool = False
+
+
 class Store(Expiry, Durability):
     """The key-value data shared by every connection of a server.
 
@@ -134,6 +172,8 @@ class Store(Expiry, Durability):
         #: the highest cas a client chose (meta E): a snapshot's next cas is past it too
         self._max_given_cas = 0
         self.counters = dict.fromkeys(_COUNTERS, 0)
+        #: why every change is refused (see refuse_writes), or None
+        self._refusal: Optional[str] = None
         self.compact_min_size = compact_min_size
         self._closing = threading.Event()
         self._init_expiry()
@@ -169,19 +209,27 @@ class Store(Expiry, Durability):
 
     def _live(self, key: bytes, now: int, read: bool = False) -> Optional[bytes]:
         """The stored item under ``key`` unless it has expired (then it is
-        dropped, and counted as ``get_expired`` too when this is a ``read``)."""
+        dropped, and counted as memcached counts such a find when this is a ``read``)."""
         if self._dirty:  # fsync=always, with changes not durable yet
             self._note_read(key)
         blob = self._items.get(key)
         if blob is None:
             return None
         if blob[EXPTIME_FIELD] != NEVER_PACKED and 0 < unpack_meta(blob)[4] <= now:
-            self._drop(key, blob)
-            self.counters["reclaimed"] += 1
-            if read:
-                self.counters["get_expired"] += 1
+            self._drop_gone(key, blob, now, read)
             return None
         return blob
+
+    def _drop_gone(self, key: bytes, blob: bytes, now: int, read: bool) -> None:
+        """Drop an item found past its time. A read that finds one is counted
+        as memcached counts it: ``get_flushed`` when a delayed ``flush_all``
+        ended the item, ``get_expired`` when its own expiry did."""
+        self._drop(key, blob)
+        counters = self.counters
+        counters["reclaimed"] += 1
+        if read:
+            at = self.flush_at
+            counters["get_flushed" if 0 < at <= now and unpack_meta(blob)[4] <= at else "get_expired"] += 1
 
     def _drop(self, key: bytes, blob: bytes) -> None:
         del self._items[key]
@@ -202,12 +250,14 @@ class Store(Expiry, Durability):
         items[key] = pack_meta(1, now, state, cas, exptime, flags) + blob[META:]
 
     def _bump_below(self, now: int) -> bytes:
-        """Items whose first five bytes compare at or below this need a
-        :meth:`_bump` when read: never fetched, or last read too long ago.
+        """Items that compare below this need a :meth:`_bump` when read:
+        never fetched, or last read too long ago. (Five bytes, one past the
+        last stale pair of fetched byte and access time: a stored item is
+        longer, so ``blob < below`` tests its first five bytes with no slice.)
         Worked out once a second, not once a read."""
         if now != self._below_at:
             self._below_at = now
-            self._below = pack_recent(1, max(now - ATIME_INTERVAL, 0))
+            self._below = pack_recent(1, max(now - ATIME_INTERVAL, 0) + 1)
         return self._below
 
     def get(self, key: bytes) -> Optional[Item]:
@@ -218,22 +268,25 @@ class Store(Expiry, Durability):
             blob = self._live(key, now, read=True)
             counters = self.counters
             counters["cmd_get"] += 1
+            if self.prefixes.enabled:
+                self.prefixes.record_gets((key,), (blob,))
             if blob is None:
                 counters["get_misses"] += 1
                 return None
             counters["get_hits"] += 1
-            if blob[:5] <= self._bump_below(now):
+            if blob < self._bump_below(now):
                 self._bump(key, blob, now)
             return decode(blob)
 
     def get_many(self, keys: list[bytes]) -> list[Optional[bytes]]:
         """A retrieval of ``keys``, counted as memcached counts a multi-key
-        ``get`` (``cmd_get``, hits, misses, ``get_expired``), each hit marked
-        fetched and refreshed in the LRU order: for each key, its item in the
-        stored form of :mod:`memcachedlite.storage.items`, or None.
+        ``get`` (``cmd_get``, hits, misses, ``get_expired``, ``get_flushed``,
+        and each key in ``stats detail``), each hit marked fetched and
+        refreshed in the LRU order: for each key, its item in the stored form
+        of :mod:`memcachedlite.storage.items`, or None.
 
-        The hot path of every protocol's reads: items are handed out as
-        stored, so the text protocol renders a hit with one slice.
+        The hot path of the classic and binary protocols' reads: items are
+        handed out as stored, so the text protocol renders a hit with one slice.
         """
         with self._lock:
             now = int(self._clock())
@@ -250,18 +303,18 @@ class Store(Expiry, Durability):
                 blob = get(key)
                 if blob is not None:
                     if blob[EXPTIME_FIELD] != NEVER_PACKED and 0 < unpack_meta(blob)[4] <= now:
-                        self._drop(key, blob)  # _live, spelled out for speed
-                        counters["get_expired"] += 1
-                        counters["reclaimed"] += 1
+                        self._drop_gone(key, blob, now, True)  # _live, spelled out for speed
                         blob = None
                     else:
                         hits += 1
-                        if blob[:5] <= below:
+                        if blob < below:
                             self._bump(key, blob, now)
                 add(blob)
             counters["cmd_get"] += len(keys)
             counters["get_hits"] += hits
             counters["get_misses"] += len(keys) - hits
+            if self.prefixes.enabled:
+                self.prefixes.record_gets(keys, found)
             return found
 
     def peek(self, key: bytes) -> Optional[Item]:
@@ -280,45 +333,86 @@ class Store(Expiry, Durability):
 
     # -- writing ------------------------------------------------------------
 
-    def _new_cas(self) -> int:
-        cas = self._next_cas
-        self._next_cas = cas + 1
-        return cas
+    def refuse_writes(self, reason: Optional[str]) -> None:
+        """Refuse every change from now on, as when the data file cannot be
+        written (a full disk), also for a store kept in memory only: each
+        operation that may change data raises :class:`LogWriteError` with
+        ``reason`` before it counts or touches anything; reads go on. None
+        takes changes again. For tests of how clients cope
+        (:meth:`memcachedlite.testing.Faults.fail_writes`)."""
+        with self._lock:
+            self._refusal = reason
+
+    def _refuse(self) -> None:
+        """Raise the refusal :meth:`refuse_writes` asked for (callers test ``_refusal`` first)."""
+        raise LogWriteError(self._refusal or "")
 
     def _write(
-        self, key: bytes, value: bytes, flags: int, exptime: int, cas: Optional[int] = None, state: int = 0
+        self,
+        key: bytes,
+        value: bytes,
+        flags: int,
+        exptime: int,
+        cas: Optional[int] = None,
+        state: int = 0,
+        unlink: bool = False,
     ) -> int:
         """Log and apply a set of ``key``; the one path every store takes.
 
         ``exptime`` is already absolute. ``cas`` overrides the next cas value
         (the meta protocol's ``E`` flag) and ``state`` gives the new item's
         state bits (a stale item is logged as its set and an invalidate).
-        Evicted items are logged as deletes in the same write. Caller holds
-        the lock.
+        Items evicted to make room are logged as deletes in the same write;
+        refused for lack of memory, ``unlink`` removes the old value too
+        (see :meth:`_out_of_memory`). Returns the item's cas (0: it was
+        stored already expired, which is a delete). Caller holds the lock.
         """
         now = int(self._clock())
         if self.flush_at:
             exptime = self._before_flush(exptime, now)
-        items = self._items
-        old = items.get(key)
-        if exptime and exptime <= now:  # stored already expired: the effect is a delete
-            if old is not None:
-                self._append(records.encode_delete(key, bool(state & BINARY_KEY)))
-                self._remember(key, old)
-                self._drop(key, old)
-            self.counters["total_items"] += 1
-            return 0
+        old = self._items.get(key)
+        if exptime and exptime <= now:
+            return self._write_expired(key, old, state)
         given = cas is not None
         if cas is None:
             cas = self._next_cas if self.cas_enabled else 0
-        # make_item and encode_set, spelled out: this is the path of every set
-        header = pack_meta(state & FETCHED, now, state & ~FETCHED, cas, exptime, flags)
-        blob = b"%b %d %d\r\n%b\r\n" % (header, flags, len(value), value)
-        if exptime:
-            self._may_expire = self._expiring_seen = True
+        # make_item, spelled out: this is the path of every set
+        blob = b"%b %d %d\r\n%b\r\n" % (
+            pack_meta(state & FETCHED, now, state & ~FETCHED, cas, exptime, flags),
+            flags,
+            len(value),
+            value,
+        )
         grow = len(blob) - len(old) if old is not None else len(key) + len(blob) + ITEM_OVERHEAD
-        victims = self._victims(key, grow) if self.bytes + grow > self.memory_limit else ()
-        if state:  # a key given in base64 (its own records), or a stale item
+        victims = self._victims(key, grow, unlink) if self.bytes + grow > self.memory_limit else ()
+        if state or victims:
+            record = self._set_record(key, value, flags, exptime, cas, state, victims)
+        else:
+            record = records.set_record(key, value, flags, exptime, cas)
+        pending = self._pending
+        if pending is not None:
+            pending.append(record)  # _append, spelled out: this is the path of every set
+        else:
+            self._append(record)
+        self._apply(key, old, blob, grow, victims, cas, given)
+        return cas
+
+    def _write_expired(self, key: bytes, old: Optional[bytes], state: int) -> int:
+        """A set of an item already expired: its effect is a delete of what ``key`` held."""
+        if old is not None:
+            self._append(records.encode_delete(key, bool(state & BINARY_KEY)))
+            self._remember(key, old)
+            self._drop(key, old)
+        self.counters["total_items"] += 1
+        return 0
+
+    def _set_record(
+        self, key: bytes, value: bytes, flags: int, exptime: int, cas: int, state: int, victims: Iterable[bytes]
+    ) -> bytes:
+        """The record of a set: a ``set`` (``bset`` for a key given in
+        base64; with an ``invalidate`` in one group for a stale item), and
+        the deletes of the items evicted to make room for it."""
+        if state:
             binary = bool(state & BINARY_KEY)
             record = records.encode_set(key, value, flags, exptime, cas, binary)
             if state & STALE:  # one change in two records: all or nothing on replay
@@ -326,14 +420,17 @@ class Store(Expiry, Durability):
         else:
             record = records.set_record(key, value, flags, exptime, cas)
         if victims:
-            record = records.regroup(
-                [record, *[records.encode_delete(v, bool(items[v][STATE_OFFSET] & BINARY_KEY)) for v in victims]]
-            )
-        pending = self._pending
-        if pending is not None:
-            pending.append(record)
-        else:
-            self._append(record)
+            items = self._items
+            deletes = [records.encode_delete(v, bool(items[v][STATE_OFFSET] & BINARY_KEY)) for v in victims]
+            record = records.regroup([record, *deletes])
+        return record
+
+    def _apply(
+        self, key: bytes, old: Optional[bytes], blob: bytes, grow: int, victims: Iterable[bytes], cas: int, given: bool
+    ) -> None:
+        """Change memory for a set whose record is written: the cas handed
+        out, the undo of a batch, the evicted items out, the item in at the
+        young end of the LRU order."""
         if not given:
             self._next_cas = cas + 1
         elif cas > self._max_given_cas:
@@ -341,17 +438,24 @@ class Store(Expiry, Durability):
         undo = self._undo
         if undo is not None:
             undo.append((key, old))
-        for victim in victims:
-            self._remember(victim, items[victim])
-            self._drop(victim, items[victim])
         if victims:
-            self.counters["evictions"] += len(victims)
+            self._evict(victims)
+        items = self._items
         if old is not None:
             del items[key]  # re-inserted below, at the young end
         items[key] = blob
         self.bytes += grow
         self.counters["total_items"] += 1
-        return cas
+
+    def _evict(self, victims: Iterable[bytes]) -> None:
+        """Drop the items :meth:`_victims` chose (their deletes are logged already)."""
+        items = self._items
+        evicted = 0
+        for victim in victims:
+            self._remember(victim, items[victim])
+            self._drop(victim, items[victim])
+            evicted += 1
+        self.counters["evictions"] += evicted
 
     def _before_flush(self, exptime: int, now: int) -> int:
         """An expiry no later than a pending delayed flush_all, which covers
@@ -361,15 +465,14 @@ class Store(Expiry, Durability):
             return at
         return exptime
 
-    def _victims(self, key: bytes, grow: int) -> list[bytes]:
+    def _victims(self, key: bytes, grow: int, unlink: bool) -> list[bytes]:
         """Least recently used keys to evict so that ``grow`` more bytes fit.
 
         A little more than needed (1% of the limit) goes at once, so that one
         walk from the old end of the table serves many stores.
         """
         if not self.evict:
-            self.counters["store_no_memory"] += 1
-            raise OutOfMemory()
+            self._out_of_memory(key, unlink)
         need = self.bytes + grow - self.memory_limit
         want = need + self.memory_limit // 100
         items = self._items
@@ -382,22 +485,33 @@ class Store(Expiry, Durability):
                 victims.append(other)
                 freed += item_size(other, items[other])
         if freed < need:
-            self.counters["store_no_memory"] += 1
-            raise OutOfMemory()
+            self._out_of_memory(key, unlink)
         return victims
+
+    def _out_of_memory(self, key: bytes, unlink: bool) -> NoReturn:
+        """Refuse a set for lack of memory (``-M``). With ``unlink`` the old
+        value of ``key`` goes too, as memcached does for a refused ``set``
+        (classic or binary) and ``ms``: readers must never get the value an
+        update failed to replace."""
+        self.counters["store_no_memory"] += 1
+        if unlink:
+            self._unlink(key)
+        raise OutOfMemory()
 
     def set(self, key: bytes, value: bytes, flags: int = 0, exptime: int = 0) -> int:
         """Store unconditionally; returns the new cas value (0 if stored already expired).
 
-        Refused for lack of memory, the old value is removed too, as memcached does.
+        Counted as memcached counts a ``set`` (``cmd_set``, and ``stats
+        detail``). Refused for lack of memory, the old value is removed too,
+        as memcached does. :meth:`store` is the general form.
         """
         with self._lock:
+            if self._refusal is not None:
+                self._refuse()
+            if self.prefixes.enabled:
+                self.prefixes.record_set(key)
             self.counters["cmd_set"] += 1
-            try:
-                return self._write(key, value, flags, self.absolute(exptime) if exptime else 0)
-            except OutOfMemory:
-                self.unlink(key)
-                raise
+            return self._write(key, value, flags, self.absolute(exptime) if exptime else 0, unlink=True)
 
     def set_many(self, entries: list[tuple[bytes, bytes, int, int]]) -> list[Optional[ServerError]]:
         """:meth:`set` for each ``(key, value, flags, exptime)``, under one lock
@@ -413,8 +527,13 @@ class Store(Expiry, Durability):
         than a record each.
         """
         with self._lock:
+            if self._refusal is not None:
+                return [LogWriteError(self._refusal)] * len(entries)
             counters = self.counters
             counters["cmd_set"] += len(entries)
+            if self.prefixes.enabled:
+                for entry in entries:
+                    self.prefixes.record_set(entry[0])
             pending, undo = self._pending, self._undo
             errors: list[Optional[ServerError]] = [None] * len(entries)
             if pending is None or undo is None or self.flush_at or type(pending) is not list or not self.cas_enabled:
@@ -464,35 +583,119 @@ class Store(Expiry, Durability):
     def _try_write(self, key: bytes, value: bytes, flags: int, exptime: int) -> Optional[ServerError]:
         """One entry of :meth:`set_many` the way :meth:`set` stores it."""
         try:
-            self._write(key, value, flags, self.absolute(exptime) if exptime else 0)
-        except OutOfMemory as exc:
-            self.unlink(key)
-            return exc
+            self._write(key, value, flags, self.absolute(exptime) if exptime else 0, unlink=True)
         except ServerError as exc:
             return exc
         return None
 
-    def add(self, key: bytes, value: bytes, flags: int = 0, exptime: int = 0) -> bool:
-        """Store only if ``key`` holds no live item."""
+    def store(
+        self,
+        mode: Mode,
+        key: bytes,
+        value: bytes,
+        flags: int = 0,
+        exptime: int = 0,
+        cas: int = 0,
+        *,
+        limit: Optional[int] = None,
+        invalidate: bool = False,
+        new_cas: Optional[int] = None,
+        key_state: int = 0,
+        unlink: bool = False,
+        detail: bool = True,
+    ) -> tuple[Outcome, int]:
+        """memcached's ``do_store_item``: every protocol's storage commands
+        (``set add replace append prepend cas``, binary ``SET``... and meta
+        ``ms``) store through here. Returns the :class:`Outcome` and the cas
+        of the item stored (0 unless ``STORED``).
+
+        ``exptime`` is as the client sent it (memcached's rule makes it
+        absolute). ``cas`` (0: none) is tested against the item first, as in
+        memcached: ``CAS`` stores only on a match (counted in ``cas_hits``,
+        ``cas_badval``, or ``cas_misses`` when the key holds nothing), and
+        with ``invalidate`` (meta ``I``) a lower cas stores the value marked
+        stale; ``APPEND``/``PREPEND`` refuse a mismatch (``EXISTS``, not
+        counted) and a result longer than ``limit`` (``NOT_STORED``), and keep
+        the item's flags, expiry and key form; ``ADD`` of a present key moves
+        that item up the LRU order. Under ``-C`` (:meth:`disable_cas`) a cas
+        given is dropped, as memcached drops it, so a ``CAS`` never matches.
+
+        ``new_cas`` gives the item that cas (meta ``E``); ``key_state`` is
+        ``BINARY_KEY`` for a key that goes to the data file in base64.
+        ``unlink``: a refusal for lack of memory removes the old value too
+        (memcached does that for a ``set`` and an ``ms``). Counted in
+        ``cmd_set``, and in ``stats detail`` when ``detail`` (memcached's
+        classic and binary commands; not its meta ones).
+        """
         with self._lock:
+            if self._refusal is not None:
+                self._refuse()
+            if detail and self.prefixes.enabled:
+                self.prefixes.record_set(key)
             self.counters["cmd_set"] += 1
-            blob = self._live(key, self.now())
-            if blob is not None:
-                # memcached moves the item it refused to replace up the LRU order
-                del self._items[key]
-                self._items[key] = blob
-                return False
-            self._write(key, value, flags, self.absolute(exptime))
-            return True
+            now = self.now()
+            if not self.cas_enabled:
+                cas = 0
+            plan: Plan = (value, flags, self.absolute(exptime, now), key_state)
+            blob = self._live(key, now)
+            if blob is None:
+                plan = self._store_over_nothing(mode, plan)
+            else:
+                plan = self._store_over(mode, key, blob, plan, cas, invalidate, limit)
+            if isinstance(plan, Outcome):
+                return plan, 0
+            value, flags, exptime, state = plan
+            stored = self._write(key, value, flags, exptime, new_cas, state, unlink)
+            if mode == Mode.CAS:
+                self.counters["cas_hits"] += 1
+            return Outcome.STORED, stored
+
+    def _store_over_nothing(self, mode: Mode, plan: Plan) -> Plan:
+        """What a storage command does when its key holds no live item: ``plan`` or a refusal."""
+        if mode == Mode.SET or mode == Mode.ADD:
+            return plan
+        if mode == Mode.CAS:
+            self.counters["cas_misses"] += 1
+            return Outcome.NOT_FOUND
+        return Outcome.NOT_STORED  # replace, append and prepend need an item
+
+    def _store_over(
+        self, mode: Mode, key: bytes, blob: bytes, plan: Plan, cas: int, invalidate: bool, limit: Optional[int]
+    ) -> Plan:
+        """What a storage command does to the live item ``blob``: the
+        :class:`Outcome` of a refusal, or the (value, flags, exptime, state)
+        to write, ``plan`` or what an append, a prepend or a stale store makes of it."""
+        if mode == Mode.SET or mode == Mode.REPLACE:
+            return plan
+        if mode == Mode.ADD:
+            # memcached moves the item it refused to replace up the LRU order
+            del self._items[key]
+            self._items[key] = blob
+            return Outcome.NOT_STORED
+        value, flags, _, state = plan
+        old_cas = item_cas(blob)
+        if mode == Mode.CAS:
+            if cas and cas == old_cas:
+                return plan
+            if invalidate and 0 < cas < old_cas:  # an older value may still be stored, marked stale
+                return value, flags, item_exptime(blob), state | STALE | (item_state(blob) & WIN_SENT)
+            self.counters["cas_badval"] += 1
+            return Outcome.EXISTS
+        if cas and cas != old_cas:  # append and prepend: only a cas given has to match
+            return Outcome.EXISTS
+        old = decode(blob)
+        if limit is not None and len(old.value) + len(value) > limit:
+            return Outcome.NOT_STORED
+        joined = old.value + value if mode == Mode.APPEND else value + old.value
+        return joined, old.flags, old.exptime, old.state & BINARY_KEY  # the item keeps its key form
+
+    def add(self, key: bytes, value: bytes, flags: int = 0, exptime: int = 0) -> bool:
+        """Store only if ``key`` holds no live item (see :meth:`store`)."""
+        return self.store(Mode.ADD, key, value, flags, exptime)[0] == Outcome.STORED
 
     def replace(self, key: bytes, value: bytes, flags: int = 0, exptime: int = 0) -> bool:
-        """Store only if ``key`` already holds a live item."""
-        with self._lock:
-            self.counters["cmd_set"] += 1
-            if self._live(key, self.now()) is None:
-                return False
-            self._write(key, value, flags, self.absolute(exptime))
-            return True
+        """Store only if ``key`` already holds a live item (see :meth:`store`)."""
+        return self.store(Mode.REPLACE, key, value, flags, exptime)[0] == Outcome.STORED
 
     def append(self, key: bytes, value: bytes, limit: Optional[int] = None) -> bool:
         """Add ``value`` after the existing data; flags and expiry are kept.
@@ -500,24 +703,11 @@ class Store(Expiry, Durability):
         Refused (False) when the key is missing or the result would be larger
         than ``limit``, as memcached refuses to grow an item past its limit.
         """
-        return self._concat(key, value, True, limit)
+        return self.store(Mode.APPEND, key, value, limit=limit)[0] == Outcome.STORED
 
     def prepend(self, key: bytes, value: bytes, limit: Optional[int] = None) -> bool:
         """Add ``value`` before the existing data; see :meth:`append`."""
-        return self._concat(key, value, False, limit)
-
-    def _concat(self, key: bytes, value: bytes, after: bool, limit: Optional[int]) -> bool:
-        with self._lock:
-            self.counters["cmd_set"] += 1
-            blob = self._live(key, self.now())
-            if blob is None:
-                return False
-            old = decode(blob)
-            if limit is not None and len(old.value) + len(value) > limit:
-                return False
-            joined = old.value + value if after else value + old.value
-            self._write(key, joined, old.flags, old.exptime)
-            return True
+        return self.store(Mode.PREPEND, key, value, limit=limit)[0] == Outcome.STORED
 
     def cas(self, key: bytes, value: bytes, flags: int, exptime: int, unique: int) -> Optional[bool]:
         """Store if the item's cas is still ``unique``.
@@ -525,19 +715,30 @@ class Store(Expiry, Durability):
         Returns True (stored), False (someone changed it: EXISTS) or None
         (no such item: NOT_FOUND).
         """
+        outcome = self.store(Mode.CAS, key, value, flags, exptime, unique)[0]
+        return None if outcome == Outcome.NOT_FOUND else outcome == Outcome.STORED
+
+    def refused_set(self, key: Optional[bytes], *, too_large: bool, unlink: bool = False, detail: bool = False) -> None:
+        """A storage command refused before its value reached the store: too
+        large (counted in ``store_too_large``), or a data block the text
+        protocol could not frame. ``key`` is None when the command line did
+        not parse as memcached parses it before it counts. As memcached: with
+        ``detail`` it counts in ``stats detail`` as the set it parsed, and
+        with ``unlink`` (a ``set`` or an ``ms`` refused as too large) the old
+        value of ``key`` goes too, so that no reader gets the value an update
+        failed to replace.
+        """
         with self._lock:
-            counters = self.counters
-            counters["cmd_set"] += 1
-            blob = self._live(key, self.now())
-            if blob is None:
-                counters["cas_misses"] += 1
-                return None
-            if item_cas(blob) != unique:
-                counters["cas_badval"] += 1
-                return False
-            self._write(key, value, flags, self.absolute(exptime))
-            counters["cas_hits"] += 1
-            return True
+            if too_large:
+                self.counters["store_too_large"] += 1
+            if key is None:
+                return
+            if detail and self.prefixes.enabled:
+                self.prefixes.record_set(key)
+            if unlink:
+                if self._refusal is not None:
+                    self._refuse()
+                self._unlink(key)
 
     def update(self, key: bytes, change: Callable[[Item], Optional[bytes]]) -> Optional[Item]:
         """Atomically replace the value of ``key`` with ``change(item)``.
@@ -548,6 +749,8 @@ class Store(Expiry, Durability):
         missing. Logged as a plain ``set``, so replay needs no user code.
         """
         with self._lock:
+            if self._refusal is not None:
+                self._refuse()
             blob = self._live(key, self.now())
             if blob is None:
                 return None
@@ -555,7 +758,7 @@ class Store(Expiry, Durability):
             value = change(old)
             if value is None:
                 return old
-            self._write(key, value, old.flags, old.exptime)
+            self._write(key, value, old.flags, old.exptime, state=old.state & BINARY_KEY)
             return decode(self._items[key])
 
     # -- primitives for the meta protocol -----------------------------------
@@ -583,15 +786,16 @@ class Store(Expiry, Durability):
     def fetch_uncounted(self, key: bytes, bump: bool = True) -> Optional[Item]:
         """The live item under ``key`` as it was before this read, for a
         caller that counts the read itself (meta ``mg`` counts a read that
-        touches as a touch): only an expired item found is counted
-        (``get_expired``). The read marks the item fetched and refreshes its
-        place in the LRU order, unless ``bump`` is False (meta ``u``)."""
+        touches as a touch): only a gone item found is counted
+        (``get_expired``, ``get_flushed``). The read marks the item fetched
+        and refreshes its place in the LRU order, unless ``bump`` is False
+        (meta ``u``)."""
         with self._lock:
             now = self.now()
             blob = self._live(key, now, read=True)
             if blob is None:
                 return None
-            if bump and blob[:5] <= self._bump_below(now):
+            if bump and blob < self._bump_below(now):
                 self._bump(key, blob, now)
             return decode(blob)
 
@@ -615,6 +819,8 @@ class Store(Expiry, Durability):
         themselves under :meth:`atomic`: this counts nothing.
         """
         with self._lock:
+            if self._refusal is not None:
+                self._refuse()
             return self._write(key, value, flags, exptime, cas, state | (STALE if stale else 0))
 
     def mark(self, key: bytes, *, stale: bool = False, win: Optional[bool] = None, cas: Optional[int] = None) -> bool:
@@ -626,6 +832,8 @@ class Store(Expiry, Durability):
         logged and lasts while the server runs, as in memcached.
         """
         with self._lock:
+            if stale and self._refusal is not None:
+                self._refuse()
             blob = self._live(key, self.now())
             if blob is None:
                 return False
@@ -647,29 +855,33 @@ class Store(Expiry, Durability):
             self._items[key] = with_state(blob, state | STALE, cas=cas)
             return True
 
-    def delete(self, key: bytes) -> bool:
+    def delete(self, key: bytes, cas: int = 0, *, detail: bool = True) -> Outcome:
+        """Remove ``key``: ``DELETED``, or ``NOT_FOUND`` (false) when it held
+        no live item, or ``EXISTS`` when ``cas`` (0: none) is not the item's
+        (the binary protocol's delete; counted neither way, as in memcached).
+        Counted in ``delete_hits``/``delete_misses``, and in ``stats detail``
+        when ``detail`` (memcached's classic and binary deletes, not ``md``).
+        """
         with self._lock:
+            if self._refusal is not None:
+                self._refuse()
+            if detail and self.prefixes.enabled:
+                self.prefixes.record_delete(key)
             blob = self._live(key, self.now())
             if blob is None:
                 self.counters["delete_misses"] += 1
-                return False
+                return Outcome.NOT_FOUND
+            if cas and cas != item_cas(blob):
+                return Outcome.EXISTS
             self._remove(key, blob)
             self.counters["delete_hits"] += 1
-            return True
+            return Outcome.DELETED
 
-    def unlink(self, key: bytes) -> bool:
-        """Remove ``key`` without counting a delete; False if it held nothing live.
-
-        What memcached does to the old value of a ``set`` (or ``ms``) it
-        refused as too large or for lack of memory: readers must never get
-        the stale value of a key whose update failed. Logged like any delete.
-        """
-        with self._lock:
-            blob = self._live(key, self.now())
-            if blob is None:
-                return False
+    def _unlink(self, key: bytes) -> None:
+        """Remove ``key`` without counting a delete (a refused update's old value). Caller holds the lock."""
+        blob = self._live(key, self.now())
+        if blob is not None:
             self._remove(key, blob)
-            return True
 
     def _remove(self, key: bytes, blob: bytes) -> None:
         self._append(records.encode_delete(key, bool(blob[STATE_OFFSET] & BINARY_KEY)))
@@ -677,60 +889,112 @@ class Store(Expiry, Durability):
         self._drop(key, blob)
 
     def incr(self, key: bytes, delta: int) -> Optional[int]:
-        """Add ``delta`` modulo 2**64; None if missing. Non-numbers are a ClientError."""
-        return self._arith(key, delta, "incr")
+        """Add ``delta`` modulo 2**64; None if missing. A non-number is :class:`NonNumeric`."""
+        counted = self.arith(key, delta, True)
+        return counted.number if counted.outcome else None
 
     def decr(self, key: bytes, delta: int) -> Optional[int]:
         """Subtract ``delta``, stopping at 0; None if missing."""
-        return self._arith(key, delta, "decr")
+        counted = self.arith(key, delta, False)
+        return counted.number if counted.outcome else None
 
-    def _arith(self, key: bytes, delta: int, kind: str) -> Optional[int]:
+    def arith(
+        self,
+        key: bytes,
+        delta: int,
+        incr: bool,
+        cas: int = 0,
+        *,
+        exptime: Optional[int] = None,
+        create: Optional[tuple[int, int]] = None,
+        new_cas: Optional[int] = None,
+        key_state: int = 0,
+    ) -> Arith:
+        """memcached's ``incr``/``decr`` for every protocol: add ``delta``
+        (wrapping at 2**64) or subtract it (stopping at 0) from the number
+        the item holds, changed in place (still fetched, same key form).
+
+        ``cas`` (0: none) must be the item's, else ``EXISTS``. ``exptime``
+        (as the client sent it) gives the item a new expiry (meta ``T``).
+        ``create`` = (initial value, exptime) creates a missing counter
+        (binary protocol, meta ``N``) with ``new_cas`` (meta ``E``) and
+        ``key_state`` (``BINARY_KEY``: its key goes to the data file in
+        base64). Counted as memcached counts: a miss it does not create in
+        ``incr_misses``/``decr_misses``, a change in ``incr_hits``/
+        ``decr_hits``, a creation or a cas mismatch not at all. A value
+        that is not a number raises :class:`NonNumeric`.
+        """
         with self._lock:
-            blob = self._live(key, self.now())
+            if self._refusal is not None:
+                self._refuse()
+            now = self.now()
+            blob = self._live(key, now)
             if blob is None:
-                self.counters[kind + "_misses"] += 1
-                return None
+                if create is None:
+                    self.counters["incr_misses" if incr else "decr_misses"] += 1
+                    return Arith(Outcome.NOT_FOUND)
+                number, ttl = create
+                absolute = self.absolute(ttl, now)
+                made = self._write(key, b"%d" % number, 0, absolute, new_cas, key_state)
+                return Arith(Outcome.STORED, number, made, absolute, created=True)
             old = decode(blob)
+            if cas and cas != old.cas:
+                return Arith(Outcome.EXISTS)
             number = parse_counter(old.value)
             if number is None:
-                raise ClientError("cannot increment or decrement non-numeric value")
-            number = apply_delta(number, delta, kind == "incr")
-            # changed in place, as memcached does: still fetched, same key form
-            self._write(key, b"%d" % number, old.flags, old.exptime, state=old.state & (FETCHED | BINARY_KEY))
-            self.counters[kind + "_hits"] += 1
-            return number
+                raise NonNumeric()
+            number = apply_delta(number, delta, incr)
+            absolute = old.exptime if exptime is None else self.absolute(exptime, now)
+            made = self._write(key, b"%d" % number, old.flags, absolute, new_cas, old.state & (FETCHED | BINARY_KEY))
+            self.counters["incr_hits" if incr else "decr_hits"] += 1
+            return Arith(Outcome.STORED, number, made, absolute)
 
     def touch(self, key: bytes, exptime: int, count: bool = True) -> bool:
         """Give ``key`` a new expiry without changing its value; ``count``
         False leaves the touch counters alone (meta ``md I T``)."""
         with self._lock:
+            if self._refusal is not None:
+                self._refuse()
             if count:
                 self.counters["cmd_touch"] += 1
             return self._touch(key, exptime, self.now(), count) is not None
 
     def gat(self, keys: Iterable[bytes], exptime: int) -> list[tuple[bytes, Item]]:
-        """Get and touch: the live items among ``keys``, each given a new expiry."""
+        """Get and touch: the live items among ``keys``, each given a new
+        expiry. Counted as touches, and each key as a get in ``stats detail``
+        (memcached's ``gat`` and binary ``TOUCH``/``GAT``)."""
         with self._lock:
+            if self._refusal is not None:
+                self._refuse()
             now = self.now()
             found = []
+            detail = self.prefixes.enabled
             for key in keys:
                 self.counters["cmd_touch"] += 1
                 item = self._touch(key, exptime, now)
                 if item is not None:
                     found.append((key, item))
+                if detail:
+                    self.prefixes.record_gets((key,), (item,))
             return found
 
     def _touch(self, key: bytes, exptime: int, now: int, count: bool = True) -> Optional[Item]:
+        """Give the live item under ``key`` a new expiry; a counted touch is
+        a read too (memcached's touch fetches the item: marked fetched, its
+        access time refreshed), ``md I T``'s is not."""
         blob = self._live(key, now)
         if blob is None:
             if count:
                 self.counters["touch_misses"] += 1
             return None
+        self._remember(key, blob)
         if count:
             self.counters["touch_hits"] += 1
+            if blob < self._bump_below(now):
+                _, _, state, cas, old_exptime, flags = unpack_meta(blob)
+                blob = pack_meta(1, now, state, cas, old_exptime, flags) + blob[META:]
         absolute = self.absolute(exptime, now)
         absolute = self._before_flush(absolute, now)
-        self._remember(key, blob)
         binary = bool(blob[STATE_OFFSET] & BINARY_KEY)
         if absolute and absolute <= now:
             self._append(records.encode_delete(key, binary))
@@ -748,6 +1012,8 @@ class Store(Expiry, Durability):
     def flush_all(self, delay: int = 0) -> None:
         """Invalidate every item now, or everything written before ``delay`` seconds pass."""
         with self._lock:
+            if self._refusal is not None:
+                self._refuse()
             self.counters["cmd_flush"] += 1
             now = self.now()
             at = self.absolute(delay, now) if delay > 0 else 0
@@ -786,7 +1052,7 @@ class Store(Expiry, Durability):
             self.memory_limit = limit
             if self.bytes <= limit or not self.evict:
                 return 0
-            victims = self._victims(b"", 0)
+            victims = self._victims(b"", 0, False)
             items = self._items
             for victim in victims:
                 self._remove(victim, items[victim])

@@ -29,7 +29,6 @@ import threading
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional
 
-from ..errors import LogWriteError
 from ..protocols.registry import Command, Registry
 from ..server.build import build_server
 from ..server.config import ServerConfig
@@ -111,10 +110,21 @@ class Faults:
     def fail_writes(self, message: str = DISK_FULL) -> _Switch:
         """Answer ``SERVER_ERROR <message>`` to every command that would change
         data (``set``, ``delete``, ``incr``, ``touch``, ``ms``...), changing
-        nothing, as memcachedlite does when its disk is full. Reads still work."""
+        nothing, as memcachedlite does when its disk is full. Reads still work.
+
+        The store refuses the changes (:meth:`Store.refuse_writes
+        <memcachedlite.storage.store.Store.refuse_writes>`), so every protocol
+        (text, meta and binary) sees the same failure."""
         with self._lock:
             self._write_error = message
+        if self._owner._server is not None:
+            self.arm(self._owner.store)
         return _Switch(self._writes_work)
+
+    def arm(self, store: Store) -> None:
+        """Give ``store`` the write failure switched on now (a server built
+        anew, on a restart, starts with a store of its own)."""
+        store.refuse_writes(self._write_error)
 
     def drop_connection(self, times: int = 1, verbs: Optional[Iterable[str]] = None) -> _Switch:
         """For the next ``times`` commands (of ``verbs``, if given): execute the
@@ -171,6 +181,8 @@ class Faults:
     def _writes_work(self) -> None:
         with self._lock:
             self._write_error = None
+        if self._owner._server is not None:
+            self.arm(self._owner.store)
 
     def _no_drops(self) -> None:
         with self._lock:
@@ -178,14 +190,10 @@ class Faults:
 
     # -- what the wrapped handlers call -----------------------------------------
 
-    def _before(self, verb: bytes, mutates: bool) -> None:
+    def _before(self, verb: bytes) -> None:
         delay = self._delay
         if delay and (self._delay_verbs is None or verb in self._delay_verbs):
             self._wake.wait(delay)  # an event, not sleep: reset() and stop() cut it short
-        if mutates:
-            message = self._write_error
-            if message is not None:
-                raise LogWriteError(message)
 
     def _after(self, verb: bytes, ctx: Any, reply: Optional[bytes]) -> Optional[bytes]:
         if not self._drops or not reply:
@@ -200,12 +208,11 @@ class Faults:
     def _wrap(self, row: Command) -> Command:
         handler = row.handler
         verb = row.name
-        mutates = row.mutates
         before = self._before
         after = self._after
 
         def faulty(ctx: Any, args: list, data: Optional[bytes]) -> Optional[bytes]:
-            before(verb, mutates)
+            before(verb)
             return after(verb, ctx, handler(ctx, args, data))
 
         faulty.__doc__ = handler.__doc__

@@ -634,6 +634,22 @@ def test_too_large_a_value_is_refused_and_dropped_unbuffered() -> None:
     assert store.peek(b"k") is None and store.stats()["store_too_large"] == 1
 
 
+def test_too_large_a_value_of_another_opcode_is_enomem_and_a_failing_unlink_is_answered() -> None:
+    """Past the limit, a value not bounded by the item size (SASL's) is
+    ENOMEM, uncounted; a SET whose unlink the store refuses (a full disk)
+    answers that failure instead of E2BIG, and the stream stays in step."""
+    store = Store(None)
+    session = BinarySession(store, Settings(max_item_size=1024))
+    reply = one(session.feed(request(SASL_AUTH, b"PLAIN", b"x" * 2000, opaque=3)))
+    assert (reply.opcode, reply.status, reply.opaque) == (SASL_AUTH, ENOMEM, 3)
+    store.set(b"k", b"old")
+    store.refuse_writes("cannot write data file: No space left on device")
+    failed = parse(session.feed(setp(b"k", b"x" * 2000, opaque=4) + request(NOOP)))
+    assert (failed[0].status, failed[0].value) == (ENOMEM, b"cannot write data file: No space left on device")
+    assert failed[1].opcode == NOOP and store.peek(b"k").value == b"old"
+    assert store.stats()["store_too_large"] == 0
+
+
 @pytest.mark.parametrize("op", [SET, SETQ])
 def test_a_set_refused_as_too_large_unlinks_the_old_value(op: int, tmp_path: Path) -> None:
     """As memcached's process_bin_update (and the text set, the meta ms): a

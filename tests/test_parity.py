@@ -5,6 +5,7 @@ memcached."""
 
 from __future__ import annotations
 
+import base64
 import errno
 import socket
 import threading
@@ -359,6 +360,11 @@ def test_too_large_set_removes_the_old_value_on_disk_too(start_server) -> None:
         too_big = b"x" * 11
         assert raw.ask(b"set k 0 0 11\r\n%s\r\n" % too_big) == b"SERVER_ERROR object too large for cache\r\n"
         assert raw.ask(b"ms m 11\r\n%s\r\n" % too_big) == b"SERVER_ERROR object too large for cache\r\n"
+        token = base64.b64encode(b"m")
+        assert raw.ask(b"ms %s 3 b\r\nold\r\nms !!! 11 b\r\n%s\r\n" % (token, too_big), replies=2) == (
+            b"HD\r\nSERVER_ERROR object too large for cache\r\n"  # a key that does not decode: nothing to remove
+        )
+        assert raw.ask(b"ms %s 11 b\r\n%s\r\nmg m v\r\n" % (token, too_big), replies=2).endswith(b"EN\r\n")
         assert raw.ask(b"set a 0 0 1\r\nx\r\nappend a 0 0 11\r\n%s\r\n" % too_big, replies=2).startswith(STORED)
         assert raw.ask(b"get k m a\r\n") == b"VALUE a 0 1\r\nx\r\nEND\r\n"  # append keeps its old value
         assert stats(raw)["delete_hits"] == "0"  # a removal, not a counted delete

@@ -220,3 +220,39 @@ def test_builtins_are_registered_in_the_default_registry():
 def test_settings_refuse_unknown_dialect():
     with pytest.raises(ValueError):
         Settings(dialect="klingon")
+
+
+def test_a_verb_of_ones_own_refused_as_too_large_is_counted(store):
+    """Without a ``refused`` hook of its own, a verb's block past the limit
+    is counted in store_too_large and nothing else happens; with one, the
+    hook is told (too large, or not ended by CRLF) and decides."""
+    registry = Registry()
+    told = []
+    registry.add("plain", lambda ctx, args, data: b"OK\r\n", min_args=1, max_args=1, data=0)
+    registry.add(
+        "hooked",
+        lambda ctx, args, data: b"OK\r\n",
+        min_args=1,
+        max_args=1,
+        data=0,
+        refused=lambda ctx, args, too_large: told.append((args, too_large)),
+    )
+    session = Session(store, Settings(max_item_size=1024), registry=registry)
+    big = b"x" * 2000
+    assert session.feed(b"plain 2000\r\n" + big + b"\r\n") == b"SERVER_ERROR object too large for cache\r\n"
+    assert store.stats()["store_too_large"] == 1
+    assert session.feed(b"hooked 2000\r\n" + big + b"\r\nhooked 1\r\nxyz") == (
+        b"SERVER_ERROR object too large for cache\r\nCLIENT_ERROR bad data chunk\r\n"
+    )
+    assert told == [([b"2000"], True), ([b"1"], False)] and store.stats()["store_too_large"] == 1
+
+
+def test_the_simulated_delay_runs_pipelined_sets_one_by_one(store):
+    """The batch form would skip the per-command delay: not with --simulate-delay."""
+    import threading
+
+    stop = threading.Event()
+    stop.set()  # the delays end at once
+    session = Session(store, Settings(simulate_delay=True), stop=stop)
+    assert session.feed(b"set a 0 0 1\r\n1\r\nset b 0 0 1\r\n2\r\n") == b"STORED\r\nSTORED\r\n"
+    assert store.peek(b"b").value == b"2"

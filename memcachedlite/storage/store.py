@@ -729,6 +729,8 @@ class Store(Expiry, Durability):
         failed to replace.
         """
         with self._lock:
+            if unlink and key is not None and self._refusal is not None:
+                self._refuse()
             if too_large:
                 self.counters["store_too_large"] += 1
             if key is None:
@@ -736,8 +738,6 @@ class Store(Expiry, Durability):
             if detail and self.prefixes.enabled:
                 self.prefixes.record_set(key)
             if unlink:
-                if self._refusal is not None:
-                    self._refuse()
                 self._unlink(key)
 
     def update(self, key: bytes, change: Callable[[Item], Optional[bytes]]) -> Optional[Item]:

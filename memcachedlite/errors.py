@@ -47,6 +47,13 @@ class BadCommandLine(ClientError):
         super().__init__(message)
 
 
+class BadDataChunk(ClientError):
+    """A data block not followed by CRLF; its announced bytes are consumed all the same."""
+
+    def __init__(self, message: str = "bad data chunk") -> None:
+        super().__init__(message)
+
+
 class NonNumeric(ClientError):
     """``incr``/``decr`` of a value that is not a number."""
 

@@ -13,7 +13,7 @@ import random
 import threading
 from typing import TYPE_CHECKING, Any, Optional, Union
 
-from ..errors import LineTooLong, LogWriteError, ProtocolError, TooLarge
+from ..errors import BadDataChunk, LineTooLong, LogWriteError, ProtocolError, TooLarge
 from .auth import MAX_AUTH_TOKEN
 from .context import Host, Standalone
 from .registry import Command, Registry, default_registry
@@ -34,7 +34,6 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 _INTERNAL_ERROR = b"SERVER_ERROR internal error\r\n"
-_BAD_DATA_CHUNK = b"CLIENT_ERROR bad data chunk\r\n"
 # memcached's words for its text-protocol authentication (proto_text.c)
 _UNAUTHENTICATED = b"CLIENT_ERROR unauthenticated\r\n"
 _AUTH_FAILURE = b"CLIENT_ERROR authentication failure\r\n"
@@ -231,7 +230,8 @@ class Session:
         noreply = False
         if row.noreply and len(args) > row.min_args and (args[-1] == b"noreply" or len(args) - 1 == row.max_args):
             noreply = self._noreply(row, args)
-        if not row.accepts(len(args)):
+        count = len(args)
+        if not (count in row.arities if row.arities is not None else count >= row.min_args):  # row.accepts, inlined
             # A wrong number of tokens: memcached's bare ERROR, even under
             # noreply. Unless noreply was the token too many: memcached read
             # it as a number ("set k 0 0 noreply") and its error is silenced.
@@ -242,23 +242,8 @@ class Session:
         data = None
         try:
             if row.data is not None:
-                if row.check is not None:
-                    row.check(args)
-                end = pos + parse_length(args[row.data])
-                if end - pos > self.settings.max_item_size:
-                    pos = self._skip(end + 2, len(buf))
-                    self._refused(row, args, too_large=True)
-                    raise TooLarge()
-                if end + 2 > len(buf):
-                    return start  # wait for the rest of the data block
-                if row.batch is not None and end + 2 < len(buf) and (after := self._run_batch(row, buf, start, out)):
-                    return after
-                data = buf[pos:end]
-                pos = end + 2
-                if buf[end:pos] != b"\r\n":
-                    self._refused(row, args, too_large=False)
-                    if not noreply:
-                        out.append(_BAD_DATA_CHUNK)
+                data, pos = self._data_block(row, args, buf, start, eol, noreply, out)
+                if data is None:
                     return pos
             if self._delays:
                 self._simulated_delay(row.name)
@@ -280,6 +265,33 @@ class Session:
             out.append(reply)
         return pos
 
+    def _data_block(
+        self, row: Command, args: list[bytes], buf: bytes, start: int, eol: int, noreply: bool, out: list[bytes]
+    ) -> tuple[Optional[bytes], int]:
+        """The data block after the line ``buf[start:eol]``, read whole
+        before it is judged: (the block, where the next command starts), or
+        no block and ``start`` while it has not all arrived, or no block and
+        the end of the run when the batch form took it, or no block and the
+        end of the block when it was refused (answered here): too large (it
+        is swallowed, even past what has arrived) or not ended by CRLF.
+        A bad line raises, and the block is then read as the next command."""
+        if row.check is not None:
+            row.check(args)
+        n = len(buf)
+        end = eol + 1 + parse_length(args[row.data])  # type: ignore[index]
+        if end - eol - 1 > self.settings.max_item_size:
+            after = self._skip(end + 2, n)
+            self._refuse_block(row, args, True, noreply, out)
+            return None, after
+        if end + 2 > n:
+            return None, start  # wait for the rest of the data block
+        if row.batch is not None and end + 2 < n and (after := self._run_batch(row, buf, start, out)):
+            return None, after
+        if buf[end : end + 2] != b"\r\n":
+            self._refuse_block(row, args, False, noreply, out)
+            return None, end + 2
+        return buf[eol + 1 : end], end + 2
+
     @staticmethod
     def _noreply(row: Command, args: list[bytes]) -> bool:
         """Whether the command's last token asks for no reply (then it is taken off ``args``)."""
@@ -292,15 +304,24 @@ class Session:
             return True
         return False
 
-    def _refused(self, row: Command, args: list[bytes], too_large: bool) -> None:
-        """A data block refused before the handler sees it (too large, or not
-        ended by CRLF; already swallowed). What memcached does for the
+    def _refuse_block(self, row: Command, args: list[bytes], too_large: bool, noreply: bool, out: list[bytes]) -> None:
+        """Answer a data block refused before the handler sees it (too large,
+        or not ended by CRLF; already swallowed). What memcached does for the
         command then is the verb's own business (``row.refused``: count it,
-        unlink the old value); a verb with no say is counted as too large."""
-        if row.refused is not None:
-            row.refused(self, args, too_large)
-        elif too_large:
-            self.store.refused_set(None, too_large=True)
+        unlink the old value); a verb with no say is counted as too large.
+        The reply is the refusal, or the store's error if it could not do that."""
+        refusal: ProtocolError = TooLarge() if too_large else BadDataChunk()
+        try:
+            if row.refused is not None:
+                row.refused(self, args, too_large)
+            elif too_large:
+                self.store.refused_set(None, too_large=True)
+        except ProtocolError as exc:  # the store could not unlink the old value (a full disk)
+            refusal = exc
+        except Exception:
+            log.exception("refused hook of %r failed", row.name)
+        if not noreply:
+            out.append(refusal.to_bytes())
 
     def _run_batch(self, row: Command, buf: bytes, pos: int, out: list[bytes]) -> int:
         """Hand the run of complete, well-formed commands of ``row``'s verb

@@ -511,7 +511,7 @@ class Store(Expiry, Durability):
             if self.prefixes.enabled:
                 self.prefixes.record_set(key)
             self.counters["cmd_set"] += 1
-            return self._write(key, value, flags, self.absolute(exptime) if exptime else 0, unlink=True)
+            return self._write(key, value, flags, self.absolute(exptime) if exptime else 0, None, 0, True)  # unlink
 
     def set_many(self, entries: list[tuple[bytes, bytes, int, int]]) -> list[Optional[ServerError]]:
         """:meth:`set` for each ``(key, value, flags, exptime)``, under one lock

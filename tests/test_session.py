@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from memcachedlite import ClientError, Registry, Session, Settings, Store
+from memcachedlite import ClientError, Registry, ServerError, Session, Settings, Store
 from memcachedlite.protocols.text import MAX_LINE, MAX_LONG_LINE
 
 
@@ -256,3 +256,25 @@ def test_the_simulated_delay_runs_pipelined_sets_one_by_one(store):
     session = Session(store, Settings(simulate_delay=True), stop=stop)
     assert session.feed(b"set a 0 0 1\r\n1\r\nset b 0 0 1\r\n2\r\n") == b"STORED\r\nSTORED\r\n"
     assert store.peek(b"b").value == b"2"
+
+
+def test_a_refused_hook_that_fails_leaves_the_stream_in_step(store, caplog):
+    """A hook's ProtocolError is the reply (the store could not unlink: a
+    full disk); any other failure is logged and the refusal answered."""
+
+    def full_disk(ctx, args, too_large):
+        raise ServerError("cannot write data file")
+
+    def broken(ctx, args, too_large):
+        raise RuntimeError("bug")
+
+    registry = Registry()
+    registry.add("full", lambda ctx, args, data: b"OK\r\n", min_args=1, max_args=1, data=0, refused=full_disk)
+    registry.add("broken", lambda ctx, args, data: b"OK\r\n", min_args=1, max_args=1, data=0, refused=broken)
+    session = Session(store, Settings(max_item_size=1024), registry=registry)
+    big = b"x" * 2000
+    assert session.feed(b"full 2000\r\n" + big + b"\r\nbroken 2000\r\n" + big + b"\r\nbroken 1\r\nxyz") == (
+        b"SERVER_ERROR cannot write data file\r\nSERVER_ERROR object too large for cache\r\n"
+        b"CLIENT_ERROR bad data chunk\r\n"
+    )
+    assert "refused hook of b'broken' failed" in caplog.text

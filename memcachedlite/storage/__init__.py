@@ -1,5 +1,7 @@
 """The storage engine: the item table in memory (expiry, LRU eviction, the
-counters ``stats`` reports), and its durability: batches and group commit,
+counters ``stats`` reports), the operations every protocol calls (memcached's
+storing modes and cas test, incr/decr, what a refused set does), and its
+durability: batches and group commit,
 what a failed write or fsync does, compaction, the data file's format,
 replay at start-up and repair.
 

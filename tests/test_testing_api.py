@@ -278,6 +278,23 @@ def test_fail_writes_answers_server_error_and_changes_nothing(server: Background
         client.add("new", b"v")
 
 
+def test_fail_writes_holds_across_a_restart_and_from_before_start() -> None:
+    """The failure is the store's; a server built anew (a restart of a
+    persistent server, or the first start) is given it too."""
+    server = BackgroundServer(persistent=True)
+    server.faults.fail_writes()
+    with server.start():
+        client = server.client()
+        with pytest.raises(MemcacheServerError, match=DISK_FULL):
+            client.set("k", b"v")
+        server.restart()
+        client = server.client()
+        with pytest.raises(MemcacheServerError, match=DISK_FULL):
+            client.set("k", b"v")
+        server.faults.reset()
+        assert client.set("k", b"v") and client.get("k") == b"v"
+
+
 def test_drop_connection_sends_half_a_reply_then_closes(server: BackgroundServer) -> None:
     server.store.set(b"k", b"0123456789" * 10)
     whole = b"VALUE k 0 100\r\n" + b"0123456789" * 10 + b"\r\nEND\r\n"

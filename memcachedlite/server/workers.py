@@ -39,6 +39,11 @@ class WorkerPool:
         self._closed = False
 
     @property
+    def busy(self) -> int:
+        """Workers running a task now (the server's open connections)."""
+        return self._busy
+
+    @property
     def size(self) -> int:
         """Threads alive, busy or idle."""
         return len(self._threads)

@@ -14,10 +14,12 @@ restarting), which a mock client cannot show.
         with server.faults.fail_writes():
             ...                           # every write now answers SERVER_ERROR
 
-The faults live in a copy of the verb registry whose handlers are wrapped;
-servers built any other way (``mcl serve``) run the plain handlers and pay
-nothing for them. The pytest fixtures built on this are in
-:mod:`memcachedlite.testing.plugin`.
+A failing disk is the store's own refusal (:meth:`Store.refuse_writes
+<memcachedlite.storage.store.Store.refuse_writes>`), so every protocol sees
+it; the slow replies and dropped connections live in a copy of the verb
+registry whose handlers are wrapped, so servers built any other way (``mcl
+serve``) run the plain handlers and pay nothing for them. The pytest
+fixtures built on this are in :mod:`memcachedlite.testing.plugin`.
 """
 
 from __future__ import annotations
@@ -346,6 +348,8 @@ class BackgroundServer:
     def _build(self, config: ServerConfig) -> MemcacheServer:
         server = build_server(config)
         server.registry = self.faults.registry(server.registry)
+        assert server.store is not None
+        self.faults.arm(server.store)  # a write failure switched on before (a restart, or before start)
         return server
 
     def _run(self, server: MemcacheServer) -> None:

@@ -6,6 +6,7 @@ between servers, the seed's data file, and the real memcached and its
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import socket
@@ -291,6 +292,21 @@ def test_bad_item_lines_of_a_dump_are_skipped(server, tmp_path: Path) -> None:
     assert "3 lines skipped" in result.stdout
     assert ":3: skipped: not an item" in result.stderr and "out of range" in result.stderr
     assert "negative ttl" in result.stderr
+
+
+def test_a_dump_line_with_an_infinite_number_is_skipped() -> None:
+    """Found by fuzzing (fuzz/dump.py): JSON's ``Infinity`` as flags or ttl
+    raised OverflowError out of the loader instead of skipping the line."""
+    source = bulk.Source(
+        io.BytesIO(
+            bulk.header([])
+            + b'{"key": "aw==", "value": "", "flags": Infinity}\n'
+            + b'{"key": "aw==", "value": "", "ttl": -Infinity}\n'
+            + bulk.encode_item(bulk.DumpItem(b"ok", b"1"))
+        )
+    )
+    assert list(source) == [bulk.DumpItem(b"ok", b"1")]
+    assert source.skipped == [(2, "not an item of the dump format"), (3, "not an item of the dump format")]
 
 
 def test_dump_and_load_over_several_servers(start_server, tmp_path: Path) -> None:

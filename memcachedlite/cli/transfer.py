@@ -377,7 +377,7 @@ class Source:
             value = base64.b64decode(record["value"], validate=True)
             flags = int(record.get("flags", 0))
             ttl = int(record.get("ttl", 0))
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, OverflowError):  # OverflowError: a flags or ttl of Infinity
             raise BadLine("not an item of the dump format") from None
         if not 0 <= flags < U32:
             raise BadLine(f"flags {flags} out of range")

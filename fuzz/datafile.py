@@ -94,6 +94,10 @@ class Model:
                 raise Unreadable(f"{kind.decode()} of unknown item format {record[1]}")
             for key, blob in record[4]:
                 item = well_formed(blob)
+                if item.exptime and not record[3]:
+                    # KNOWN ISSUE (tests/test_sets_record.py, xfail): replay trusts the
+                    # record's count of items with an expiry to look for expired ones.
+                    raise KnownIssue("a bulk record holds an item with an expiry, and counts none")
                 items.pop(key, None)
                 items[key] = (item.value, item.flags, item.exptime, item.cas, item.stale, bool(item.state & BINARY_KEY))
         elif kind == b"flush_all":

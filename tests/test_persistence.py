@@ -330,6 +330,23 @@ def test_a_checksummed_record_with_numbers_out_of_range_is_damage(path, head, va
         Store(path)
 
 
+def test_a_set_record_whose_line_holds_a_bare_lf_is_damage(path):
+    """Found by fuzzing (fuzz/datafile.py): start-up's fast path read a set
+    record's line up to its CRLF, so a line holding a bare LF (``set a<LF>b
+    ...``, checksum intact) loaded, while every other reader of the file
+    (repair, the record parser) stops there: start-up must stop there too."""
+    s = Store(path)
+    s.set(b"a", b"1")
+    s.close()
+    with open(path, "ab") as f:
+        f.write(sealed_set(b"set a\nb 0 0 1 5", b"x") + fmt.encode_set(b"c", b"3", 0, 0, 6))
+    s = Store(path)
+    try:
+        assert s.keys() == [b"a"]
+    finally:
+        s.close()
+
+
 def test_numbers_spelled_with_leading_zeros_load_as_the_server_writes_them(path):
     """Found by fuzzing (fuzz/datafile.py): start-up copied a set record's
     flags and length into the item as the file spelled them, so ``get``

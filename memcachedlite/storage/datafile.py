@@ -61,7 +61,8 @@ def load_records(
     count = max_cas = expiring = 0
     while pos < n:
         if starts(b"set ", pos):
-            eol = find(b"\r\n", pos)
+            # the line ends at its first LF, which a CR must precede, as parse_one reads it
+            eol = find(b"\n", pos) - 1
             head = buf[pos:eol]
             try:
                 _, key, flags, exptime, length, cas, crc = head.split(b" ")
@@ -70,6 +71,7 @@ def load_records(
                 value = buf[eol + 2 : end]
                 if (
                     eol > 0
+                    and buf[eol] == 13
                     and size >= 0
                     and buf[end : end + 2] == b"\r\n"
                     and crc32(value, crc32(head[:-9])) == int(crc, 16)

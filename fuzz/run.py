@@ -85,6 +85,8 @@ def run_target(target: str, args: argparse.Namespace, passthrough: list[str]) ->
     env = dict(os.environ, MCL_FUZZ_WORKDIR=scratch)
     flags = libfuzzer_args(target, args, passthrough)
     command = [sys.executable, os.path.abspath(__file__), f"--child={target}", *flags]
+    artifacts = os.path.join(FUZZ, "artifacts", target)
+    before = set(os.listdir(artifacts))
     started = time.monotonic()
     runs = None
     found = []
@@ -96,11 +98,16 @@ def run_target(target: str, args: argparse.Namespace, passthrough: list[str]) ->
             sys.stderr.write(line)
             if m := re.match(r"stat::number_of_executed_units: (\d+)", line):
                 runs = int(m.group(1))
+            elif m := re.match(r"#(\d+)", line):  # progress lines, all that -fork=1 prints
+                runs = max(runs or 0, int(m.group(1)))
             elif m := re.search(r"Test unit written to (\S+)", line):
                 found.append(m.group(1))
         status = child.wait()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    # with -fork=1 the findings are told in the jobs' own logs: look at the folder too
+    found += sorted(os.path.join(artifacts, name) for name in set(os.listdir(artifacts)) - before)
+    found = sorted(set(found))
     took = time.monotonic() - started
     ok = status == 0 and not found
     outcome = "no finding" if ok else f"FOUND (exit {status}): {', '.join(found) or 'see above'}"

@@ -6,6 +6,7 @@ apart like any other record's."""
 from __future__ import annotations
 
 import errno
+import zlib
 from pathlib import Path
 
 import pytest
@@ -209,6 +210,26 @@ def test_an_expired_item_of_a_snapshot_that_counts_none_is_left_out(tmp_path: Pa
     store = Store(path)
     try:
         assert len(store) == 0 and store.stats()["curr_items"] == 0
+    finally:
+        store.close()
+
+
+def test_a_sets_record_counting_more_items_than_it_holds_is_damage(tmp_path: Path) -> None:
+    """Found by fuzzing (fuzz/datafile.py): a ``sets`` record (checksum
+    intact) whose count of items runs its length table past the end of the
+    file raised ValueError out of start-up, instead of being damage."""
+    path = tmp_path / "data.txt"
+    fill(path, b"set a 0 0 1\r\n1\r\n")
+    payload = b"".join(encode_sets([b"b"], [make_item(b"2", 0, 0, 5)], ITEM_FORMAT, 6)[1:-1])
+    rest = len(payload) + 2
+    # a count whose item-length table starts inside the file and ends past it, mid-entry
+    count = next(c for c in range(1, rest) if 2 * c < rest < 6 * c and (rest - 2 * c) % 4)
+    head = b"sets %d %d 6 0 %d" % (ITEM_FORMAT, count, len(payload))
+    with open(path, "ab") as f:
+        f.write(b"%s %08x\r\n%s\r\n" % (head, zlib.crc32(payload, zlib.crc32(head)), payload))
+    store = Store(path)  # the record is a crash's tail: cut off
+    try:
+        assert store.keys() == [b"a"]
     finally:
         store.close()
 

@@ -269,6 +269,8 @@ def read_snapshot(buf: bytes, pos: int, what: str = "snapshot") -> tuple[Record,
     view = memoryview(buf)
     if buf[end : end + 2] != b"\r\n" or crc32(view[start:end], crc32(line[: line.rfind(b" ")])) != crc:
         raise BadRecord(f"{what} checksum mismatch")
+    if not 0 <= 6 * count <= length:  # the length table alone would run past the payload
+        raise BadRecord(f"{what} lengths do not add up")
     key_lengths = array("H")
     key_lengths.frombytes(view[start : start + 2 * count])
     blob_lengths = array("I")

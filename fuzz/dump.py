@@ -13,7 +13,8 @@ Properties:
   2**32, a ttl that is not negative;
 - the command ``mcl load`` sends for it (``set_command``), fed to a session,
   is answered ``STORED`` (or ``HD``), and the store then holds that item
-  with its value, flags and expiry (the last item of a key wins).
+  with its value, flags and expiry (the last item of a key wins; an expiry
+  past January 2038, the latest an exptime can say, is cut to that).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import io
 from common import NOW, ErrorLog, PropertyViolation, check_invariants, clock
 
 from memcachedlite import Session, Store
-from memcachedlite.cli.transfer import BulkError, Source, set_command
+from memcachedlite.cli.transfer import MAX_EXPTIME, BulkError, Source, set_command
 
 #: Longest file tried.
 MAX_LEN = 8192
@@ -52,7 +53,7 @@ def one_input(data: bytes) -> None:
             reply = session.feed(set_command(item, NOW))
             if reply not in (b"STORED\r\n", b"HD\r\n"):
                 raise PropertyViolation(f"{set_command(item, NOW)[:200]!r} is answered {reply[:200]!r}")
-            expected[item.key] = (item.value, item.flags, NOW + item.ttl if item.ttl else 0)
+            expected[item.key] = (item.value, item.flags, min(NOW + item.ttl, MAX_EXPTIME) if item.ttl else 0)
         _errors.check()
         check_invariants(store)
         for key, want in expected.items():

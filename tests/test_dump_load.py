@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+from memcachedlite import Session, Store
 from memcachedlite.cli import main
 from memcachedlite.cli import transfer as bulk
 from memcachedlite.storage.items import ITEM_OVERHEAD
@@ -307,6 +308,25 @@ def test_a_dump_line_with_an_infinite_number_is_skipped() -> None:
     )
     assert list(source) == [bulk.DumpItem(b"ok", b"1")]
     assert source.skipped == [(2, "not an item of the dump format"), (3, "not an item of the dump format")]
+
+
+@pytest.mark.parametrize("ttl", [2**32, 10**30])
+def test_a_ttl_past_2038_loads_as_the_latest_expiry_memcached_can_say(ttl: int) -> None:
+    """Found by fuzzing (fuzz/dump.py): a ttl that reaches past 2038 was sent
+    as an exptime the server refuses (CLIENT_ERROR) or reads, wrapped to 32
+    bits, as a time in the past (STORED, and the item gone at once). A server
+    holds such expiries when the binary protocol set them."""
+    now = 1_767_225_600
+    store = Store(None, clock=lambda: now)
+    try:
+        item = bulk.DumpItem(b"k", b"v", 1, ttl)
+        assert Session(store).feed(bulk.set_command(item, now)) == b"STORED\r\n"
+        assert store.peek(b"k").exptime == bulk.MAX_EXPTIME
+        binary = bulk.DumpItem(b"with space", b"v", 1, ttl)  # sent as a meta set
+        assert Session(store).feed(bulk.set_command(binary, now)) == b"HD\r\n"
+        assert store.peek(b"with space").exptime == bulk.MAX_EXPTIME
+    finally:
+        store.close()
 
 
 def test_dump_and_load_over_several_servers(start_server, tmp_path: Path) -> None:

@@ -427,11 +427,18 @@ class LoadReport:
         self.first_error = self.first_error or other.first_error
 
 
+#: The latest expiry an exptime can say: memcached reads it as a signed
+#: 32-bit unix time (January 2038); a later one wraps into the past.
+MAX_EXPTIME = (1 << 31) - 1
+
+
 def exptime(ttl: int, now: int | None = None) -> int:
-    """The exptime to send for ``ttl`` seconds: memcached reads more than 30 days as a unix time."""
+    """The exptime to send for ``ttl`` seconds: memcached reads more than 30
+    days as a unix time, and none past :data:`MAX_EXPTIME`, so a longer ttl
+    is cut to that rather than sent to expire the item at once."""
     if ttl <= RELATIVE_EXPTIME_LIMIT:
         return ttl
-    return int(time.time() if now is None else now) + ttl
+    return min(int(time.time() if now is None else now) + ttl, MAX_EXPTIME)
 
 
 def set_command(item: DumpItem, now: int) -> bytes:

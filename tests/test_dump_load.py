@@ -310,6 +310,16 @@ def test_a_dump_line_with_an_infinite_number_is_skipped() -> None:
     assert source.skipped == [(2, "not an item of the dump format"), (3, "not an item of the dump format")]
 
 
+def test_json_nested_too_deep_is_no_dump_or_a_skipped_line() -> None:
+    """Found reading the loader while writing fuzz/dump.py, and confirmed by
+    its properties: json raises RecursionError for deeply nested arrays,
+    which escaped Source instead of a BulkError or a skipped line."""
+    with pytest.raises(bulk.BulkError, match="not valid JSON"):
+        bulk.Source(io.BytesIO(b'{"a": ' + b"[" * 100_000 + b"\n"))
+    source = bulk.Source(io.BytesIO(bulk.header([]) + b'{"key": ' + b"[" * 100_000 + b"\n"))
+    assert list(source) == [] and source.skipped == [(2, "not an item of the dump format")]
+
+
 @pytest.mark.parametrize("ttl", [2**32, 10**30])
 def test_a_ttl_past_2038_loads_as_the_latest_expiry_memcached_can_say(ttl: int) -> None:
     """Found by fuzzing (fuzz/dump.py): a ttl that reaches past 2038 was sent

@@ -340,7 +340,7 @@ class Source:
             self.format = "dump"
             try:
                 first = json.loads(stripped)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: arrays nested too deep
                 raise BulkError("line 1: not valid JSON, so not a dump file") from None
             if not isinstance(first, dict):
                 raise BulkError("line 1: not a JSON object, so not a dump file")
@@ -377,7 +377,8 @@ class Source:
             value = base64.b64decode(record["value"], validate=True)
             flags = int(record.get("flags", 0))
             ttl = int(record.get("ttl", 0))
-        except (ValueError, KeyError, TypeError, OverflowError):  # OverflowError: a flags or ttl of Infinity
+        # OverflowError: a flags or ttl of Infinity; RecursionError: arrays nested too deep
+        except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
             raise BadLine("not an item of the dump format") from None
         if not 0 <= flags < U32:
             raise BadLine(f"flags {flags} out of range")

@@ -73,6 +73,7 @@ def load_records(
                     eol > 0
                     and buf[eol] == 13
                     and size >= 0
+                    and len(crc) == 8  # what head[:-9] assumes; parse_one judges any other spelling
                     and buf[end : end + 2] == b"\r\n"
                     and crc32(value, crc32(head[:-9])) == int(crc, 16)
                 ):

@@ -12,8 +12,10 @@ size), so that a refactoring of the storage internals does not break it.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -46,8 +48,11 @@ def workdir() -> str:
     path = os.environ.get("MCL_FUZZ_WORKDIR")
     if path:
         return path
+    # imported without run.py (to try an input by hand): clean up at exit
     base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
-    return tempfile.mkdtemp(prefix="memcachedlite-fuzz-", dir=base)
+    path = tempfile.mkdtemp(prefix="memcachedlite-fuzz-", dir=base)
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 def clear_dir(path: str) -> None:

@@ -6,6 +6,7 @@ between servers, the seed's data file, and the real memcached and its
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import socket
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+from memcachedlite import Session, Store
 from memcachedlite.cli import main
 from memcachedlite.cli import transfer as bulk
 from memcachedlite.storage.items import ITEM_OVERHEAD
@@ -291,6 +293,50 @@ def test_bad_item_lines_of_a_dump_are_skipped(server, tmp_path: Path) -> None:
     assert "3 lines skipped" in result.stdout
     assert ":3: skipped: not an item" in result.stderr and "out of range" in result.stderr
     assert "negative ttl" in result.stderr
+
+
+def test_a_dump_line_with_an_infinite_number_is_skipped() -> None:
+    """Found by fuzzing (fuzz/dump.py): JSON's ``Infinity`` as flags or ttl
+    raised OverflowError out of the loader instead of skipping the line."""
+    source = bulk.Source(
+        io.BytesIO(
+            bulk.header([])
+            + b'{"key": "aw==", "value": "", "flags": Infinity}\n'
+            + b'{"key": "aw==", "value": "", "ttl": -Infinity}\n'
+            + bulk.encode_item(bulk.DumpItem(b"ok", b"1"))
+        )
+    )
+    assert list(source) == [bulk.DumpItem(b"ok", b"1")]
+    assert source.skipped == [(2, "not an item of the dump format"), (3, "not an item of the dump format")]
+
+
+def test_json_nested_too_deep_is_no_dump_or_a_skipped_line() -> None:
+    """Found reading the loader while writing fuzz/dump.py, and confirmed by
+    its properties: json raises RecursionError for deeply nested arrays,
+    which escaped Source instead of a BulkError or a skipped line."""
+    with pytest.raises(bulk.BulkError, match="not valid JSON"):
+        bulk.Source(io.BytesIO(b'{"a": ' + b"[" * 100_000 + b"\n"))
+    source = bulk.Source(io.BytesIO(bulk.header([]) + b'{"key": ' + b"[" * 100_000 + b"\n"))
+    assert list(source) == [] and source.skipped == [(2, "not an item of the dump format")]
+
+
+@pytest.mark.parametrize("ttl", [2**32, 10**30])
+def test_a_ttl_past_2038_loads_as_the_latest_expiry_memcached_can_say(ttl: int) -> None:
+    """Found by fuzzing (fuzz/dump.py): a ttl that reaches past 2038 was sent
+    as an exptime the server refuses (CLIENT_ERROR) or reads, wrapped to 32
+    bits, as a time in the past (STORED, and the item gone at once). A server
+    holds such expiries when the binary protocol set them."""
+    now = 1_767_225_600
+    store = Store(None, clock=lambda: now)
+    try:
+        item = bulk.DumpItem(b"k", b"v", 1, ttl)
+        assert Session(store).feed(bulk.set_command(item, now)) == b"STORED\r\n"
+        assert store.peek(b"k").exptime == bulk.MAX_EXPTIME
+        binary = bulk.DumpItem(b"with space", b"v", 1, ttl)  # sent as a meta set
+        assert Session(store).feed(bulk.set_command(binary, now)) == b"HD\r\n"
+        assert store.peek(b"with space").exptime == bulk.MAX_EXPTIME
+    finally:
+        store.close()
 
 
 def test_dump_and_load_over_several_servers(start_server, tmp_path: Path) -> None:

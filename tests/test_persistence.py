@@ -5,15 +5,19 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import zlib
 from pathlib import Path
 
 import pytest
 
-from memcachedlite import CorruptLogError, LogWriteError, Store
+from memcachedlite import CorruptLogError, LogWriteError, Session, Store
 from memcachedlite.storage import datafile
 from memcachedlite.storage import records as fmt
 from memcachedlite.storage.datafile import DataLog
+from memcachedlite.storage.items import item_size, make_item
 from memcachedlite.storage.records import parse_records, read_header
+
+from .conftest import mark_synced
 
 
 def records(data: bytes) -> list:
@@ -288,6 +292,99 @@ def test_each_kind_of_middle_damage_is_detected(path, record):
         f.write(fmt.encode_sync(end, file_id))
     with pytest.raises(CorruptLogError, match="reached the disk"):
         Store(path)
+
+
+def sealed_set(head: bytes, value: bytes) -> bytes:
+    """A set record as the file would hold it, checksum and all, with the
+    numbers spelled as ``head`` spells them."""
+    return b"%s %08x\r\n%s\r\n" % (head, zlib.crc32(value, zlib.crc32(head)), value)
+
+
+@pytest.mark.parametrize(
+    "head, value",
+    [
+        (b"set k -1 0 1 5", b"x"),  # flags the item layout cannot hold
+        (b"set k 4294967296 0 1 5", b"x"),
+        (b"set k 0 9223372036854775808 1 5", b"x"),
+        (b"set k 0 0 1 -5", b"x"),  # a negative cas
+        (b"set k 0 0 1 18446744073709551616", b"x"),
+        (b"set k 0 0 -2 5", b""),  # a negative length whose "data block" is the line's own CRLF
+    ],
+    ids=["negative-flags", "flags-2**32", "exptime-2**63", "negative-cas", "cas-2**64", "negative-length"],
+)
+def test_a_checksummed_record_with_numbers_out_of_range_is_damage(path, head, value):
+    """Found by fuzzing (fuzz/datafile.py): a record whose checksum holds but
+    whose numbers the item layout cannot hold raised struct.error out of
+    start-up, or loaded an item that no reply could show. It is damage like
+    any other: the file is cut before it (or refused, in synced data)."""
+    s = Store(path)
+    s.set(b"a", b"1")
+    s.close()
+    with open(path, "ab") as f:
+        f.write(sealed_set(head, value) if value else b"%s %08x\r\n" % (head, zlib.crc32(head)))
+    s = Store(path)
+    try:
+        assert s.keys() == [b"a"]
+    finally:
+        s.close()
+    with open(path, "ab") as f:
+        f.write(fmt.encode_group([sealed_set(head.replace(b"set k", b"set g"), value or b"x")]))
+    mark_synced(path)
+    with pytest.raises(CorruptLogError, match="malformed record"):
+        Store(path)
+
+
+def test_a_set_record_whose_line_holds_a_bare_lf_is_damage(path):
+    """Found by fuzzing (fuzz/datafile.py): start-up's fast path read a set
+    record's line up to its CRLF, so a line holding a bare LF (``set a<LF>b
+    ...``, checksum intact) loaded, while every other reader of the file
+    (repair, the record parser) stops there: start-up must stop there too."""
+    s = Store(path)
+    s.set(b"a", b"1")
+    s.close()
+    with open(path, "ab") as f:
+        f.write(sealed_set(b"set a\nb 0 0 1 5", b"x") + fmt.encode_set(b"c", b"3", 0, 0, 6))
+    s = Store(path)
+    try:
+        assert s.keys() == [b"a"]
+    finally:
+        s.close()
+
+
+def test_a_set_record_whose_checksum_is_not_8_digits_is_judged_on_its_whole_line(path):
+    """Found by fuzzing (fuzz/datafile.py): start-up's fast path checked a
+    set record's checksum over its line less the last 9 bytes, whatever the
+    checksum field's length; a field of 7 digits that matched one byte less
+    of the line (here the ``0`` of cas ``40``) passed, though the record
+    parser, repair and salvage find the checksum wrong."""
+    s = Store(path)
+    s.set(b"a", b"1")
+    s.close()
+    value = next(v for v in map(bytes, zip(range(256))) if zlib.crc32(v, zlib.crc32(b"set k 0 0 1 4")) < 1 << 28)
+    forged = b"set k 0 0 1 40 %07x\r\n%s\r\n" % (zlib.crc32(value, zlib.crc32(b"set k 0 0 1 4")), value)
+    with open(path, "ab") as f:
+        f.write(forged + fmt.encode_set(b"c", b"3", 0, 0, 41))
+    s = Store(path)
+    try:
+        assert s.keys() == [b"a"]
+    finally:
+        s.close()
+
+
+def test_numbers_spelled_with_leading_zeros_load_as_the_server_writes_them(path):
+    """Found by fuzzing (fuzz/datafile.py): start-up copied a set record's
+    flags and length into the item as the file spelled them, so ``get``
+    answered ``VALUE k 007 01`` and the item's size was counted wrong."""
+    s = Store(path)
+    s.close()
+    with open(path, "ab") as f:
+        f.write(sealed_set(b"set k 007 0 01 5", b"x"))
+    s = Store(path)
+    try:
+        assert Session(s).feed(b"get k\r\n") == b"VALUE k 7 1\r\nx\r\nEND\r\n"
+        assert s.stats()["bytes"] == item_size(b"k", make_item(b"x", 7, 0, 5))
+    finally:
+        s.close()
 
 
 def test_the_same_damage_past_the_last_sync_is_a_crash_tail(path, caplog):

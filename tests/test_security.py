@@ -479,6 +479,13 @@ def gated(auth_file: Path) -> Iterator[Session]:
     store.close()
 
 
+def test_a_meta_set_too_short_to_announce_a_block_is_refused_before_auth(gated: Session) -> None:
+    """Found by fuzzing (fuzz/text_session.py): ``ms`` with no length made the
+    login gate index past the line's tokens (IndexError out of ``feed``)."""
+    assert gated.feed(b"ms\r\nms k\r\nms k 2\r\nhi\r\n") == UNAUTHENTICATED * 3
+    assert not gated.authenticated and not gated.closing
+
+
 def test_every_command_before_auth_is_refused_and_changes_nothing(gated: Session) -> None:
     stream = (
         b"get a\r\n"

@@ -340,7 +340,7 @@ class Source:
             self.format = "dump"
             try:
                 first = json.loads(stripped)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: arrays nested too deep
                 raise BulkError("line 1: not valid JSON, so not a dump file") from None
             if not isinstance(first, dict):
                 raise BulkError("line 1: not a JSON object, so not a dump file")
@@ -377,7 +377,8 @@ class Source:
             value = base64.b64decode(record["value"], validate=True)
             flags = int(record.get("flags", 0))
             ttl = int(record.get("ttl", 0))
-        except (ValueError, KeyError, TypeError):
+        # OverflowError: a flags or ttl of Infinity; RecursionError: arrays nested too deep
+        except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
             raise BadLine("not an item of the dump format") from None
         if not 0 <= flags < U32:
             raise BadLine(f"flags {flags} out of range")
@@ -427,12 +428,19 @@ class LoadReport:
         self.first_error = self.first_error or other.first_error
 
 
+#: The latest expiry an exptime can say: memcached reads it as a signed
+#: 32-bit unix time (January 2038); a later one wraps into the past.
+MAX_EXPTIME = (1 << 31) - 1
+
+
 def exptime(ttl: int, now: int | None = None) -> int:
     """The exptime to send for ``ttl`` seconds from now: memcached reads more
-    than 30 days as a unix time, so a longer one is sent as the time it ends."""
+    than 30 days as a unix time, so a longer one is sent as the time it
+    ends, and none past :data:`MAX_EXPTIME`: a longer ttl is cut to that
+    rather than sent to expire the item at once."""
     if ttl <= RELATIVE_EXPTIME_LIMIT:
         return ttl
-    return int(time.time() if now is None else now) + ttl
+    return min(int(time.time() if now is None else now) + ttl, MAX_EXPTIME)
 
 
 def set_command(item: DumpItem, now: int) -> bytes:

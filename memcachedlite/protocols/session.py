@@ -417,7 +417,8 @@ class Session:
             if row is not None and row.data is not None:
                 if row.noreply and len(args) > row.min_args + 1 and args[-1] == b"noreply":
                     args.pop()
-                if row.accepts(len(args) - 1):
+                # a line too short to hold the length (``ms k``) announces no block
+                if row.accepts(len(args) - 1) and len(args) - 1 > row.data:
                     try:
                         length = parse_length(args[1:][row.data])
                     except ProtocolError:

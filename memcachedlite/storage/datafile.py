@@ -13,6 +13,7 @@ import fcntl
 import gc
 import logging
 import os
+import struct
 import threading
 from typing import Callable, Optional, Union
 from zlib import crc32
@@ -60,27 +61,38 @@ def load_records(
     count = max_cas = expiring = 0
     while pos < n:
         if starts(b"set ", pos):
-            eol = find(b"\r\n", pos)
+            # the line ends at its first LF, which a CR must precede, as parse_one reads it
+            eol = find(b"\n", pos) - 1
             head = buf[pos:eol]
             try:
                 _, key, flags, exptime, length, cas, crc = head.split(b" ")
-                end = eol + 2 + int(length)
+                size = int(length)
+                end = eol + 2 + size
                 value = buf[eol + 2 : end]
-                if eol > 0 and buf[end : end + 2] == b"\r\n" and crc32(value, crc32(head[:-9])) == int(crc, 16):
+                if (
+                    eol > 0
+                    and buf[eol] == 13
+                    and size >= 0
+                    and len(crc) == 8  # what head[:-9] assumes; parse_one judges any other spelling
+                    and buf[end : end + 2] == b"\r\n"
+                    and crc32(value, crc32(head[:-9])) == int(crc, 16)
+                ):
                     number = int(cas)
+                    flag_value = 0 if flags == b"0" else int(flags)
                     if exptime == b"0":
-                        meta = pack(number, 0, 0 if flags == b"0" else int(flags))
+                        meta = pack(number, 0, flag_value)
                     else:
-                        meta = pack(number, int(exptime), 0 if flags == b"0" else int(flags))
+                        meta = pack(number, int(exptime), flag_value)
                         expiring += 1
-                    # the value is followed by CRLF in the file too: one slice takes both
-                    items[key] = b"%b %b %b\r\n%b" % (meta, flags, length, buf[eol + 2 : end + 2])
+                    # the value is followed by CRLF in the file too: one slice takes both.
+                    # The numbers as the store writes them, not as the file spells them.
+                    items[key] = b"%b %d %d\r\n%b" % (meta, flag_value, size, buf[eol + 2 : end + 2])
                     if number > max_cas:
                         max_cas = number
                     count += 1
                     pos = end + 2
                     continue
-            except ValueError:
+            except (ValueError, struct.error):  # struct.error: a number the item layout cannot hold
                 pass  # not a well-formed set: the general path says what is wrong
         try:
             record, pos = parse_one(buf, pos)

@@ -269,6 +269,8 @@ def read_snapshot(buf: bytes, pos: int, what: str = "snapshot") -> tuple[Record,
     view = memoryview(buf)
     if buf[end : end + 2] != b"\r\n" or crc32(view[start:end], crc32(line[: line.rfind(b" ")])) != crc:
         raise BadRecord(f"{what} checksum mismatch")
+    if not 0 <= 6 * count <= length:  # the length table alone would run past the payload
+        raise BadRecord(f"{what} lengths do not add up")
     key_lengths = array("H")
     key_lengths.frombytes(view[start : start + 2 * count])
     blob_lengths = array("I")
@@ -284,6 +286,19 @@ def read_snapshot(buf: bytes, pos: int, what: str = "snapshot") -> tuple[Record,
     keys = map(take, map(slice, key_offsets, key_offsets[1:]))
     blobs = map(take, map(slice, blob_offsets, blob_offsets[1:]))
     return (what.encode(), item_format, next_cas, expiring, zip(keys, blobs, strict=True)), end + 2
+
+
+_U32, _U64, _I64 = 1 << 32, 1 << 64, 1 << 63
+
+
+def _number(field: bytes, low: int, high: int) -> int:
+    """A record's number, refused (ValueError) outside ``[low, high)``, the
+    range the item layout holds it in: a checksum does not make a record
+    the server could have written."""
+    value = int(field)
+    if not low <= value < high:
+        raise ValueError("number out of range")
+    return value
 
 
 def parse_one(buf: bytes, pos: int) -> tuple[Record, int]:
@@ -321,7 +336,7 @@ def parse_one(buf: bytes, pos: int) -> tuple[Record, int]:
                 except binascii.Error:
                     raise ValueError("key is not base64") from None
             if kind == b"set" and len(parts) == 7:
-                data_end = eol + 1 + int(parts[4])
+                data_end = eol + 1 + _number(parts[4], 0, _U64)
                 if data_end + 2 > n:
                     raise BadRecord("data block runs past the end of the file", torn=True)
                 value = buf[eol + 1 : data_end]
@@ -329,19 +344,20 @@ def parse_one(buf: bytes, pos: int) -> tuple[Record, int]:
                     raise BadRecord("data block not ended by CRLF", torn=data_end + 2 >= n)
                 if crc32(value, crc32(line[:cut])) != crc:
                     raise BadRecord("checksum mismatch", torn=data_end + 2 >= n)
-                return (verb, parts[1], value, int(parts[2]), int(parts[3]), int(parts[5])), data_end + 2
+                flags, exptime = _number(parts[2], 0, _U32), _number(parts[3], -_I64, _I64)
+                return (verb, parts[1], value, flags, exptime, _number(parts[5], 0, _U64)), data_end + 2
             if crc32(line[:cut]) != crc:
                 raise BadRecord("checksum mismatch", torn=eol + 1 >= n)
             if kind == b"delete" and len(parts) == 3:
                 return (verb, parts[1]), eol + 1
             if kind == b"touch" and len(parts) == 4:
-                return (verb, parts[1], int(parts[2])), eol + 1
+                return (verb, parts[1], _number(parts[2], -_I64, _I64)), eol + 1
             if kind == b"invalidate" and len(parts) == 4:
-                return (verb, parts[1], int(parts[2])), eol + 1
+                return (verb, parts[1], _number(parts[2], 0, _U64)), eol + 1
             if verb == b"flush_all" and len(parts) == 3:
-                return (b"flush_all", int(parts[1])), eol + 1
+                return (b"flush_all", _number(parts[1], -_I64, _I64)), eol + 1
             if verb == b"next_cas" and len(parts) == 3:
-                return (b"next_cas", int(parts[1])), eol + 1
+                return (b"next_cas", _number(parts[1], 0, _U64)), eol + 1
             if verb == b"sync" and len(parts) == 4:
                 return (b"sync", int(parts[1]), parts[2]), eol + 1
         except ValueError as exc:

@@ -8,6 +8,8 @@ import socket
 import threading
 from pathlib import Path
 
+import pytest
+
 from memcachedlite import Store
 from memcachedlite.storage import datafile
 from tests.conftest import Raw
@@ -145,3 +147,70 @@ def test_a_store_used_directly_waits_for_the_disk(tmp_path: Path) -> None:
         assert again.peek(b"a").value == b"1"
     finally:
         again.close()
+
+
+# -- the courier, on its own (server/delivery.py) -----------------------------------------
+
+
+class _Told:
+    """A stand-in for the group commit thread: tells each waiter at once."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+
+    def when_durable(self, lsn: int, done) -> None:
+        done(self.error)
+
+
+class _Socket:
+    """A socket whose sends go as scripted: ``send`` places ``room`` bytes
+    (or raises ``send_error``); ``sendall`` raises ``sendall_error`` or keeps it all."""
+
+    def __init__(self, room: int = 1 << 30, send_error=None, sendall_error=None) -> None:
+        self.room = room
+        self.send_error = send_error
+        self.sendall_error = sendall_error
+        self.sent = b""
+
+    def send(self, data: bytes, flags: int = 0) -> int:
+        if self.send_error is not None:
+            raise self.send_error
+        placed = data[: self.room]
+        self.sent += placed
+        return len(placed)
+
+    def sendall(self, data: bytes) -> None:
+        if self.sendall_error is not None:
+            raise self.sendall_error
+        self.sent += data
+
+
+def _failed(reply: bytes, exc: Exception) -> bytes:
+    return b"FAILED\r\n" if reply else b""
+
+
+def test_a_courier_sends_the_error_replies_when_the_disk_failed() -> None:
+    from memcachedlite.errors import LogWriteError
+    from memcachedlite.server.delivery import Courier
+
+    sock = _Socket()
+    courier = Courier(sock, _Told(LogWriteError("fsync failed")))  # type: ignore[arg-type]
+    courier.hand_off(5, [b"STORED\r\n", b"", b"STORED\r\n"], _failed)
+    courier.drain(1)
+    assert sock.sent == b"FAILED\r\nFAILED\r\n" and courier.unsent == 0
+
+
+@pytest.mark.parametrize(
+    "sock",
+    [_Socket(send_error=ConnectionResetError()), _Socket(room=3, sendall_error=BrokenPipeError())],
+    ids=["send fails", "backlog send fails"],
+)
+def test_a_courier_whose_client_is_gone_delivers_nothing_more_and_stays_countable(sock: _Socket) -> None:
+    from memcachedlite.server.delivery import Courier
+
+    courier = Courier(sock, _Told())  # type: ignore[arg-type]
+    courier.hand_off(1, [b"VALUE k 0 1\r\nx\r\nEND\r\n"], _failed)
+    courier.hand_off(2, [b"STORED\r\n"], _failed)  # queues behind whatever is left
+    courier.drain(5)
+    assert courier.unsent == 0  # a closing connection does not wait for a client that left
+    assert len(sock.sent) <= 3

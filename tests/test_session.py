@@ -278,3 +278,20 @@ def test_a_refused_hook_that_fails_leaves_the_stream_in_step(store, caplog):
         b"CLIENT_ERROR bad data chunk\r\n"
     )
     assert "refused hook of b'broken' failed" in caplog.text
+
+
+def test_a_session_without_a_server_answers_as_a_server_with_nothing_to_count() -> None:
+    """Its host is a Standalone: no connections to count or reset, nothing to
+    stop, memcached's defaults for what a server would set."""
+    store = Store()
+    try:
+        s = Session(store, Settings(enable_shutdown=True))
+        stats = dict(line.split(b" ")[1:] for line in s.feed(b"stats\r\n").splitlines()[:-1])
+        assert stats[b"curr_connections"] == b"0" and stats[b"uptime"] == b"0"
+        settings = dict(line.split(b" ")[1:] for line in s.feed(b"stats settings\r\n").splitlines()[:-1])
+        assert settings[b"slab_automove"] == b"1" and settings[b"binding_protocol"] == b"auto-negotiate"
+        assert s.feed(b"slabs automove 2\r\n") == b"OK\r\n" and s.server.slab_automove == 2
+        assert s.feed(b"stats reset\r\n") == b"RESET\r\n"
+        assert s.feed(b"shutdown\r\n") == b"" and s.closing  # nothing to stop but the connection
+    finally:
+        store.close()

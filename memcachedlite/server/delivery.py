@@ -44,6 +44,8 @@ class Courier:
         self._last = 0
         #: what a send could not place; a thread of its own is sending it
         self._backlog: Optional[bytearray] = None
+        #: the client is gone (a send failed): nothing more is sent
+        self._gone = False
 
     def hand_off(self, lsn: int, replies: list[bytes], failed: FailedReply) -> None:
         """Send ``replies`` once log position ``lsn`` is durable; if it never
@@ -71,6 +73,9 @@ class Courier:
                 self._backlog += data
                 self._done()
                 return
+            if self._gone:
+                self._done()
+                return
         sent = len(data)
         if data:
             try:
@@ -78,7 +83,7 @@ class Courier:
             except BlockingIOError:
                 sent = 0
             except OSError:
-                sent = len(data)  # the client is gone: nothing more to deliver
+                self._gone = True  # the client is gone: nothing more to deliver
         if sent < len(data):
             with self._cond:
                 self._backlog = bytearray(data[sent:])
@@ -95,7 +100,7 @@ class Courier:
             with self._cond:
                 assert self._backlog is not None
                 data = bytes(self._backlog)
-                if not data:
+                if not data or self._gone:
                     self._backlog = None
                     self._done()
                     return
@@ -103,7 +108,8 @@ class Courier:
             try:
                 self._sock.sendall(data)
             except OSError:
-                pass  # the client is gone: nothing more to deliver
+                with self._cond:
+                    self._gone = True  # the client is gone: nothing more to deliver
 
     def _done(self) -> None:
         """One batch has left (lock held)."""

@@ -96,17 +96,21 @@ class Committer:
                 if self._stopping and not self._queue:
                     break
                 behind = any(w.lsn > log.synced_lsn for w in self._queue)
+            # What was durable before this round: if its fsync fails, nothing
+            # past it is, whatever the rewrite that the failure starts (on a
+            # thread of its own) may make of the positions meanwhile.
+            synced = log.synced_lsn
             error: Optional[LogWriteError] = None
             try:
                 if behind:
                     error = self._sync()
-                self._release(error)
+                self._release(error, synced if error is not None else log.synced_lsn)
             except Exception:  # a bug: never leave the waiters hanging
                 logger.exception("the group commit failed")
                 error = LogWriteError("internal error")
                 self._on_failure(error.message)
-                self._release(error)
-        self._release(LogWriteError("server is stopping"))
+                self._release(error, synced)
+        self._release(LogWriteError("server is stopping"), log.synced_lsn)
 
     def _sync(self) -> Optional[LogWriteError]:
         """One group fsync; the error it ended with, if any."""
@@ -118,10 +122,10 @@ class Committer:
         self._on_synced()
         return None
 
-    def _release(self, error: Optional[LogWriteError]) -> None:
-        """Tell every waiter whose outcome is now known: durable, or failed
-        (``error``, or the data file no longer takes writes)."""
-        synced = self._log.synced_lsn
+    def _release(self, error: Optional[LogWriteError], synced: int) -> None:
+        """Tell every waiter whose outcome is now known: durable (up to
+        ``synced``), or failed (``error``, or the data file no longer takes
+        writes)."""
         ready: list[tuple[_Waiting, Optional[LogWriteError]]] = []
         with self._cond:
             keep: collections.deque[_Waiting] = collections.deque()

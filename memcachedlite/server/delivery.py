@@ -16,6 +16,7 @@ connection queue behind it.
 
 from __future__ import annotations
 
+import collections
 import socket
 import threading
 from typing import Callable, Optional
@@ -30,9 +31,34 @@ DRAIN_TIMEOUT = 10.0
 FailedReply = Callable[[bytes, ProtocolError], bytes]
 
 
+class _Batch:
+    """One batch of replies handed over, and what the disk said of it."""
+
+    __slots__ = ("replies", "failed", "error", "known")
+
+    def __init__(self, replies: list[bytes], failed: FailedReply) -> None:
+        self.replies = replies
+        self.failed = failed
+        self.error: Optional[LogWriteError] = None
+        #: whether the group commit has told this batch's outcome yet
+        self.known = False
+
+    def outgoing(self) -> bytes:
+        """The bytes to send: the replies, or their error replies if the disk failed them."""
+        if self.error is None:
+            return b"".join(self.replies)
+        return b"".join(self.failed(reply, self.error) for reply in self.replies)
+
+
 class Courier:
     """Sends one connection's replies once the disk has what they acknowledge,
-    in the order they were handed over."""
+    in the order they were handed over.
+
+    Each batch hears its own outcome (the log position it needs is durable,
+    or never will be), but leaves only after every batch handed over before
+    it: a batch that waits for nothing still queues behind one that waits,
+    and is never failed for another batch's failure.
+    """
 
     def __init__(self, sock: socket.socket, committer: Committer) -> None:
         self._sock = sock
@@ -40,25 +66,33 @@ class Courier:
         self._cond = threading.Condition()
         #: batches handed over whose replies have not all left yet
         self.unsent = 0
-        #: the highest log position handed over: a later batch never overtakes it
-        self._last = 0
+        #: batches handed over and not sent yet, oldest first
+        self._waiting: collections.deque[_Batch] = collections.deque()
         #: what a send could not place; a thread of its own is sending it
         self._backlog: Optional[bytearray] = None
         #: the client is gone (a send failed): nothing more is sent
         self._gone = False
 
     def hand_off(self, lsn: int, replies: list[bytes], failed: FailedReply) -> None:
-        """Send ``replies`` once log position ``lsn`` is durable; if it never
-        will be, send what ``failed`` makes of each instead."""
+        """Send ``replies`` once log position ``lsn`` is durable (0: at once,
+        behind the batches handed over before); if it never will be, send
+        what ``failed`` makes of each instead."""
+        batch = _Batch(replies, failed)
         with self._cond:
             self.unsent += 1
-            lsn = self._last = max(lsn, self._last)
+            self._waiting.append(batch)
+        self._committer.when_durable(lsn, lambda error: self._told(batch, error))
 
-        def deliver(error: Optional[LogWriteError]) -> None:
-            outgoing = replies if error is None else [failed(reply, error) for reply in replies]
-            self._send(b"".join(outgoing))
-
-        self._committer.when_durable(lsn, deliver)
+    def _told(self, batch: _Batch, error: Optional[LogWriteError]) -> None:
+        """On the commit thread: ``batch``'s outcome is known; send every
+        batch from the oldest on whose outcome is known."""
+        ready: list[_Batch] = []
+        with self._cond:
+            batch.error, batch.known = error, True
+            while self._waiting and self._waiting[0].known:
+                ready.append(self._waiting.popleft())
+        for one in ready:
+            self._send(one.outgoing())
 
     def drain(self, timeout: float = DRAIN_TIMEOUT) -> None:
         """Wait until every reply handed over has left (or ``timeout`` passes)."""

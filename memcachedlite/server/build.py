@@ -19,7 +19,7 @@ from ..errors import CorruptLogError
 from ..protocols.settings import Settings
 from ..storage import repair
 from ..storage.store import Store
-from .addresses import Address, describe, parse_listen, resolve
+from .addresses import Address, parse_listen, resolve
 from .config import PathLike, ServerConfig, Size
 from .listeners import ListenError
 from .tcp import MemcacheServer, MemcacheUnixServer
@@ -122,12 +122,12 @@ def build_server(config: ServerConfig) -> MemcacheServer:
     settings = protocol_settings(config)
     compact_min_size = _size(config.compact_min_size)
     check_item_size(settings.max_item_size, config.memory_limit * 1024 * 1024)
-    tls_context = server_tls(config.tls_cert, config.tls_key, config.tls_ca)
-    if tls_context is not None and not config.tcp:
+    if config.tls_cert and not config.tcp:
         raise UsageProblem(
             "--tls-cert serves TLS on TCP only, and --unix-socket alone listens on no TCP address "
             "(a Unix socket never leaves the machine): add --host or --port, or drop --tls-cert"
         )
+    tls_context = server_tls(config.tls_cert, config.tls_key, config.tls_ca)
     addresses = listen_addresses(config)
     server = _unbound_server(config, settings, tls_context, addresses)
     # Bind first: a port in use should not leave a new data file behind.
@@ -140,10 +140,6 @@ def build_server(config: ServerConfig) -> MemcacheServer:
     except ListenError as exc:
         server.server_close()
         raise LaunchError(str(exc)) from None
-    except OSError as exc:
-        server.server_close()
-        where = ", ".join(describe(address) for address in addresses)
-        raise LaunchError(f"cannot listen on {where}: {exc.strerror or exc}") from None
     except BaseException:
         server.server_close()
         raise

@@ -20,8 +20,6 @@ log = logging.getLogger(__name__)
 
 #: memcached's default ``-a``: only the server's own user may connect.
 DEFAULT_UNIX_MASK = 0o700
-#: How long the check for a live server on a socket file waits for it to accept.
-_PROBE_TIMEOUT = 1.0
 
 
 class ListenError(OSError):
@@ -93,7 +91,12 @@ class Listener:
         os.chmod(path, self.unix_mask & 0o777)
 
     def listen(self, backlog: int) -> None:
-        self.socket.listen(backlog)
+        """Start accepting; raises :class:`ListenError` naming the address
+        (two sockets bound to one port with SO_REUSEADDR: the second to listen fails)."""
+        try:
+            self.socket.listen(backlog)
+        except OSError as exc:
+            raise ListenError(self.address, exc.strerror or exc) from None
 
     def close(self) -> None:
         """Close the socket and remove the socket file it made, if that file is still its own."""
@@ -122,16 +125,14 @@ def _clear_stale_socket(path: Any) -> None:
         raise OSError(errno.EEXIST, "a file that is not a socket is in the way")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        probe.settimeout(_PROBE_TIMEOUT)
+        probe.setblocking(False)  # a Unix socket's connect never waits then: it is taken, refused or full
         probe.connect(path)
     except ConnectionRefusedError:
         os.unlink(path)
         log.info("removed the stale socket file %s (no server answered on it)", os.fsdecode(path))
         return
-    except FileNotFoundError:  # removed meanwhile
-        return
-    except TimeoutError:
-        pass  # a server is there, too busy to accept
+    except BlockingIOError:
+        pass  # a server is there, its queue of connections full
     finally:
         probe.close()
     raise OSError(errno.EADDRINUSE, "another server is listening on it")

@@ -13,6 +13,7 @@ import signal
 import socket
 import socketserver
 import stat
+import struct
 import subprocess
 import sys
 import time
@@ -335,8 +336,13 @@ def test_the_handler_names_a_unix_client_and_limits_it_as_any_other(tmp_path: Pa
         assert isinstance(server.server, MemcacheUnixServer)
         assert isinstance(server.server, socketserver.ThreadingUnixStreamServer)
         assert (server.address, server.host, server.port, server.unix_socket) == (str(path), str(path), 0, str(path))
+        binary = UnixRaw(path)  # the same protocols as over TCP: binary (negotiated), text and meta
+        binary.send(struct.pack(">BBHBBHIIQ", 0x80, 0x0B, 0, 0, 0, 0, 0, 0, 0))  # binary VERSION
+        assert binary.read_exactly(24)[:2] == b"\x81\x0b"
+        binary.close()
+        wait_until(lambda: server.server.connection_stats()["curr_connections"] == 0)  # (one connection at a time)
         first = UnixRaw(path)
-        assert first.ask(b"version\r\n").startswith(b"VERSION ")
+        assert first.ask(b"version\r\n").startswith(b"VERSION ") and first.ask(b"mn\r\n") == b"MN\r\n"
         assert_turned_away(UnixRaw(path))
         assert first.ask(b"stats\r\n").count(b"STAT rejected_connections 1\r\n") == 1
         first.close()

@@ -1,6 +1,6 @@
 """memcachedlite: a memcached-compatible key-value server with durable storage.
 
-Public API: :class:`MemcacheServer`, :class:`Store`, the verb registry
+Public API: :class:`MemcacheServer` (and :class:`MemcacheUnixServer`), :class:`Store`, the verb registry
 (:data:`default_registry`, :func:`command`, :class:`Registry`), :class:`Session`,
 :class:`Settings` and the error types. The layers behind them, lowest first:
 :mod:`~memcachedlite.errors`, :mod:`~memcachedlite.storage`,
@@ -23,7 +23,7 @@ from .errors import (
 from .protocols.registry import Command, Registry, command, default_registry
 from .protocols.session import Session
 from .protocols.settings import Settings
-from .server.tcp import MemcacheHandler, MemcacheServer
+from .server.tcp import MemcacheHandler, MemcacheServer, MemcacheUnixServer
 from .storage.items import Item
 from .storage.store import Store
 from .version import __version__
@@ -37,6 +37,7 @@ __all__ = [
     "LogWriteError",
     "MemcacheHandler",
     "MemcacheServer",
+    "MemcacheUnixServer",
     "ProtocolError",
     "Registry",
     "ServerError",

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator
 
 import click
 
+from ..errors import UnsupportedPlatform
 from ..version import __version__
 
 DEFAULT_SERVER = "127.0.0.1:9889"
@@ -168,7 +169,17 @@ def file_option(flag: str, envvar: str, help: str, **options: Any) -> Callable:
 SHOWN = dict(show_default=True, show_envvar=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class Mcl(click.Group):
+    """The ``mcl`` group: what any of its commands may run into, said in one line."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UnsupportedPlatform as exc:  # the server-side commands, on Windows
+            raise CannotStart(str(exc)) from None
+
+
+@click.group(cls=Mcl, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--server",
     "-s",

@@ -487,7 +487,7 @@ def test_a_load_cut_short_by_the_server_is_exit_3(tmp_path: Path) -> None:
     finally:
         fake.close()
     assert_exit(result, 3)
-    assert "cannot reach server" in result.stderr
+    assert f"server 127.0.0.1:{fake.port} closed the connection" in result.stderr
 
 
 def test_exptime_beyond_30_days_is_sent_as_a_unix_time() -> None:

@@ -42,6 +42,33 @@ def test_upper_verb_served_by_mcl_serve_load(spawn, tmp_path: Path) -> None:
         store.close()
 
 
+def test_the_readme_calls_the_verb_as_it_shows(spawn) -> None:
+    """The README's "Adding a verb" session, run as written: its ``mcl
+    serve`` line starts the server, the next line's output is the block's rest;
+    then the pymemcache call the README names."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("<!-- call-example -->\n```console\n", 1)[1].split("```", 1)[0]
+    serve, call, *shown = block.splitlines()
+    assert serve.startswith("$ mcl serve --load examples/upper.py ")
+    proc = spawn("--load", str(ROOT / "examples" / "upper.py"))
+    mcl = f"{shlex.quote(sys.executable)} -m memcachedlite -s 127.0.0.1:{proc.port}"
+    command = call.removeprefix("$ ").split("#", 1)[0].replace("mcl ", mcl + " ")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run(["bash", "-c", command], capture_output=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.replace(b"\r\n", b"\n").decode() == "\n".join(shown) + "\n"
+    assert b"\r\n" in done.stdout  # the reply as it came
+    client = Client(("127.0.0.1", proc.port))
+    try:
+        client.set("greeting", b"hello")
+        assert client.raw_command(b"upper greeting\r\nmn", end_tokens=b"MN\r\n") == (
+            b"VALUE greeting 0 5\r\nHELLO\r\nEND\r\n"
+        )
+    finally:
+        client.close()
+    assert 'raw_command(b"upper greeting\\r\\nmn", end_tokens=b"MN\\r\\n")' in readme
+
+
 def test_upper_module_registers_into_a_fresh_registry(fresh_registry, start_server, monkeypatch) -> None:
     # Importing the module with the default registry swapped for a copy keeps
     # the global table clean for other tests.

@@ -8,7 +8,7 @@ Exit codes: 0 success, 1 the key was missing or not stored, 2 bad usage,
 5 the server could not start.
 """
 
-from . import bench, bulk, client, serve  # noqa: F401  (each registers its commands on main)
+from . import bench, bulk, call, client, serve  # noqa: F401  (each registers its commands on main)
 from .common import main
 
 __all__ = ["main"]

@@ -14,7 +14,16 @@ from typing import Any, Iterator
 
 import click
 
-from .common import ClientConfig, NotFound, ServerReplyError, Unreachable, current_config, main
+from .common import (
+    ClientConfig,
+    NotFound,
+    ServerReplyError,
+    Unreachable,
+    closed_message,
+    current_config,
+    main,
+    timeout_message,
+)
 
 
 class _NoProgress:
@@ -52,7 +61,11 @@ def _bulk_errors(config: ClientConfig) -> Iterator[None]:
         raise ServerReplyError(str(exc)) from None
     except bulk.BulkError as exc:
         raise click.ClickException(str(exc)) from None
-    except (ConnectionError, TimeoutError, socket.gaierror) as exc:
+    except bulk.Closed:
+        raise Unreachable(closed_message(config)) from None
+    except TimeoutError:
+        raise Unreachable(timeout_message(config)) from None
+    except (ConnectionError, socket.gaierror) as exc:
         raise Unreachable(f"cannot reach server {config.describe()}: {exc.strerror or exc}") from None
     except OSError as exc:
         if exc.errno in _NETWORK_ERRNOS:

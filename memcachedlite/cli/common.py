@@ -114,12 +114,13 @@ def talking(config: ClientConfig) -> Iterator[Any]:
         yield client
     except MemcacheIllegalInputError as exc:
         raise click.UsageError(str(exc)) from None
-    except (TimeoutError, OSError) as exc:
+    except TimeoutError:
+        raise Unreachable(timeout_message(config)) from None
+    except OSError as exc:
         reason = exc.strerror or str(exc) or type(exc).__name__
         raise Unreachable(f"cannot reach server {config.describe()}: {reason}") from None
     except MemcacheUnexpectedCloseError:
-        hint = "" if config.tls_context is not None else " (if it serves TLS, add --tls)"
-        raise Unreachable(f"server {config.describe()} closed the connection{hint}") from None
+        raise Unreachable(closed_message(config)) from None
     except MemcacheClientError as exc:
         reason = _reason(exc)
         if reason == "unauthenticated":
@@ -129,6 +130,60 @@ def talking(config: ClientConfig) -> Iterator[Any]:
         raise ServerReplyError(f"server error: {_reason(exc)}") from None
     finally:
         client.close()
+
+
+#: A binary-protocol VERSION request: magic 0x80, opcode 0x0b, no key, no body.
+_BINARY_VERSION = b"\x80\x0b" + bytes(22)
+
+
+def speaks_only_binary(server: tuple[str, int], timeout: float, tls_context: Any = None) -> bool:
+    """Whether ``server`` answers a binary-protocol request (magic 0x81):
+    asked once it has closed a text-protocol connection (memcachedlite with
+    ``-B binary``) or left a text request unanswered (memcached with ``-B
+    binary`` waits for the rest of a 24-byte header)."""
+    import socket
+
+    try:
+        sock = socket.create_connection(server, timeout=timeout)
+    except OSError:
+        return False
+    try:
+        if tls_context is not None:
+            sock = tls_context.wrap_socket(sock, server_hostname=server[0])
+        sock.sendall(_BINARY_VERSION)
+        return sock.recv(24)[:1] == b"\x81"
+    except OSError:
+        return False
+    finally:
+        sock.close()
+
+
+#: Seconds a server gets to answer the binary-protocol probe (it answers at once if it speaks it).
+_PROBE_TIMEOUT = 1.0
+
+
+def binary_only_message(config: ClientConfig) -> str | None:
+    """The message naming the servers that speak only the binary protocol, if some do."""
+    timeout = min(config.timeout, _PROBE_TIMEOUT)
+    binary = [server for server in config.servers if speaks_only_binary(server, timeout, config.tls_context)]
+    if not binary:
+        return None
+    names = ", ".join(f"{host}:{port}" for host, port in binary)
+    return (
+        f"server {names} speaks only memcached's binary protocol (started with -B binary);"
+        " mcl speaks the text protocol: start it with -B auto"
+    )
+
+
+def closed_message(config: ClientConfig) -> str:
+    """Why the server(s) closed the connection mid-request, as far as can be told."""
+    hint = "" if config.tls_context is not None else " (if it serves TLS, add --tls)"
+    return binary_only_message(config) or f"server {config.describe()} closed the connection{hint}"
+
+
+def timeout_message(config: ClientConfig) -> str:
+    """Why the server(s) did not answer in time, as far as can be told."""
+    return binary_only_message(config) or f"cannot reach server {config.describe()}: timed out"
 
 
 def _reason(exc: Exception) -> str:

@@ -63,6 +63,10 @@ class ServerReplyError(BulkError):
     """The server answered a dump request with an error line."""
 
 
+class Closed(ConnectionError):
+    """The server closed the connection before its reply was complete."""
+
+
 @dataclass(frozen=True)
 class DumpItem:
     """One item as it travels between a server and a dump file."""
@@ -121,7 +125,7 @@ class Connection:
     def _fill(self) -> None:
         chunk = self.sock.recv(1024 * 1024)
         if not chunk:
-            raise ConnectionError(f"{_describe(self.server)} closed the connection")
+            raise Closed(f"{_describe(self.server)} closed the connection")
         self._buf = self._buf[self._pos :] + chunk
         self._pos = 0
 

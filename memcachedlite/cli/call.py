@@ -19,6 +19,7 @@ import click
 
 from . import transfer
 from .common import (
+    TOO_LARGE_HINT,
     ServerReplyError,
     Unreachable,
     binary_only_message,
@@ -26,6 +27,7 @@ from .common import (
     closed_message,
     current_config,
     main,
+    write_fully,
 )
 from .transfer import Connection
 
@@ -114,7 +116,7 @@ def call(verb: str, args: tuple[str, ...], data: str | None) -> None:
         except OSError as exc:
             raise Unreachable(f"lost server {config.describe()}: {exc.strerror or exc}") from None
     out = binary_stream("stdout")
-    out.write(reply)
+    write_fully(out, reply)
     out.flush()
     _judge(verb, len(args), reply)
 
@@ -130,4 +132,5 @@ def _judge(verb: str, nargs: int, reply: bytes) -> None:
             f"the server answered ERROR: it has no verb {verb!r} taking {nargs} arguments"
             " (a verb of your own needs mcl serve --load MODULE)"
         )
-    raise ServerReplyError(f"the server answered {text}")
+    hint = f"; {TOO_LARGE_HINT}" if b"object too large" in first else ""
+    raise ServerReplyError(f"the server answered {text}{hint}")

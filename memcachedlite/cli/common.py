@@ -5,7 +5,7 @@ commands themselves live in :mod:`.cli` (the client verbs), :mod:`.cli_serve`,
 
 Exit codes: 0 success, 1 the key was missing or not stored, 2 bad usage,
 3 the server could not be reached, 4 the server answered with an error,
-5 the server could not start.
+5 the server could not start, 141 standard output closed early (quietly).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator
 import click
 
 from ..errors import UnsupportedPlatform
+from ..storage.keys import CONTROL, MAX_KEY
 from ..version import __version__
 
 DEFAULT_SERVER = "127.0.0.1:9889"
@@ -200,14 +201,50 @@ def binary_stream(name: str) -> Any:
     return getattr(stream, "buffer", stream)
 
 
+def write_fully(stream: Any, data: bytes) -> None:
+    """Write all of ``data``: under ``PYTHONUNBUFFERED`` the standard output's
+    byte stream is unbuffered, and its ``write`` may take only part (a pipe
+    whose reader left takes what fits, and the rest would be lost unseen)."""
+    view = memoryview(data)
+    while view:
+        view = view[stream.write(view) :]
+
+
+def key_problem(key: bytes) -> str | None:
+    """What keeps ``key`` from being a memcached key, in words, or None."""
+    # control characters escaped, so that the message is one line of plain text
+    shown = repr(key[:60].decode("utf-8", "replace"))[1:-1] + ("..." if len(key) > 60 else "")
+    if not key:
+        return f"the key is empty; memcached keys are 1 to {MAX_KEY} bytes"
+    if len(key) > MAX_KEY:
+        return f"key is {len(key)} bytes; memcached keys are at most {MAX_KEY}"
+    if key.translate(None, b" \t\n\r\v\f") != key:
+        return f'key "{shown}" contains whitespace; memcached keys have no spaces or control characters'
+    if key.translate(None, CONTROL) != key:
+        return f'key "{shown}" contains a control character; memcached keys have no spaces or control characters'
+    return None
+
+
 def key_for(key: str) -> Any:
-    """The key as the client wants it: bytes for one server (any byte is
-    kept); str for several, because pymemcache's HashClient hashes a bytes
-    key as its repr and would place it apart from the same key set as str by
-    other Python programs."""
+    """The key as the client wants it, once it is known to be a memcached
+    key (a usage error says what is wrong with it otherwise): bytes for one
+    server (any byte is kept); str for several, because pymemcache's
+    HashClient hashes a bytes key as its repr and would place it apart from
+    the same key set as str by other Python programs."""
+    problem = key_problem(os.fsencode(key))
+    if problem:
+        raise click.UsageError(problem)
     if len(current_config().servers) > 1:
         return key
     return os.fsencode(key)
+
+
+#: The hint that goes with the server's ``object too large for cache``.
+TOO_LARGE_HINT = "the server's --max-item-size (1m by default; memcached's -I) raises the limit"
+
+
+class OutputClosed(Exception):
+    """Standard output was closed before all of it was written (``mcl dump | head``)."""
 
 
 EXISTING_FILE = click.Path(exists=True, dir_okay=False)
@@ -224,6 +261,11 @@ def file_option(flag: str, envvar: str, help: str, **options: Any) -> Callable:
 SHOWN = dict(show_default=True, show_envvar=True)
 
 
+#: The exit status when standard output closes early: a program killed by
+#: SIGPIPE (128 + 13) shows it, as coreutils' ``yes | head`` does.
+OUTPUT_CLOSED_STATUS = 141
+
+
 class Mcl(click.Group):
     """The ``mcl`` group: what any of its commands may run into, said in one line."""
 
@@ -232,6 +274,22 @@ class Mcl(click.Group):
             return super().invoke(ctx)
         except UnsupportedPlatform as exc:  # the server-side commands, on Windows
             raise CannotStart(str(exc)) from None
+        except (OutputClosed, BrokenPipeError):
+            _quiet_exit_on_closed_output()
+
+
+def _quiet_exit_on_closed_output() -> None:
+    """Standard output went away (``mcl dump | head``): end quietly, with the
+    status a program killed by SIGPIPE has, as ``head`` users expect of
+    every program before it in the pipe. What is still buffered for
+    standard output goes to /dev/null, so flushing it at exit says nothing."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no file descriptor (a test's captured output)
+        pass
+    sys.exit(OUTPUT_CLOSED_STATUS)
 
 
 @click.group(cls=Mcl, context_settings={"help_option_names": ["-h", "--help"]})

@@ -6,13 +6,14 @@ and a server that speaks only the binary protocol is named as such."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
 import pytest
 
 from memcachedlite import Settings
-from memcachedlite.cli.common import OUTPUT_CLOSED_STATUS, key_problem
+from memcachedlite.cli.common import OUTPUT_CLOSED_STATUS, key_problem, speaks_only_binary
 from tests.conftest import ROOT, running_memcached
 from tests.test_cli import addr, assert_clean, mcl
 from tests.test_dump_load import Canned
@@ -188,6 +189,13 @@ def test_a_binary_only_memcached_is_named_as_such() -> None:
             result = mcl("-s", f"127.0.0.1:{port}", "--timeout", "0.5", *command)
             assert_clean(result, 3)
             assert f"server 127.0.0.1:{port} speaks only memcached's binary protocol" in error_line(result)
+
+
+def test_the_binary_probe_of_a_server_that_is_gone_says_no() -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    assert not speaks_only_binary(("127.0.0.1", port), 1.0)
 
 
 def test_a_server_that_just_closes_gets_the_tls_hint() -> None:

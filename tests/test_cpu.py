@@ -65,6 +65,8 @@ def test_only_user_processes_pinned_to_one_allowed_cpu_count(proc: FakeProc) -> 
     proc.process(15, "7")  # pinned, but to a CPU this process may not use
     proc.process(os.getpid(), "0")  # this process itself
     (proc.root / "16").mkdir()  # a process that ended while the folder was read
+    proc.process(17, "0")
+    (proc.root / "17" / "status").write_text("Name:\tzombie\n")  # no affinity given
     (proc.root / "self").mkdir()
     assert cpu.pinned_counts([0, 1], str(proc.root)) == {0: 2, 1: 1}
 
@@ -163,6 +165,14 @@ def test_a_cpu_not_allowed_is_refused() -> None:
         cpu.pin("4096")
     with pytest.raises(cpu.CpuChoiceError, match="not 'fast'"):
         cpu.pin("fast")
+
+
+def test_where_nothing_can_be_pinned_a_choice_is_ignored_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delattr(os, "sched_setaffinity")  # macOS, for one
+    assert cpu.pin("auto") is None and cpu.pin("1") is None
+    assert "--cpu auto ignored: this platform cannot keep a process on one CPU" in caplog.text
 
 
 def test_mcl_serve_pins_nothing_by_default_and_pins_when_asked(spawn) -> None:

@@ -28,8 +28,10 @@ NO_FCNTL = "import sys; sys.modules['fcntl'] = None\n"
 
 
 def python(*args: str, cwd: Path = ROOT, timeout: float = 60) -> subprocess.CompletedProcess:
-    """A fresh interpreter running this checkout's memcachedlite."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    """A fresh interpreter running this checkout's memcachedlite (and not
+    this run's xdist worker settings, which a pytest started in it would take)."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("PYTEST_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -59,6 +61,7 @@ def test_the_plugin_imports_no_server_code() -> None:
 def test_the_root_package_imports_nothing_until_a_name_is_used() -> None:
     assert imported_by("import memcachedlite") == {"memcachedlite"}
     assert imported_by("from memcachedlite import __version__") == {"memcachedlite", "memcachedlite.version"}
+    assert imported_by("import memcachedlite; memcachedlite.version") == {"memcachedlite", "memcachedlite.version"}
 
 
 def test_mcl_imports_no_server_code_until_a_server_command_runs() -> None:

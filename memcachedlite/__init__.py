@@ -1,6 +1,6 @@
 """memcachedlite: a memcached-compatible key-value server with durable storage.
 
-Public API: :class:`MemcacheServer`, :class:`Store`, the verb registry
+Public API: :class:`MemcacheServer` (and :class:`MemcacheUnixServer`), :class:`Store`, the verb registry
 (:data:`default_registry`, :func:`command`, :class:`Registry`), :class:`Session`,
 :class:`Settings` and the error types. The layers behind them, lowest first:
 :mod:`~memcachedlite.errors`, :mod:`~memcachedlite.storage`,
@@ -39,6 +39,7 @@ _HOMES = {
     "Settings": "protocols.settings",
     "MemcacheHandler": "server.tcp",
     "MemcacheServer": "server.tcp",
+    "MemcacheUnixServer": "server.tcp",
     "Item": "storage.items",
     "Store": "storage.store",
     "__version__": "version",

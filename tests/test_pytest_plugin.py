@@ -5,12 +5,16 @@ against the real memcached, and a teardown that leaves no thread or port."""
 
 from __future__ import annotations
 
+import os
+import pwd
+import shutil
 import threading
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, running_memcached
+from tests.conftest import ROOT, running_memcached, running_program
+from tests.test_cli import wait_until
 from tests.test_testing_api import refused
 
 pytest_plugins = ["pytester"]
@@ -209,6 +213,30 @@ def test_external_mode_runs_the_same_fixtures_against_the_real_memcached(project
     result = project.runpytest("-p", "no:cacheprovider", "--memcached-external=nonsense")
     assert result.ret != 0
     result.stdout.fnmatch_lines(["*--memcached-external: 'nonsense' is not HOST:PORT*"])
+
+
+def test_external_mode_takes_a_unix_socket(project: pytest.Pytester, tmp_path: Path) -> None:
+    """``--memcached-external`` with the real memcached's ``-s`` socket, as a
+    path and as Django's ``unix:`` form."""
+    project.makepyfile(
+        """
+        import os
+
+        def test_over_the_socket(memcached, memcached_address, memcached_server):
+            assert memcached_address == memcached_server.address == memcached_server.host
+            assert os.path.exists(memcached_address) and memcached_server.port == 0
+            memcached.set("k", b"v")
+            assert memcached.get("k") == b"v"
+            assert b"memcachedlite" not in memcached.version()  # the real memcached answers
+        """
+    )
+    path = tmp_path / "memcached.sock"
+    binary = shutil.which("memcached") or "/usr/bin/memcached"
+    user = pwd.getpwuid(os.geteuid()).pw_name  # memcached makes its socket as this user, who owns tmp_path
+    with running_program([binary, "-s", str(path), "-m", "64", "-u", user]):
+        wait_until(path.exists)
+        for address in (str(path), f"unix:{path}"):
+            project.runpytest("-p", "no:cacheprovider", f"--memcached-external={address}").assert_outcomes(passed=1)
 
 
 def test_a_memcachedlite_default_is_not_the_real_memcached(project: pytest.Pytester) -> None:

@@ -49,13 +49,17 @@ class CannotStart(click.ClickException):
 
 
 def _split_servers(values: tuple[str, ...]) -> list[tuple[str, int]]:
+    """The servers of ``--server`` options: HOST:PORT, or a Unix socket
+    (``/path`` or ``unix:path``), as ``(path, 0)``."""
+    from ..server.addresses import parse_server
+
     servers = []
     for value in values:
         for item in value.replace(",", " ").split():
-            host, sep, port = item.rpartition(":")
-            if not sep or not host or not port.isdigit():
-                raise click.BadParameter(f"{item!r} is not HOST:PORT", param_hint="--server")
-            servers.append((host.strip("[]"), int(port)))
+            try:
+                servers.append(parse_server(item))
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint="--server") from None
     return servers or [("127.0.0.1", 9889)]
 
 
@@ -83,19 +87,25 @@ class ClientConfig:
             one.set(b"auth", self.credentials, noreply=False)
 
     def describe(self) -> str:
-        return ", ".join(f"{h}:{p}" for h, p in self.servers)
+        from ..server.addresses import format_server
+
+        return ", ".join(map(format_server, self.servers))
 
     def client(self) -> Any:
         from pymemcache.client.base import Client
         from pymemcache.client.hash import HashClient
 
+        from ..server.addresses import is_unix
+
         options = dict(connect_timeout=self.timeout, timeout=self.timeout, no_delay=True, default_noreply=False)
         if self.tls_context is not None:
             options["tls_context"] = self.tls_context
-        if len(self.servers) == 1:
-            return Client(self.servers[0], **options)
+        # pymemcache's form of a Unix socket is its path (where it uses neither no_delay nor TLS)
+        servers = [host if is_unix(host) else (host, port) for host, port in self.servers]
+        if len(servers) == 1:
+            return Client(servers[0], **options)
         return HashClient(
-            self.servers, use_pooling=False, ignore_exc=False, retry_attempts=1, allow_unicode_keys=True, **options
+            servers, use_pooling=False, ignore_exc=False, retry_attempts=1, allow_unicode_keys=True, **options
         )
 
 
@@ -142,14 +152,14 @@ def speaks_only_binary(server: tuple[str, int], timeout: float, tls_context: Any
     asked once it has closed a text-protocol connection (memcachedlite with
     ``-B binary``) or left a text request unanswered (memcached with ``-B
     binary`` waits for the rest of a 24-byte header)."""
-    import socket
+    from ..server.addresses import connect, is_unix
 
     try:
-        sock = socket.create_connection(server, timeout=timeout)
+        sock = connect(server, timeout)
     except OSError:
         return False
     try:
-        if tls_context is not None:
+        if tls_context is not None and not is_unix(server[0]):
             sock = tls_context.wrap_socket(sock, server_hostname=server[0])
         sock.sendall(_BINARY_VERSION)
         return sock.recv(24)[:1] == b"\x81"
@@ -169,7 +179,7 @@ def binary_only_message(config: ClientConfig) -> str | None:
     binary = [server for server in config.servers if speaks_only_binary(server, timeout, config.tls_context)]
     if not binary:
         return None
-    names = ", ".join(f"{host}:{port}" for host, port in binary)
+    names = ClientConfig(binary, config.timeout).describe()
     return (
         f"server {names} speaks only memcached's binary protocol (started with -B binary);"
         " mcl speaks the text protocol: start it with -B auto"
@@ -299,9 +309,10 @@ def _quiet_exit_on_closed_output() -> None:
     "servers",
     multiple=True,
     envvar="MCL_SERVER",
-    metavar="HOST:PORT",
+    metavar="HOST:PORT|PATH",
     help=(
-        "Server to talk to; repeat it (or give a comma list) to spread keys over several."
+        "Server to talk to (a Unix socket: /path or unix:path); repeat it (or give a comma list)"
+        " to spread keys over several."
         f"  [default: {DEFAULT_SERVER}; env: MCL_SERVER]"
     ),
 )

@@ -31,8 +31,27 @@ def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:
 _size_option = dict(callback=_size, metavar="SIZE", show_default=True, show_envvar=True)
 
 
+def _octal_mask(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    """memcached's ``-a``: permission bits in octal (``0700``, ``770``)."""
+    text = value.strip().lower().removeprefix("0o")
+    if not text or any(c not in "01234567" for c in text) or int(text, 8) > 0o777:
+        raise click.BadParameter(f"{value!r} is not an octal mode from 0 to 0777, like 0700")
+    return int(text, 8)
+
+
 @main.command()
-@click.option("--host", default="127.0.0.1", envvar="MCL_HOST", help="Address to listen on.", **SHOWN)
+@click.option(
+    "--host",
+    "-l",
+    default="127.0.0.1",
+    envvar="MCL_HOST",
+    metavar="ADDRESSES",
+    help=(
+        "Address(es) to listen on: memcached's -l list, each address with --port or its own :PORT"
+        " (127.0.0.1,[::1],10.0.0.5:11212)."
+    ),
+    **SHOWN,
+)
 @click.option(
     "--port",
     "-p",
@@ -40,6 +59,28 @@ _size_option = dict(callback=_size, metavar="SIZE", show_default=True, show_envv
     type=click.IntRange(0, 65535),
     envvar="MCL_PORT",
     help="TCP port (0: any free port).",
+    **SHOWN,
+)
+@click.option(
+    "--unix-socket",
+    "-s",
+    default=None,
+    type=click.Path(dir_okay=False),
+    envvar="MCL_UNIX_SOCKET",
+    help=(
+        "Listen on this Unix socket (memcached's -s); alone, on it only: TCP too only with"
+        " --host or --port given. Its TCP listeners aside, served without TLS."
+    ),
+    **SHOWN,
+)
+@click.option(
+    "--unix-mask",
+    "-a",
+    default="0700",
+    callback=_octal_mask,
+    envvar="MCL_UNIX_MASK",
+    metavar="MODE",
+    help="Permission bits of the --unix-socket file, in octal (memcached's -a).",
     **SHOWN,
 )
 @click.option(
@@ -216,6 +257,7 @@ def serve(cpu: str, verbose: int, **options: Any) -> None:
     flushes the data file and exits 0. SIGHUP rereads the --auth-file.
     """
     from ..protocols.auth import AuthFileError
+    from ..server.addresses import describe
     from ..server.build import LaunchError, UsageProblem, build_server
     from ..server.config import ServerConfig
 
@@ -227,6 +269,8 @@ def serve(cpu: str, verbose: int, **options: Any) -> None:
     _pin_to_one_cpu(cpu)
     # A write past a file size limit must fail with EFBIG, not kill the server.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    if options["unix_socket"]:
+        _only_given(click.get_current_context(), options, "host", "port")
     try:
         server = build_server(ServerConfig(**options))
     except UsageProblem as exc:
@@ -256,10 +300,9 @@ def serve(cpu: str, verbose: int, **options: Any) -> None:
     if auth_file:
         signal.signal(signal.SIGHUP, request_reload)
     log.info(
-        "memcachedlite %s listening on %s:%d%s, data in %s (%d items, fsync %s)",
+        "memcachedlite %s listening on %s%s, data in %s (%d items, fsync %s)",
         __version__,
-        options["host"],
-        server.port,
+        ", ".join(describe(address) for address in server.addresses),
         _security_summary(server.ssl_context, auth_file),
         store.log.path if store.log is not None else "memory only",
         len(store),
@@ -271,6 +314,16 @@ def serve(cpu: str, verbose: int, **options: Any) -> None:
         server.stop()
         store.close()
         log.info("stopped; data file flushed")
+
+
+def _only_given(ctx: click.Context, options: dict[str, Any], *names: str) -> None:
+    """Set to None the options left at their defaults (so that, with
+    --unix-socket, TCP is served only when asked for)."""
+    from click.core import ParameterSource
+
+    for name in names:
+        if ctx.get_parameter_source(name) == ParameterSource.DEFAULT:
+            options[name] = None
 
 
 def _security_summary(tls_context: Any, auth_file: str | None) -> str:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
 import ssl
 import tempfile
 import time
@@ -41,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import IO, Callable, Iterable, Iterator
 from urllib.parse import unquote_to_bytes
 
+from ..server.addresses import connect, format_server
 from ..storage.keys import MAX_KEY, is_plain_key
 from ..storage.numbers import RELATIVE_EXPTIME_LIMIT, U32
 
@@ -52,6 +52,7 @@ GET_BATCH = 500
 SET_BATCH = 1000
 SET_BATCH_BYTES = 4 * 1024 * 1024
 
+#: ``(host, port)``, or ``(path, 0)`` for a Unix socket (see :mod:`memcachedlite.server.addresses`)
 Server = tuple[str, int]
 
 
@@ -77,8 +78,7 @@ class DumpItem:
     ttl: int = 0
 
 
-def _describe(server: Server) -> str:
-    return f"{server[0]}:{server[1]}"
+_describe = format_server
 
 
 class Connection:
@@ -92,8 +92,7 @@ class Connection:
         credentials: bytes | None = None,
     ) -> None:
         self.server = server
-        sock = socket.create_connection(server, timeout=timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = connect(server, timeout)
         if tls_context is not None:
             try:
                 sock = tls_context.wrap_socket(sock, server_hostname=server[0])

@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional
 
 from ..protocols.registry import Command, Registry
+from ..server.addresses import format_server, is_unix, parse_server
 from ..server.build import build_server
 from ..server.config import ServerConfig
 
@@ -50,16 +51,15 @@ _POLL_INTERVAL = 0.05
 
 
 def split_address(address: str) -> tuple[str, int]:
-    """``("host", port)`` from ``"HOST:PORT"`` (IPv6 hosts in brackets)."""
-    host, sep, port = address.strip().rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(f"{address!r} is not HOST:PORT")
-    return host.strip("[]"), int(port)
+    """``("host", port)`` from ``"HOST:PORT"`` (IPv6 hosts in brackets), or
+    ``(path, 0)`` from a Unix socket's ``/path`` or ``unix:path``."""
+    return parse_server(address)
 
 
 def join_address(host: str, port: int) -> str:
-    """``"HOST:PORT"``, with an IPv6 host in brackets (the inverse of :func:`split_address`)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    """``"HOST:PORT"``, with an IPv6 host in brackets, or a Unix socket's path
+    (the inverse of :func:`split_address`)."""
+    return format_server((host, port))
 
 
 class _Switch:
@@ -243,7 +243,7 @@ def _client(host: str, port: int, options: dict[str, Any]) -> Client:
     # default_noreply=False: a test must see a refused or failed write.
     settings: dict[str, Any] = dict(connect_timeout=5.0, timeout=5.0, no_delay=True, default_noreply=False)
     settings.update(options)
-    return Client((host, port), **settings)
+    return Client(host if is_unix(host) else (host, port), **settings)  # pymemcache's socket form: its path
 
 
 def _flush(host: str, port: int) -> None:
@@ -267,7 +267,9 @@ class BackgroundServer:
     ``address`` is ``"HOST:PORT"``; ``host``, ``port``, ``store`` (the live
     :class:`~memcachedlite.storage.store.Store`) and ``faults`` (:class:`Faults`) are
     there too. :meth:`stop` joins every thread the server started and frees
-    the port.
+    the port. With ``unix_socket`` and no ``host`` or ``port``, the server
+    listens on that socket only: ``address`` and ``host`` are its path, and
+    ``port`` is 0 (as libmemcached and pylibmc hold a socket server).
     """
 
     def __init__(self, config: Optional[ServerConfig] = None, *, persistent: bool = False, **options: Any) -> None:
@@ -297,15 +299,22 @@ class BackgroundServer:
 
     @property
     def host(self) -> str:
-        return self.server.server_address[0]
+        """The first TCP listener's host, or the Unix socket's path when there is no TCP listener."""
+        tcp = self.server.tcp_addresses
+        return tcp[0][0] if tcp else self.server.unix_socket or ""
 
     @property
     def port(self) -> int:
         return self.server.port
 
     @property
+    def unix_socket(self) -> Optional[str]:
+        """The Unix socket's path (the ``unix_socket`` option), or None."""
+        return self.server.unix_socket
+
+    @property
     def address(self) -> str:
-        """``"HOST:PORT"``, the form Django's ``LOCATION`` and most clients take."""
+        """``"HOST:PORT"`` (or a Unix socket's path), the form Django's ``LOCATION`` and most clients take."""
         return join_address(self.host, self.port)
 
     @property
@@ -419,7 +428,7 @@ class BackgroundServer:
             data_file = self.config.path
             if not keep_data and data_file is not None and os.path.exists(data_file):
                 os.remove(data_file)
-            server = self._build(self.config.replace(port=port))
+            server = self._build(self.config.replace(port=port) if self.config.tcp else self.config)
             if carried is not None:
                 fresh, server.store = server.store, carried
                 if fresh is not None:
@@ -429,7 +438,7 @@ class BackgroundServer:
                 client.close()  # pymemcache connects again on the next call
 
     def _stop_listening(self) -> None:
-        """Stop the accept loop and close the listening socket; open connections go on."""
+        """Stop the accept loop and close the listening sockets; open connections go on."""
         import socketserver
 
         with self._lock:
@@ -441,23 +450,19 @@ class BackgroundServer:
             socketserver.BaseServer.shutdown(server)
             assert self._thread is not None
             self._thread.join()
-            server.socket.close()
+            server.close_listeners()
             self.refusing = True
 
     def _listen_again(self) -> None:
-        import socket
-
         with self._lock:
             if not self.refusing or self._server is None:
                 return
             server = self._server
-            server.socket = socket.socket(server.address_family, server.socket_type)
             try:
-                server.server_bind()  # the same address: server_address still holds the port
-                server.server_activate()
+                server.listen_again()  # the same addresses and ports
             except OSError as exc:
-                server.socket.close()
-                raise RuntimeError(f"cannot listen on {self.address} again: {exc.strerror}") from None
+                reason = getattr(exc, "reason", None) or exc.strerror or exc
+                raise RuntimeError(f"cannot listen on {self.address} again: {reason}") from None
             self.refusing = False
             self._run(server)
 
@@ -492,7 +497,8 @@ def serve_in_background(config: Optional[ServerConfig] = None, **options: Any) -
 class ExternalServer:
     """A memcached-protocol server this process did not start (``--memcached-external``):
     the same ``address``/``host``/``port``/``client()``/``flush()``/``reset()`` as
-    :class:`BackgroundServer`, but no ``store`` and no ``faults``."""
+    :class:`BackgroundServer`, but no ``store`` and no ``faults``. ``address``
+    is ``HOST:PORT`` or a Unix socket (``/path`` or ``unix:path``)."""
 
     def __init__(self, address: str) -> None:
         self.host, self.port = split_address(address)

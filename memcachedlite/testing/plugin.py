@@ -14,7 +14,7 @@ fixture                scope      what it guarantees
                                   or an :class:`~memcachedlite.testing.ExternalServer`
                                   under ``--memcached-external``; stopped, its
                                   threads joined and port freed, at the end
-``memcached_address``  session    its ``"HOST:PORT"``
+``memcached_address``  session    its ``"HOST:PORT"`` (or socket path)
 ``memcached``          function   a pymemcache client of that server, which is
                                   empty, with every fault off, when the test
                                   starts; it reconnects after a
@@ -36,13 +36,14 @@ if TYPE_CHECKING:  # pragma: no cover
 
 _EXTERNAL_HELP = (
     "Run the memcached fixtures against this already running memcached or memcachedlite "
-    "(HOST:PORT) instead of an in-process memcachedlite; fault injection is then unavailable."
+    "(HOST:PORT, or a Unix socket: /path or unix:path) instead of an in-process memcachedlite; "
+    "fault injection is then unavailable."
 )
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("memcachedlite", "memcached fixtures (memcachedlite)")
-    group.addoption("--memcached-external", metavar="HOST:PORT", default=None, help=_EXTERNAL_HELP)
+    group.addoption("--memcached-external", metavar="HOST:PORT|PATH", default=None, help=_EXTERNAL_HELP)
     parser.addini("memcached_external", _EXTERNAL_HELP + " (--memcached-external wins)", default="")
 
 
@@ -73,7 +74,8 @@ def memcached_server(request: pytest.FixtureRequest) -> Iterator[Union[Backgroun
 
 @pytest.fixture(scope="session")
 def memcached_address(memcached_server: Any) -> str:
-    """``"HOST:PORT"`` of the session's server, for code that takes a location string."""
+    """``"HOST:PORT"`` of the session's server (a Unix socket's path under
+    ``--memcached-external PATH``), for code that takes a location string."""
     return memcached_server.address
 
 

@@ -41,6 +41,8 @@ import logging
 import struct
 from typing import Any, Callable, NamedTuple, Optional, Union
 
+from mypy_extensions import mypyc_attr
+
 from ..errors import ClientError, NonNumeric, OutOfMemory, ProtocolError
 from ..storage.items import BINARY_KEY, META, unpack_meta
 from ..storage.keys import MAX_KEY, is_plain_key
@@ -138,6 +140,7 @@ def request(
     return _pack_header(REQUEST, opcode, len(key), len(extras), 0, 0, body, opaque, cas) + extras + key + value
 
 
+@mypyc_attr(native_class=False)  # a subclass of bytes stays a Python class when compiled
 class Quiet(bytes):
     """The reply a quiet opcode kept to itself: empty on the wire, but it
     remembers the request, so that a batch that could not be written can
@@ -148,7 +151,7 @@ class Quiet(bytes):
     opaque: int
 
     def __new__(cls, opcode: int, opaque: int) -> "Quiet":
-        self = super().__new__(cls)
+        self = bytes.__new__(cls)
         self.opcode = opcode
         self.opaque = opaque
         return self

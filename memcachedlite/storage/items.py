@@ -67,7 +67,9 @@ META = _META.size
 pack_meta = _META.pack
 unpack_meta = _META.unpack_from
 STATE_OFFSET = 5  # offset of the state byte (every bit but FETCHED, which has its own)
-EXPTIME_FIELD = slice(14, 22)  # where exptime lies, to test it for 0 without unpacking
+# where exptime lies, to test it for 0 without unpacking (two numbers, not a
+# slice object: mypyc compiles a slice held in a constant into an integer index)
+EXPTIME_AT, EXPTIME_END = 14, 22
 NEVER_PACKED = bytes(8)  # exptime 0, as packed
 pack_recent = struct.Struct(">BI").pack
 #: A read refreshes an item's last access time and LRU place at most this
@@ -90,7 +92,7 @@ def decode(blob: bytes) -> Item:
 
 
 def item_exptime(blob: bytes) -> int:
-    return 0 if blob[EXPTIME_FIELD] == NEVER_PACKED else unpack_meta(blob)[4]
+    return 0 if blob[EXPTIME_AT:EXPTIME_END] == NEVER_PACKED else unpack_meta(blob)[4]
 
 
 def item_cas(blob: bytes) -> int:

@@ -143,6 +143,17 @@ def encode_sync(offset: int, file_id: bytes) -> bytes:
 
 _BINARY_VERBS = frozenset([b"bset", b"bdelete", b"btouch", b"binvalidate"])
 
+_STRICT_BASE64 = re.compile(rb"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+
+
+def strict_b64decode(data: bytes) -> bytes:
+    """Decode base64 that has its padding and nothing outside the alphabet,
+    else raise :class:`binascii.Error`: what ``a2b_base64(strict_mode=True)``
+    does on Python 3.11, which 3.10 lacks."""
+    if _STRICT_BASE64.fullmatch(data) is None:
+        raise binascii.Error("not strict base64")
+    return binascii.a2b_base64(data)
+
 
 class BadRecord(Exception):
     """A record that cannot be read; ``torn`` when it runs into the end of file."""
@@ -332,7 +343,7 @@ def parse_one(buf: bytes, pos: int) -> tuple[Record, int]:
             crc = int(parts[-1], 16)
             if kind is not verb and len(parts) > 2:
                 try:
-                    binascii.a2b_base64(parts[1], strict_mode=True)
+                    strict_b64decode(parts[1])
                 except binascii.Error:
                     raise ValueError("key is not base64") from None
             if kind == b"set" and len(parts) == 7:

@@ -17,7 +17,8 @@ from ..errors import CorruptLogError
 from . import records
 from .items import (
     BINARY_KEY,
-    EXPTIME_FIELD,
+    EXPTIME_AT,
+    EXPTIME_END,
     ITEM_FORMAT,
     NEVER_PACKED,
     STALE,
@@ -41,7 +42,7 @@ def snapshot_section(snapshot: dict, next_cas: int, now: int) -> list[bytes]:
     """The snapshot section that recreates the live items of ``snapshot``:
     the items are written in their stored form, so start-up loads them
     in bulk (see :func:`memcachedlite.storage.datafile.encode_snapshot`)."""
-    timed = [k for k, b in snapshot.items() if b[EXPTIME_FIELD] != NEVER_PACKED]
+    timed = [k for k, b in snapshot.items() if b[EXPTIME_AT:EXPTIME_END] != NEVER_PACKED]
     expired = {k for k in timed if unpack_meta(snapshot[k])[4] <= now}
     if expired:
         snapshot = {k: b for k, b in snapshot.items() if k not in expired}

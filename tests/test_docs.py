@@ -79,6 +79,15 @@ def test_the_readme_keeps_the_two_commands_and_ci_runs_the_second() -> None:
     assert last.strip() == command.strip()
 
 
+def test_the_readme_says_how_the_first_command_works_on_debians_python() -> None:
+    """Debian's and Ubuntu's own Python refuse ``pip install`` outside a virtual
+    environment (PEP 668): the text just before the first command says what to run."""
+    before = readme().split("```sh\npython3 -m pip install . && mcl serve\n```\n", 1)[0]
+    paragraph = before.rstrip().rsplit("\n\n", 1)[1]
+    assert "`externally-managed-environment`" in paragraph
+    assert "`python3 -m venv .venv && . .venv/bin/activate`" in paragraph
+
+
 def test_the_readme_links_only_to_docs_that_exist() -> None:
     links = re.findall(r"\]\(([^)#\s]+)(?:#[^)\s]*)?\)", readme())
     assert any(link.startswith("docs/") for link in links)

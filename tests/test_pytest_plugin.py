@@ -111,6 +111,31 @@ def test_each_test_starts_on_an_empty_server_shared_by_the_session(project: pyte
     assert refused(int(ports.pop()))  # and its port freed
 
 
+def test_the_memcached_client_survives_a_restart_of_the_server(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        """
+        import pytest
+        from pymemcache.exceptions import MemcacheUnexpectedCloseError
+
+        def test_restart(memcached, memcached_server):
+            memcached.set("k", b"v")
+            other = memcached_server.client()
+            assert other.get("k") == b"v"
+            port = memcached_server.port
+            memcached_server.restart()  # a warm restart: the items stay
+            assert memcached.get("k") == b"v" and memcached_server.port == port
+            with pytest.raises(MemcacheUnexpectedCloseError):
+                other.get("k")  # any other client sees the restart, as from a real server
+            memcached_server.restart(keep_data=False)
+            assert memcached.get("k") is None and memcached.set("k", b"again")
+
+        def test_the_next_test_gets_a_working_client(memcached):
+            assert memcached.get("k") is None
+        """
+    )
+    project.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
+
+
 def test_factories_give_several_servers_with_their_own_options(project: pytest.Pytester) -> None:
     project.makepyfile(
         """

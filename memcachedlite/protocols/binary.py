@@ -45,10 +45,10 @@ from mypy_extensions import mypyc_attr
 
 from ..errors import ClientError, NonNumeric, OutOfMemory, ProtocolError
 from ..storage.items import BINARY_KEY, META, unpack_meta
+from ..storage.keys import MAX_KEY, is_plain_key
 from ..storage.store import Mode, Outcome
 from .session import Session
 from .stats import PROTOCOL_VERSION, reset_stats, stats_detail, stats_lines
-from .text import MAX_KEY, is_plain_key
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import gc
 import logging
 import os
@@ -18,7 +17,7 @@ import threading
 from typing import Callable, Optional, Union
 from zlib import crc32
 
-from ..errors import CorruptLogError, LogWriteError
+from ..errors import CorruptLogError, LogWriteError, UnsupportedPlatform
 from .fileio import fsync_directory, write_all
 from .records import (
     LEGACY_ID,
@@ -35,6 +34,11 @@ from .records import (
     read_header,
     read_snapshot,
 )
+
+try:
+    import fcntl  # the data file's lock (flock): POSIX only
+except ImportError:
+    raise UnsupportedPlatform("fcntl") from None
 
 log = logging.getLogger(__name__)
 

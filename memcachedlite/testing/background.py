@@ -285,6 +285,7 @@ class BackgroundServer:
         self._server: Optional[MemcacheServer] = None
         self._thread: Optional[threading.Thread] = None
         self._clients: list[Any] = []
+        self._following: list[Any] = []  # the clients restart() reconnects
         self._lock = threading.RLock()
 
     # -- what a test reads ------------------------------------------------------
@@ -327,12 +328,21 @@ class BackgroundServer:
         """Whether the data is in a file (and so survives :meth:`restart`)."""
         return self.config.path is not None
 
-    def client(self, **options: Any) -> Client:
+    def client(self, *, follow_restarts: bool = False, **options: Any) -> Client:
         """A pymemcache ``Client`` for this server (``default_noreply=False``, 5 s
-        timeouts; ``options`` override), closed when the server stops."""
+        timeouts; ``options`` override), closed when the server stops.
+
+        A restart closes every connection, and a client's next call fails
+        once (``MemcacheUnexpectedCloseError``), as with a real server: what
+        an application should survive. ``follow_restarts=True`` makes a
+        client for the test's own use instead: :meth:`restart` closes its
+        connection itself, so its next call connects to the new server.
+        """
         client = _client(self.host, self.port, options)
         with self._lock:
             self._clients.append(client)
+            if follow_restarts:
+                self._following.append(client)
         return client
 
     def flush(self) -> None:
@@ -378,6 +388,7 @@ class BackgroundServer:
             for client in self._clients:
                 client.close()
             self._clients.clear()
+            self._following.clear()
             self.faults._not_slow()  # a command waiting in a delay goes on, so its worker can end
             self._halt(close_store=True)
             if self._tempdir is not None:
@@ -404,7 +415,10 @@ class BackgroundServer:
         ``keep_data=True``: a persistent server replays its data file; a
         memory-only one keeps its items as if they had survived (a warm
         restart). ``keep_data=False``: it comes back empty, its data file
-        deleted. Faults stay as they were.
+        deleted. Faults stay as they were. A client made with
+        ``client(follow_restarts=True)`` (the ``memcached`` fixture's is one)
+        connects to the new server on its next call; any other sees its next
+        call fail once, as from a real restart.
         """
         with self._lock:
             old = self.server
@@ -420,6 +434,8 @@ class BackgroundServer:
                 if fresh is not None:
                     fresh.close()
             self._run(server)
+            for client in self._following:
+                client.close()  # pymemcache connects again on the next call
 
     def _stop_listening(self) -> None:
         """Stop the accept loop and close the listening sockets; open connections go on."""
@@ -498,7 +514,8 @@ class ExternalServer:
             f"fault injection needs the in-process memcachedlite server, not an external one ({self.address})"
         )
 
-    def client(self, **options: Any) -> Client:
+    def client(self, *, follow_restarts: bool = False, **options: Any) -> Client:
+        """As :meth:`BackgroundServer.client`; this process never restarts the server."""
         client = _client(self.host, self.port, options)
         self._clients.append(client)
         return client

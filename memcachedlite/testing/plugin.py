@@ -17,7 +17,9 @@ fixture                scope      what it guarantees
 ``memcached_address``  session    its ``"HOST:PORT"`` (or socket path)
 ``memcached``          function   a pymemcache client of that server, which is
                                   empty, with every fault off, when the test
-                                  starts; the client is closed after the test
+                                  starts; it reconnects after a
+                                  ``memcached_server.restart()``, and is closed
+                                  after the test
 ``memcached_faults``   function   the server's :class:`~memcachedlite.testing.Faults`,
                                   all switched off again after the test
 =====================  =========  ==============================================
@@ -84,7 +86,7 @@ def memcached(memcached_server: Any) -> Iterator[Any]:
     from .background import BackgroundServer
 
     memcached_server.reset()
-    client = memcached_server.client()
+    client = memcached_server.client(follow_restarts=True)  # a test's own client outlives a restart
     try:
         yield client
     finally:

@@ -209,6 +209,26 @@ def test_dump_to_stdout_and_load_from_stdin(start_server) -> None:
         assert target.store.peek(b"k%d" % i)[:2] == (b"v\r\n%d" % i, i)
 
 
+def test_a_dump_into_a_pipe_writes_through_it_and_leaves_it_a_pipe(start_server, tmp_path: Path) -> None:
+    """A path that is no regular file (a FIFO here; /dev/full or /dev/stdout
+    alike) is written as it is, never renamed over."""
+    source = start_server()
+    source.store.set(b"k", b"v", 0, 0)
+    fifo = tmp_path / "out" / "dump.fifo"
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader.start()
+    result = mcl("-s", addr(source), "dump", str(fifo))
+    reader.join(10)
+    assert_exit(result, 0)
+    assert fifo.is_fifo()
+    assert os.listdir(fifo.parent) == ["dump.fifo"]  # no partial file left beside it
+    lines = received[0].splitlines()
+    assert json.loads(lines[1])["key"] == base64.b64encode(b"k").decode("ascii")
+
+
 def test_seed_data_file_loads(server, tmp_path: Path) -> None:
     seed = tmp_path / "data.txt"
     seed.write_bytes(

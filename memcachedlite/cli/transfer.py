@@ -267,7 +267,13 @@ def dump_server(
 @contextmanager
 def atomic_output(path: str) -> Iterator[IO[bytes]]:
     """A file that appears at ``path`` complete or not at all: written beside
-    it, renamed into place on success and removed on failure."""
+    it, renamed into place on success and removed on failure. A path that
+    is not a regular file (a pipe, ``/dev/stdout``, a device) is written
+    as it is: renaming over it would replace the device with a file."""
+    if os.path.exists(path) and not os.path.isfile(path):
+        with open(path, "wb") as out:
+            yield out
+        return
     directory, name = os.path.split(os.path.abspath(path))
     fd, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial", dir=directory)
     try:

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from typing import Any, Callable, NamedTuple, Optional, Union
+from typing import Callable, NamedTuple, Optional, Union
 
 from mypy_extensions import mypyc_attr
 
@@ -499,10 +499,10 @@ class BinarySession(Session):
     does not apply, this protocol authenticates with SASL.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        #: an empty SASL_AUTH was answered AUTH_CONTINUE: a SASL_STEP may follow
-        self.sasl_started = False
+    #: an empty SASL_AUTH was answered AUTH_CONTINUE: a SASL_STEP may follow
+    #: (a default here, not an ``__init__`` of its own passing ``*args`` on:
+    #: mypyc miscompiles that)
+    sasl_started: bool = False
 
     def failed_reply(self, reply: bytes, exc: ProtocolError) -> bytes:
         """The error packet that replaces ``reply`` when its batch could not be

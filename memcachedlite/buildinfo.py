@@ -45,3 +45,8 @@ def compiled_modules() -> list[str]:
 def build() -> str:
     """``"mypyc"`` when the compiled modules are running, else ``"pure"``."""
     return "mypyc" if compiled_modules() else "pure"
+
+
+def describe() -> str:
+    """The build, as the start-up log and ``mcl --version`` say it."""
+    return "mypyc build" if build() == "mypyc" else "pure Python build"

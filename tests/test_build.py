@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from memcachedlite import buildinfo
+from memcachedlite import __version__, buildinfo
 from memcachedlite.storage.records import strict_b64decode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,3 +69,13 @@ def test_strict_base64_decodes_as_python_311_strict_mode(data: bytes) -> None:
 @pytest.mark.parametrize("data", [b"YQ==", b"YWJj", b"", b"YWI="])
 def test_strict_base64_decodes_padded_base64(data: bytes) -> None:
     assert strict_b64decode(data) == binascii.a2b_base64(data)
+
+
+def expected_description() -> str:
+    return "mypyc build" if os.environ.get("MEMCACHEDLITE_EXPECT_BUILD") == "mypyc" else "pure Python build"
+
+
+def test_the_start_up_log_names_the_build(spawn) -> None:
+    server = spawn()
+    assert f"memcachedlite {__version__} ({expected_description()}) listening on" in server.output()
+    assert server.terminate() == 0

@@ -302,6 +302,14 @@ def _quiet_exit_on_closed_output() -> None:
     sys.exit(OUTPUT_CLOSED_STATUS)
 
 
+def _print_version(ctx: click.Context) -> None:
+    """``mcl --version``: the release and which build runs (see :mod:`memcachedlite.buildinfo`)."""
+    from .. import buildinfo  # imports the compiled modules to look at them: only when asked
+
+    click.echo(f"memcachedlite, version {__version__} ({buildinfo.describe()})")
+    ctx.exit()
+
+
 @click.group(cls=Mcl, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--server",
@@ -327,7 +335,14 @@ def _quiet_exit_on_closed_output() -> None:
 @file_option("--tls-cert", "MCL_TLS_CLIENT_CERT", "Client certificate, for a server started with --tls-ca.")
 @file_option("--tls-key", "MCL_TLS_CLIENT_KEY", "Private key of --tls-cert, if not in that file.")
 @file_option("--credentials", "MCL_CREDENTIALS", "Authenticate with the first user:password line of this file.")
-@click.version_option(__version__, prog_name="memcachedlite")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=lambda ctx, _, shown: _print_version(ctx) if shown else None,
+    help="Show the version and the build (pure Python or mypyc), and exit.",
+)
 @click.pass_context
 def main(
     ctx: click.Context,

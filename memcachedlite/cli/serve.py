@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from .. import buildinfo
 from ..version import __version__
 from .common import EXISTING_FILE, SHOWN, CannotStart, file_option, main
 
@@ -300,8 +301,9 @@ def serve(cpu: str, verbose: int, **options: Any) -> None:
     if auth_file:
         signal.signal(signal.SIGHUP, request_reload)
     log.info(
-        "memcachedlite %s listening on %s%s, data in %s (%d items, fsync %s)",
+        "memcachedlite %s (%s) listening on %s%s, data in %s (%d items, fsync %s)",
         __version__,
+        buildinfo.describe(),
         ", ".join(describe(address) for address in server.addresses),
         _security_summary(server.ssl_context, auth_file),
         store.log.path if store.log is not None else "memory only",

@@ -143,7 +143,9 @@ def encode_sync(offset: int, file_id: bytes) -> bytes:
 
 _BINARY_VERBS = frozenset([b"bset", b"bdelete", b"btouch", b"binvalidate"])
 
-_STRICT_BASE64 = re.compile(rb"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+# whole groups, then a padded last group; or whole groups and any padding
+# after them, which strict_mode lets pass too
+_STRICT_BASE64 = re.compile(rb"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?|(?:[A-Za-z0-9+/]{4})+=+")
 
 
 def strict_b64decode(data: bytes) -> bytes:

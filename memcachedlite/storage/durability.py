@@ -355,9 +355,6 @@ class Durability:
         # a C-level copy: the shortest pause
         return self._items.copy(), max(self._next_cas, self._max_given_cas + 1), self.flush_at
 
-    #: the snapshot section that recreates the items (see :mod:`memcachedlite.storage.replay`)
-    _snapshot_section = staticmethod(snapshot_section)
-
     def compact(self, recovering: bool = False) -> int:
         """Rewrite the data file to just the live items; returns the bytes saved.
 
@@ -387,7 +384,7 @@ class Durability:
             try:
                 now = int(self._clock())  # type: ignore[attr-defined]
                 rewrite.write(records.make_header(rewrite.file_id))
-                for part in self._snapshot_section(snapshot, next_cas, now):
+                for part in snapshot_section(snapshot, next_cas, now):  # see memcachedlite.storage.replay
                     rewrite.write(part)
                 rewrite.snapshot_end = rewrite.size
                 if flush_at > now:

@@ -16,8 +16,17 @@ from memcachedlite import CorruptLogError, Session, Store
 from memcachedlite.cli import main
 from memcachedlite.storage import datafile, records
 from memcachedlite.storage import store as store_module
-from memcachedlite.storage.items import ITEM_FORMAT, make_item
-from memcachedlite.storage.records import BadRecord, encode_sets, parse_records, read_header, read_snapshot
+from memcachedlite.storage.items import ITEM_FORMAT, SHORTEST_ITEM, make_item
+from memcachedlite.storage.records import (
+    BadRecord,
+    encode_sets,
+    make_header,
+    new_file_id,
+    parse_records,
+    read_header,
+    read_snapshot,
+)
+from memcachedlite.storage.repair import repair
 
 from .conftest import mark_synced
 
@@ -171,45 +180,70 @@ def test_a_sets_record_of_an_unknown_item_format_refuses_to_start(tmp_path: Path
         Store(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by fuzzing: replay takes a checksummed sets or snapshot record's items as they are, "
-    "without checking their layout (checking would cost the bulk load its speed)",
+@pytest.mark.parametrize(
+    "item",
+    [b"not an item", make_item(b"2", 0, 0, 5)[:-1], make_item(b"", 0, 0, 5)[: SHORTEST_ITEM - 2] + b"\n", b""],
+    ids=["short", "no-line-end", "one-short", "empty"],
 )
-def test_a_sets_record_holding_an_item_not_in_the_item_layout_is_damage(tmp_path: Path) -> None:
-    """fuzz/datafile.py: a ``sets`` record whose checksum holds but whose item
-    is not in the item layout loads, and every read of the item then fails
-    (``SERVER_ERROR internal error``). Only a crafted file, or a writer's bug,
-    makes one; it should be refused like any damage in synced data."""
+def test_a_sets_record_holding_an_item_not_in_the_item_layout_is_damage(tmp_path: Path, item: bytes) -> None:
+    """Found by fuzzing (fuzz/datafile.py): a ``sets`` record whose checksum
+    holds but whose item is not framed as an item loaded, and every read of
+    the item then failed (``SERVER_ERROR internal error``). Only a crafted
+    file, or a writer's bug, makes one: it is damage, refused in synced data
+    with its offset, and repair drops it and keeps the rest."""
     path = tmp_path / "data.txt"
     fill(path, b"set a 0 0 1\r\n1\r\n")
+    at = path.stat().st_size
+    assert len(make_item(b"", 0, 0, 5)) == SHORTEST_ITEM
     with open(path, "ab") as f:
-        f.write(b"".join(encode_sets([b"b"], [b"not an item"], ITEM_FORMAT, 5)))
+        f.write(b"".join(encode_sets([b"b", b"c"], [make_item(b"3", 0, 0, 4), item], ITEM_FORMAT, 6)))
+        f.write(records.encode_set(b"d", b"4", 0, 0, 7))
     mark_synced(path)
-    with pytest.raises(CorruptLogError):
+    with pytest.raises(CorruptLogError, match=f"offset {at}: sets holds an item not in the item layout"):
         Store(path).close()
+    report = repair(path)
+    assert report.damaged_offsets == [at] and report.kept_across_damage
+    store = Store(path)
+    try:
+        assert store.keys() == [b"a", b"d"]
+    finally:
+        store.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by fuzzing: replay trusts a snapshot's count of items with an expiry, "
-    "and looks for expired items only when it is not 0",
-)
-def test_an_expired_item_of_a_snapshot_that_counts_none_is_left_out(tmp_path: Path) -> None:
-    """fuzz/datafile.py: a snapshot section that says none of its items has
-    an expiry, but holds one already expired, loads it; ``curr_items``
-    counts it until the crawler drops it. The writer always counts right:
-    only a crafted file does this."""
+def test_a_snapshot_holding_an_item_not_in_the_item_layout_past_the_last_mark_is_cut(tmp_path: Path) -> None:
+    """The same damage where no mark vouches for it is a crash's tail: cut off."""
+    path = tmp_path / "data.txt"
+    file_id = new_file_id()
+    section = b"".join(records.encode_snapshot([(b"gone", b"x" * 40)], ITEM_FORMAT, 8, 0))
+    path.write_bytes(make_header(file_id) + section)
+    store = Store(path)
+    try:
+        assert len(store) == 0
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("verb", ["snapshot", "sets"])
+def test_an_expired_item_of_a_bulk_record_that_counts_none_is_left_out(tmp_path: Path, verb: str) -> None:
+    """Found by fuzzing (fuzz/datafile.py): a snapshot section that said none
+    of its items has an expiry, but held one already expired, loaded it, and
+    ``curr_items`` counted it until the crawler dropped it. The writer always
+    counts right: only a crafted file did this. Start-up now counts them."""
     path = tmp_path / "data.txt"
     fill(path)
     data = path.read_bytes()
     start = read_header(data)[0]
     expired = make_item(b"old", 0, 1_000_000_000, 7)
-    section = b"".join(records.encode_snapshot([(b"gone", expired)], ITEM_FORMAT, 8, 0))
+    kept = make_item(b"new", 0, 0, 8)
+    if verb == "snapshot":  # says 0 items have an expiry
+        section = records.encode_snapshot([(b"gone", expired), (b"kept", kept)], ITEM_FORMAT, 9, 0)
+    else:  # a sets record always says 0
+        section = encode_sets([b"gone", b"kept"], [expired, kept], ITEM_FORMAT, 9)
+    section = b"".join(section)
     path.write_bytes(data[:start] + section)
     store = Store(path)
     try:
-        assert len(store) == 0 and store.stats()["curr_items"] == 0
+        assert store.keys() == [b"kept"] and store.stats()["curr_items"] == 1
     finally:
         store.close()
 

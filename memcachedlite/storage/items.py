@@ -24,6 +24,8 @@ and moves the item to the young end of the LRU order, at most once a minute.
 from __future__ import annotations
 
 import struct
+from itertools import repeat
+from operator import countOf, getitem
 from typing import NamedTuple, Optional
 
 #: Bytes counted per item on top of key and value: the two objects' headers,
@@ -77,6 +79,28 @@ ATIME_INTERVAL = 60
 
 def _header(state: int, atime: int, cas: int, exptime: int, flags: int) -> bytes:
     return pack_meta(state & FETCHED, atime, state & ~FETCHED, cas, exptime, flags)
+
+
+#: The shortest item there is: the header, ``" 0 0\r\n"`` and an empty value's CRLF.
+SHORTEST_ITEM = META + 8
+
+
+def bulk_expiring(blobs: list[bytes], shortest: int) -> int:
+    """How many of ``blobs`` (the items of a snapshot section or a ``sets``
+    record, ``shortest`` the length of the shortest) have an expiry.
+
+    Raises ValueError when one of them is not framed as an item: shorter
+    than any item, or not ending with a line end. Start-up takes such items
+    as they are, in bulk, so this is the check that every item it loads
+    decodes; and it counts the items with an expiry itself rather than take
+    the record's word for it. Both are C loops over the items, nothing per
+    item in Python: together under a tenth of the bulk load's time. The
+    numbers in an item's text line (flags, length) are trusted as the
+    checksum vouches for them; checking them costs as much as the load.
+    """
+    if blobs and (shortest < SHORTEST_ITEM or countOf(map(getitem, blobs, repeat(-1)), 10) != len(blobs)):
+        raise ValueError("an item not in the item layout")
+    return len(blobs) - countOf(map(getitem, blobs, repeat(EXPTIME_FIELD)), NEVER_PACKED)
 
 
 def make_item(value: bytes, flags: int, exptime: int, cas: int, atime: int = 0, state: int = 0) -> bytes:

@@ -16,8 +16,9 @@ Properties, for the file:
   built on :func:`memcachedlite.storage.records.parse_records`): the longest
   prefix of valid records, so some prefix of the file's records; and the
   store's invariants hold;
-- ``repair`` (on a copy of the file) returns its report, and the file it
-  writes loads cleanly, to exactly the records ``salvage`` said it kept.
+- ``repair`` (on a copy of the file) returns its report (or refuses a file
+  that is no data file and holds no record), and the file it leaves loads
+  cleanly, to exactly the records ``salvage`` said it kept.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from common import NOW, ErrorLog, PropertyViolation, check_invariants, clear_dir
 
 from memcachedlite import CorruptLogError, Store
 from memcachedlite.storage.items import BINARY_KEY, ITEM_FORMAT, Item, decode, make_item
-from memcachedlite.storage.records import BadRecord, parse_one, read_header, record_key
+from memcachedlite.storage.records import BadRecord, parse_one, read_head, read_header, record_key
 from memcachedlite.storage.repair import repair, salvage
 
 #: Longest file tried.
@@ -162,11 +163,11 @@ def replay_model(buf: bytes) -> tuple[dict, int | None, list[int]]:
     """The items the longest readable prefix of the file ``buf`` produces,
     the offset of the first record that cannot be read (None: none), and
     where each record starts."""
-    header = read_header(buf)
-    if header is None:
+    head = read_head(buf)
+    if head is None:
         return {}, 0, [0]
     model = Model()
-    pos = header[0]
+    pos = head.start
     starts = [0]
     while pos < len(buf):
         starts.append(pos)
@@ -178,6 +179,8 @@ def replay_model(buf: bytes) -> tuple[dict, int | None, list[int]]:
         except Unreadable:
             return model.live(), pos, starts
         pos = after
+    if len(buf) < head.synced:  # shorter than its head mark says it was: cut short
+        return model.live(), len(buf), [*starts, len(buf)]
     return model.live(), None, starts
 
 
@@ -235,7 +238,12 @@ def check_repair(buf: bytes) -> None:
         return  # kept as it was: the repaired file is refused as the original was
     with open(_repaired_path, "wb") as f:
         f.write(buf)
-    repair(_repaired_path)
+    try:
+        repair(_repaired_path)
+    except CorruptLogError as exc:
+        if read_head(buf) is None and not kept:
+            return  # no data file: nothing to salvage, left as it was
+        raise PropertyViolation(f"repair refused a file it could salvage: {exc}") from None
     _errors.check()
     try:
         repaired = _load(_repaired_path)

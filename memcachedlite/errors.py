@@ -106,3 +106,13 @@ class CorruptLogError(Exception):
         self.path = path
         self.offset = offset
         self.reason = reason
+
+
+class DataFileInUse(RuntimeError):
+    """Another process holds the data file's lock: a running server, or a
+    command rewriting the file (``mcl repair``). Whatever refuses the file,
+    a second server or a repair, says it in these words."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"cannot open data file: {path} is in use by another running server")
+        self.path = path

@@ -17,7 +17,7 @@ from memcachedlite.storage.datafile import DataLog
 from memcachedlite.storage.items import item_size, make_item
 from memcachedlite.storage.records import parse_records, read_header
 
-from .conftest import mark_synced
+from .conftest import mark_synced, stop_as_killed
 
 
 def records(data: bytes) -> list:
@@ -55,9 +55,12 @@ def reopen(path: Path, **options) -> Store:
 def test_new_file_has_header_and_private_mode(path):
     Store(path).close()
     data = path.read_bytes()
-    start, file_id = read_header(data)
-    assert data == b"MEMCACHEDLITE-LOG 2 %s\r\n" % file_id and start == len(data)
-    assert len(file_id) == 16 and file_id != fmt.LEGACY_ID
+    head = fmt.read_head(data)
+    assert data.startswith(b"MEMCACHEDLITE-LOG 2 %s\r\nsync " % head.file_id)
+    assert len(head.file_id) == 16 and head.file_id != fmt.LEGACY_ID
+    # the head mark vouches for all of it, and a mark at the end for the head mark
+    assert head.marked and head.synced == len(data) and records(data) == []
+    assert data.endswith(fmt.encode_sync(fmt.HEAD_MARK_AT + fmt.HEAD_MARK_SIZE, head.file_id))
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
@@ -67,8 +70,7 @@ def test_records_are_readable_and_checksummed(path):
     s.delete(b"k")
     s.close()
     data = path.read_bytes()
-    body = data[read_header(data)[0] :]
-    assert body.startswith(b"set k 5 0 4 1 ")
+    assert b"\r\nset k 5 0 4 1 " in data
     assert records(data) == [
         (b"set", b"k", b"v\r\n\0", 5, 0, 1),
         (b"delete", b"k"),
@@ -201,7 +203,7 @@ def _log_with_two_records(path: Path) -> int:
     s.set(b"first", b"one")
     size_before_last = path.stat().st_size
     s.set(b"second", b"two\r\n2")
-    s.close()
+    stop_as_killed(s)  # the second record is not vouched for: what a crash may tear
     return size_before_last
 
 
@@ -220,16 +222,27 @@ def test_torn_last_record_cut_at_every_offset(path, caplog):
             s.close()
         if cut > start:
             assert f"dropped {cut - start} bytes from offset {start}" in caplog.text
-        assert path.stat().st_size == start  # cut back, ready to append
+        # cut back, and marked as synced by the start-up that cut it
+        mark = fmt.encode_sync(start, read_header(whole)[1])
+        assert path.stat().st_size == start + len(mark) and path.read_bytes().endswith(mark)
 
 
-def test_torn_header_is_rewritten(path):
+def test_a_file_cut_inside_its_header_is_refused(path):
+    """A new file takes its name once its header is on disk, so a header cut
+    short is never a crash's doing."""
     path.write_bytes(b"MEMCACHEDLITE-LOG 2 0123")
+    with pytest.raises(CorruptLogError, match="offset 0: not a memcachedlite data file"):
+        Store(path)
+
+
+def test_an_empty_file_is_a_new_one(path):
+    """What a crash while a file was created leaves: the next start creates it."""
+    path.write_bytes(b"")
     s = Store(path)
     s.set(b"a", b"1")
     s.close()
     data = path.read_bytes()
-    assert read_header(data) is not None
+    assert fmt.read_head(data).marked
     assert records(data) == [(b"set", b"a", b"1", 0, 0, 1)]
 
 
@@ -255,7 +268,7 @@ def test_damage_in_the_middle_refuses_to_start(path):
     path.write_bytes(bytes(data))
     with pytest.raises(CorruptLogError) as err:
         Store(path)
-    start = read_header(bytes(data))[0]
+    start = data.index(b"set first ")
     assert err.value.offset == start
     assert f"offset {start}" in str(err.value)
     # refusing to start does not modify the file

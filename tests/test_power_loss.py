@@ -264,7 +264,7 @@ def start_up(state: CrashState, directory: Path, policy: str, caplog: pytest.Log
             loaded = state_of(store)
         finally:
             store.close()
-    kept = path.stat().st_size
+    kept = kept_by_start_up(state.files.get("data.txt", b""), path.read_bytes())
     if 0 < kept < size_before:
         dropped = size_before - kept
         warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
@@ -272,6 +272,18 @@ def start_up(state: CrashState, directory: Path, policy: str, caplog: pytest.Log
             f"no warning naming offset {kept} and {dropped} bytes dropped at {state.at} ({state.how}): {warnings}"
         )
     return loaded
+
+
+def kept_by_start_up(before: bytes, after: bytes) -> int:
+    """How much of the file ``before`` a start-up that left ``after`` kept:
+    all of ``after``, but for the sync mark it appends to what it cut back
+    (its head mark, rewritten in place, keeps its length)."""
+    header = records.read_header(after)
+    at = after.rfind(b"\r\nsync ") + 2
+    marked = header is not None and at >= 2 and after[at:] == records.encode_sync(at, header[1])
+    if marked and before[at : len(after)] != after[at:]:  # not there before: start-up added it
+        return at
+    return len(after)
 
 
 def repaired(state: CrashState, directory: Path, policy: str, caplog: pytest.LogCaptureFixture) -> dict:

@@ -14,7 +14,7 @@ import sys
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Optional
 
-from ..errors import CorruptLogError
+from ..errors import CorruptLogError, DataFileInUse
 from ..protocols.settings import Settings
 from ..storage import repair
 from ..storage.store import Store
@@ -205,6 +205,8 @@ def _open_store(config: ServerConfig, compact_min_size: int) -> Store:
         return Store(path, fsync=config.fsync, **options)
     except CorruptLogError as exc:
         raise LaunchError(f"{exc}; run 'mcl repair {os.fspath(path)}' to salvage the valid records") from None
+    except DataFileInUse as exc:
+        raise LaunchError(str(exc)) from None
     except (OSError, RuntimeError) as exc:
         reason = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise LaunchError(f"cannot open data file: {reason}") from None

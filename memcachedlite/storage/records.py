@@ -38,7 +38,7 @@ import re
 import sys
 from array import array
 from itertools import accumulate
-from typing import Iterator, Optional
+from typing import Iterator, NamedTuple, Optional
 from zlib import crc32
 
 from .items import ITEM_FORMAT, bulk_expiring
@@ -57,26 +57,92 @@ def new_file_id() -> bytes:
     return os.urandom(8).hex().encode("ascii")
 
 
-def make_header(file_id: bytes) -> bytes:
-    return _HEADER_V2 + file_id + b"\r\n"
+#: Where the head mark of a version 2 file lies: right after its header line.
+HEAD_MARK_AT = len(_HEADER_V2) + 16 + 2
+
+
+def encode_head_mark(offset: int, file_id: bytes) -> bytes:
+    """The head mark: a sync mark (see :func:`encode_sync`) right after the
+    header line, whose offset has 19 digits so that it keeps its length when
+    it is rewritten in place, each time the server knows the whole file is
+    on disk. Lying before what it vouches for, it is the one mark that a
+    file cut short cannot lose. Readers that do not know it take it for an
+    ordinary mark naming a place after itself, and ignore it."""
+    return seal(b"sync %019d %s" % (offset, file_id))
+
+
+HEAD_MARK_SIZE = len(b"sync  ") + 19 + 16 + len(b" 12345678\r\n")
+_HEAD_MARK = re.compile(rb"sync (\d{19}) ([0-9a-f]{16}) ([0-9a-f]{8})\r\n")
+
+
+def make_header(file_id: bytes, synced: int = 0) -> bytes:
+    """The head of a new file: its header line and its head mark, vouching
+    for the first ``synced`` bytes."""
+    return _HEADER_V2 + file_id + b"\r\n" + encode_head_mark(synced, file_id)
+
+
+class Head(NamedTuple):
+    """What the head of a data file says (see :func:`read_head`)."""
+
+    #: where the records start: after the head mark, if there is one
+    start: int
+    file_id: bytes
+    #: where the header line ends, and the head mark, if any, lies
+    line_end: int
+    #: whether the file has a head mark (written since version 2 files have one)
+    marked: bool
+    #: the offset the head mark vouches for (0: none)
+    synced: int
+
+
+def read_head(buf: bytes) -> Optional[Head]:
+    """The head of the data file ``buf``; None when it does not start with a
+    whole header line."""
+    if buf.startswith(HEADER):
+        line_end, file_id = len(HEADER), LEGACY_ID
+    else:
+        line_end = HEAD_MARK_AT
+        file_id = bytes(buf[len(_HEADER_V2) : line_end - 2])
+        if not (buf.startswith(_HEADER_V2) and buf[line_end - 2 : line_end] == b"\r\n" and len(file_id) == 16):
+            return None
+        if len(file_id.strip(b"0123456789abcdef")) != 0:
+            return None
+    match = _HEAD_MARK.match(buf, line_end)
+    if (
+        match is not None
+        and match.group(2) == file_id
+        and int(match.group(3), 16) == crc32(b"sync %s %s" % (match.group(1), file_id))
+    ):
+        return Head(match.end(), file_id, line_end, True, int(match.group(1)))
+    return Head(line_end, file_id, line_end, False, 0)
 
 
 def read_header(buf: bytes) -> Optional[tuple[int, bytes]]:
-    """Where the records of a data file start, and its file id; None when
-    ``buf`` does not start with a whole header."""
-    if buf.startswith(HEADER):
-        return len(HEADER), LEGACY_ID
-    end = len(_HEADER_V2) + 16
-    if buf.startswith(_HEADER_V2) and buf[end : end + 2] == b"\r\n":
-        file_id = buf[len(_HEADER_V2) : end]
-        if len(file_id.strip(b"0123456789abcdef")) == 0:
-            return end + 2, bytes(file_id)
-    return None
+    """Where the records of a data file start (after its head mark, if it
+    has one), and its file id; None when ``buf`` does not start with a whole
+    header line."""
+    head = read_head(buf)
+    return None if head is None else (head.start, head.file_id)
 
 
-def is_header_prefix(buf: bytes) -> bool:
-    """Whether ``buf`` is the beginning of a header cut short by a crash."""
-    return HEADER.startswith(buf) or _HEADER_V2.startswith(buf[: len(_HEADER_V2)])
+def looks_like_head_mark(buf: bytes, pos: int) -> bool:
+    """Whether the bytes at ``pos``, right after a header line, begin as a
+    head mark does (a mere ``s`` could also begin a ``set``). A head mark
+    that does not read is never a crash's doing: it is written with the
+    header, synced before the file takes its name, and only ever rewritten
+    in place, within one disk sector."""
+    start = bytes(buf[pos : pos + 5])
+    return start == b"sync " or (len(start) >= 2 and b"sync ".startswith(start))
+
+
+def guess_file_id(buf: bytes) -> bytes:
+    """The file id of a file whose header cannot be read: the one its last
+    intact sync mark carries (:data:`LEGACY_ID` when it has none)."""
+    found = LEGACY_ID
+    for match in _SYNC_MARK.finditer(buf):
+        if int(match.group(3), 16) == crc32(b"sync %s %s" % (match.group(1), match.group(2))):
+            found = bytes(match.group(2))
+    return found
 
 
 Record = tuple  # ("set", key, value, flags, exptime, cas) | ("delete", key) | ...
@@ -412,6 +478,13 @@ def highest_sync_mark(buf: bytes, file_id: bytes, start: int = 0) -> int:
         ):
             best = offset
     return best
+
+
+def ends_with_mark(buf: bytes, size: int, file_id: bytes) -> bool:
+    """Whether the first ``size`` bytes of ``buf`` end with a sync mark that
+    vouches for everything before it."""
+    at = buf.rfind(b"\r\nsync ", max(size - 64, 0), size) + 2
+    return at >= 2 and buf[at:size] == encode_sync(at, file_id)
 
 
 def next_valid_record(buf: bytes, start: int) -> Optional[int]:

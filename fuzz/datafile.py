@@ -17,8 +17,8 @@ Properties, for the file:
   prefix of valid records, so some prefix of the file's records; and the
   store's invariants hold;
 - ``repair`` (on a copy of the file) returns its report (or refuses a file
-  that is no data file and holds no record), and the file it leaves loads
-  cleanly, to exactly the records ``salvage`` said it kept.
+  that holds no record and does not even begin as a data file), and the
+  file it leaves loads cleanly, to exactly the records ``salvage`` kept.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from common import NOW, ErrorLog, PropertyViolation, check_invariants, clear_dir
 
 from memcachedlite import CorruptLogError, Store
 from memcachedlite.storage.items import BINARY_KEY, ITEM_FORMAT, Item, decode, make_item
-from memcachedlite.storage.records import BadRecord, parse_one, read_head, read_header, record_key
+from memcachedlite.storage.records import BadRecord, begins_as_data_file, parse_one, read_head, read_header, record_key
 from memcachedlite.storage.repair import repair, salvage
 
 #: Longest file tried.
@@ -241,7 +241,7 @@ def check_repair(buf: bytes) -> None:
     try:
         repair(_repaired_path)
     except CorruptLogError as exc:
-        if read_head(buf) is None and not kept:
+        if read_head(buf) is None and not kept and not begins_as_data_file(buf):
             return  # no data file: nothing to salvage, left as it was
         raise PropertyViolation(f"repair refused a file it could salvage: {exc}") from None
     _errors.check()

@@ -213,10 +213,14 @@ def _open_store(config: ServerConfig, compact_min_size: int) -> Store:
 
 
 def _repair_if_damaged(path: PathLike) -> None:
+    """``--repair``: salvage the file if it is damaged (holding its lock, as
+    ``mcl repair`` does), and log what was kept and what could not be."""
     try:
-        with open(path, "rb") as f:
-            damaged = repair.salvage(f.read())[1].damaged_offsets
-        if damaged:
-            repair.repair(path)  # logs what it kept and where the original went
+        report = repair.repair(path)
+    except DataFileInUse as exc:
+        raise LaunchError(str(exc)) from None  # in the words a second server gets
     except (OSError, CorruptLogError) as exc:
         raise LaunchError(f"cannot repair {os.fspath(path)}: {exc}") from None
+    if report.damaged:
+        for line in report.describe(os.fspath(path)):
+            log.warning("%s", line)

@@ -46,6 +46,7 @@ from .items import ITEM_FORMAT, bulk_expiring
 #: The header of a version 1 file (no file id); still read, never written.
 HEADER = b"MEMCACHEDLITE-LOG 1\r\n"
 _HEADER_V2 = b"MEMCACHEDLITE-LOG 2 "
+_MAGIC = b"MEMCACHEDLITE-LOG "
 #: The file id that sync marks in a version 1 file carry.
 LEGACY_ID = b"0" * 16
 
@@ -97,7 +98,7 @@ class Head(NamedTuple):
 
 def read_head(buf: bytes) -> Optional[Head]:
     """The head of the data file ``buf``; None when it does not start with a
-    whole header line."""
+    whole header line (or its head mark carries another file id)."""
     if buf.startswith(HEADER):
         line_end, file_id = len(HEADER), LEGACY_ID
     else:
@@ -108,11 +109,9 @@ def read_head(buf: bytes) -> Optional[Head]:
         if len(file_id.strip(b"0123456789abcdef")) != 0:
             return None
     match = _HEAD_MARK.match(buf, line_end)
-    if (
-        match is not None
-        and match.group(2) == file_id
-        and int(match.group(3), 16) == crc32(b"sync %s %s" % (match.group(1), file_id))
-    ):
+    if match is not None and int(match.group(3), 16) == crc32(b"sync %s %s" % match.group(1, 2)):
+        if match.group(2) != file_id:  # written with the header, so one of the two ids is damaged
+            return None
         return Head(match.end(), file_id, line_end, True, int(match.group(1)))
     return Head(line_end, file_id, line_end, False, 0)
 
@@ -123,6 +122,12 @@ def read_header(buf: bytes) -> Optional[tuple[int, bytes]]:
     header line."""
     head = read_head(buf)
     return None if head is None else (head.start, head.file_id)
+
+
+def begins_as_data_file(buf: bytes) -> bool:
+    """Whether ``buf`` begins as a data file does, even cut inside its header."""
+    start = bytes(buf[: len(_MAGIC)])
+    return bool(start) and _MAGIC.startswith(start)
 
 
 def looks_like_head_mark(buf: bytes, pos: int) -> bool:
@@ -456,9 +461,7 @@ def parse_records(buf: bytes, start: int) -> Iterator[Record]:
         yield record
 
 
-_RECORD_START = re.compile(
-    rb"\r\n(?=(?:b?(?:set|delete|touch|invalidate)|sets|flush_all|next_cas|sync|snapshot|group) )"
-)
+_RECORD_START = re.compile(rb"(?:b?(?:set|delete|touch|invalidate)|sets|flush_all|next_cas|sync|snapshot|group) ")
 _SYNC_MARK = re.compile(rb"\r\nsync (\d{1,19}) ([0-9a-f]{16}) ([0-9a-f]{8})\r\n")
 
 
@@ -490,11 +493,13 @@ def ends_with_mark(buf: bytes, size: int, file_id: bytes) -> bool:
 def next_valid_record(buf: bytes, start: int) -> Optional[int]:
     """The offset of the first intact record at or after ``start``, if any.
 
-    Candidates are line starts that begin with a record verb; the checksum
-    makes a false match in the middle of a value practically impossible.
+    Candidates are the places a record verb starts (after a line end or
+    not: damage may have taken the line end before an intact record); the
+    checksum makes a false match in the middle of a value practically
+    impossible.
     """
-    for match in _RECORD_START.finditer(buf, max(start - 2, 0)):
-        offset = match.end()
+    for match in _RECORD_START.finditer(buf, start):
+        offset = match.start()
         try:
             next(parse_records(buf, offset))
         except (BadRecord, StopIteration):

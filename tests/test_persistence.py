@@ -578,3 +578,35 @@ def test_group_commit_one_fsync_covers_concurrent_writers(start_server, monkeypa
     assert len(store) == writers * each  # every acknowledged write...
     assert store.log.synced == store.log.size  # ...is on disk
     assert 0 < len(syncs) < writers * each  # and fsyncs were shared
+
+
+@pytest.mark.parametrize("after", ["creation", "compaction"])
+def test_a_write_cut_back_leaves_no_hole_on_a_file_written_without_o_append(path, monkeypatch, after):
+    """A new file and a compacted one are written through the descriptor of
+    the file renamed into place, opened without O_APPEND: cutting back a
+    partial write must move its position back too, or the next record
+    would land after a hole of zeros."""
+    store = Store(path)
+    try:
+        store.set(b"a", b"1")
+        if after == "compaction":
+            store.compact()
+        real_write = datafile.os.write
+        calls = []
+
+        def half_then_full_disk(fd: int, data) -> int:
+            if fd != store.log._fd:
+                return real_write(fd, data)
+            calls.append(len(data))
+            if len(calls) == 1:
+                return real_write(fd, bytes(data[: len(data) // 2]))
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(datafile.os, "write", half_then_full_disk)
+            with pytest.raises(LogWriteError, match="out of disk space"):
+                store.set(b"b", b"x" * 100)
+        store.set(b"c", b"3")
+    finally:
+        store.close()
+    assert records(path.read_bytes())[-1][:3] == (b"set", b"c", b"3")  # every record reads: no hole

@@ -610,3 +610,37 @@ def test_a_write_cut_back_leaves_no_hole_on_a_file_written_without_o_append(path
     finally:
         store.close()
     assert records(path.read_bytes())[-1][:3] == (b"set", b"c", b"3")  # every record reads: no hole
+
+
+@pytest.mark.parametrize("fails", ["rename", "dirsync"])
+def test_a_new_file_that_cannot_be_put_in_place_leaves_the_empty_one(path, monkeypatch, fails):
+    """Creating a file writes it aside and renames it into place: if that
+    fails, start-up fails with the error, the empty file stays (the next
+    start creates it again) and nothing is left open or beside it."""
+    from tests.crashsim import FsRecorder, modules_with_os
+
+    path.write_bytes(b"")
+    with monkeypatch.context() as patch:
+        recorder = FsRecorder(path.parent).install(patch, *modules_with_os())
+        recorder.fail(fails)
+        with pytest.raises(OSError, match="injected"):
+            Store(path)
+    if fails == "rename":
+        assert path.read_bytes() == b"" and sorted(p.name for p in path.parent.iterdir()) == ["data.txt"]
+    store = Store(path)  # the lock was released: the next start works
+    try:
+        store.set(b"a", b"1")
+    finally:
+        store.close()
+    assert records(path.read_bytes()) == [(b"set", b"a", b"1", 0, 0, 1)]
+
+
+@pytest.mark.parametrize(
+    "header",
+    [b"MEMCACHEDLITE-LOG 2 0123456789abcdeg\r\n", b"MEMCACHEDLITE-LOG 2 0123456789abcdef\n\n"],
+    ids=["file-id-not-hex", "no-crlf"],
+)
+def test_a_header_line_that_does_not_read_is_refused(path, header):
+    path.write_bytes(header + fmt.encode_set(b"a", b"1", 0, 0, 1))
+    with pytest.raises(CorruptLogError, match="offset 0: not a memcachedlite data file"):
+        Store(path)

@@ -644,3 +644,39 @@ def test_a_header_line_that_does_not_read_is_refused(path, header):
     path.write_bytes(header + fmt.encode_set(b"a", b"1", 0, 0, 1))
     with pytest.raises(CorruptLogError, match="offset 0: not a memcachedlite data file"):
         Store(path)
+
+
+@pytest.mark.parametrize("when", ["start-up", "clean stop"])
+def test_a_full_disk_does_not_stop_a_start_or_a_stop_from_marking(path, monkeypatch, caplog, when):
+    """Start-up and a clean stop append a sync mark: on a full disk they say
+    they could not, and go on (a start serves reads; writes fail as always
+    on a full disk, and work again once there is room)."""
+    path.write_bytes(fmt.HEADER + fmt.encode_set(b"a", b"1", 0, 0, 1))  # no mark yet: one is due
+    real_write = datafile.os.write
+
+    def full(fd: int, data) -> int:
+        if os.path.samefile(f"/proc/self/fd/{fd}", path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    with monkeypatch.context() as patch:
+        if when == "start-up":
+            patch.setattr(datafile.os, "write", full)
+        store = Store(path)
+        try:
+            assert store.get(b"a").value == b"1"
+            if when == "clean stop":
+                store.set(b"b", b"2")  # to be marked by the stop
+                patch.setattr(datafile.os, "write", full)
+            with pytest.raises(LogWriteError, match="out of disk space"):
+                store.set(b"c", b"3")
+        finally:
+            store.close()
+    assert "could not mark the file as synced" in caplog.text
+    kept = [(b"set", b"a", b"1", 0, 0, 1)] + ([(b"set", b"b", b"2", 0, 0, 2)] if when == "clean stop" else [])
+    assert records(path.read_bytes()) == kept
+    store = Store(path)  # room again
+    try:
+        store.set(b"c", b"3")
+    finally:
+        store.close()

@@ -321,7 +321,7 @@ class DataLog:
         self.synced = self.size
         self._marked_end = ends_with_mark(buf, self.size, self.file_id)
         self._loaded = True
-        self.mark_all_synced()
+        self._mark_if_possible()
         return result
 
     def _cut(self, offset: int, buf: bytes, reason: str) -> None:
@@ -372,6 +372,19 @@ class DataLog:
                 os.close(fd)
             self.head_synced = synced
         os.fsync(self._fd)
+
+    def _mark_if_possible(self) -> None:
+        """:meth:`mark_all_synced`, which a full disk (or a failing one) must
+        not turn into a failed start or stop: the marks are only ever a lower
+        bound, and a write that fails later says why."""
+        try:
+            self.mark_all_synced()
+        except (OSError, LogWriteError) as exc:
+            log.warning(
+                "%s: could not mark the file as synced (%s): damage in it found later may be taken for a crash's",
+                self.path,
+                exc,
+            )
 
     dropped_at_start: Optional[tuple[int, int, int]] = None
     #: Where the snapshot section at the head of the file ends (0: none):
@@ -436,7 +449,6 @@ class DataLog:
         if mark is not None:  # rides along with the next record: no write of its own
             data = encode_sync(mark, self.file_id) + data
             self._mark_due = None
-        self._marked_end = False
         start = self.size
         view = memoryview(data)
         written = 0
@@ -459,6 +471,7 @@ class DataLog:
                 self.failed = f"write failed: {exc.strerror}"
             raise LogWriteError(f"cannot write data file: {reason}") from exc
         self.size = start + written
+        self._marked_end = False
         if self._rewrite is not None:
             self._rewrite.pending.append(data)
         return self.size
@@ -592,10 +605,11 @@ class DataLog:
             try:
                 self.flush()
                 os.fsync(self._fd)
-                self.synced = self.size
-                self.mark_all_synced()
             except (OSError, LogWriteError):
                 log.exception("final fsync of %s failed", self.path)
+            else:
+                self.synced = self.size
+                self._mark_if_possible()
         os.close(self._fd)
 
 

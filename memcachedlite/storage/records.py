@@ -327,9 +327,8 @@ def read_snapshot(buf: bytes, pos: int, what: str = "snapshot") -> tuple[Record,
     with ``pairs`` an iterator of (key, item), and the offset after it. Every
     key and item is sliced out of ``buf`` by C loops: this is what makes a
     compacted file load fast. Items of the store's own layout are checked to
-    be framed as items, and ``expiring`` is the number of them that have an
-    expiry, counted, whatever the header says (see
-    :func:`memcachedlite.storage.items.bulk_expiring`)."""
+    be framed as items, and a count of 0 items with an expiry is not taken
+    on trust (see :func:`memcachedlite.storage.items.bulk_expiring`)."""
     n = len(buf)
     line, parts, start = _header_line(buf, pos, what)
     try:
@@ -363,7 +362,7 @@ def read_snapshot(buf: bytes, pos: int, what: str = "snapshot") -> tuple[Record,
     blobs = list(map(take, map(slice, blob_offsets, blob_offsets[1:])))
     if item_format == ITEM_FORMAT:  # another layout's items are judged by whoever knows it (replay refuses)
         try:
-            expiring = bulk_expiring(blobs, min(blob_lengths, default=0))
+            expiring = bulk_expiring(blobs, min(blob_lengths, default=0), expiring)
         except ValueError as exc:
             raise BadRecord(f"{what} holds {exc}") from None
     return (what.encode(), item_format, next_cas, expiring, zip(keys, blobs, strict=True)), end + 2

@@ -127,3 +127,13 @@ class UnsupportedPlatform(ImportError):
             f" {module} module; run the server on Linux, in WSL or in a container (mcl's client commands work here)",
             name=module,
         )
+
+
+class DataFileInUse(RuntimeError):
+    """Another process holds the data file's lock: a running server, or a
+    command rewriting the file (``mcl repair``). Whatever refuses the file,
+    a second server or a repair, says it in these words."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"cannot open data file: {path} is in use by another running server")
+        self.path = path

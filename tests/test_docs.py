@@ -109,3 +109,21 @@ def test_the_home_page_chooses_as_the_readme_does() -> None:
 def test_the_testing_page_shows_the_readme_plugin_example() -> None:
     example = readme().split("<!-- plugin-example -->\n```python\n", 1)[1].split("```", 1)[0]
     assert f"```python\n{example}```" in (DOCS / "testing.md").read_text(encoding="utf-8")
+
+
+def test_every_durability_promise_names_tests_that_exist() -> None:
+    """docs/durability.md states each promise beside the tests that pin it:
+    every row names at least one, and each named file and test exists."""
+    text = (DOCS / "durability.md").read_text(encoding="utf-8")
+    promises = section(text, "## What survives what: the promises, and the tests that pin them")
+    rows = [line for line in promises.splitlines() if line.startswith("| ") and not line.startswith("| promise ")]
+    assert len(rows) >= 10, promises
+    for row in rows:
+        named = re.findall(r"`(tests/\w+\.py)(?:::(\w+))?`", row)
+        assert named, f"a promise no test pins: {row}"
+        for file, test in named:
+            path = ROOT / file
+            assert path.is_file(), f"{file}, named beside a promise, does not exist"
+            if test:
+                source = path.read_text(encoding="utf-8")
+                assert re.search(rf"^def {test}\(", source, re.M), f"{file} has no test {test}"

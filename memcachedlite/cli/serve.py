@@ -13,7 +13,6 @@ from typing import Any
 
 import click
 
-from .. import buildinfo
 from ..version import __version__
 from .common import EXISTING_FILE, SHOWN, CannotStart, file_option, main
 
@@ -257,6 +256,7 @@ def serve(cpu: str, verbose: int, **options: Any) -> None:
     On either, it stops accepting, answers every command already received,
     flushes the data file and exits 0. SIGHUP rereads the --auth-file.
     """
+    from ..buildinfo import describe as describe_build
     from ..protocols.auth import AuthFileError
     from ..server.addresses import describe
     from ..server.build import LaunchError, UsageProblem, build_server
@@ -303,7 +303,7 @@ def serve(cpu: str, verbose: int, **options: Any) -> None:
     log.info(
         "memcachedlite %s (%s) listening on %s%s, data in %s (%d items, fsync %s)",
         __version__,
-        buildinfo.describe(),
+        describe_build(),
         ", ".join(describe(address) for address in server.addresses),
         _security_summary(server.ssl_context, auth_file),
         store.log.path if store.log is not None else "memory only",
@@ -350,46 +350,26 @@ def _pin_to_one_cpu(choice: str) -> None:
 
 
 def _repair(path: str) -> None:
-    from ..errors import CorruptLogError
-    from ..storage import records, repair
+    from ..errors import CorruptLogError, DataFileInUse
+    from ..storage import repair
 
     try:
-        with open(path, "rb") as f:
-            buf = f.read()
-    except OSError as exc:
-        raise click.ClickException(f"cannot read {path}: {exc.strerror}") from None
-    _, report = repair.salvage(buf)
-    if records.read_header(buf) is None and not report.records:
-        raise click.ClickException(f"{path} is not a memcachedlite data file; nothing to salvage")
-    try:
         report = repair.repair(path)
+    except DataFileInUse as exc:
+        raise CannotStart(str(exc)) from None  # in the words a second server gets
     except (OSError, CorruptLogError) as exc:
         raise click.ClickException(f"cannot repair {path}: {exc}") from None
-    click.echo(
-        f"{path}: kept {report.records} records, dropped {report.dropped_bytes} damaged bytes"
-        f" at offsets {', '.join(map(str, report.damaged_offsets)) or 'none'}; original saved as {report.backup}",
-        err=True,
-    )
-    if report.cut_offset is not None:
-        click.echo(
-            f"{path}: cut at offset {report.cut_offset}, past the last sync: what a crash leaves;"
-            " the file is a prefix of what was written",
-            err=True,
-        )
-    if report.kept_across_damage:
-        click.echo(
-            f"{path}: WARNING: damage lay in data that had reached the disk (synced up to {report.synced});"
-            " the records after it were kept, so the result may combine changes that never existed together."
-            f" Compare with {report.backup} before you rely on it.",
-            err=True,
-        )
+    for line in report.describe(path):
+        click.echo(line, err=True)
 
 
 @main.command("repair")
 @click.argument("data_file", type=EXISTING_FILE)
 def repair_cmd(data_file: str) -> None:
-    """Salvage every intact record of a damaged DATA_FILE (the server must be stopped).
+    """Salvage every intact record of a damaged DATA_FILE.
 
-    The original is kept as DATA_FILE.broken-<time>.
+    The original is kept as DATA_FILE.broken-<time>; an intact file is left
+    as it is. A file a running server holds is refused, as a second server
+    is.
     """
     _repair(data_file)

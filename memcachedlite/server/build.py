@@ -15,7 +15,7 @@ import sys
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Optional
 
-from ..errors import CorruptLogError
+from ..errors import CorruptLogError, DataFileInUse
 from ..protocols.settings import Settings
 from ..storage import repair
 from ..storage.store import Store
@@ -245,16 +245,22 @@ def _open_store(config: ServerConfig, compact_min_size: int) -> Store:
         return Store(path, fsync=config.fsync, **options)
     except CorruptLogError as exc:
         raise LaunchError(f"{exc}; run 'mcl repair {os.fspath(path)}' to salvage the valid records") from None
+    except DataFileInUse as exc:
+        raise LaunchError(str(exc)) from None
     except (OSError, RuntimeError) as exc:
         reason = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise LaunchError(f"cannot open data file: {reason}") from None
 
 
 def _repair_if_damaged(path: PathLike) -> None:
+    """``--repair``: salvage the file if it is damaged (holding its lock, as
+    ``mcl repair`` does), and log what was kept and what could not be."""
     try:
-        with open(path, "rb") as f:
-            damaged = repair.salvage(f.read())[1].damaged_offsets
-        if damaged:
-            repair.repair(path)  # logs what it kept and where the original went
+        report = repair.repair(path)
+    except DataFileInUse as exc:
+        raise LaunchError(str(exc)) from None  # in the words a second server gets
     except (OSError, CorruptLogError) as exc:
         raise LaunchError(f"cannot repair {os.fspath(path)}: {exc}") from None
+    if report.damaged:
+        for line in report.describe(os.fspath(path)):
+            log.warning("%s", line)

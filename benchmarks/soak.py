@@ -843,9 +843,11 @@ class Soak:
                 life_end = min(deadline, time.monotonic() + args.restart_every * self.rng.uniform(0.7, 1.3))
                 self.serve_until(life_end, port)
                 last = time.monotonic() >= deadline
-                self.stop(port, "clean stop" if last else next(stops))
+                how = "clean stop" if last else next(stops)
+                self.stop(port, how)
                 port = self.server.start()
                 self.checks.append(self.check(port))
+                self.progress(how)
                 if last:
                     break
         finally:
@@ -857,6 +859,17 @@ class Soak:
                 if self.server.wait() != 0:
                     self.errors.append("the last clean stop did not exit 0")
         return self.report()
+
+    def progress(self, how: str) -> None:
+        """One line on standard error per restart, for a long run."""
+        check = self.checks[-1]
+        print(
+            f"soak: {time.strftime('%H:%M:%S')} restart {len(self.checks) - 1} after a {how}: started in "
+            f"{self.server.start_seconds[-1]:.2f} s; {check.ok} as acknowledged, {check.evicted} evicted, "
+            f"{check.unconfirmed} unacknowledged changes found, {len(check.losses)} losses",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def go(self, port: int) -> None:
         with self.cond:

@@ -87,7 +87,7 @@ _size_option = dict(callback=_size, metavar="SIZE", show_default=True, show_envv
     default=64,
     type=click.IntRange(1),
     envvar="MCL_MEMORY_LIMIT",
-    help="Memory for items, in MiB; least recently used items are evicted past it.",
+    help="Memory for items, in MiB; least recently used items are evicted past it (logged as a warning).",
     **SHOWN,
 )
 @click.option(

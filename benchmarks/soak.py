@@ -381,7 +381,7 @@ class Client(threading.Thread):
                     pass  # pymemcache, after SERVER_ERROR: a new connection
                 except BROKEN as exc:
                     if not self.soak.down:  # the server lives: a connection it closed, or a reply out of step
-                        self.unexpected.append(f"{self.kind}: {type(exc).__name__}: {exc}")
+                        self.unexpected.append(f"{time.strftime('%H:%M:%S')} {self.kind}: {type(exc).__name__}: {exc}")
                         time.sleep(0.05)
                 finally:
                     self.close()
@@ -1032,10 +1032,10 @@ class Soak:
             f"{sum(c.evicted for c in self.checks):,} evicted",
             f"reads while serving {online.ok + online.unconfirmed + len(online.losses):,} values judged, "
             f"{online.missed:,} misses",
-            f"connections lost    {len(unexpected)} while the server ran"
-            + (f" (first: {unexpected[0]})" if unexpected else ""),
-            f"losses              {len(losses)}",
+            f"connections lost    {len(unexpected)} while the server ran",
         ]
+        out += [f"  {lost}" for lost in sorted(unexpected)[:10]]
+        out += [f"losses              {len(losses)}"]
         out += [f"  LOSS {loss}" for loss in losses[:20]]
         out += [f"  ERROR {error}" for error in self.errors]
         print("\n".join(out), flush=True)

@@ -4,6 +4,7 @@ as subprocesses), the real memcached, and a small raw-socket client."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import re
 import shutil
@@ -13,7 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import pytest
 
@@ -263,6 +264,20 @@ def running_program(cmd: list[str], env: Optional[dict] = None) -> Iterator[subp
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@contextlib.contextmanager
+def script_module(path: Path, name: str) -> Iterator[Any]:
+    """A script of benchmarks/ (not a package) imported as module ``name``, for its tests."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is built
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules[name]
 
 
 @pytest.fixture

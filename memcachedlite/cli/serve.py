@@ -127,7 +127,7 @@ def _octal_mask(ctx: click.Context, param: click.Parameter, value: str) -> int:
     default=64,
     type=click.IntRange(1),
     envvar="MCL_MEMORY_LIMIT",
-    help="Memory for items, in MiB; least recently used items are evicted past it.",
+    help="Memory for items, in MiB; least recently used items are evicted past it (logged as a warning).",
     **SHOWN,
 )
 @click.option(

@@ -26,6 +26,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple, NoReturn, Optional,
 from ..errors import LogWriteError, NonNumeric, OutOfMemory, ServerError
 from . import datafile, records
 from .durability import DEFAULT_COMPACT_MIN_SIZE, Durability
+from .evictions import EvictionNotice
 from .expiry import Expiry
 from .items import (
     ATIME_INTERVAL,
@@ -164,6 +165,8 @@ class Store(Expiry, Durability):
         self._clock = clock
         self.memory_limit = memory_limit
         self.evict = evict
+        #: warns when the memory limit evicts items (never silently)
+        self.evictions = EvictionNotice(clock)
         #: False as memcached's -C: every item's cas is 0 (see disable_cas).
         self.cas_enabled = True
         #: ``stats detail``: counted by the protocol commands while enabled.
@@ -459,6 +462,7 @@ class Store(Expiry, Durability):
             self._drop(victim, items[victim])
             evicted += 1
         self.counters["evictions"] += evicted
+        self.evictions.evicted(evicted, self.memory_limit)
 
     def _before_flush(self, exptime: int, now: int) -> int:
         """An expiry no later than a pending delayed flush_all, which covers
@@ -1039,6 +1043,7 @@ class Store(Expiry, Durability):
     def close(self) -> None:
         self._closing.set()
         self._stop_sweeper()
+        self.evictions.wait()
         self._close_durability()
         if self.log is not None:
             self.log.close()
@@ -1061,6 +1066,7 @@ class Store(Expiry, Durability):
             for victim in victims:
                 self._remove(victim, items[victim])
             self.counters["evictions"] += len(victims)
+            self.evictions.evicted(len(victims), limit)
             return len(victims)
 
     def disable_cas(self) -> None:

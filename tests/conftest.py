@@ -1,5 +1,6 @@
 """Shared fixtures: stores in tmp_path, real servers on port 0 (in-process and
-as subprocesses), the real memcached, and a small raw-socket client."""
+as subprocesses), the real memcached, and a small raw-socket client; and the
+``external`` marker's rules (tests/external.py), for every test."""
 
 from __future__ import annotations
 
@@ -19,6 +20,11 @@ from typing import Any, Iterator, Optional
 import pytest
 
 from memcachedlite import MemcacheServer, Registry, Settings, Store, default_registry
+from tests.external import (  # noqa: F401 - hooks and an autouse fixture, found by name
+    external_programs_need_the_marker,
+    pytest_collection_modifyitems,
+    pytest_configure,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -318,6 +318,7 @@ def test_cross_checks_agree_within_the_spread_or_say_not(runner_module) -> None:
     assert "W2 vs M2: efficiency" in text and "DISAGREE" in text
 
 
+@pytest.mark.external
 def test_runner_end_to_end_on_a_tiny_configuration(runner_module, tmp_path: Path, capsys) -> None:
     out = tmp_path / "bench.json"
     code = runner_module.main(

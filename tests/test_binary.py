@@ -856,6 +856,7 @@ def test_sasl_and_text_login_share_the_users(start_server, auth_file: Path, conn
     assert b"STAT auth_cmds 2\r\n" in text.ask(b"stats\r\n")
 
 
+@pytest.mark.external
 def test_sasl_over_tls(start_server, auth_file: Path, tmp_path: Path) -> None:
     pki = PKI(tmp_path)
     context = server_context(pki.pem("server"), pki.key("server"))

@@ -184,6 +184,7 @@ def test_a_binary_only_memcachedlite_is_named_as_such(start_server) -> None:
         assert error_line(result) == said, command
 
 
+@pytest.mark.external
 def test_a_binary_only_memcached_is_named_as_such() -> None:
     """memcached -B binary does not close a text request: it waits for the
     rest of a 24-byte header, so mcl learns it at its timeout."""

@@ -82,6 +82,7 @@ def test_metadump_of_an_empty_store_and_its_errors(raw) -> None:
     assert raw.ask(b"version\r\n").startswith(b"VERSION ")  # still in step
 
 
+@pytest.mark.external
 def test_memcached_tool_dumps_memcachedlite(server, tmp_path: Path) -> None:
     assert os.path.exists(MEMCACHED_TOOL), "memcached-tool is missing (apt-get install memcached)"
     server.store.set(b"one", b"1", 3, 0)

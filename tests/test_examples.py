@@ -217,6 +217,7 @@ def test_systemd_unit_command_line_starts_a_server(tmp_path: Path) -> None:
         store.close()
 
 
+@pytest.mark.external
 def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze") or "/usr/bin/systemd-analyze"
     assert os.path.exists(analyze), "systemd-analyze is not installed (apt-get install systemd)"
@@ -235,6 +236,7 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("servers", [3, 2])
+@pytest.mark.external
 def test_cluster_example_runs_and_stops_on_ctrl_c(tmp_path: Path, servers: int) -> None:
     """run.sh with the example's configuration on free ports (its three
     servers, or two of them); Ctrl-C stops every process. Each server is

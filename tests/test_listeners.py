@@ -178,6 +178,7 @@ def libmemcached(tool: str, *args: str) -> subprocess.CompletedProcess:
 # -- a Unix socket ----------------------------------------------------------------------
 
 
+@pytest.mark.external
 def test_a_unix_socket_alone_is_served_by_every_client_and_removed_on_a_clean_stop(serve, tmp_path: Path) -> None:
     path = tmp_path / "mcl.sock"
     server = serve("-s", str(path))
@@ -314,6 +315,7 @@ def test_a_port_another_socket_listens_on_first_fails_at_listen(tmp_path: Path) 
     assert peer_name(closed, "") == "unix:"  # a client gone before it is named
 
 
+@pytest.mark.external
 def test_a_bad_mask_and_tls_on_a_socket_only_are_usage_errors(tmp_path: Path) -> None:
     code, error = refused_start(tmp_path, "-s", str(tmp_path / "s"), "-a", "0800")
     assert code == 2 and "octal" in error
@@ -351,6 +353,7 @@ def test_the_handler_names_a_unix_client_and_limits_it_as_any_other(tmp_path: Pa
     assert f"rejected a connection from unix:{path} (pid {os.getpid()})" in messages
 
 
+@pytest.mark.external
 def test_tls_is_served_on_the_tcp_listeners_and_the_socket_stays_plain(tmp_path: Path) -> None:
     from memcachedlite.server.tls import client_context
 

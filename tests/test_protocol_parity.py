@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Union
 
+import pytest
+
 from memcachedlite import MemcacheServer, Settings, Store
 from memcachedlite.protocols.binary import (
     DECREMENT,
@@ -664,6 +666,7 @@ COUNTED_BY_MEMCACHED = ["cmd_get", "cmd_set", "cmd_touch", "get_hits", "get_miss
 COUNTED_BY_MEMCACHED += ["incr_hits", "incr_misses", "touch_hits", "touch_misses", "curr_items"]
 
 
+@pytest.mark.external
 def test_meta_counts_as_memcached_counts(start_server) -> None:
     """What the parity tests assert where memcached's protocols differ, run
     on the real memcached: meta commands count nothing in ``stats detail``,

@@ -185,6 +185,7 @@ def test_xdist_workers_each_get_a_server_of_their_own(project: pytest.Pytester, 
     assert all(refused(int(port)) for port in ports)
 
 
+@pytest.mark.external
 def test_external_mode_runs_the_same_fixtures_against_the_real_memcached(project: pytest.Pytester) -> None:
     project.makepyfile(
         """
@@ -215,6 +216,7 @@ def test_external_mode_runs_the_same_fixtures_against_the_real_memcached(project
     result.stdout.fnmatch_lines(["*--memcached-external: 'nonsense' is not HOST:PORT*"])
 
 
+@pytest.mark.external
 def test_external_mode_takes_a_unix_socket(project: pytest.Pytester, tmp_path: Path) -> None:
     """``--memcached-external`` with the real memcached's ``-s`` socket, as a
     path and as Django's ``unix:`` form."""

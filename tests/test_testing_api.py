@@ -158,6 +158,7 @@ def test_every_serve_option_by_keyword(tmp_path: Path) -> None:
     assert stats[b"dialect"] == b"lite" and stats[b"auth_enabled_ascii"] == str(auth).encode()
 
 
+@pytest.mark.external
 def test_tls_by_keyword(tmp_path: Path) -> None:
     from memcachedlite.server.tls import client_context
 

@@ -203,6 +203,17 @@ def mark_synced(path: Path) -> None:
         f.write(records.encode_sync(len(data), file_id))
 
 
+def stop_as_killed(store: Store) -> None:
+    """Stop ``store`` as kill -9 would: its data file keeps what was written,
+    without the marks that a clean stop adds, so what no fsync covered is a
+    crash's tail at the next start."""
+    assert store.log is not None
+    path = Path(store.log.path)
+    written = path.read_bytes()
+    store.close()
+    path.write_bytes(written)
+
+
 def free_port() -> int:
     """A port nothing listens on now, and never one already handed out in this
     run: bind(0) may give back the port it just gave, and a test that asks

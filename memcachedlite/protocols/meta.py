@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 from ..errors import BadCommandLine, ClientError, UnknownCommand
 from ..storage.items import BINARY_KEY, FETCHED, STALE, WIN_SENT, Item
 from ..storage.numbers import U64
+from ..storage.records import strict_b64decode
 from ..storage.store import Mode, Outcome
 from .registry import command
 from .text import MAX_KEY, U32, check_key, parse_exptime, parse_uint
@@ -165,7 +166,7 @@ def _decode_key(token: bytes) -> bytes:
     if pad >= 0:
         token = token[: pad + (-pad % 4)]
     try:
-        key = binascii.a2b_base64(token, strict_mode=True)
+        key = strict_b64decode(token)
     except (binascii.Error, ValueError):
         raise ClientError("error decoding key") from None
     if not key:
@@ -299,7 +300,7 @@ def _mg_flags(store: "Store", meta: Meta, item: Item, created: bool, now: int) -
     """The reply flags of ``mg`` about ``item``, and whether ``R`` won the
     client the recache (or ``N`` created the item). Flags act in the order
     given: a ``t`` before ``N`` or ``T`` shows the TTL before it."""
-    out = []
+    out: list[bytes] = []
     add = out.append
     won = created
     exptime = 0 if created else item.exptime

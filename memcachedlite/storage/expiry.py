@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, Optional
 
-from .items import EXPTIME_FIELD, NEVER_PACKED, unpack_meta
+from .items import EXPTIME_AT, EXPTIME_END, NEVER_PACKED, unpack_meta
 
 
 class Expiry:
@@ -60,7 +60,7 @@ class Expiry:
             expiring = False
             for key in keys:
                 blob = items.get(key)
-                if blob is not None and blob[EXPTIME_FIELD] != NEVER_PACKED:
+                if blob is not None and blob[EXPTIME_AT:EXPTIME_END] != NEVER_PACKED:
                     if unpack_meta(blob)[4] <= now:
                         self._drop(key, blob)
                         dropped += 1

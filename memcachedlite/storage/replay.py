@@ -11,13 +11,15 @@ import logging
 from dataclasses import dataclass
 from itertools import repeat
 from operator import itemgetter
-from typing import TYPE_CHECKING
+from typing import Callable
 
 from ..errors import CorruptLogError
 from . import records
+from .datafile import DataLog, load_buffer
 from .items import (
     BINARY_KEY,
-    EXPTIME_FIELD,
+    EXPTIME_AT,
+    EXPTIME_END,
     ITEM_FORMAT,
     NEVER_PACKED,
     STALE,
@@ -31,9 +33,6 @@ from .items import (
     with_state,
 )
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .datafile import DataLog
-
 logger = logging.getLogger(__name__)
 
 
@@ -41,7 +40,7 @@ def snapshot_section(snapshot: dict, next_cas: int, now: int) -> list[bytes]:
     """The snapshot section that recreates the live items of ``snapshot``:
     the items are written in their stored form, so start-up loads them
     in bulk (see :func:`memcachedlite.storage.datafile.encode_snapshot`)."""
-    timed = [k for k, b in snapshot.items() if b[EXPTIME_FIELD] != NEVER_PACKED]
+    timed = [k for k, b in snapshot.items() if b[EXPTIME_AT:EXPTIME_END] != NEVER_PACKED]
     expired = {k for k in timed if unpack_meta(snapshot[k])[4] <= now}
     if expired:
         snapshot = {k: b for k, b in snapshot.items() if k not in expired}
@@ -66,6 +65,24 @@ def replay(log: DataLog, now: int) -> Loaded:
     express by itself (a delayed flush, the next cas) comes back in the
     result for the store to take over.
     """
+    loaded, count = _replay(log.load, log.path, now)
+    logger.info("loaded %d items from %s (%d records)", len(loaded.items), log.path, count)
+    return loaded
+
+
+def replay_bytes(buf: bytes, path: str, now: int) -> Loaded:
+    """The item table the data file contents ``buf`` replay to as of ``now``
+    (what a start-up on them would load); the whole of ``buf`` must read
+    (:class:`~memcachedlite.storage.records.BadRecord` otherwise)."""
+    head = records.read_head(buf)
+    if head is None:
+        raise CorruptLogError(path, 0, "not a memcachedlite data file (bad header)")
+    return _replay(lambda items, pack, apply: load_buffer(buf, head.start, items, pack, apply)[0], path, now)[0]
+
+
+def _replay(load: Callable[..., tuple[int, int, int]], path: str, now: int) -> tuple[Loaded, int]:
+    """The item table that ``load(items, pack, apply)`` fills as of ``now``,
+    and how many records it read."""
     items: dict[bytes, bytes] = {}
     next_cas = [0]
     expiring = [0]
@@ -76,14 +93,14 @@ def replay(log: DataLog, now: int) -> Loaded:
         if kind == b"snapshot":  # written by compaction, at the head of the file
             _, item_format, cas, expiring[0], pairs = record
             if item_format != ITEM_FORMAT:
-                raise CorruptLogError(log.path, 0, f"snapshot of unknown item format {item_format}")
+                raise CorruptLogError(path, 0, f"snapshot of unknown item format {item_format}")
             items.update(pairs)
             next_cas[0] = max(next_cas[0], cas)
             return
         if kind == b"sets":  # a run of pipelined sets, in the snapshot's form
             _, item_format, cas, timed, pairs = record
             if item_format != ITEM_FORMAT:
-                raise CorruptLogError(log.path, 0, f"sets record of unknown item format {item_format}")
+                raise CorruptLogError(path, 0, f"sets record of unknown item format {item_format}")
             collections.deque(map(items.pop, map(itemgetter(0), pairs), repeat(None)), maxlen=0)  # to the young end
             items.update(pairs)
             next_cas[0] = max(next_cas[0], cas)
@@ -119,9 +136,8 @@ def replay(log: DataLog, now: int) -> Loaded:
                 items[key] = with_state(old, item_state(old) | STALE, cas=record[2])
                 next_cas[0] = max(next_cas[0], record[2] + 1)
 
-    count, max_cas, timed = log.load(items, functools.partial(pack_meta, 0, now, 0), apply)
+    count, max_cas, timed = load(items, functools.partial(pack_meta, 0, now, 0), apply)
     if timed or expiring[0]:  # otherwise nothing loaded can have expired
         for key in [k for k, b in items.items() if 0 < item_exptime(b) <= now]:
             del items[key]
-    logger.info("loaded %d items from %s (%d records)", len(items), log.path, count)
-    return Loaded(items, max(max_cas + 1, next_cas[0], 1), flush_at[0] if flush_at[0] > now else 0)
+    return Loaded(items, max(max_cas + 1, next_cas[0], 1), flush_at[0] if flush_at[0] > now else 0), count

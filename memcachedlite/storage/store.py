@@ -31,7 +31,8 @@ from .expiry import Expiry
 from .items import (
     ATIME_INTERVAL,
     BINARY_KEY,
-    EXPTIME_FIELD,
+    EXPTIME_AT,
+    EXPTIME_END,
     FETCHED,
     ITEM_FORMAT,
     ITEM_OVERHEAD,
@@ -119,8 +120,10 @@ class Outcome(IntEnum):
     EXISTS = 4
 
 
-#: What a storage command writes: (value, flags, absolute exptime, state bits), or why it does not.
-Plan = Union[tuple[bytes, int, int, int], Outcome]
+#: What a storage command writes: (value, flags, absolute exptime, state bits).
+Write = tuple[bytes, int, int, int]
+#: What a storage command writes, or why it does not.
+Plan = Union[Write, Outcome]
 
 
 class Arith(NamedTuple):
@@ -218,7 +221,7 @@ class Store(Expiry, Durability):
         blob = self._items.get(key)
         if blob is None:
             return None
-        if blob[EXPTIME_FIELD] != NEVER_PACKED and 0 < unpack_meta(blob)[4] <= now:
+        if blob[EXPTIME_AT:EXPTIME_END] != NEVER_PACKED and 0 < unpack_meta(blob)[4] <= now:
             self._drop_gone(key, blob, now, read)
             return None
         return blob
@@ -305,7 +308,7 @@ class Store(Expiry, Durability):
                     self._note_read(key)
                 blob = get(key)
                 if blob is not None:
-                    if blob[EXPTIME_FIELD] != NEVER_PACKED and 0 < unpack_meta(blob)[4] <= now:
+                    if blob[EXPTIME_AT:EXPTIME_END] != NEVER_PACKED and 0 < unpack_meta(blob)[4] <= now:
                         self._drop_gone(key, blob, now, True)  # _live, spelled out for speed
                         blob = None
                     else:
@@ -640,12 +643,13 @@ class Store(Expiry, Durability):
             now = self.now()
             if not self.cas_enabled:
                 cas = 0
-            plan: Plan = (value, flags, self.absolute(exptime, now), key_state)
+            asked: Write = (value, flags, self.absolute(exptime, now), key_state)
             blob = self._live(key, now)
-            if blob is None:
-                plan = self._store_over_nothing(mode, plan)
-            else:
-                plan = self._store_over(mode, key, blob, plan, cas, invalidate, limit)
+            plan = (
+                self._store_over_nothing(mode, asked)
+                if blob is None
+                else self._store_over(mode, key, blob, asked, cas, invalidate, limit)
+            )
             if isinstance(plan, Outcome):
                 return plan, 0
             value, flags, exptime, state = plan
@@ -654,7 +658,7 @@ class Store(Expiry, Durability):
                 self.counters["cas_hits"] += 1
             return Outcome.STORED, stored
 
-    def _store_over_nothing(self, mode: Mode, plan: Plan) -> Plan:
+    def _store_over_nothing(self, mode: Mode, plan: Write) -> Plan:
         """What a storage command does when its key holds no live item: ``plan`` or a refusal."""
         if mode == Mode.SET or mode == Mode.ADD:
             return plan
@@ -664,7 +668,7 @@ class Store(Expiry, Durability):
         return Outcome.NOT_STORED  # replace, append and prepend need an item
 
     def _store_over(
-        self, mode: Mode, key: bytes, blob: bytes, plan: Plan, cas: int, invalidate: bool, limit: Optional[int]
+        self, mode: Mode, key: bytes, blob: bytes, plan: Write, cas: int, invalidate: bool, limit: Optional[int]
     ) -> Plan:
         """What a storage command does to the live item ``blob``: the
         :class:`Outcome` of a refusal, or the (value, flags, exptime, state)
@@ -944,10 +948,10 @@ class Store(Expiry, Durability):
             old = decode(blob)
             if cas and cas != old.cas:
                 return Arith(Outcome.EXISTS)
-            number = parse_counter(old.value)
-            if number is None:
+            counter = parse_counter(old.value)
+            if counter is None:
                 raise NonNumeric()
-            number = apply_delta(number, delta, incr)
+            number = apply_delta(counter, delta, incr)
             absolute = old.exptime if exptime is None else self.absolute(exptime, now)
             made = self._write(key, b"%d" % number, old.flags, absolute, new_cas, old.state & (FETCHED | BINARY_KEY))
             self.counters["incr_hits" if incr else "decr_hits"] += 1

@@ -24,7 +24,7 @@ import pytest
 
 from memcachedlite import Store
 from memcachedlite.errors import LogWriteError
-from memcachedlite.storage import datafile
+from memcachedlite.storage import datafile, durability
 from tests.crashsim import PATIENCE, FsRecorder, modules_with_os
 
 
@@ -32,7 +32,7 @@ def test_an_abandoned_compaction_writes_nothing_to_its_old_descriptor(tmp_path: 
     recorder = FsRecorder(tmp_path).install(monkeypatch, *modules_with_os())
     store = Store(tmp_path / "data.txt", fsync="no", compact_min_size=1 << 40)
     paused, resume = threading.Event(), threading.Event()
-    section = store._snapshot_section
+    section = durability.snapshot_section
 
     def held_section(*args: Any) -> Iterator[bytes]:
         """The snapshot, once the failure path has abandoned the compaction."""
@@ -40,7 +40,7 @@ def test_an_abandoned_compaction_writes_nothing_to_its_old_descriptor(tmp_path: 
         assert resume.wait(PATIENCE)
         yield from section(*args)
 
-    monkeypatch.setattr(store, "_snapshot_section", held_section)
+    monkeypatch.setattr(durability, "snapshot_section", held_section)
     pair: list[socket.socket] = []
     try:
         for i in range(50):

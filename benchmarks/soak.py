@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import errno
 import itertools
 import os
@@ -79,7 +80,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(__file__).resolve()
@@ -379,8 +380,10 @@ class Client(threading.Thread):
                         self.step()
                 except ServerError:
                     pass  # pymemcache, after SERVER_ERROR: a new connection
-                except BROKEN as exc:
-                    if not self.soak.down:  # the server lives: a connection it closed, or a reply out of step
+                except Exception as exc:
+                    # expected once the server is stopped; otherwise a connection it closed, a reply
+                    # out of step (or a bug of the soak's own): said, and the client connects again
+                    if not (self.soak.down and isinstance(exc, BROKEN)):
                         self.unexpected.append(f"{time.strftime('%H:%M:%S')} {self.kind}: {type(exc).__name__}: {exc}")
                         time.sleep(0.05)
                 finally:
@@ -445,11 +448,9 @@ class PymemcacheOne(Worker):
         self.client.close()
 
     def step(self) -> None:
-        from pymemcache.exceptions import MemcacheServerError, MemcacheUnexpectedCloseError
-
         roll = self.rng.random()
         ledger = self.ledger
-        try:
+        with self.errors_told_apart():
             if roll < 0.45:
                 key = self.keys(1)[0]
                 value = ledger.begin_set(key, self.rng)
@@ -470,11 +471,23 @@ class PymemcacheOne(Worker):
                 self.ops["pymemcache delete"] += 1
             else:
                 self.incr(self.rng.choice(ledger.counters))
+
+    @contextlib.contextmanager
+    def errors_told_apart(self) -> Iterator[None]:
+        """pymemcache's exceptions as the soak's: the connection closed, a
+        ``SERVER_ERROR`` (after which pymemcache's connection is out of step),
+        or a reply it could not make sense of."""
+        from pymemcache.exceptions import MemcacheError, MemcacheServerError, MemcacheUnexpectedCloseError
+
+        try:
+            yield
         except MemcacheUnexpectedCloseError as exc:
             raise ConnectionError(str(exc)) from None
         except MemcacheServerError:
-            self.refused("pymemcache")
-            raise ServerError("pymemcache") from None  # pymemcache leaves the connection out of step
+            self.refused(self.kind)
+            raise ServerError(self.kind) from None
+        except MemcacheError as exc:
+            raise ReplyError(f"{type(exc).__name__}: {exc}") from None
 
     def incr(self, key: bytes) -> None:
         ledger = self.ledger
@@ -493,15 +506,13 @@ class PymemcacheOne(Worker):
 class PymemcacheMany(PymemcacheOne):
     """pymemcache's pipelined forms: set_many, get_many, delete_many."""
 
-    kind = "pymemcache-many"
+    kind = "pymemcache many"
 
     def step(self) -> None:
-        from pymemcache.exceptions import MemcacheServerError, MemcacheUnexpectedCloseError
-
         roll = self.rng.random()
         keys = self.keys(self.batch)
         ledger = self.ledger
-        try:
+        with self.errors_told_apart():
             if roll < 0.5:
                 values = {key: ledger.begin_set(key, self.rng) for key in keys}
                 failed = self.client.set_many(values)
@@ -520,11 +531,6 @@ class PymemcacheMany(PymemcacheOne):
                 for key in keys[:5]:
                     ledger.ack(key)
                 self.ops["pymemcache delete_many"] += 5
-        except MemcacheUnexpectedCloseError as exc:
-            raise ConnectionError(str(exc)) from None
-        except MemcacheServerError:
-            self.refused("pymemcache-many")
-            raise ServerError("pymemcache") from None
 
 
 class Pipelined(Worker):

@@ -14,7 +14,7 @@ import logging
 import os
 import struct
 import threading
-from typing import Callable, Optional, Union
+from typing import Callable, Iterator, Optional, Union
 from zlib import crc32
 
 from ..errors import CorruptLogError, DataFileInUse, LogWriteError, UnsupportedPlatform
@@ -183,14 +183,49 @@ class Rewrite:
         self.pending: list[bytes] = []
         self.size = 0
         self.snapshot_end = 0
+        # The compaction writes and syncs outside the store's lock while a
+        # failure may abort it from another thread: closing the descriptor
+        # under its feet would let the next socket or file opened take the
+        # number and get the rest of the snapshot. So an abort closes it only
+        # once no write or fsync is using it (the last user closes it then),
+        # and nothing uses it after an abort; the abort never waits for the disk.
+        self._io = threading.Lock()
+        self._users = 0
+        self.aborted = False
+
+    @contextlib.contextmanager
+    def _using(self) -> Iterator[int]:
+        """The descriptor, for one write or fsync; refused once aborted."""
+        with self._io:
+            if self.aborted:
+                raise OSError(errno.ECANCELED, "compaction abandoned: the data file failed meanwhile")
+            self._users += 1
+        try:
+            yield self.fd
+        finally:
+            with self._io:
+                self._users -= 1
+                if self.aborted and not self._users:
+                    self._close()
 
     def write(self, data: bytes) -> None:
-        write_all(self.fd, data)
+        with self._using() as fd:
+            write_all(fd, data)
         self.size += len(data)
 
-    def abort(self) -> None:
+    def sync(self) -> None:
+        with self._using() as fd:
+            os.fsync(fd)
+
+    def _close(self) -> None:
         with contextlib.suppress(OSError):
             os.close(self.fd)
+
+    def abort(self) -> None:
+        with self._io:
+            self.aborted = True
+            if not self._users:
+                self._close()
         with contextlib.suppress(OSError):
             os.unlink(self.tmp_path)
 

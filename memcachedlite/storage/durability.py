@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import threading
 from contextlib import contextmanager
 from typing import Any, Iterator, Optional
@@ -389,7 +388,7 @@ class Durability:
                 rewrite.snapshot_end = rewrite.size
                 if flush_at > now:
                     rewrite.write(records.encode_flush(flush_at))
-                os.fsync(rewrite.fd)  # the bulk reaches the disk outside the lock
+                rewrite.sync()  # the bulk reaches the disk outside the lock
                 with self._lock:
                     if log.rewriting is not rewrite:
                         raise LogWriteError("compaction abandoned: the data file failed meanwhile")

@@ -28,7 +28,7 @@ from ..storage.numbers import U64
 from ..storage.records import strict_b64decode
 from ..storage.store import Mode, Outcome
 from .registry import command
-from .text import MAX_KEY, U32, check_key, parse_exptime, parse_uint
+from .text import MAX_KEY, MN, SILENT, U32, check_key, parse_exptime, parse_uint
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..storage.store import Store
@@ -238,7 +238,7 @@ _MD_MA_FLAG_ERROR = "invalid or duplicate flag"
 
 def _reply(code: bytes, flags: bytes, meta: Meta, quiet_codes: tuple = ()) -> Optional[bytes]:
     if meta.quiet and code in quiet_codes:
-        return None
+        return SILENT
     return code + flags + b"\r\n"
 
 
@@ -473,7 +473,7 @@ def ma(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> Optional[byt
     value = b"%d" % counted.number
     out = meta.echo(b"Okct", counted.cas, _ttl_left(counted.exptime, store.now()))
     if meta.quiet and not counted.created:
-        return None
+        return SILENT
     if _v in flags:
         return b"VA %d%b\r\n%b\r\n" % (len(value), out, value)
     return _HD + out + b"\r\n"
@@ -482,7 +482,7 @@ def ma(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> Optional[byt
 @command("mn")
 def mn(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
     """mn: answers MN; a quiet pipeline ends with it, so the client knows all replies are in."""
-    return b"MN\r\n"
+    return MN
 
 
 @command("me")

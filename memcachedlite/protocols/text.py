@@ -7,6 +7,8 @@ Reference: memcached's ``doc/protocol.txt``. Everything here is bytes.
 
 from __future__ import annotations
 
+from mypy_extensions import mypyc_attr
+
 from ..errors import BadCommandLine
 from ..storage.keys import CONTROL as _CONTROL
 from ..storage.keys import MAX_KEY, is_plain_key
@@ -20,6 +22,8 @@ DEFAULT_MAX_ITEM_SIZE = 1024 * 1024
 
 CRLF = b"\r\n"
 STORED = b"STORED\r\n"
+#: ``mn``'s reply: a quiet pipeline's end, sent even when the batch before it failed
+MN = b"MN\r\n"
 NOT_STORED = b"NOT_STORED\r\n"
 NOT_STORED_LITE = b"NOT-STORED\r\n"
 EXISTS = b"EXISTS\r\n"
@@ -112,3 +116,16 @@ def value_line(key: bytes, flags: int, value: bytes, cas: int | None = None) -> 
 def value_line_lite(key: bytes, value: bytes) -> bytes:
     """The seed assignment's shape: ``VALUE <key> <bytes>`` without flags."""
     return b"VALUE %s %d\r\n%s\r\n" % (key, len(value), value)
+
+
+@mypyc_attr(native_class=False)  # a subclass of bytes stays a Python class when compiled
+class Silent(bytes):
+    """The reply a quiet meta command (``q``) kept to itself: empty on the
+    wire, but a reply all the same. Silence acknowledges a quiet change, so
+    if its batch cannot be made durable, it must become the error (see
+    :meth:`Session.failed_reply <memcachedlite.protocols.session.Session.failed_reply>`),
+    where a ``noreply`` command's nothing stays nothing."""
+
+
+#: the one Silent reply
+SILENT = Silent()

@@ -124,6 +124,17 @@ class Running:
         self.server.stop()
 
 
+@pytest.fixture(autouse=True)
+def same_cpus_after_each_test() -> Iterator[None]:
+    """Put the test process back on the CPUs it had: code run in-process
+    (``mcl serve --cpu``, ``mcl bench``'s pinning) may pin it, and every
+    server a later test spawns would inherit that (test_cpu saw {0})."""
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    yield
+    if allowed is not None and os.sched_getaffinity(0) != allowed:
+        os.sched_setaffinity(0, allowed)
+
+
 @pytest.fixture
 def no_mcl_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """The user's own MCL_* settings must not leak into tests of mcl."""

@@ -212,6 +212,7 @@ def refusals(port: int) -> tuple[bytes, bytes, tuple[int, bytes]]:
         binary.close()
 
 
+@pytest.mark.external  # compares with the real memcached -M
 def test_no_evict_answers_out_of_memory_on_every_protocol_as_memcached_does(spawn) -> None:
     server = spawn("-m", "2", "-M", "--fsync", "no")
     fill(server.port)

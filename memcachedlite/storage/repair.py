@@ -14,7 +14,7 @@ from typing import Iterable, Optional, Union
 
 from ..errors import CorruptLogError
 from .datafile import open_locked
-from .fileio import fsync_directory, write_all
+from .fileio import absolute, fsync_directory, write_all
 from .records import (
     HEAD_MARK_AT,
     HEAD_MARK_SIZE,
@@ -191,7 +191,7 @@ def repair(path: Union[str, os.PathLike]) -> RepairReport:
     file and an atomic rename, so a crash during repair leaves either the
     old file or the new one.
     """
-    path = os.fspath(path)
+    path = absolute(path)
     fd = open_locked(path, os.O_RDONLY)
     try:
         with os.fdopen(os.dup(fd), "rb") as f:

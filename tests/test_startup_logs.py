@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,16 @@ def test_paths_in_the_log_are_absolute_when_the_data_file_is_given_relative(spaw
     assert f"data in {absolute} (0 items, fsync everysec)" in output
     assert output.count("data.txt") == output.count(absolute) == 3, output  # never relative
     assert "stopped; data file flushed" in output
+
+
+def test_memory_only_mode_never_mentions_a_data_file(spawn, tmp_path: Path) -> None:
+    proc = spawn("--no-data-file")
+    assert run_mcl(proc.port, "set", "k", "v").stdout == b"STORED\n"
+    proc.proc.send_signal(signal.SIGTERM)
+    assert proc.wait() == 0
+    output = proc.output()
+    assert "data in memory only" in output and "SIGTERM received" in output
+    assert output.rstrip().endswith(": stopped"), output
+    for word in ("data file", "fsync", "data.txt", "replaying", "loaded"):
+        assert word not in output.lower(), (word, output)
+    assert not (tmp_path / "data.txt").exists()

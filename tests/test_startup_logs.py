@@ -9,6 +9,7 @@ words."""
 
 from __future__ import annotations
 
+import base64
 import itertools
 import logging
 import re
@@ -17,14 +18,20 @@ from pathlib import Path
 
 import pytest
 
-from memcachedlite import Store
-from memcachedlite.storage import datafile, records
+from memcachedlite import CorruptLogError, Store
+from memcachedlite.cli import transfer
+from memcachedlite.errors import NotADataFile
+from memcachedlite.storage import datafile, foreign, records
 from memcachedlite.storage.datafile import DataLog
+from memcachedlite.storage.repair import repair
 from memcachedlite.storage.replay import ReplayProgress, replay
 
-from .test_cli import run_mcl
+from .test_cli import _error_lines, run_mcl, run_serve
 
 pytestmark = pytest.mark.usefixtures("no_mcl_environment")
+
+#: ``mcl serve``'s exit code when the server cannot start, and a failed command's (docs/cli.md)
+CANNOT_START, FAILED = 5, 1
 
 VALUE = b"v" * 100
 
@@ -140,3 +147,125 @@ def test_memory_only_mode_never_mentions_a_data_file(spawn, tmp_path: Path) -> N
     for word in ("data file", "fsync", "data.txt", "replaying", "loaded"):
         assert word not in output.lower(), (word, output)
     assert not (tmp_path / "data.txt").exists()
+
+
+# -- a file that is not a data file ---------------------------------------------------
+
+
+SEED = b"greeting hello\r\nname Ada Lovelace\n\nempty \n"  # the value is the rest of the line
+DUMP = b"".join(
+    [
+        b'{"format": "memcachedlite-dump", "version": 1, "created": 1767225600, "servers": ["127.0.0.1:9889"]}\n',
+        b'{"key": "%s", "value": "%s", "flags": 3, "ttl": 0}\n'
+        % (base64.b64encode(b"greeting"), base64.b64encode(b"hello")),
+        b'{"key": "%s", "value": "%s", "flags": 0, "ttl": 0}\n'
+        % (base64.b64encode(b"name"), base64.b64encode(b"Ada Lovelace")),
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    "content, looks_like, loaded",
+    [
+        (SEED, foreign.KEY_VALUE_LINES, "3 of 3 items from data.txt (seed format)"),
+        (DUMP, foreign.DUMP, "2 of 2 items from data.txt (dump format)"),
+    ],
+    ids=["key-value-lines", "dump"],
+)
+def test_a_file_mcl_load_imports_gets_that_hint_from_serve_and_repair_and_then_loads(
+    spawn, tmp_path: Path, content: bytes, looks_like: str, loaded: str
+) -> None:
+    """A seed server's ``data.txt`` (or a dump put there) where ``mcl serve``
+    looks first: no advice to run ``mcl repair``, which refuses it in the
+    same words; the ``mcl load`` it suggests then imports it."""
+    path = tmp_path / "data.txt"
+    path.write_bytes(content)
+    hint = (
+        f"{path}: not a memcachedlite data file; it looks like {looks_like}: import it with 'mcl load {path}'"
+        " into a server started on another data file (mcl serve --data-file OTHER)"
+    )
+    served = run_serve(tmp_path, "--port", "0")  # data.txt, relative to where it runs
+    assert served.returncode == CANNOT_START
+    assert _error_lines(served) == [f"Error: {hint}"]
+    assert b"mcl repair" not in served.stderr
+    repaired = run_mcl(None, "repair", "data.txt", cwd=tmp_path)
+    assert repaired.returncode == FAILED
+    assert _error_lines(repaired) == [f"Error: cannot repair {hint}"]
+    with_repair = run_serve(tmp_path, "--port", "0", "--repair")
+    assert with_repair.returncode == CANNOT_START and _error_lines(with_repair) == [f"Error: cannot repair {hint}"]
+    assert path.read_bytes() == content and sorted(p.name for p in tmp_path.iterdir()) == ["data.txt"]
+
+    # what the hint says to do
+    proc = spawn(data_file=tmp_path / "other.txt")
+    imported = run_mcl(proc.port, "load", "data.txt", cwd=tmp_path)
+    assert imported.returncode == 0, imported.stderr
+    assert imported.stdout.decode().startswith(f"loaded {loaded} into 127.0.0.1:{proc.port}")
+    assert run_mcl(proc.port, "get", "greeting").stdout == b"hello"
+    assert run_mcl(proc.port, "get", "name").stdout == b"Ada Lovelace"
+    assert proc.terminate() == 0
+
+
+def test_a_file_nothing_reads_is_named_as_such_without_a_hint_that_cannot_work(tmp_path: Path) -> None:
+    path = tmp_path / "data.txt"
+    content = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
+    path.write_bytes(content)
+    with pytest.raises(NotADataFile) as refused:
+        Store(path)
+    assert refused.value.looks_like is None and isinstance(refused.value, CorruptLogError)
+    message = (
+        f"{path}: not a memcachedlite data file: it has no MEMCACHEDLITE-LOG header nor any intact record, and"
+        " is no dump or '<key> <value>' lines that 'mcl load' imports either; start the server with another --data-file"
+    )
+    assert str(refused.value) == message
+    served = run_serve(tmp_path, "--port", "0")
+    assert served.returncode == CANNOT_START and _error_lines(served) == [f"Error: {message}"]
+    with pytest.raises(NotADataFile):
+        repair(path)
+    assert path.read_bytes() == content
+
+
+def test_a_data_file_whose_header_is_damaged_still_gets_the_advice_to_repair(tmp_path: Path) -> None:
+    """Ours, with its records intact after a header a flipped bit spoiled: damage, not another format."""
+    path = tmp_path / "data.txt"
+    _written(path, 3)
+    raw = bytearray(path.read_bytes())
+    raw[0] = ord("X")  # XEMCACHEDLITE-LOG...
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CorruptLogError) as refused:
+        Store(path)
+    assert not isinstance(refused.value, NotADataFile)
+    served = run_serve(tmp_path, "--port", "0")
+    [error] = _error_lines(served)
+    assert served.returncode == CANNOT_START and f"run 'mcl repair {path}'" in error and "mcl load" not in error
+    assert repair(path).records == 3  # and repair salvages it
+    assert len(Store(path)) == 3
+
+
+# -- telling the formats ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content, looks_like",
+    [
+        (b"k v\n", foreign.KEY_VALUE_LINES),
+        (b"k v", foreign.KEY_VALUE_LINES),  # no newline at the end
+        (b"k \r\n\r\nother value with spaces\n", foreign.KEY_VALUE_LINES),
+        (b"a 1\n" * (foreign.SAMPLE // 4) + b"b 2", foreign.KEY_VALUE_LINES),  # the sample cuts a line off
+        (b'{"key": "YQ==", "value": "Yg=="}\n', foreign.DUMP),  # a dump without its header line
+        (b'{"format": "memcachedlite-dump", "version": 1}\n', foreign.DUMP),
+        (b'{"format": "another-dump"}\n', None),
+        (b'{"key": broken\n', None),
+        (b'{"a": 1}\n', None),  # JSON, but no dump
+        (b"novalue\n", None),
+        (b"k v\nbad\x01key v\n", None),
+        (b"k v\n" + b"x" * 300 + b" v\n", None),  # a key over 250 bytes
+        (b"\n\n  \n", None),
+        (b"x" * (foreign.SAMPLE + 10), None),  # one line longer than the sample
+    ],
+)
+def test_what_a_file_looks_like(content: bytes, looks_like: str | None) -> None:
+    assert foreign.importable_format(content) == looks_like
+
+
+def test_the_dump_format_is_named_alike_in_storage_and_in_mcl() -> None:
+    assert foreign.DUMP_FORMAT == transfer.DUMP_FORMAT

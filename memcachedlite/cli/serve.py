@@ -351,13 +351,15 @@ def _pin_to_one_cpu(choice: str) -> None:
 
 
 def _repair(path: str) -> None:
-    from ..errors import CorruptLogError, DataFileInUse
+    from ..errors import CorruptLogError, DataFileInUse, NotADataFile
     from ..storage import repair
 
     try:
         report = repair.repair(path)
     except DataFileInUse as exc:
         raise CannotStart(str(exc)) from None  # in the words a second server gets
+    except NotADataFile as exc:
+        raise click.ClickException(f"cannot repair {exc}") from None  # the message names the file
     except (OSError, CorruptLogError) as exc:
         raise click.ClickException(f"cannot repair {path}: {exc}") from None
     for line in report.describe(path):

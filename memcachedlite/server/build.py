@@ -15,7 +15,7 @@ import sys
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Optional
 
-from ..errors import CorruptLogError, DataFileInUse
+from ..errors import CorruptLogError, DataFileInUse, NotADataFile
 from ..protocols.settings import Settings
 from ..storage import repair
 from ..storage.fileio import absolute
@@ -244,6 +244,8 @@ def _open_store(config: ServerConfig, compact_min_size: int) -> Store:
         _repair_if_damaged(path)
     try:
         return Store(path, fsync=config.fsync, **options)
+    except NotADataFile as exc:
+        raise LaunchError(str(exc)) from None  # repair has nothing to salvage; the message says what to do
     except CorruptLogError as exc:
         raise LaunchError(f"{exc}; run 'mcl repair {path}' to salvage the valid records") from None
     except DataFileInUse as exc:
@@ -260,6 +262,8 @@ def _repair_if_damaged(path: str) -> None:
         report = repair.repair(path)
     except DataFileInUse as exc:
         raise LaunchError(str(exc)) from None  # in the words a second server gets
+    except NotADataFile as exc:
+        raise LaunchError(f"cannot repair {exc}") from None  # the message names the file
     except (OSError, CorruptLogError) as exc:
         raise LaunchError(f"cannot repair {path}: {exc}") from None
     if report.damaged:

@@ -19,6 +19,7 @@ from zlib import crc32
 
 from ..errors import CorruptLogError, DataFileInUse, LogWriteError, UnsupportedPlatform
 from .fileio import absolute, fsync_directory, pwrite_all, write_all
+from .foreign import check_ours
 from .records import (
     HEAD_MARK_AT,
     LEGACY_ID,
@@ -323,12 +324,14 @@ class DataLog:
         corruption: :class:`CorruptLogError`, with its offset. Otherwise it is
         what a crash leaves in the part of the file that was never synced (a
         cut, zeros, stale or reordered pages): the file is cut there, keeping
-        the longest valid prefix, with one warning.
+        the longest valid prefix, with one warning. A file that is not a data
+        file at all is :class:`NotADataFile`, which says what it looks like.
         """
         with open(self.path, "rb") as f:
             buf = f.read()
         head = read_head(buf)
         if head is None:  # never a crash's: a new file takes its name once its header is on disk
+            check_ours(buf, self.path)
             raise CorruptLogError(self.path, 0, "not a memcachedlite data file (bad header)")
         start, self.file_id = head.start, head.file_id
         if head.marked:

@@ -100,6 +100,21 @@ def test_a_tiny_interval_gives_a_line_per_step_and_the_rate_is_the_clocks(tmp_pa
     assert done == f"loaded 20,000 items from {path} (20,000 records, 2.8 MB) in 2.5 s (8k items/s)"
 
 
+def test_the_lines_of_a_large_file(caplog) -> None:
+    """The figures as a 1.2 GB file of nine million items gives them (the
+    issue's example), from the progress object alone."""
+    ticks = iter([100.0, 102.0, 106.1])
+    caplog.set_level(logging.INFO, logger="memcachedlite.storage.replay")
+    progress = ReplayProgress("/srv/mcl/data.txt", 1_200_000_000, clock=ticks.__next__)
+    progress(412_000_000, 3_100_000)
+    progress.done(9_000_000, 9_000_012)
+    assert _replay_messages(caplog) == [
+        "replaying /srv/mcl/data.txt (1.2 GB); the port opens once it is loaded",
+        "replaying /srv/mcl/data.txt: 412 MB of 1.2 GB (34%), 3,100,000 items, 206 MB/s",
+        "loaded 9,000,000 items from /srv/mcl/data.txt (9,000,012 records, 1.2 GB) in 6.1 s (1.5M items/s)",
+    ]
+
+
 def test_a_store_logs_the_start_and_the_end_of_its_replay_with_the_path_absolute(
     tmp_path: Path, caplog, monkeypatch
 ) -> None:

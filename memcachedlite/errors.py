@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Optional
 
 
 class ProtocolError(Exception):
@@ -108,6 +109,32 @@ class CorruptLogError(Exception):
         self.path = path
         self.offset = offset
         self.reason = reason
+
+
+class NotADataFile(CorruptLogError):
+    """The file at a data file's path is not a memcachedlite data file at
+    all, rather than one whose header is damaged: repair has nothing to
+    salvage in it. ``looks_like`` names what it seems to be when ``mcl
+    load`` can import it (a dump, or the seed servers' ``key value`` lines,
+    which used the same default name, ``data.txt``), and the message says
+    how; None otherwise. A :class:`CorruptLogError`, so that whatever
+    refuses a damaged file refuses this one too."""
+
+    def __init__(self, path: str, looks_like: Optional[str] = None) -> None:
+        super().__init__(path, 0, "not a memcachedlite data file")
+        self.looks_like = looks_like
+
+    def __str__(self) -> str:
+        if self.looks_like is None:
+            return (
+                f"{self.path}: not a memcachedlite data file: it has no MEMCACHEDLITE-LOG header nor any intact"
+                " record, and is no dump or '<key> <value>' lines that 'mcl load' imports either;"
+                " start the server with another --data-file"
+            )
+        return (
+            f"{self.path}: not a memcachedlite data file; it looks like {self.looks_like}: import it with"
+            f" 'mcl load {self.path}' into a server started on another data file (mcl serve --data-file OTHER)"
+        )
 
 
 class UnsupportedPlatform(ImportError):

@@ -276,8 +276,9 @@ def test_damage_in_the_middle_refuses_to_start(path):
 
 
 def test_foreign_file_refuses_to_start(path):
+    """Refused as another format, not as damage (see tests/test_startup_logs.py)."""
     path.write_bytes(b"key value\nother thing\n")
-    with pytest.raises(CorruptLogError, match="bad header"):
+    with pytest.raises(CorruptLogError, match="not a memcachedlite data file; it looks like '<key> <value>' lines"):
         Store(path)
 
 

@@ -137,11 +137,11 @@ def test_repair_names_the_keys_a_crash_cut_off(tmp_path: Path) -> None:
 def test_repair_refuses_a_file_that_is_no_data_file(tmp_path: Path) -> None:
     path = tmp_path / "notes.txt"
     path.write_bytes(b"key value\nother thing\n")
-    with pytest.raises(CorruptLogError, match="nothing to salvage"):
+    with pytest.raises(CorruptLogError, match="not a memcachedlite data file; it looks like '<key> <value>' lines"):
         repair(path)
     assert path.read_bytes() == b"key value\nother thing\n"
     done = run_mcl(None, "repair", str(path), cwd=tmp_path)
-    assert done.returncode == 1 and "nothing to salvage" in _error_lines(done)[0]
+    assert done.returncode == 1 and f"import it with 'mcl load {path}'" in _error_lines(done)[0]
 
 
 def test_repair_counts_items_across_a_snapshot(tmp_path: Path) -> None:

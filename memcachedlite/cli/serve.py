@@ -301,21 +301,22 @@ def serve(cpu: str, verbose: int, **options: Any) -> None:
     if auth_file:
         signal.signal(signal.SIGHUP, request_reload)
     log.info(
-        "memcachedlite %s (%s) listening on %s%s, data in %s (%d items, fsync %s)",
+        "memcachedlite %s (%s) listening on %s%s, %s",
         __version__,
         describe_build(),
         ", ".join(describe(address) for address in server.addresses),
         _security_summary(server.ssl_context, auth_file),
-        store.log.path if store.log is not None else "memory only",
-        len(store),
-        store.log.policy if store.log is not None else "none",
+        # memory only, as memcached: nothing to say about a file there is not
+        "data in memory only"
+        if store.log is None
+        else f"data in {store.log.path} ({len(store)} items, fsync {store.log.policy})",
     )
     try:
         server.serve_forever()
     finally:
         server.stop()
         store.close()
-        log.info("stopped; data file flushed")
+        log.info("stopped" if store.log is None else "stopped; data file flushed")
 
 
 def _only_given(ctx: click.Context, options: dict[str, Any], *names: str) -> None:
@@ -350,13 +351,15 @@ def _pin_to_one_cpu(choice: str) -> None:
 
 
 def _repair(path: str) -> None:
-    from ..errors import CorruptLogError, DataFileInUse
+    from ..errors import CorruptLogError, DataFileInUse, NotADataFile
     from ..storage import repair
 
     try:
         report = repair.repair(path)
     except DataFileInUse as exc:
         raise CannotStart(str(exc)) from None  # in the words a second server gets
+    except NotADataFile as exc:
+        raise click.ClickException(f"cannot repair {exc}") from None  # the message names the file
     except (OSError, CorruptLogError) as exc:
         raise click.ClickException(f"cannot repair {path}: {exc}") from None
     for line in report.describe(path):

@@ -15,9 +15,10 @@ import sys
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Optional
 
-from ..errors import CorruptLogError, DataFileInUse
+from ..errors import CorruptLogError, DataFileInUse, NotADataFile
 from ..protocols.settings import Settings
 from ..storage import repair
+from ..storage.fileio import absolute
 from ..storage.store import Store
 from .addresses import Address, parse_listen, resolve
 from .config import PathLike, ServerConfig, Size
@@ -236,15 +237,17 @@ def _open_store(config: ServerConfig, compact_min_size: int) -> Store:
     options: dict[str, Any] = dict(
         memory_limit=config.memory_limit * 1024 * 1024, evict=not config.no_evict, compact_min_size=compact_min_size
     )
-    path = config.path
-    if path is None:
+    if config.path is None:
         return Store(None, **options)
+    path = absolute(config.path)  # as every message names it
     if config.repair and os.path.exists(path):
         _repair_if_damaged(path)
     try:
         return Store(path, fsync=config.fsync, **options)
+    except NotADataFile as exc:
+        raise LaunchError(str(exc)) from None  # repair has nothing to salvage; the message says what to do
     except CorruptLogError as exc:
-        raise LaunchError(f"{exc}; run 'mcl repair {os.fspath(path)}' to salvage the valid records") from None
+        raise LaunchError(f"{exc}; run 'mcl repair {path}' to salvage the valid records") from None
     except DataFileInUse as exc:
         raise LaunchError(str(exc)) from None
     except (OSError, RuntimeError) as exc:
@@ -252,15 +255,17 @@ def _open_store(config: ServerConfig, compact_min_size: int) -> Store:
         raise LaunchError(f"cannot open data file: {reason}") from None
 
 
-def _repair_if_damaged(path: PathLike) -> None:
+def _repair_if_damaged(path: str) -> None:
     """``--repair``: salvage the file if it is damaged (holding its lock, as
     ``mcl repair`` does), and log what was kept and what could not be."""
     try:
         report = repair.repair(path)
     except DataFileInUse as exc:
         raise LaunchError(str(exc)) from None  # in the words a second server gets
+    except NotADataFile as exc:
+        raise LaunchError(f"cannot repair {exc}") from None  # the message names the file
     except (OSError, CorruptLogError) as exc:
-        raise LaunchError(f"cannot repair {os.fspath(path)}: {exc}") from None
+        raise LaunchError(f"cannot repair {path}: {exc}") from None
     if report.damaged:
-        for line in report.describe(os.fspath(path)):
+        for line in report.describe(path):
             log.warning("%s", line)

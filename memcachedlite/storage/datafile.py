@@ -18,7 +18,8 @@ from typing import Callable, Iterator, Optional, Union
 from zlib import crc32
 
 from ..errors import CorruptLogError, DataFileInUse, LogWriteError, UnsupportedPlatform
-from .fileio import fsync_directory, pwrite_all, write_all
+from .fileio import absolute, fsync_directory, pwrite_all, write_all
+from .foreign import check_ours
 from .records import (
     HEAD_MARK_AT,
     LEGACY_ID,
@@ -47,15 +48,32 @@ log = logging.getLogger(__name__)
 
 FSYNC_POLICIES = ("always", "everysec", "no")
 
+#: Bytes of the file replayed between two calls of the replay's progress
+#: report: the loop checks the time once per step, never per record.
+PROGRESS_STEP = 1024 * 1024
+
+#: ``progress(offset, items)``: how far the replay has read, and how many items it holds.
+Progress = Callable[[int, int], None]
+
+
+def _no_progress(offset: int, items: int) -> None:
+    pass
+
 
 def load_records(
-    buf: bytes, start: int, items: dict, pack: Callable[..., bytes], on_other: Callable[[Record], None]
+    buf: bytes,
+    start: int,
+    items: dict,
+    pack: Callable[..., bytes],
+    on_other: Callable[[Record], None],
+    progress: Progress = _no_progress,
 ) -> tuple[int, int, int]:
     """Replay ``buf`` from ``start`` into ``items`` (key -> the store's item
     form, ``pack(cas, exptime, flags) + b" <flags> <bytes>\\r\\n<value>\\r\\n"``,
     see :mod:`memcachedlite.storage.items`); every other record, ``bset`` included,
     goes to ``on_other``. Returns the number of records, the highest cas seen
-    by this loop, and how many of its sets carried an expiry.
+    by this loop, and how many of its sets carried an expiry. ``progress``
+    hears how far it got after each :data:`PROGRESS_STEP` bytes.
 
     This is :func:`parse_records` with the common ``set`` record inlined,
     because start-up time is mostly this loop; anything unusual takes the
@@ -67,55 +85,58 @@ def load_records(
     starts = buf.startswith
     count = max_cas = expiring = 0
     while pos < n:
-        if starts(b"set ", pos):
-            # the line ends at its first LF, which a CR must precede, as parse_one reads it
-            eol = find(b"\n", pos) - 1
-            head = buf[pos:eol]
+        progress(pos, len(items))
+        step_end = min(pos + PROGRESS_STEP, n)  # a record may run past it: the next step starts after it
+        while pos < step_end:
+            if starts(b"set ", pos):
+                # the line ends at its first LF, which a CR must precede, as parse_one reads it
+                eol = find(b"\n", pos) - 1
+                head = buf[pos:eol]
+                try:
+                    _, key, flags, exptime, length, cas, crc = head.split(b" ")
+                    size = int(length)
+                    end = eol + 2 + size
+                    value = buf[eol + 2 : end]
+                    if (
+                        eol > 0
+                        and buf[eol] == 13
+                        and size >= 0
+                        and len(crc) == 8  # what head[:-9] assumes; parse_one judges any other spelling
+                        and buf[end : end + 2] == b"\r\n"
+                        and crc32(value, crc32(head[:-9])) == int(crc, 16)
+                    ):
+                        number = int(cas)
+                        flag_value = 0 if flags == b"0" else int(flags)
+                        if exptime == b"0":
+                            meta = pack(number, 0, flag_value)
+                        else:
+                            meta = pack(number, int(exptime), flag_value)
+                            expiring += 1
+                        # the value is followed by CRLF in the file too: one slice takes both.
+                        # The numbers as the store writes them, not as the file spells them.
+                        items[key] = b"%b %d %d\r\n%b" % (meta, flag_value, size, buf[eol + 2 : end + 2])
+                        if number > max_cas:
+                            max_cas = number
+                        count += 1
+                        pos = end + 2
+                        continue
+                except (ValueError, struct.error):  # struct.error: a number the item layout cannot hold
+                    pass  # not a well-formed set: the general path says what is wrong
             try:
-                _, key, flags, exptime, length, cas, crc = head.split(b" ")
-                size = int(length)
-                end = eol + 2 + size
-                value = buf[eol + 2 : end]
-                if (
-                    eol > 0
-                    and buf[eol] == 13
-                    and size >= 0
-                    and len(crc) == 8  # what head[:-9] assumes; parse_one judges any other spelling
-                    and buf[end : end + 2] == b"\r\n"
-                    and crc32(value, crc32(head[:-9])) == int(crc, 16)
-                ):
-                    number = int(cas)
-                    flag_value = 0 if flags == b"0" else int(flags)
-                    if exptime == b"0":
-                        meta = pack(number, 0, flag_value)
-                    else:
-                        meta = pack(number, int(exptime), flag_value)
-                        expiring += 1
-                    # the value is followed by CRLF in the file too: one slice takes both.
-                    # The numbers as the store writes them, not as the file spells them.
-                    items[key] = b"%b %d %d\r\n%b" % (meta, flag_value, size, buf[eol + 2 : end + 2])
-                    if number > max_cas:
-                        max_cas = number
-                    count += 1
-                    pos = end + 2
-                    continue
-            except (ValueError, struct.error):  # struct.error: a number the item layout cannot hold
-                pass  # not a well-formed set: the general path says what is wrong
-        try:
-            record, pos = parse_one(buf, pos)
-        except BadRecord as bad:
-            bad.progress = (count, max_cas, 1)  # expiring: unknown, so assume some
-            raise
-        for one in record[1] if record[0] == b"group" else (record,):
-            count += 1
-            if one[0] == b"set":  # in a group (the fast path takes every other good set)
-                _, key, value, flags, exptime, cas = one
-                items.pop(key, None)  # re-inserted at the young end
-                items[key] = b"%b %d %d\r\n%b\r\n" % (pack(cas, exptime, flags), flags, len(value), value)
-                max_cas = max(max_cas, cas)
-                expiring += exptime != 0
-            else:
-                on_other(one)
+                record, pos = parse_one(buf, pos)
+            except BadRecord as bad:
+                bad.progress = (count, max_cas, 1)  # expiring: unknown, so assume some
+                raise
+            for one in record[1] if record[0] == b"group" else (record,):
+                count += 1
+                if one[0] == b"set":  # in a group (the fast path takes every other good set)
+                    _, key, value, flags, exptime, cas = one
+                    items.pop(key, None)  # re-inserted at the young end
+                    items[key] = b"%b %d %d\r\n%b\r\n" % (pack(cas, exptime, flags), flags, len(value), value)
+                    max_cas = max(max_cas, cas)
+                    expiring += exptime != 0
+                else:
+                    on_other(one)
     return count, max_cas, expiring
 
 
@@ -146,13 +167,20 @@ def open_locked(path: str, flags: int) -> int:
 
 
 def load_buffer(
-    buf: bytes, start: int, items: dict, pack: Callable[..., bytes], on_other: Callable[[Record], None]
+    buf: bytes,
+    start: int,
+    items: dict,
+    pack: Callable[..., bytes],
+    on_other: Callable[[Record], None],
+    progress: Progress = _no_progress,
 ) -> tuple[tuple[int, int, int], int]:
     """Replay the data file contents ``buf`` from ``start``, where its records
     start, into ``items``: its snapshot section (if it has one) in bulk, then
     its records with :func:`load_records`, sync marks left out. Returns what
     :func:`load_records` returns, and where the snapshot section ends (0:
-    none). Raises :class:`BadRecord` at the first record that cannot be read."""
+    none). Raises :class:`BadRecord` at the first record that cannot be read.
+    ``progress`` hears how far it got, as :func:`load_records` says (after the
+    snapshot section too, which loads in one step)."""
 
     def other(record: Record) -> None:
         if record[0] != b"sync":
@@ -167,7 +195,7 @@ def load_buffer(
             raise
         on_other(snapshot)
         snapshot_end = start = after
-    return load_records(buf, start, items, pack, other), snapshot_end
+    return load_records(buf, start, items, pack, other, progress), snapshot_end
 
 
 class Rewrite:
@@ -259,7 +287,7 @@ class DataLog:
     def __init__(self, path: Union[str, os.PathLike], fsync: str = "everysec") -> None:
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync policy must be one of {', '.join(FSYNC_POLICIES)}")
-        self.path = os.fspath(path)
+        self.path = absolute(path)
         self.policy = fsync
         self.always = fsync == "always"
         self._fd = open_locked(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND)
@@ -316,20 +344,29 @@ class DataLog:
 
     # -- replay -----------------------------------------------------------
 
-    def load(self, items: dict, pack: Callable[..., bytes], on_other: Callable[[Record], None]) -> tuple[int, int, int]:
-        """Replay the file into ``items`` (see :func:`load_records`).
+    def load(
+        self,
+        items: dict,
+        pack: Callable[..., bytes],
+        on_other: Callable[[Record], None],
+        progress: Progress = _no_progress,
+    ) -> tuple[int, int, int]:
+        """Replay the file into ``items`` (see :func:`load_records`, which
+        ``progress`` hears from).
 
         The first record that cannot be read ends the replay. If it lies
         where a sync mark proves the file had reached the disk, that is
         corruption: :class:`CorruptLogError`, with its offset. Otherwise it is
         what a crash leaves in the part of the file that was never synced (a
         cut, zeros, stale or reordered pages): the file is cut there, keeping
-        the longest valid prefix, with one warning.
+        the longest valid prefix, with one warning. A file that is not a data
+        file at all is :class:`NotADataFile`, which says what it looks like.
         """
         with open(self.path, "rb") as f:
             buf = f.read()
         head = read_head(buf)
         if head is None:  # never a crash's: a new file takes its name once its header is on disk
+            check_ours(buf, self.path)
             raise CorruptLogError(self.path, 0, "not a memcachedlite data file (bad header)")
         start, self.file_id = head.start, head.file_id
         if head.marked:
@@ -338,7 +375,7 @@ class DataLog:
         gc.disable()  # a million new tuples would trigger needless collections
         try:
             self.snapshot_end = 0
-            result, self.snapshot_end = load_buffer(buf, start, items, pack, on_other)
+            result, self.snapshot_end = load_buffer(buf, start, items, pack, on_other, progress)
         except BadRecord as bad:
             synced = max(head.synced, highest_sync_mark(buf, self.file_id))
             if bad.offset < synced:

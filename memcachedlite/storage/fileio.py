@@ -1,8 +1,18 @@
-"""Low-level writes to files: write a whole buffer (at the end, or at an offset), make a rename durable."""
+"""Low-level writes to files: write a whole buffer (at the end, or at an offset), make a rename durable;
+and a file's path as messages give it."""
 
 from __future__ import annotations
 
 import os
+from typing import Union
+
+
+def absolute(path: Union[str, os.PathLike]) -> str:
+    """``path`` made absolute, as the log names a file wherever the server was
+    started; not normalized, since ``link/..`` is where the kernel says it
+    is, not where dropping both parts would point."""
+    path = os.fspath(path)
+    return path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
 
 
 def write_all(fd: int, data: bytes) -> None:

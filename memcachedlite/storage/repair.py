@@ -12,15 +12,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable, Optional, Union
 
-from ..errors import CorruptLogError
 from .datafile import open_locked
-from .fileio import fsync_directory, write_all
+from .fileio import absolute, fsync_directory, write_all
+from .foreign import check_ours
 from .records import (
     HEAD_MARK_AT,
     HEAD_MARK_SIZE,
     BadRecord,
     Record,
-    begins_as_data_file,
     encode,
     encode_sync,
     guess_file_id,
@@ -186,12 +185,13 @@ def repair(path: Union[str, os.PathLike]) -> RepairReport:
     (:class:`~memcachedlite.errors.DataFileInUse`): a server appending to
     it would lose what it appends. An intact file is left as it is (the
     report says so); one that is no data file at all is refused
-    (:class:`CorruptLogError`). Otherwise the original is kept beside it as
+    (:class:`~memcachedlite.errors.NotADataFile`, which names what it looks
+    like when ``mcl load`` can import it). Otherwise the original is kept beside it as
     ``<path>.broken-<unix time>``, and the rewrite goes through a temporary
     file and an atomic rename, so a crash during repair leaves either the
     old file or the new one.
     """
-    path = os.fspath(path)
+    path = absolute(path)
     fd = open_locked(path, os.O_RDONLY)
     try:
         with os.fdopen(os.dup(fd), "rb") as f:
@@ -200,8 +200,7 @@ def repair(path: Union[str, os.PathLike]) -> RepairReport:
         if not report.damaged:
             report.items = len(replay_bytes(buf, path, int(time.time())).items) if buf else 0
             return report
-        if read_head(buf) is None and not records and not begins_as_data_file(buf):
-            raise CorruptLogError(path, 0, "not a memcachedlite data file; nothing to salvage")
+        check_ours(buf, path)
         rewritten = _rewritten(records)
         report.items = len(replay_bytes(rewritten, path, int(time.time())).items)  # refuses what start-up would
         report.backup = f"{path}.broken-{int(time.time())}"

@@ -8,10 +8,11 @@ from __future__ import annotations
 import collections
 import functools
 import logging
+import time
 from dataclasses import dataclass
 from itertools import repeat
 from operator import itemgetter
-from typing import Callable
+from typing import Callable, Optional
 
 from ..errors import CorruptLogError
 from . import records
@@ -58,15 +59,90 @@ class Loaded:
     flush_at: int
 
 
-def replay(log: DataLog, now: int) -> Loaded:
-    """Read ``log``'s data file into a new item table as of ``now``.
+#: Seconds between two log lines of a replay's progress, at most.
+PROGRESS_INTERVAL = 2.0
+
+
+class ReplayProgress:
+    """What start-up says while it replays a data file (the port stays closed
+    meanwhile): a line as it begins, then a line at most every ``interval``
+    seconds with the bytes read of the file's size, the items loaded so far
+    and the rate, and a last line with the items, records, time and rate.
+
+    The replay calls it once per :data:`~memcachedlite.storage.datafile.PROGRESS_STEP`
+    bytes, never per record, so the cost is one look at ``clock`` per step.
+    """
+
+    def __init__(
+        self, path: str, size: int, interval: float = PROGRESS_INTERVAL, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.path = path
+        self.size = size
+        self.interval = interval
+        self.clock = clock
+        self.started = self.last = clock()
+        logger.info("replaying %s (%s); the port opens once it is loaded", path, _bytes(size))
+
+    def __call__(self, offset: int, items: int) -> None:
+        now = self.clock()
+        if now - self.last < self.interval:
+            return
+        self.last = now
+        elapsed = now - self.started
+        logger.info(
+            "replaying %s: %s of %s (%d%%), %s items%s",
+            self.path,
+            _bytes(offset),
+            _bytes(self.size),
+            100 * offset // max(self.size, 1),
+            f"{items:,}",
+            f", {_bytes(round(offset / elapsed))}/s" if elapsed > 0 else "",
+        )
+
+    def done(self, items: int, records: int) -> None:
+        elapsed = self.clock() - self.started
+        logger.info(
+            "loaded %s from %s (%s, %s) in %s%s",
+            _plural(items, "item"),
+            self.path,
+            _plural(records, "record"),
+            _bytes(self.size),
+            f"{elapsed:.1f} s" if elapsed >= 1 else f"{elapsed * 1000:.0f} ms",
+            f" ({_count(items / elapsed)} items/s)" if items and elapsed > 0 else "",
+        )
+
+
+def _plural(n: int, what: str) -> str:
+    return f"{n:,} {what}{'' if n == 1 else 's'}"
+
+
+def _bytes(n: int) -> str:
+    """``n`` bytes as a person reads them: 58 B, 9.5 MB, 412 MB, 1.2 GB (decimal units, as disks are sold)."""
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}" if n < 10 * scale else f"{n / scale:.0f} {unit}"
+    return f"{n} B"
+
+
+def _count(n: float) -> str:
+    """A rate of items: 1.5M, 950k, 120."""
+    if n >= 10**6:
+        return f"{n / 10**6:.1f}M"
+    return f"{n / 10**3:.0f}k" if n >= 10**3 else f"{n:.0f}"
+
+
+def replay(log: DataLog, now: int, progress: Optional[ReplayProgress] = None) -> Loaded:
+    """Read ``log``'s data file into a new item table as of ``now``, saying
+    how it goes (``progress``: a :class:`ReplayProgress` of the file by default).
 
     Items already expired at ``now`` are left out; what a record cannot
     express by itself (a delayed flush, the next cas) comes back in the
     result for the store to take over.
     """
-    loaded, count = _replay(log.load, log.path, now)
-    logger.info("loaded %d items from %s (%d records)", len(loaded.items), log.path, count)
+    if progress is None:
+        progress = ReplayProgress(log.path, log.size)
+    loaded, count = _replay(functools.partial(log.load, progress=progress), log.path, now)
+    progress.done(len(loaded.items), count)
     return loaded
 
 

@@ -30,7 +30,7 @@ from zlib import crc32
 from common import NOW, ErrorLog, PropertyViolation, check_invariants, clear_dir, clock, durable_state, workdir
 
 from memcachedlite import CorruptLogError, Store
-from memcachedlite.storage.items import BINARY_KEY, ITEM_FORMAT, Item, decode, make_item
+from memcachedlite.storage.items import BINARY_KEY, ITEM_FORMAT, Item, decode, make_item, upgrade
 from memcachedlite.storage.records import BadRecord, parse_one, read_header, record_key
 from memcachedlite.storage.repair import repair, salvage
 
@@ -90,10 +90,10 @@ class Model:
             for one in record[1]:
                 self.apply(one)
         elif kind in (b"snapshot", b"sets"):
-            if record[1] != ITEM_FORMAT:
+            if record[1] not in (1, ITEM_FORMAT):  # the store upgrades items of format 1
                 raise Unreadable(f"{kind.decode()} of unknown item format {record[1]}")
             for key, blob in record[4]:
-                item = well_formed(blob)
+                item = well_formed(key, blob, record[1])
                 if item.exptime and not record[3]:
                     # KNOWN ISSUE (tests/test_sets_record.py, xfail): replay trusts the
                     # record's count of items with an expiry to look for expired ones.
@@ -138,9 +138,9 @@ class KnownIssue(Exception):
     fuzzing it further would only find that bug again."""
 
 
-def well_formed(blob: bytes) -> Item:
+def well_formed(key: bytes, blob: bytes, item_format: int) -> Item:
     """The item a snapshot or ``sets`` record holds, if it is in the item
-    layout exactly as the store writes it.
+    layout exactly as the store writes it (format 1: as it wrote it then).
 
     KNOWN ISSUE (tests/test_sets_record.py, xfail): replay takes the items of
     a checksummed bulk record as they are, without checking their layout, so
@@ -148,8 +148,11 @@ def well_formed(blob: bytes) -> Item:
     them then fails on.
     """
     try:
+        if item_format == 1:
+            blob = upgrade(key, blob, 1)
         item = decode(blob)
-        if make_item(item.value, item.flags, item.exptime, item.cas, item.atime, item.state) == blob:
+        value, flags, exptime, cas, atime, state, cls, size = item
+        if make_item(value, flags, exptime, cas, atime, state, cls, size) == blob:
             return item
     except (ValueError, struct.error):
         pass

@@ -15,11 +15,12 @@ import logging
 import os
 import struct
 import threading
-from typing import Callable, Optional, Union
+from typing import TYPE_CHECKING, Callable, Optional, Union
 from zlib import crc32
 
 from ..errors import CorruptLogError, LogWriteError
 from .fileio import fsync_directory, write_all
+from .items import SIZE_BASE
 from .records import (
     LEGACY_ID,
     BadRecord,
@@ -36,19 +37,23 @@ from .records import (
     read_snapshot,
 )
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .slabs import Slabs
+
 log = logging.getLogger(__name__)
 
 FSYNC_POLICIES = ("always", "everysec", "no")
 
 
 def load_records(
-    buf: bytes, start: int, items: dict, pack: Callable[..., bytes], on_other: Callable[[Record], None]
+    buf: bytes, start: int, items: dict, pack: Callable[..., bytes], on_other: Callable[[Record], None], slabs: Slabs
 ) -> tuple[int, int, int]:
     """Replay ``buf`` from ``start`` into ``items`` (key -> the store's item
-    form, ``pack(cas, exptime, flags) + b" <flags> <bytes>\\r\\n<value>\\r\\n"``,
-    see :mod:`memcachedlite.storage.items`); every other record, ``bset`` included,
-    goes to ``on_other``. Returns the number of records, the highest cas seen
-    by this loop, and how many of its sets carried an expiry.
+    form, ``pack(cas, exptime, flags, class, size) + b" <flags> <bytes>\\r\\n<value>\\r\\n"``,
+    see :mod:`memcachedlite.storage.items`, with the class ``slabs`` gives);
+    every other record, ``bset`` included, goes to ``on_other``. Returns the
+    number of records, the highest cas seen by this loop, and how many of its
+    sets carried an expiry.
 
     This is :func:`parse_records` with the common ``set`` record inlined,
     because start-up time is mostly this loop; anything unusual takes the
@@ -58,6 +63,7 @@ def load_records(
     pos = start
     find = buf.find
     starts = buf.startswith
+    table, chunk_limit, largest = slabs.table, slabs.chunk_limit, slabs.largest
     count = max_cas = expiring = 0
     while pos < n:
         if starts(b"set ", pos):
@@ -79,10 +85,12 @@ def load_records(
                 ):
                     number = int(cas)
                     flag_value = 0 if flags == b"0" else int(flags)
+                    msize = SIZE_BASE + len(key) + size + (4 if flag_value else 0)  # items.memcached_size
+                    cls = table[msize] if msize <= chunk_limit else largest
                     if exptime == b"0":
-                        meta = pack(number, 0, flag_value)
+                        meta = pack(number, 0, flag_value, cls, msize)
                     else:
-                        meta = pack(number, int(exptime), flag_value)
+                        meta = pack(number, int(exptime), flag_value, cls, msize)
                         expiring += 1
                     # the value is followed by CRLF in the file too: one slice takes both.
                     # The numbers as the store writes them, not as the file spells them.
@@ -104,7 +112,9 @@ def load_records(
             if one[0] == b"set":  # in a group (the fast path takes every other good set)
                 _, key, value, flags, exptime, cas = one
                 items.pop(key, None)  # re-inserted at the young end
-                items[key] = b"%b %d %d\r\n%b\r\n" % (pack(cas, exptime, flags), flags, len(value), value)
+                msize = SIZE_BASE + len(key) + len(value) + (4 if flags else 0)
+                meta = pack(cas, exptime, flags, slabs.of(msize), msize)
+                items[key] = b"%b %d %d\r\n%b\r\n" % (meta, flags, len(value), value)
                 max_cas = max(max_cas, cas)
                 expiring += exptime != 0
             else:
@@ -228,7 +238,9 @@ class DataLog:
 
     # -- replay -----------------------------------------------------------
 
-    def load(self, items: dict, pack: Callable[..., bytes], on_other: Callable[[Record], None]) -> tuple[int, int, int]:
+    def load(
+        self, items: dict, pack: Callable[..., bytes], on_other: Callable[[Record], None], slabs: Slabs
+    ) -> tuple[int, int, int]:
         """Replay the file into ``items`` (see :func:`load_records`).
 
         The first record that cannot be read ends the replay. If it lies
@@ -266,7 +278,7 @@ class DataLog:
                     raise
                 on_other((b"snapshot", item_format, next_cas, expiring, pairs))
                 self.snapshot_end = start = after
-            result = load_records(buf, start, items, pack, other)
+            result = load_records(buf, start, items, pack, other, slabs)
         except BadRecord as bad:
             synced = highest_sync_mark(buf, self.file_id)
             if bad.offset < synced:

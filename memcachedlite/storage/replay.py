@@ -8,10 +8,11 @@ from __future__ import annotations
 import collections
 import functools
 import logging
+import struct
 from dataclasses import dataclass
 from itertools import repeat
 from operator import itemgetter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable
 
 from ..errors import CorruptLogError
 from . import records
@@ -25,14 +26,17 @@ from .items import (
     item_exptime,
     item_state,
     make_item,
+    memcached_size,
     pack_meta,
     unpack_meta,
+    upgrade,
     with_exptime,
     with_state,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
     from .datafile import DataLog
+    from .slabs import Slabs
 
 logger = logging.getLogger(__name__)
 
@@ -59,12 +63,27 @@ class Loaded:
     flush_at: int
 
 
-def replay(log: DataLog, now: int) -> Loaded:
-    """Read ``log``'s data file into a new item table as of ``now``.
+def _bulk_items(log: DataLog, kind: str, item_format: int, pairs: Iterable[tuple[bytes, bytes]]) -> Iterable:
+    """The items of a snapshot or ``sets`` record in today's layout: as they
+    are, or upgraded from an older one (:func:`~memcachedlite.storage.items.upgrade`)."""
+    if item_format == ITEM_FORMAT:
+        return pairs
+    if item_format == 1:
+        try:
+            return [(key, upgrade(key, blob, 1)) for key, blob in pairs]
+        except (ValueError, struct.error):
+            raise CorruptLogError(log.path, 0, f"{kind} holding an item not in item format 1") from None
+    raise CorruptLogError(log.path, 0, f"{kind} of unknown item format {item_format}")
+
+
+def replay(log: DataLog, now: int, slabs: Slabs) -> Loaded:
+    """Read ``log``'s data file into a new item table as of ``now``, each
+    item in the class ``slabs`` gives it.
 
     Items already expired at ``now`` are left out; what a record cannot
     express by itself (a delayed flush, the next cas) comes back in the
-    result for the store to take over.
+    result for the store to take over. Items of an older layout are
+    upgraded with class 0: the store classifies every item it takes over.
     """
     items: dict[bytes, bytes] = {}
     next_cas = [0]
@@ -75,15 +94,12 @@ def replay(log: DataLog, now: int) -> Loaded:
         kind = record[0]
         if kind == b"snapshot":  # written by compaction, at the head of the file
             _, item_format, cas, expiring[0], pairs = record
-            if item_format != ITEM_FORMAT:
-                raise CorruptLogError(log.path, 0, f"snapshot of unknown item format {item_format}")
-            items.update(pairs)
+            items.update(_bulk_items(log, "snapshot", item_format, pairs))
             next_cas[0] = max(next_cas[0], cas)
             return
         if kind == b"sets":  # a run of pipelined sets, in the snapshot's form
             _, item_format, cas, timed, pairs = record
-            if item_format != ITEM_FORMAT:
-                raise CorruptLogError(log.path, 0, f"sets record of unknown item format {item_format}")
+            pairs = _bulk_items(log, "sets record", item_format, pairs)
             collections.deque(map(items.pop, map(itemgetter(0), pairs), repeat(None)), maxlen=0)  # to the young end
             items.update(pairs)
             next_cas[0] = max(next_cas[0], cas)
@@ -105,7 +121,9 @@ def replay(log: DataLog, now: int) -> Loaded:
         if kind == b"set":  # bset: the loader takes every plain set
             _, _, value, flags, exptime, cas = record
             items.pop(key, None)  # re-inserted at the young end, as the loader does
-            items[key] = make_item(bytes(value), flags, exptime, cas, now, BINARY_KEY if binary else 0)
+            size = memcached_size(len(key), len(value), flags)
+            state = BINARY_KEY if binary else 0
+            items[key] = make_item(bytes(value), flags, exptime, cas, now, state, slabs.of(size), size)
             next_cas[0] = max(next_cas[0], cas + 1)
         elif kind == b"delete":
             items.pop(key, None)
@@ -119,7 +137,7 @@ def replay(log: DataLog, now: int) -> Loaded:
                 items[key] = with_state(old, item_state(old) | STALE, cas=record[2])
                 next_cas[0] = max(next_cas[0], record[2] + 1)
 
-    count, max_cas, timed = log.load(items, functools.partial(pack_meta, 0, now, 0), apply)
+    count, max_cas, timed = log.load(items, functools.partial(pack_meta, 0, now, 0), apply, slabs)
     if timed or expiring[0]:  # otherwise nothing loaded can have expired
         for key in [k for k, b in items.items() if 0 < item_exptime(b) <= now]:
             del items[key]

@@ -267,8 +267,22 @@ def memcached_port() -> Iterator[int]:
         yield port
 
 
-def test_every_stats_key_as_memcached_after_the_same_traffic(memcached_port: int, server) -> None:
-    theirs, ours = both(memcached_port, server.port, traffic())
+def undisturbed(start_server, steps: list[tuple[bytes, int]], tries: int = 5) -> tuple[Stats, Stats]:
+    """:func:`both`, on new servers, until memcached's LRU maintainer has not
+    reclaimed any flushed item in the background between the ``flush_all``
+    and the lookups that follow it in the same write (it runs when it likes;
+    on a loaded machine it sometimes gets there first, and those lookups then
+    count fewer ``get_flushed`` and more ``reclaimed``)."""
+    for _ in range(tries):
+        with running_memcached() as port:
+            theirs, ours = both(port, start_server().port, steps)
+        if theirs[""]["reclaimed"] == "0":
+            return theirs, ours
+    raise AssertionError(f"memcached reclaimed flushed items in the background {tries} times in a row")
+
+
+def test_every_stats_key_as_memcached_after_the_same_traffic(start_server) -> None:
+    theirs, ours = undisturbed(start_server, traffic())
     assert differences(theirs, ours, DIFFERENT) == []
     # the traffic did reach every kind of counter, on both
     general = ours[""]

@@ -417,6 +417,7 @@ class Store(Expiry, Durability):
         unlink: bool = False,
         in_place: bool = False,
         size: int = 0,
+        cls: int = 0,
     ) -> int:
         """Log and apply a set of ``key``; the one path every store takes.
 
@@ -430,14 +431,15 @@ class Store(Expiry, Durability):
         value too (see :meth:`_out_of_memory`). ``in_place``: memcached
         would change the item where it lies (an ``incr`` whose number still
         fits), so it keeps its class and size and counts in no
-        ``total_items``. ``size`` is memcached's size for the item if the
-        caller worked it out (0: not yet). Returns the item's cas. Caller
-        holds the lock.
+        ``total_items``. ``size`` and ``cls`` are memcached's size and class
+        for the item if the caller worked them out (0: not yet). Returns the
+        item's cas. Caller holds the lock.
         """
         now = int(self._clock())
         if self.flush_at:
             exptime = self._before_flush(exptime, now)
         old = self._items.get(key)
+        old_cls = old_size = 0
         if old is not None:
             old_exptime, old_cls, old_size = unpack_replaced(old)
             if 0 < old_exptime <= now:  # memcached's store looks the key up first: counted
@@ -445,9 +447,11 @@ class Store(Expiry, Durability):
                 old = None
         elif self._flushed and key in self._flushed:
             self._drop_flushed(key, True)
+        expired = False
         if exptime:
             if exptime < 0:
                 exptime = PAST  # "already expired": kept, as memcached keeps it, until found
+            expired = exptime <= now
             self._may_expire = self._expiring_seen = True
         given = cas is not None
         if cas is None:
@@ -455,7 +459,7 @@ class Store(Expiry, Durability):
         slabs = self.slabs
         if in_place and old is not None:
             cls, size = old_cls, old_size
-        else:
+        elif not cls:
             if not size:
                 size = SIZE_BASE + len(key) + len(value) + (4 if flags else 0)  # memcached_size, spelled out
             cls = slabs.table[size] if size <= slabs.chunk_limit else slabs.largest
@@ -471,7 +475,7 @@ class Store(Expiry, Durability):
         if self.bytes + grow > self.memory_limit:
             slabs.counts["direct_reclaims"][cls] += 1  # the writer makes room itself, as memcached's workers can
             victims = self._victims(key, grow, unlink, cls)
-        if 0 < exptime <= now:
+        if expired:
             record = self._expired_record(key, old, state, victims)
         elif state or victims:
             record = self._set_record(key, value, flags, exptime, cas, state, victims)
@@ -483,7 +487,7 @@ class Store(Expiry, Durability):
                 pending.append(record)  # _append, spelled out: this is the path of every set
             else:
                 self._append(record)
-        self._apply(key, old, blob, grow, victims, cas, given, cls, size)
+        self._apply(key, old, blob, grow, victims, cas, given, cls, size, old_cls, old_size)
         if not in_place:
             self.counters["total_items"] += 1  # memcached links a new item
         return cas
@@ -527,11 +531,14 @@ class Store(Expiry, Durability):
         given: bool,
         cls: int,
         size: int,
+        old_cls: int,
+        old_size: int,
     ) -> None:
         """Change memory for a set whose record is written: the cas handed
         out, the undo of a batch, the evicted items out, the item (of class
         ``cls`` and memcached's size ``size``) in at the young end of the LRU
-        order, counted in its class."""
+        order, counted in its class (and ``old``, if any, of ``old_cls`` and
+        ``old_size``, out of its)."""
         if not given:
             self._next_cas = cas + 1
         elif cas > self._max_given_cas:
@@ -545,13 +552,18 @@ class Store(Expiry, Durability):
         slabs = self.slabs
         if old is not None:
             del items[key]  # re-inserted below, at the young end
-            _, old_cls, old_size = unpack_replaced(old)
-            if old_cls != cls or size > slabs.chunk_limit:
+            if old_cls == cls and size <= slabs.chunk_limit:  # the common case: the same class
+                if size != old_size:
+                    slabs.requested[cls] += size - old_size
+                items[key] = blob
+                self.bytes += grow
+                return
+            if old_size > slabs.chunk_limit:
                 self._count_in_class(key, old, -1)
-                self._count_in_class(key, blob, 1)
-            elif size != old_size:  # the common case: the same class
-                slabs.requested[cls] += size - old_size
-        elif size <= slabs.chunk_limit:  # Slabs.link, spelled out
+            else:
+                slabs.items[old_cls] -= 1
+                slabs.requested[old_cls] -= old_size
+        if size <= slabs.chunk_limit:  # Slabs.link, spelled out
             counted = slabs.items[cls] + 1
             slabs.items[cls] = counted
             slabs.requested[cls] += size
@@ -677,9 +689,10 @@ class Store(Expiry, Durability):
                 self.prefixes.record_set(key)
             slabs = self.slabs
             size = SIZE_BASE + len(key) + len(value) + (4 if flags else 0)  # memcached_size, spelled out
-            slabs.cmd_set[slabs.table[size] if size <= slabs.chunk_limit else slabs.largest] += 1
+            cls = slabs.table[size] if size <= slabs.chunk_limit else slabs.largest
+            slabs.cmd_set[cls] += 1
             absolute = self.absolute(exptime) if exptime else 0
-            return self._write(key, value, flags, absolute, None, 0, True, False, size)  # unlink
+            return self._write(key, value, flags, absolute, None, 0, True, False, size, cls)  # unlink
 
     def set_many(self, entries: list[tuple[bytes, bytes, int, int]]) -> list[Optional[ServerError]]:
         """:meth:`set` for each ``(key, value, flags, exptime)``, under one lock

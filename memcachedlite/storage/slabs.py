@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 from bisect import bisect_left
+from itertools import compress
 
 #: memcached's ``MAX_NUMBER_OF_SLAB_CLASSES``: class ids at or past it are illegal.
 MAX_CLASSES = 64
@@ -155,6 +156,21 @@ class Slabs:
         if last:
             classes.append(self.of(last + CHUNK_HEADER - self.cas_bytes))
         return classes
+
+    def classes_of(self, sizes: list[int]) -> bytes | None:
+        """The classes of many sizes at once (C loops), or None if one of
+        them is chunked (then each needs :meth:`link`)."""
+        if sizes and max(sizes) > self.chunk_limit:
+            return None
+        return bytes(map(self.table.__getitem__, sizes))
+
+    def link_many(self, classes: bytes, sizes: list[int]) -> None:
+        """:meth:`link` for items of these classes and sizes (none chunked), by C loops."""
+        for cls in set(classes):
+            self.items[cls] += classes.count(cls)
+            self.requested[cls] += sum(compress(sizes, map(cls.__eq__, classes)))
+            if self.items[cls] > self.room[cls]:
+                self.grow(cls)
 
     def link(self, cls: int, size: int, key_length: int, flags: int) -> None:
         """Count an item linked in ``cls`` (the store's slow paths; its hot ones inline this)."""

@@ -387,6 +387,16 @@ def test_evictions_under_a_small_memory_limit(start_server) -> None:
     assert int(ours[""]["bytes_in_memory"]) <= 2 * 1024 * 1024  # the limit holds what the items really take
 
 
+def test_chunked_items_as_memcached_lays_them_out(memcached_port: int, server) -> None:
+    """Items past the largest chunk (512 KiB): a header in a small class,
+    chunks of the largest class and a last, smaller one, in ``stats slabs``."""
+    steps = [(set_line(b"c1", 600_000) + set_line(b"c2", 900_000, flags=9) + set_line(b"c3", 524_200), 3)]
+    steps.append((b"get c1\r\n", 1))
+    theirs, ours = both(memcached_port, server.port, steps)
+    assert differences(theirs, ours, DIFFERENT) == []
+    assert int(ours["slabs"]["active_slabs"]) >= 4
+
+
 def test_metadump_names_memcacheds_class_and_size(memcached_port: int, server) -> None:
     """``lru_crawler metadump`` (what ``mcl dump`` and memcached-tool read)
     gives each item memcached's class and size, as ``stats items`` counts it."""

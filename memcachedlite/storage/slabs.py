@@ -223,10 +223,6 @@ class Slabs:
             counts[:] = [0] * MAX_CLASSES
         self.evicted_time[:] = [0] * MAX_CLASSES
 
-    def total(self, name: str) -> int:
-        """A per-class counter summed over the classes (what general ``stats`` shows)."""
-        return sum(self.counts[name])
-
     def used_chunks(self, cls: int) -> int:
         return self.items[cls] + self.extra_chunks[cls]
 

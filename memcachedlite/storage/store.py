@@ -389,8 +389,15 @@ class Store(Expiry, Durability):
                 elif flushed and key in flushed:
                     self._drop_flushed(key, True)
                 add(blob)
-            counters["cmd_get"] += len(keys)
-            counters["get_misses"] += len(keys) - self._count_hits(found)
+            n = len(keys)
+            counters["cmd_get"] += n
+            if n == 1:  # the most common request: its hit counted here, in its class
+                if blob is None:
+                    counters["get_misses"] += 1
+                else:
+                    self.slabs.get_hits[blob[CLASS_OFFSET]] += 1
+            else:
+                counters["get_misses"] += n - self._count_hits(found)
             if self.prefixes.enabled:
                 self.prefixes.record_gets(keys, found)
             return found
@@ -400,12 +407,6 @@ class Store(Expiry, Durability):
         returns how many there were. Many at once by C loops: a multi-key
         get counts no faster per key than this."""
         hits = self.slabs.get_hits
-        if len(found) == 1:
-            blob = found[0]
-            if blob is None:
-                return 0
-            hits[blob[CLASS_OFFSET]] += 1
-            return 1
         classes = bytes(map(_class_of, filter(None, found)))
         if classes:
             first = classes[0]

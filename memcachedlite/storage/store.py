@@ -779,13 +779,15 @@ class Store(Expiry, Durability):
             bulk = len(entries) >= SETS_RECORD_MIN  # one sets record, while every entry is a common case
             blobs: list[bytes] = []
             slow = 0  # entries that went through _try_write, which counts them itself
+            base = SIZE_BASE
             for i, (key, value, flags, exptime) in enumerate(entries):
-                size = SIZE_BASE + len(key) + len(value) + (4 if flags else 0)  # memcached_size, spelled out
+                length = len(value)
+                size = base + len(key) + length + (4 if flags else 0)  # memcached_size, spelled out
                 cls = table[size] if size <= chunk_limit else largest
                 sets[cls] += 1
                 old = get(key)
                 meta = pack_meta(0, now, 0, cas, 0, flags, cls, size)
-                blob = b"%b %d %d\r\n%b\r\n" % (meta, flags, len(value), value)
+                blob = b"%b %d %d\r\n%b\r\n" % (meta, flags, length, value)
                 if old is not None:
                     grow = len(blob) - len(old)
                     old_exptime, old_cls, old_size = unpack_replaced(old)

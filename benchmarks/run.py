@@ -175,7 +175,7 @@ def place(settings: Settings) -> str:
     allowed = sorted(os.sched_getaffinity(0))
     if len(allowed) < 2:
         return f"CPU placement: not pinned (only CPU {allowed[0]} allowed); memcached -t 1"
-    settings.server_cpu = allowed[-1]  # the one memcachedlite's --cpu auto picks
+    settings.server_cpu = allowed[-1]  # the servers get the last CPU, the load generator the others
     settings.client_cpus = tuple(allowed[:-1])
     os.sched_setaffinity(0, settings.client_cpus)  # this script, and memcslap after it
     clients = ",".join(map(str, settings.client_cpus))

@@ -4,7 +4,9 @@ Run it with::
 
     mcl serve --load examples/upper.py
 
-then ``printf 'set k 0 0 5\\r\\nhello\\r\\nupper k\\r\\n' | nc 127.0.0.1 9889``.
+then, from another shell, ``mcl set greeting hello && mcl call upper greeting``
+(or from Python, pymemcache's
+``client.raw_command(b"upper greeting\\r\\nmn", end_tokens=b"MN\\r\\n")``).
 The change is logged as a plain ``set``, so the data file replays without
 this module loaded.
 """

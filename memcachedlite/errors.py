@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 
 class ProtocolError(Exception):
     """Base of the errors a client is told about.
@@ -106,3 +108,32 @@ class CorruptLogError(Exception):
         self.path = path
         self.offset = offset
         self.reason = reason
+
+
+class UnsupportedPlatform(ImportError):
+    """The server's storage or statistics need a POSIX module this Python
+    lacks (Windows has no ``fcntl`` nor ``resource``).
+
+    Raised when such a module is imported, so that importing the server
+    says what to do instead of naming a module; an :class:`ImportError`, as
+    the missing module's own error is. ``memcachedlite``, ``mcl``'s client
+    commands and the pytest plugin import nothing of the server until it is
+    used, so they work without it.
+    """
+
+    def __init__(self, module: str) -> None:
+        super().__init__(
+            f"memcachedlite's server needs a POSIX system such as Linux: this Python ({sys.platform}) has no"
+            f" {module} module; run the server on Linux, in WSL or in a container (mcl's client commands work here)",
+            name=module,
+        )
+
+
+class DataFileInUse(RuntimeError):
+    """Another process holds the data file's lock: a running server, or a
+    command rewriting the file (``mcl repair``). Whatever refuses the file,
+    a second server or a repair, says it in these words."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"cannot open data file: {path} is in use by another running server")
+        self.path = path

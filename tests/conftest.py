@@ -1,9 +1,11 @@
 """Shared fixtures: stores in tmp_path, real servers on port 0 (in-process and
-as subprocesses), the real memcached, and a small raw-socket client."""
+as subprocesses), the real memcached, and a small raw-socket client; and the
+``external`` marker's rules (tests/external.py), for every test."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import re
 import shutil
@@ -13,11 +15,16 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import pytest
 
 from memcachedlite import MemcacheServer, Registry, Settings, Store, default_registry
+from tests.external import (  # noqa: F401 - hooks and an autouse fixture, found by name
+    external_programs_need_the_marker,
+    pytest_collection_modifyitems,
+    pytest_configure,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -202,6 +209,17 @@ def mark_synced(path: Path) -> None:
         f.write(records.encode_sync(len(data), file_id))
 
 
+def stop_as_killed(store: Store) -> None:
+    """Stop ``store`` as kill -9 would: its data file keeps what was written,
+    without the marks that a clean stop adds, so what no fsync covered is a
+    crash's tail at the next start."""
+    assert store.log is not None
+    path = Path(store.log.path)
+    written = path.read_bytes()
+    store.close()
+    path.write_bytes(written)
+
+
 def free_port() -> int:
     """A port nothing listens on now, and never one already handed out in this
     run: bind(0) may give back the port it just gave, and a test that asks
@@ -252,6 +270,20 @@ def running_program(cmd: list[str], env: Optional[dict] = None) -> Iterator[subp
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@contextlib.contextmanager
+def script_module(path: Path, name: str) -> Iterator[Any]:
+    """A script of benchmarks/ (not a package) imported as module ``name``, for its tests."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is built
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules[name]
 
 
 @pytest.fixture

@@ -6,13 +6,11 @@ Nothing here asserts a timing: only counts, bytes and verdicts."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import selectors
 import shutil
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
@@ -23,7 +21,7 @@ import pytest
 from memcachedlite import loadgen
 from memcachedlite.loadgen import LoadConfig, runner, wire
 
-from .conftest import ROOT, free_port, running_program, wait_for_port
+from .conftest import ROOT, free_port, running_program, script_module, wait_for_port
 
 QUICK = dict(duration=0.3, warmup=0.0, reply_timeout=2.0, connect_timeout=2.0)
 
@@ -190,15 +188,8 @@ def test_the_measured_window_is_marked_once_each_way(server) -> None:
 
 @pytest.fixture(scope="module")
 def runner_module():
-    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    try:
-        spec.loader.exec_module(module)
+    with script_module(ROOT / "benchmarks" / "run.py", "bench_run") as module:
         yield module
-    finally:
-        del sys.modules[spec.name]
 
 
 def test_the_proc_cpu_reader_counts_every_thread(runner_module) -> None:
@@ -327,6 +318,7 @@ def test_cross_checks_agree_within_the_spread_or_say_not(runner_module) -> None:
     assert "W2 vs M2: efficiency" in text and "DISAGREE" in text
 
 
+@pytest.mark.external
 def test_runner_end_to_end_on_a_tiny_configuration(runner_module, tmp_path: Path, capsys) -> None:
     out = tmp_path / "bench.json"
     code = runner_module.main(

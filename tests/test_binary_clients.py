@@ -58,6 +58,7 @@ def run_binary_checks(port: int) -> subprocess.CompletedProcess:
     return run_memccapable(port, "-b")
 
 
+@pytest.mark.external
 def test_memccapable_binary_checks_pass(server: Running) -> None:
     result = run_binary_checks(server.port)
     report = f"memccapable -b exited {result.returncode}; its output:\n{result.stdout}"
@@ -75,6 +76,7 @@ def test_memccapable_binary_checks_pass_against_memcached(memcached: int) -> Non
 # -- the libmemcached tools -------------------------------------------------------------------
 
 
+@pytest.mark.external
 def test_tools_round_trip_a_file_in_binary(server: Running, tmp_path: Path) -> None:
     data = bytes(range(256)) * 40 + b"\r\nEND\r\n"
     source = tmp_path / "payload.bin"
@@ -91,6 +93,7 @@ def test_tools_round_trip_a_file_in_binary(server: Running, tmp_path: Path) -> N
     assert server.store.peek(b"payload.bin") is None
 
 
+@pytest.mark.external
 def test_memcstat_and_memcflush_in_binary(server: Running) -> None:
     server.store.set(b"a", b"1")
     stats = libmemcached("memcstat", server.port)
@@ -100,6 +103,7 @@ def test_memcstat_and_memcflush_in_binary(server: Running) -> None:
 
 
 @pytest.mark.parametrize("test", ["set", "get", "mget"])
+@pytest.mark.external
 def test_memcslap_binary(server: Running, test: str) -> None:
     result = libmemcached("memcslap", server.port, f"--test={test}", "--concurrency=2", "--execute-number=300")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -109,6 +113,7 @@ def test_memcslap_binary(server: Running, test: str) -> None:
         assert counters["get_hits"] >= 300 and counters["get_misses"] == 0
 
 
+@pytest.mark.external
 def test_tools_log_in_with_sasl(start_server, tmp_path: Path) -> None:
     auth = write_auth(tmp_path / "auth", "alice:secret\n")
     server = start_server(server_options={"auth_file": auth})
@@ -205,6 +210,7 @@ def test_pylibmc_too_large_value_and_the_connection_survives(client: pylibmc.Cli
     assert client.set("small", b"ok") and client.get("small") == b"ok"
 
 
+@pytest.mark.external
 def test_pylibmc_sasl_login(spawn, tmp_path: Path) -> None:
     auth = write_auth(tmp_path / "auth", "alice:secret\nbob:hunter2\n")
     served = spawn("--auth-file", str(auth))
@@ -280,6 +286,7 @@ def test_dalli_answers_as_with_memcached(server: Running, memcached: int, tmp_pa
     assert ours.stdout.startswith('hello\n{"a"=>[1, 2]}\n["greeting", "obj"]\n10\n15\n0\nnil\n')
 
 
+@pytest.mark.external
 def test_dalli_sasl_login(start_server, tmp_path: Path) -> None:
     auth = write_auth(tmp_path / "auth", "alice:secret\n")
     server = start_server(server_options={"auth_file": auth})
@@ -304,6 +311,7 @@ printf("%s %s %d\\n", $m->get("php"), $m->getResultMessage(), $m->increment("php
 """
 
 
+@pytest.mark.external
 def test_php_session_handler_speaks_binary(server: Running, tmp_path: Path) -> None:
     """PHP's memcached session handler has ``memcached.sess_binary_protocol``
     on by default: session_start() must not stall."""

@@ -70,6 +70,8 @@ from memcachedlite.protocols.binary import (
 from tests.conftest import Raw, Running, running_memcached
 from tests.test_binary import Packet, parse
 
+pytestmark = pytest.mark.external  # each test compares with the real memcached
+
 READ_TIMEOUT = 2.0
 SYNC_OPAQUE = 0x5EC00000
 U32 = 0xFFFFFFFF

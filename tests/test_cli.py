@@ -340,7 +340,8 @@ def test_help_shows_the_documented_defaults() -> None:
 def test_version_option() -> None:
     result = mcl("--version")
     assert_clean(result, 0)
-    assert __version__ in result.stdout
+    build = "mypyc build" if os.environ.get("MEMCACHEDLITE_EXPECT_BUILD") == "mypyc" else "pure Python build"
+    assert result.stdout == f"memcachedlite, version {__version__} ({build})\n"
 
 
 # -- real subprocesses ------------------------------------------------------------

@@ -20,6 +20,8 @@ from pymemcache.exceptions import MemcacheError
 
 from tests.conftest import ROOT, Raw, free_port
 
+pytestmark = pytest.mark.external  # nutcracker, from the package of that name
+
 CONFIG = ROOT / "examples" / "cluster" / "nutcracker.yml"
 KEYS = [f"key:{i:04d}" for i in range(1000)]
 

@@ -207,7 +207,8 @@ def test_repair_salvages_every_intact_record(tmp_path: Path) -> None:
         Store(path)
     result = CliRunner().invoke(main, ["repair", str(path)])
     assert result.exit_code == 0, result.output
-    assert "kept 2 records" in result.output and str(offset) in result.output
+    assert "kept 2 items (2 records)" in result.output and f"at offset {offset}" in result.output
+    assert "changes to 1 key named there (B)" in result.output  # as the flipped bit left it
     backups = list(tmp_path.glob("data.txt.broken-*"))
     assert len(backups) == 1 and backups[0].read_bytes() == original
     s = Store(path)

@@ -34,6 +34,8 @@ import pytest
 from memcachedlite.protocols.stats import PROTOCOL_VERSION
 from tests.conftest import Raw, running_memcached
 
+pytestmark = pytest.mark.external  # each test compares with the real memcached
+
 #: No single read may stall longer than this; a stall is reported, not waited out.
 READ_TIMEOUT = 2.0
 SYNC_KEY = b"__differential_sync__"

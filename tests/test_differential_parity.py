@@ -34,6 +34,8 @@ from tests.test_differential import (
     show,
 )
 
+pytestmark = pytest.mark.external  # each test compares with the real memcached
+
 
 def _set(key: bytes, value: bytes, exptime: bytes = b"0", verb: bytes = b"set") -> bytes:
     return b"%s %s 0 %s %d\r\n%s\r\n" % (verb, key, exptime, len(value), value)

@@ -79,6 +79,15 @@ def test_the_readme_keeps_the_two_commands_and_ci_runs_the_second() -> None:
     assert last.strip() == command.strip()
 
 
+def test_the_readme_says_how_the_first_command_works_on_debians_python() -> None:
+    """Debian's and Ubuntu's own Python refuse ``pip install`` outside a virtual
+    environment (PEP 668): the text just before the first command says what to run."""
+    before = readme().split("```sh\npython3 -m pip install . && mcl serve\n```\n", 1)[0]
+    paragraph = before.rstrip().rsplit("\n\n", 1)[1]
+    assert "`externally-managed-environment`" in paragraph
+    assert "`python3 -m venv .venv && . .venv/bin/activate`" in paragraph
+
+
 def test_the_readme_links_only_to_docs_that_exist() -> None:
     links = re.findall(r"\]\(([^)#\s]+)(?:#[^)\s]*)?\)", readme())
     assert any(link.startswith("docs/") for link in links)
@@ -100,3 +109,21 @@ def test_the_home_page_chooses_as_the_readme_does() -> None:
 def test_the_testing_page_shows_the_readme_plugin_example() -> None:
     example = readme().split("<!-- plugin-example -->\n```python\n", 1)[1].split("```", 1)[0]
     assert f"```python\n{example}```" in (DOCS / "testing.md").read_text(encoding="utf-8")
+
+
+def test_every_durability_promise_names_tests_that_exist() -> None:
+    """docs/durability.md states each promise beside the tests that pin it:
+    every row names at least one, and each named file and test exists."""
+    text = (DOCS / "durability.md").read_text(encoding="utf-8")
+    promises = section(text, "## What survives what: the promises, and the tests that pin them")
+    rows = [line for line in promises.splitlines() if line.startswith("| ") and not line.startswith("| promise ")]
+    assert len(rows) >= 10, promises
+    for row in rows:
+        named = re.findall(r"`(tests/\w+\.py)(?:::(\w+))?`", row)
+        assert named, f"a promise no test pins: {row}"
+        for file, test in named:
+            path = ROOT / file
+            assert path.is_file(), f"{file}, named beside a promise, does not exist"
+            if test:
+                source = path.read_text(encoding="utf-8")
+                assert re.search(rf"^def {test}\(", source, re.M), f"{file} has no test {test}"

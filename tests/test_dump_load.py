@@ -85,6 +85,7 @@ def test_metadump_of_an_empty_store_and_its_errors(raw) -> None:
     assert raw.ask(b"version\r\n").startswith(b"VERSION ")  # still in step
 
 
+@pytest.mark.external
 def test_memcached_tool_dumps_memcachedlite(server, tmp_path: Path) -> None:
     assert os.path.exists(MEMCACHED_TOOL), "memcached-tool is missing (apt-get install memcached)"
     server.store.set(b"one", b"1", 3, 0)
@@ -210,6 +211,26 @@ def test_dump_to_stdout_and_load_from_stdin(start_server) -> None:
     assert "loaded 50 of 50 items from standard input" in loaded.stdout
     for i in range(50):
         assert target.store.peek(b"k%d" % i)[:2] == (b"v\r\n%d" % i, i)
+
+
+def test_a_dump_into_a_pipe_writes_through_it_and_leaves_it_a_pipe(start_server, tmp_path: Path) -> None:
+    """A path that is no regular file (a FIFO here; /dev/full or /dev/stdout
+    alike) is written as it is, never renamed over."""
+    source = start_server()
+    source.store.set(b"k", b"v", 0, 0)
+    fifo = tmp_path / "out" / "dump.fifo"
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader.start()
+    result = mcl("-s", addr(source), "dump", str(fifo))
+    reader.join(10)
+    assert_exit(result, 0)
+    assert fifo.is_fifo()
+    assert os.listdir(fifo.parent) == ["dump.fifo"]  # no partial file left beside it
+    lines = received[0].splitlines()
+    assert json.loads(lines[1])["key"] == base64.b64encode(b"k").decode("ascii")
 
 
 def test_seed_data_file_loads(server, tmp_path: Path) -> None:
@@ -490,7 +511,7 @@ def test_a_load_cut_short_by_the_server_is_exit_3(tmp_path: Path) -> None:
     finally:
         fake.close()
     assert_exit(result, 3)
-    assert "cannot reach server" in result.stderr
+    assert f"server 127.0.0.1:{fake.port} closed the connection" in result.stderr
 
 
 def test_exptime_beyond_30_days_is_sent_as_a_unix_time() -> None:
@@ -499,7 +520,7 @@ def test_exptime_beyond_30_days_is_sent_as_a_unix_time() -> None:
     assert bulk.exptime(30 * 86400 + 1, now=1000) == 1000 + 30 * 86400 + 1
 
 
-def test_dump_to_a_closed_pipe_is_a_one_line_error(start_server) -> None:
+def test_dump_to_a_closed_pipe_ends_quietly(start_server) -> None:
     source = start_server()
     for i in range(2000):
         source.store.set(b"k%d" % i, b"x" * 1000)
@@ -515,8 +536,8 @@ def test_dump_to_a_closed_pipe_is_a_one_line_error(start_server) -> None:
     pipe.stdout.close()  # as 'mcl dump | head -c 100' does
     err = pipe.stderr.read().decode()
     pipe.stderr.close()
-    assert pipe.wait(30) == 1, err
-    assert "cannot write standard output" in err and "Traceback" not in err
+    assert pipe.wait(30) == 141, err  # as a program SIGPIPE ends, e.g. 'yes | head'
+    assert err == ""
 
 
 def test_dump_into_a_missing_directory_is_a_one_line_error(server, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from pymemcache.client.base import Client
 
 from memcachedlite import Store
@@ -39,6 +40,33 @@ def test_upper_verb_served_by_mcl_serve_load(spawn, tmp_path: Path) -> None:
         assert item is not None and item.value == b"HELLO" and item.flags == 7
     finally:
         store.close()
+
+
+def test_the_readme_calls_the_verb_as_it_shows(spawn) -> None:
+    """The README's "Adding a verb" session, run as written: its ``mcl
+    serve`` line starts the server, the next line's output is the block's rest;
+    then the pymemcache call the README names."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("<!-- call-example -->\n```console\n", 1)[1].split("```", 1)[0]
+    serve, call, *shown = block.splitlines()
+    assert serve.startswith("$ mcl serve --load examples/upper.py ")
+    proc = spawn("--load", str(ROOT / "examples" / "upper.py"))
+    mcl = f"{shlex.quote(sys.executable)} -m memcachedlite -s 127.0.0.1:{proc.port}"
+    command = call.removeprefix("$ ").split("#", 1)[0].replace("mcl ", mcl + " ")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run(["bash", "-c", command], capture_output=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.replace(b"\r\n", b"\n").decode() == "\n".join(shown) + "\n"
+    assert b"\r\n" in done.stdout  # the reply as it came
+    client = Client(("127.0.0.1", proc.port))
+    try:
+        client.set("greeting", b"hello")
+        assert client.raw_command(b"upper greeting\r\nmn", end_tokens=b"MN\r\n") == (
+            b"VALUE greeting 0 5\r\nHELLO\r\nEND\r\n"
+        )
+    finally:
+        client.close()
+    assert 'raw_command(b"upper greeting\\r\\nmn", end_tokens=b"MN\\r\\n")' in readme
 
 
 def test_upper_module_registers_into_a_fresh_registry(fresh_registry, start_server, monkeypatch) -> None:
@@ -189,6 +217,7 @@ def test_systemd_unit_command_line_starts_a_server(tmp_path: Path) -> None:
         store.close()
 
 
+@pytest.mark.external
 def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze") or "/usr/bin/systemd-analyze"
     assert os.path.exists(analyze), "systemd-analyze is not installed (apt-get install systemd)"
@@ -206,14 +235,23 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
 # -- examples/cluster ----------------------------------------------------------------
 
 
-def test_cluster_example_runs_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    """run.sh with the example's configuration on free ports; Ctrl-C stops every process."""
+@pytest.mark.parametrize("servers", [3, 2])
+@pytest.mark.external
+def test_cluster_example_runs_and_stops_on_ctrl_c(tmp_path: Path, servers: int) -> None:
+    """run.sh with the example's configuration on free ports (its three
+    servers, or two of them); Ctrl-C stops every process. Each server is
+    pinned to a CPU of its own where there are enough, else none is."""
     from tests.test_cluster import cluster_config, nutcracker_binary
 
     nutcracker_binary()
     listen, ports = free_port(), [free_port() for _ in range(3)]
     config = tmp_path / "nutcracker.yml"
-    config.write_text(cluster_config((ROOT / "examples" / "cluster" / "nutcracker.yml").read_text(), listen, ports))
+    text = cluster_config((ROOT / "examples" / "cluster" / "nutcracker.yml").read_text(), listen, ports)
+    names = ["mcl1", "mcl2", "mcl3"][:servers]
+    if servers == 2:
+        text, removed = re.subn(r"^.*:\d+:1 mcl3\n", "", text, flags=re.M)
+        assert removed == 1
+    config.write_text(text)
     data = tmp_path / "cluster-data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MCL_")}
     env.update(
@@ -256,9 +294,17 @@ def test_cluster_example_runs_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         except ProcessLookupError:
             pass
         proc.wait(10)
+    allowed = sorted(os.sched_getaffinity(0))
+    pinned = [re.findall(r"pinned to CPU (\d+)", (data / f"{name}.log").read_text()) for name in names]
+    if len(allowed) >= servers:
+        assert f"each server on a CPU of its own: {' '.join(map(str, allowed[:servers]))}" in log_path.read_text()
+        assert pinned == [[str(cpu)] for cpu in allowed[:servers]]
+    else:
+        assert f"{servers} servers, {len(allowed)} CPUs: none pinned" in log_path.read_text()
+        assert pinned == [[]] * servers
     # each server flushed its own data file, and together they hold every key
     counts = []
-    for name in ("mcl1", "mcl2", "mcl3"):
+    for name in names:
         assert (data / f"{name}.txt").exists(), name
         store = Store(data / f"{name}.txt")
         try:

@@ -292,6 +292,7 @@ def test_sigterm_under_load_keeps_every_acknowledged_write(spawn, tmp_path: Path
     assert again.terminate() == 0
 
 
+@pytest.mark.external
 def test_memcstat_reads_the_stats(server) -> None:
     done = subprocess.run(
         ["memcstat", f"--servers=127.0.0.1:{server.port}"], capture_output=True, text=True, timeout=30

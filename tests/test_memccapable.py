@@ -19,6 +19,10 @@ import os
 import shutil
 import subprocess
 
+import pytest
+
+pytestmark = pytest.mark.external  # memccapable, from libmemcached-tools
+
 MEMCCAPABLE = shutil.which("memccapable") or "/usr/bin/memccapable"
 #: memccapable writes test names to stdout and verdicts to stderr; unbuffered,
 #: the two interleave in order in one captured transcript.

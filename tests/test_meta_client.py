@@ -52,7 +52,7 @@ STR, PICKLE, INT, ZLIB, BINARY = 0, 1, 2, 8, 16  # the client's MixedSerializer 
 BIG = random.Random(500).randbytes(500 * 1024)  # incompressible, so ~500 KiB go on the wire
 
 
-@pytest.fixture(params=["memcached", "memcachedlite"])
+@pytest.fixture(params=[pytest.param("memcached", marks=pytest.mark.external), "memcachedlite"])
 def port(request, start_server) -> Iterator[int]:
     """The server under test: the real memcached (missing binary fails) or memcachedlite."""
     if request.param == "memcached":

@@ -37,6 +37,8 @@ from tests.conftest import Raw, running_memcached
 from tests.test_differential import READ_TIMEOUT, Conversation, Part, S, Scenario, show
 from tests.test_differential import converse as classic_converse
 
+pytestmark = pytest.mark.external  # each test compares with the real memcached
+
 KEY250 = b"k" * 250
 KEY251 = b"k" * 251
 BIG = 2 * 1024 * 1024  # clearly above the 1 MiB item limit of both servers

@@ -17,7 +17,7 @@ from memcachedlite.storage.datafile import DataLog
 from memcachedlite.storage.items import item_size, make_item
 from memcachedlite.storage.records import parse_records, read_header
 
-from .conftest import mark_synced
+from .conftest import mark_synced, stop_as_killed
 
 
 def records(data: bytes) -> list:
@@ -55,9 +55,12 @@ def reopen(path: Path, **options) -> Store:
 def test_new_file_has_header_and_private_mode(path):
     Store(path).close()
     data = path.read_bytes()
-    start, file_id = read_header(data)
-    assert data == b"MEMCACHEDLITE-LOG 2 %s\r\n" % file_id and start == len(data)
-    assert len(file_id) == 16 and file_id != fmt.LEGACY_ID
+    head = fmt.read_head(data)
+    assert data.startswith(b"MEMCACHEDLITE-LOG 2 %s\r\nsync " % head.file_id)
+    assert len(head.file_id) == 16 and head.file_id != fmt.LEGACY_ID
+    # the head mark vouches for all of it, and a mark at the end for the head mark
+    assert head.marked and head.synced == len(data) and records(data) == []
+    assert data.endswith(fmt.encode_sync(fmt.HEAD_MARK_AT + fmt.HEAD_MARK_SIZE, head.file_id))
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
@@ -67,8 +70,7 @@ def test_records_are_readable_and_checksummed(path):
     s.delete(b"k")
     s.close()
     data = path.read_bytes()
-    body = data[read_header(data)[0] :]
-    assert body.startswith(b"set k 5 0 4 1 ")
+    assert b"\r\nset k 5 0 4 1 " in data
     assert records(data) == [
         (b"set", b"k", b"v\r\n\0", 5, 0, 1),
         (b"delete", b"k"),
@@ -201,7 +203,7 @@ def _log_with_two_records(path: Path) -> int:
     s.set(b"first", b"one")
     size_before_last = path.stat().st_size
     s.set(b"second", b"two\r\n2")
-    s.close()
+    stop_as_killed(s)  # the second record is not vouched for: what a crash may tear
     return size_before_last
 
 
@@ -220,16 +222,27 @@ def test_torn_last_record_cut_at_every_offset(path, caplog):
             s.close()
         if cut > start:
             assert f"dropped {cut - start} bytes from offset {start}" in caplog.text
-        assert path.stat().st_size == start  # cut back, ready to append
+        # cut back, and marked as synced by the start-up that cut it
+        mark = fmt.encode_sync(start, read_header(whole)[1])
+        assert path.stat().st_size == start + len(mark) and path.read_bytes().endswith(mark)
 
 
-def test_torn_header_is_rewritten(path):
+def test_a_file_cut_inside_its_header_is_refused(path):
+    """A new file takes its name once its header is on disk, so a header cut
+    short is never a crash's doing."""
     path.write_bytes(b"MEMCACHEDLITE-LOG 2 0123")
+    with pytest.raises(CorruptLogError, match="offset 0: not a memcachedlite data file"):
+        Store(path)
+
+
+def test_an_empty_file_is_a_new_one(path):
+    """What a crash while a file was created leaves: the next start creates it."""
+    path.write_bytes(b"")
     s = Store(path)
     s.set(b"a", b"1")
     s.close()
     data = path.read_bytes()
-    assert read_header(data) is not None
+    assert fmt.read_head(data).marked
     assert records(data) == [(b"set", b"a", b"1", 0, 0, 1)]
 
 
@@ -255,7 +268,7 @@ def test_damage_in_the_middle_refuses_to_start(path):
     path.write_bytes(bytes(data))
     with pytest.raises(CorruptLogError) as err:
         Store(path)
-    start = read_header(bytes(data))[0]
+    start = data.index(b"set first ")
     assert err.value.offset == start
     assert f"offset {start}" in str(err.value)
     # refusing to start does not modify the file
@@ -565,3 +578,105 @@ def test_group_commit_one_fsync_covers_concurrent_writers(start_server, monkeypa
     assert len(store) == writers * each  # every acknowledged write...
     assert store.log.synced == store.log.size  # ...is on disk
     assert 0 < len(syncs) < writers * each  # and fsyncs were shared
+
+
+@pytest.mark.parametrize("after", ["creation", "compaction"])
+def test_a_write_cut_back_leaves_no_hole_on_a_file_written_without_o_append(path, monkeypatch, after):
+    """A new file and a compacted one are written through the descriptor of
+    the file renamed into place, opened without O_APPEND: cutting back a
+    partial write must move its position back too, or the next record
+    would land after a hole of zeros."""
+    store = Store(path)
+    try:
+        store.set(b"a", b"1")
+        if after == "compaction":
+            store.compact()
+        real_write = datafile.os.write
+        calls = []
+
+        def half_then_full_disk(fd: int, data) -> int:
+            if fd != store.log._fd:
+                return real_write(fd, data)
+            calls.append(len(data))
+            if len(calls) == 1:
+                return real_write(fd, bytes(data[: len(data) // 2]))
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(datafile.os, "write", half_then_full_disk)
+            with pytest.raises(LogWriteError, match="out of disk space"):
+                store.set(b"b", b"x" * 100)
+        store.set(b"c", b"3")
+    finally:
+        store.close()
+    assert records(path.read_bytes())[-1][:3] == (b"set", b"c", b"3")  # every record reads: no hole
+
+
+@pytest.mark.parametrize("fails", ["rename", "dirsync"])
+def test_a_new_file_that_cannot_be_put_in_place_leaves_the_empty_one(path, monkeypatch, fails):
+    """Creating a file writes it aside and renames it into place: if that
+    fails, start-up fails with the error, the empty file stays (the next
+    start creates it again) and nothing is left open or beside it."""
+    from tests.crashsim import FsRecorder, modules_with_os
+
+    path.write_bytes(b"")
+    with monkeypatch.context() as patch:
+        recorder = FsRecorder(path.parent).install(patch, *modules_with_os())
+        recorder.fail(fails)
+        with pytest.raises(OSError, match="injected"):
+            Store(path)
+    if fails == "rename":
+        assert path.read_bytes() == b"" and sorted(p.name for p in path.parent.iterdir()) == ["data.txt"]
+    store = Store(path)  # the lock was released: the next start works
+    try:
+        store.set(b"a", b"1")
+    finally:
+        store.close()
+    assert records(path.read_bytes()) == [(b"set", b"a", b"1", 0, 0, 1)]
+
+
+@pytest.mark.parametrize(
+    "header",
+    [b"MEMCACHEDLITE-LOG 2 0123456789abcdeg\r\n", b"MEMCACHEDLITE-LOG 2 0123456789abcdef\n\n"],
+    ids=["file-id-not-hex", "no-crlf"],
+)
+def test_a_header_line_that_does_not_read_is_refused(path, header):
+    path.write_bytes(header + fmt.encode_set(b"a", b"1", 0, 0, 1))
+    with pytest.raises(CorruptLogError, match="offset 0: not a memcachedlite data file"):
+        Store(path)
+
+
+@pytest.mark.parametrize("when", ["start-up", "clean stop"])
+def test_a_full_disk_does_not_stop_a_start_or_a_stop_from_marking(path, monkeypatch, caplog, when):
+    """Start-up and a clean stop append a sync mark: on a full disk they say
+    they could not, and go on (a start serves reads; writes fail as always
+    on a full disk, and work again once there is room)."""
+    path.write_bytes(fmt.HEADER + fmt.encode_set(b"a", b"1", 0, 0, 1))  # no mark yet: one is due
+    real_write = datafile.os.write
+
+    def full(fd: int, data) -> int:
+        if os.path.samefile(f"/proc/self/fd/{fd}", path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    with monkeypatch.context() as patch:
+        if when == "start-up":
+            patch.setattr(datafile.os, "write", full)
+        store = Store(path)
+        try:
+            assert store.get(b"a").value == b"1"
+            if when == "clean stop":
+                store.set(b"b", b"2")  # to be marked by the stop
+                patch.setattr(datafile.os, "write", full)
+            with pytest.raises(LogWriteError, match="out of disk space"):
+                store.set(b"c", b"3")
+        finally:
+            store.close()
+    assert "could not mark the file as synced" in caplog.text
+    kept = [(b"set", b"a", b"1", 0, 0, 1)] + ([(b"set", b"b", b"2", 0, 0, 2)] if when == "clean stop" else [])
+    assert records(path.read_bytes()) == kept
+    store = Store(path)  # room again
+    try:
+        store.set(b"c", b"3")
+    finally:
+        store.close()

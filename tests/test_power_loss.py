@@ -38,6 +38,7 @@ from memcachedlite.protocols.session import Session
 from memcachedlite.storage import records, repair
 from memcachedlite.storage.records import parse_one
 from memcachedlite.storage.store import SETS_RECORD_MIN
+from tests.conftest import stop_as_killed
 from tests.crashsim import (
     PATIENCE,
     CrashState,
@@ -264,7 +265,7 @@ def start_up(state: CrashState, directory: Path, policy: str, caplog: pytest.Log
             loaded = state_of(store)
         finally:
             store.close()
-    kept = path.stat().st_size
+    kept = kept_by_start_up(state.files.get("data.txt", b""), path.read_bytes())
     if 0 < kept < size_before:
         dropped = size_before - kept
         warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
@@ -272,6 +273,18 @@ def start_up(state: CrashState, directory: Path, policy: str, caplog: pytest.Log
             f"no warning naming offset {kept} and {dropped} bytes dropped at {state.at} ({state.how}): {warnings}"
         )
     return loaded
+
+
+def kept_by_start_up(before: bytes, after: bytes) -> int:
+    """How much of the file ``before`` a start-up that left ``after`` kept:
+    all of ``after``, but for the sync mark it appends to what it cut back
+    (its head mark, rewritten in place, keeps its length)."""
+    header = records.read_header(after)
+    at = after.rfind(b"\r\nsync ") + 2
+    marked = header is not None and at >= 2 and after[at:] == records.encode_sync(at, header[1])
+    if marked and before[at : len(after)] != after[at:]:  # not there before: start-up added it
+        return at
+    return len(after)
 
 
 def repaired(state: CrashState, directory: Path, policy: str, caplog: pytest.LogCaptureFixture) -> dict:
@@ -390,6 +403,49 @@ def test_power_loss_around_a_failed_fsync_and_the_rewrite_after_it(
     assert sum(1 for op in run.trace.ops if op.kind == "rename") >= 2  # the compaction and the rewrite
     checked = check_states(run, tmp_path / "crash", caplog, seed=3, count=STATES_PER_POLICY // 2)
     assert checked >= STATES_PER_POLICY // 4
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_power_loss_while_start_up_and_a_clean_stop_mark_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, policy: str
+) -> None:
+    """A start-up after a crash cuts the torn tail and marks the rest as on
+    disk (its head mark rewritten in place, a mark appended, an fsync);
+    later a clean stop marks what was written since. A power cut at any
+    moment of either still starts, with a prefix that keeps what was durable:
+    neither mark ever vouches for bytes not yet on disk."""
+    directory = tmp_path / "live"
+    directory.mkdir()
+    path = directory / "data.txt"
+    new_durable_data_file(path)
+    shadow = Session(Store(clock=clock))
+    before = Store(path, fsync="no", clock=clock)
+    for line in [b"set a 0 0 1\r\n1\r\n", b"set big 0 0 6000\r\n%s\r\n" % (b"b" * 6000), b"md a I T30\r\n"]:
+        assert Session(before).feed(line) == shadow.feed(line)
+    stop_as_killed(before)  # what a kill leaves: not marked...
+    with open(path, "ab") as f:
+        f.write(b"set torn 0 0 100 7 00000000\r\npartial")  # ...and torn
+    run = Run(policy, Trace({}, {}, []), [state_of(shadow.store)])
+    with monkeypatch.context() as patch:
+        recorder = FsRecorder(directory).install(patch, *modules_with_os())  # the file as it is counts as durable
+        store = Store(path, fsync=policy, clock=clock, compact_min_size=1 << 40)
+        try:
+            assert state_of(store) == run.states[0]
+            session = Session(store)
+            for line in [b"set c 0 0 3000\r\n%s\r\n" % (b"c" * 3000), b"delete big\r\n", b"set d 0 0 1\r\n4\r\n"]:
+                run.started.append(recorder.position)
+                assert session.feed(line) == shadow.feed(line)
+                run.states.append(state_of(shadow.store))
+                if policy == "always":
+                    run.durable.append((recorder.position, len(run.started)))
+        finally:
+            store.close()
+        run.durable.append((recorder.position, len(run.started)))
+        run.trace = recorder.trace()
+    shadow.store.close()
+    assert {"truncate", "write", "fsync"} <= {op.kind for op in run.trace.ops}
+    assert any(op.kind == "write" and op.offset == records.HEAD_MARK_AT for op in run.trace.ops)  # in place
+    assert check_states(run, tmp_path / "crash", caplog, seed=11, count=240) >= 120
 
 
 @pytest.mark.parametrize("policy", ["always", "no"])

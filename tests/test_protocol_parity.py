@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Union
 
+import pytest
+
 from memcachedlite import MemcacheServer, Settings, Store
 from memcachedlite.protocols.binary import (
     DECREMENT,
@@ -358,11 +360,11 @@ def records_of(path: Path) -> list[tuple]:
 
 
 @contextlib.contextmanager
-def serving(tmp_path: Path, name: str) -> Iterator[World]:
+def serving(tmp_path: Path, name: str, **store_options: Any) -> Iterator[World]:
     """A fresh server on a data file of its own, with a clock of the test's."""
     clock = Clock()
     path = tmp_path / f"{name}.txt"
-    store = Store(path, clock=clock)
+    store = Store(path, clock=clock, **store_options)
     store.start_sweeper(interval=3600)  # parked: expired items wait for the reads that count them
     server = MemcacheServer(("127.0.0.1", 0), store, settings=Settings(max_item_size=LIMIT))
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -378,8 +380,8 @@ def serving(tmp_path: Path, name: str) -> Iterator[World]:
 Scenario = Callable[[Any, World], list[Outcome]]
 
 
-def observe(tmp_path: Path, protocol: str, scenario: Scenario) -> Observed:
-    with serving(tmp_path, f"{scenario.__name__}-{protocol}") as world:
+def observe(tmp_path: Path, protocol: str, scenario: Scenario, **store_options: Any) -> Observed:
+    with serving(tmp_path, f"{scenario.__name__}-{protocol}", **store_options) as world:
         client = CLIENTS[protocol](world.port)
         text = Raw(world.port)
         try:
@@ -401,8 +403,10 @@ def observe(tmp_path: Path, protocol: str, scenario: Scenario) -> Observed:
     return Observed(outcomes, items, records_of(world.path), replayed, stats, dump)
 
 
-def observe_all(tmp_path: Path, scenario: Scenario, protocols: tuple[str, ...] = ("text", "meta", "binary")) -> dict:
-    return {protocol: observe(tmp_path, protocol, scenario) for protocol in protocols}
+def observe_all(
+    tmp_path: Path, scenario: Scenario, protocols: tuple[str, ...] = ("text", "meta", "binary"), **store_options: Any
+) -> dict:
+    return {protocol: observe(tmp_path, protocol, scenario, **store_options) for protocol in protocols}
 
 
 def assert_alike(seen: dict[str, Observed], *, dump: bool = True) -> Observed:
@@ -435,6 +439,26 @@ def test_a_set_refused_as_too_large_unlinks_the_old_value(tmp_path: Path) -> Non
     assert seen.outcomes == ["STORED", "TOO_LARGE", None, "TOO_LARGE", None]
     assert seen.items == {} and seen.records[-1] == (b"delete", b"k")
     assert counted(seen.counters, "store_too_large", "cmd_set") == (2, 1)
+
+
+def out_of_memory_without_eviction(c: Client, w: World) -> list[Outcome]:
+    return [
+        c.set(b"a", b"1" * 900),
+        c.set(b"b", b"2" * 900),
+        c.set(b"c", b"3" * 900),  # does not fit, and nothing may be evicted
+        c.set(b"a", b"4" * 1000),  # neither does a's new value: the old one goes too, as in memcached
+        c.get(b"a"),
+        c.get(b"b"),
+    ]
+
+
+def test_no_evict_refuses_a_set_that_does_not_fit_alike(tmp_path: Path) -> None:
+    """``-M``: SERVER_ERROR on text and meta, ENOMEM on binary (the exact
+    words are checked against memcached in tests/test_eviction_warning.py)."""
+    seen = assert_alike(observe_all(tmp_path, out_of_memory_without_eviction, memory_limit=2200, evict=False))
+    assert seen.outcomes == ["STORED", "STORED", "SERVER_ERROR", "SERVER_ERROR", None, b"2" * 900]
+    assert set(seen.items) == {b"b"} and seen.records[-1] == (b"delete", b"a")
+    assert counted(seen.counters, "store_no_memory", "evictions", "cmd_set") == (2, 0, 4)
 
 
 def detail(c: Client, w: World) -> list[Outcome]:
@@ -681,6 +705,7 @@ COUNTED_BY_MEMCACHED = ["cmd_get", "cmd_set", "cmd_touch", "get_hits", "get_miss
 COUNTED_BY_MEMCACHED += ["incr_hits", "incr_misses", "touch_hits", "touch_misses", "curr_items"]
 
 
+@pytest.mark.external
 def test_meta_counts_as_memcached_counts(start_server) -> None:
     """What the parity tests assert where memcached's protocols differ, run
     on the real memcached: meta commands count nothing in ``stats detail``,

@@ -5,12 +5,16 @@ against the real memcached, and a teardown that leaves no thread or port."""
 
 from __future__ import annotations
 
+import os
+import pwd
+import shutil
 import threading
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, running_memcached
+from tests.conftest import ROOT, running_memcached, running_program
+from tests.test_cli import wait_until
 from tests.test_testing_api import refused
 
 pytest_plugins = ["pytester"]
@@ -107,6 +111,31 @@ def test_each_test_starts_on_an_empty_server_shared_by_the_session(project: pyte
     assert refused(int(ports.pop()))  # and its port freed
 
 
+def test_the_memcached_client_survives_a_restart_of_the_server(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        """
+        import pytest
+        from pymemcache.exceptions import MemcacheUnexpectedCloseError
+
+        def test_restart(memcached, memcached_server):
+            memcached.set("k", b"v")
+            other = memcached_server.client()
+            assert other.get("k") == b"v"
+            port = memcached_server.port
+            memcached_server.restart()  # a warm restart: the items stay
+            assert memcached.get("k") == b"v" and memcached_server.port == port
+            with pytest.raises(MemcacheUnexpectedCloseError):
+                other.get("k")  # any other client sees the restart, as from a real server
+            memcached_server.restart(keep_data=False)
+            assert memcached.get("k") is None and memcached.set("k", b"again")
+
+        def test_the_next_test_gets_a_working_client(memcached):
+            assert memcached.get("k") is None
+        """
+    )
+    project.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
+
+
 def test_factories_give_several_servers_with_their_own_options(project: pytest.Pytester) -> None:
     project.makepyfile(
         """
@@ -156,6 +185,7 @@ def test_xdist_workers_each_get_a_server_of_their_own(project: pytest.Pytester, 
     assert all(refused(int(port)) for port in ports)
 
 
+@pytest.mark.external
 def test_external_mode_runs_the_same_fixtures_against_the_real_memcached(project: pytest.Pytester) -> None:
     project.makepyfile(
         """
@@ -184,6 +214,31 @@ def test_external_mode_runs_the_same_fixtures_against_the_real_memcached(project
     result = project.runpytest("-p", "no:cacheprovider", "--memcached-external=nonsense")
     assert result.ret != 0
     result.stdout.fnmatch_lines(["*--memcached-external: 'nonsense' is not HOST:PORT*"])
+
+
+@pytest.mark.external
+def test_external_mode_takes_a_unix_socket(project: pytest.Pytester, tmp_path: Path) -> None:
+    """``--memcached-external`` with the real memcached's ``-s`` socket, as a
+    path and as Django's ``unix:`` form."""
+    project.makepyfile(
+        """
+        import os
+
+        def test_over_the_socket(memcached, memcached_address, memcached_server):
+            assert memcached_address == memcached_server.address == memcached_server.host
+            assert os.path.exists(memcached_address) and memcached_server.port == 0
+            memcached.set("k", b"v")
+            assert memcached.get("k") == b"v"
+            assert b"memcachedlite" not in memcached.version()  # the real memcached answers
+        """
+    )
+    path = tmp_path / "memcached.sock"
+    binary = shutil.which("memcached") or "/usr/bin/memcached"
+    user = pwd.getpwuid(os.geteuid()).pw_name  # memcached makes its socket as this user, who owns tmp_path
+    with running_program([binary, "-s", str(path), "-m", "64", "-u", user]):
+        wait_until(path.exists)
+        for address in (str(path), f"unix:{path}"):
+            project.runpytest("-p", "no:cacheprovider", f"--memcached-external={address}").assert_outcomes(passed=1)
 
 
 def test_a_memcachedlite_default_is_not_the_real_memcached(project: pytest.Pytester) -> None:

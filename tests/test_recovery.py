@@ -14,22 +14,26 @@ from memcachedlite.cli import main
 from memcachedlite.storage import records, repair
 from memcachedlite.storage.records import read_header
 
+from .conftest import stop_as_killed
+
 
 def synced_then_unsynced(path: Path) -> tuple[int, int]:
-    """A file whose first part is vouched for by a sync mark (a restart
-    synced it), followed by three records no fsync covered. Returns where
+    """A file whose first part is vouched for by sync marks (a restart
+    synced it and marked it so; an fsync covered one more record), followed
+    by three records no fsync covered (the server was killed). Returns where
     the unsynced part starts and where its second record starts."""
     s = Store(path)
     s.set(b"old", b"1")
     s.close()
-    s = Store(path)  # what the restart read is synced; its first append carries the mark
+    s = Store(path)  # what the restart read is synced, and marked so
     s.set(b"a", b"2")
+    s.sync()  # the next record carries the mark for it
     unsynced = path.stat().st_size
     s.set(b"b", b"3")
     second = path.stat().st_size
     s.set(b"c", b"4")
     s.delete(b"old")
-    s.close()
+    stop_as_killed(s)
     return unsynced, second
 
 
@@ -53,15 +57,16 @@ def test_a_hole_before_intact_records_keeps_the_prefix_and_starts(tmp_path: Path
     assert keys(path) == {b"a": b"2", b"old": b"1"}
     assert f"from offset {unsynced}" in caplog.text
     assert "2 intact records after it were never confirmed durable" in caplog.text
-    assert path.stat().st_size == unsynced
+    mark = records.encode_sync(unsynced, read_header(bytes(data))[1])  # the start-up that cut it marked it synced
+    assert path.stat().st_size == unsynced + len(mark) and path.read_bytes().endswith(mark)
 
 
 def test_a_flipped_bit_in_synced_data_refuses_to_start(tmp_path: Path) -> None:
     path = tmp_path / "data.txt"
     unsynced, _ = synced_then_unsynced(path)
     data = bytearray(path.read_bytes())
-    start = read_header(bytes(data))[0]
-    data[start + 4] ^= 0x01  # inside "set old", which the mark vouches for
+    start = data.index(b"set old ")
+    data[start + 4] ^= 0x01  # inside "set old", which the marks vouch for
     path.write_bytes(bytes(data))
     with pytest.raises(CorruptLogError, match=f"offset {start}.*reached the disk"):
         Store(path)
@@ -73,10 +78,7 @@ def test_a_zeroed_block_in_the_middle_of_old_data_refuses_to_start(tmp_path: Pat
     s = Store(path)
     for i in range(200):
         s.set(b"k%d" % i, b"v" * 50)
-    s.close()
-    s = Store(path)
-    s.set(b"later", b"x")  # carries the mark for everything above
-    s.close()
+    s.close()  # a clean stop marks all of it as synced
     data = bytearray(path.read_bytes())
     data[4096:8192] = bytes(4096)
     path.write_bytes(bytes(data))
@@ -152,5 +154,5 @@ def test_salvage_reports_the_synced_offset(tmp_path: Path) -> None:
     path = tmp_path / "data.txt"
     unsynced, _ = synced_then_unsynced(path)
     records, report = repair.salvage(path.read_bytes())
-    assert report.synced > 0 and report.synced < unsynced
+    assert report.synced == unsynced  # the mark the fsync left, with the first unsynced record
     assert not report.damaged_offsets and all(r[0] != b"sync" for r in records)

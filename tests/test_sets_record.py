@@ -16,10 +16,19 @@ from memcachedlite import CorruptLogError, Session, Store
 from memcachedlite.cli import main
 from memcachedlite.storage import datafile, records
 from memcachedlite.storage import store as store_module
-from memcachedlite.storage.items import ITEM_FORMAT, make_item
-from memcachedlite.storage.records import BadRecord, encode_sets, parse_records, read_header, read_snapshot
+from memcachedlite.storage.items import ITEM_FORMAT, SHORTEST_ITEM, make_item
+from memcachedlite.storage.records import (
+    BadRecord,
+    encode_sets,
+    make_header,
+    new_file_id,
+    parse_records,
+    read_header,
+    read_snapshot,
+)
+from memcachedlite.storage.repair import repair
 
-from .conftest import mark_synced
+from .conftest import mark_synced, stop_as_killed
 
 RUN = (
     b"set k1 0 0 5\r\nhello\r\n"
@@ -45,21 +54,24 @@ def record_starts(data: bytes) -> list[int]:
 
 
 def kinds(path: Path) -> list[bytes]:
+    """The kinds of the records of the file at ``path``, its sync marks left out."""
     data = path.read_bytes()
-    return [bytes(data[start : data.index(b" ", start)]) for start in record_starts(data)]
+    found = [bytes(data[start : data.index(b" ", start)]) for start in record_starts(data)]
+    return [kind for kind in found if kind != b"sync"]
 
 
 def state(store: Store) -> dict:
     return {k: store.peek(k)[:4] for k in store.keys()}  # in LRU order
 
 
-def fill(path: Path, stream: bytes = RUN, **options) -> tuple[bytes, dict]:
+def fill(path: Path, stream: bytes = RUN, killed: bool = False, **options) -> tuple[bytes, dict]:
+    """Feed ``stream`` to a store on ``path``; stop it cleanly, or as kill -9 would."""
     store = Store(path, **options)
     try:
         replies = Session(store).feed(stream)
         return replies, state(store)
     finally:
-        store.close()
+        stop_as_killed(store) if killed else store.close()
 
 
 def test_a_run_of_sets_is_one_record_and_replays_to_what_was_stored(tmp_path: Path) -> None:
@@ -67,7 +79,7 @@ def test_a_run_of_sets_is_one_record_and_replays_to_what_was_stored(tmp_path: Pa
     fill(path, b"set k2 0 0 3\r\nold\r\nset other 0 0 1\r\no\r\n")
     replies, before = fill(path)
     assert replies == b"STORED\r\n" * 3  # the noreply one stays quiet
-    assert kinds(path) == [b"sets", b"sync", b"sets"]
+    assert kinds(path) == [b"sets", b"sets"]
     store = Store(path)
     try:
         assert state(store) == before  # values, flags, cas values and the LRU order
@@ -101,7 +113,7 @@ def test_a_short_run_is_logged_a_record_per_set(tmp_path: Path, monkeypatch) -> 
     path = tmp_path / "data.txt"
     fill(path, b"".join(b"set s%d 0 0 1\r\n%d\r\n" % (i, i % 10) for i in range(15)))
     fill(path, b"".join(b"set l%d 0 0 1\r\n%d\r\n" % (i, i % 10) for i in range(16)))
-    assert kinds(path) == [b"set"] * 15 + [b"sync", b"sets"]
+    assert kinds(path) == [b"set"] * 15 + [b"sets"]
 
 
 def test_a_run_that_meets_the_memory_limit_is_logged_record_by_record(tmp_path: Path) -> None:
@@ -121,7 +133,7 @@ def test_a_run_that_meets_the_memory_limit_is_logged_record_by_record(tmp_path: 
 def test_a_torn_run_replays_none_of_its_sets(tmp_path: Path) -> None:
     path = tmp_path / "data.txt"
     fill(path, b"set before 0 0 1\r\nb\r\n")
-    fill(path)
+    fill(path, killed=True)
     whole = path.read_bytes()
     start = record_starts(whole)[-1]
     assert whole[start:].startswith(b"sets ")
@@ -171,45 +183,66 @@ def test_a_sets_record_of_an_unknown_item_format_refuses_to_start(tmp_path: Path
         Store(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by fuzzing: replay takes a checksummed sets or snapshot record's items as they are, "
-    "without checking their layout (checking would cost the bulk load its speed)",
+@pytest.mark.parametrize(
+    "item",
+    [b"not an item", make_item(b"2", 0, 0, 5)[:-1], make_item(b"", 0, 0, 5)[: SHORTEST_ITEM - 2] + b"\n", b""],
+    ids=["short", "no-line-end", "one-short", "empty"],
 )
-def test_a_sets_record_holding_an_item_not_in_the_item_layout_is_damage(tmp_path: Path) -> None:
-    """fuzz/datafile.py: a ``sets`` record whose checksum holds but whose item
-    is not in the item layout loads, and every read of the item then fails
-    (``SERVER_ERROR internal error``). Only a crafted file, or a writer's bug,
-    makes one; it should be refused like any damage in synced data."""
+def test_a_sets_record_holding_an_item_not_in_the_item_layout_is_damage(tmp_path: Path, item: bytes) -> None:
+    """Found by fuzzing (fuzz/datafile.py): a ``sets`` record whose checksum
+    holds but whose item is not framed as an item loaded, and every read of
+    the item then failed (``SERVER_ERROR internal error``). Only a crafted
+    file, or a writer's bug, makes one: it is damage, refused in synced data
+    with its offset, and repair drops it and keeps the rest."""
     path = tmp_path / "data.txt"
     fill(path, b"set a 0 0 1\r\n1\r\n")
+    at = path.stat().st_size
+    assert len(make_item(b"", 0, 0, 5)) == SHORTEST_ITEM
     with open(path, "ab") as f:
-        f.write(b"".join(encode_sets([b"b"], [b"not an item"], ITEM_FORMAT, 5)))
+        f.write(b"".join(encode_sets([b"b", b"c"], [make_item(b"3", 0, 0, 4), item], ITEM_FORMAT, 6)))
+        f.write(records.encode_set(b"d", b"4", 0, 0, 7))
     mark_synced(path)
-    with pytest.raises(CorruptLogError):
+    with pytest.raises(CorruptLogError, match=f"offset {at}: sets holds an item not in the item layout"):
         Store(path).close()
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by fuzzing: replay trusts a snapshot's count of items with an expiry, "
-    "and looks for expired items only when it is not 0",
-)
-def test_an_expired_item_of_a_snapshot_that_counts_none_is_left_out(tmp_path: Path) -> None:
-    """fuzz/datafile.py: a snapshot section that says none of its items has
-    an expiry, but holds one already expired, loads it; ``curr_items``
-    counts it until the crawler drops it. The writer always counts right:
-    only a crafted file does this."""
-    path = tmp_path / "data.txt"
-    fill(path)
-    data = path.read_bytes()
-    start = read_header(data)[0]
-    expired = make_item(b"old", 0, 1_000_000_000, 7)
-    section = b"".join(records.encode_snapshot([(b"gone", expired)], ITEM_FORMAT, 8, 0))
-    path.write_bytes(data[:start] + section)
+    report = repair(path)
+    assert report.damaged_offsets == [at] and report.kept_across_damage
     store = Store(path)
     try:
-        assert len(store) == 0 and store.stats()["curr_items"] == 0
+        assert store.keys() == [b"a", b"d"]
+    finally:
+        store.close()
+
+
+def test_a_snapshot_holding_an_item_not_in_the_item_layout_past_the_last_mark_is_cut(tmp_path: Path) -> None:
+    """The same damage where no mark vouches for it is a crash's tail: cut off."""
+    path = tmp_path / "data.txt"
+    file_id = new_file_id()
+    section = b"".join(records.encode_snapshot([(b"gone", b"x" * 40)], ITEM_FORMAT, 8, 0))
+    path.write_bytes(make_header(file_id) + section)
+    store = Store(path)
+    try:
+        assert len(store) == 0
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("verb", ["snapshot", "sets"])
+def test_an_expired_item_of_a_bulk_record_that_counts_none_is_left_out(tmp_path: Path, verb: str) -> None:
+    """Found by fuzzing (fuzz/datafile.py): a snapshot section that said none
+    of its items has an expiry, but held one already expired, loaded it, and
+    ``curr_items`` counted it until the crawler dropped it. The writer always
+    counts right: only a crafted file did this. Start-up now counts them."""
+    path = tmp_path / "data.txt"
+    expired = make_item(b"old", 0, 1_000_000_000, 7)
+    kept = make_item(b"new", 0, 0, 8)
+    if verb == "snapshot":  # says 0 items have an expiry
+        section = records.encode_snapshot([(b"gone", expired), (b"kept", kept)], ITEM_FORMAT, 9, 0)
+    else:  # a sets record always says 0
+        section = encode_sets([b"gone", b"kept"], [expired, kept], ITEM_FORMAT, 9)
+    path.write_bytes(make_header(new_file_id()) + b"".join(section))
+    store = Store(path)
+    try:
+        assert store.keys() == [b"kept"] and store.stats()["curr_items"] == 1
     finally:
         store.close()
 

@@ -28,6 +28,7 @@ import pytest
 
 from tests.conftest import Raw, running_memcached
 
+pytestmark = pytest.mark.external  # the real memcached
 READ_TIMEOUT = 10.0
 MARK = b"__stats_differential_mark__"
 SYNC = b"__stats_differential_sync__"  # never stored

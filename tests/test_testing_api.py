@@ -158,6 +158,7 @@ def test_every_serve_option_by_keyword(tmp_path: Path) -> None:
     assert stats[b"dialect"] == b"lite" and stats[b"auth_enabled_ascii"] == str(auth).encode()
 
 
+@pytest.mark.external
 def test_tls_by_keyword(tmp_path: Path) -> None:
     from memcachedlite.server.tls import client_context
 
@@ -370,11 +371,26 @@ def test_restart_keeps_or_loses_memory_only_data(server: BackgroundServer) -> No
     assert server.client().get("k") is None and len(server.store) == 0
 
 
+def test_clients_that_follow_restarts_connect_again_by_themselves(tmp_path: Path) -> None:
+    with serve_in_background(data_file=tmp_path / "cache.txt") as server:
+        following = server.client(follow_restarts=True, timeout=2)
+        plain = server.client()
+        following.set("k", b"v")
+        assert plain.get("k") == b"v"
+        server.restart()
+        assert following.get("k") == b"v"  # replayed from the file, no error first
+        with pytest.raises(MemcacheUnexpectedCloseError):
+            plain.get("k")
+        server.restart(keep_data=False)
+        assert following.get("k") is None
+    assert following.sock is None  # closed with the server
+
+
 def test_external_server_has_no_faults() -> None:
     with serve_in_background() as server:
         external = ExternalServer(server.address)
         assert (external.host, external.port) == ("127.0.0.1", server.port)
-        external.client().set("k", b"v")
+        external.client(follow_restarts=True).set("k", b"v")  # accepted; nothing here restarts it
         external.reset()
         assert external.client().get("k") is None
         with pytest.raises(RuntimeError, match="fault injection needs the in-process"):

@@ -4,8 +4,11 @@
 #   examples/cluster/run.sh [CONFIG]      # CONFIG: examples/cluster/nutcracker.yml
 #
 # The servers' ports are the ones CONFIG lists; each server keeps its data in
-# $CLUSTER_DATA/<name>.txt (default ./cluster-data). Ctrl-C (or SIGTERM) stops
-# the proxy and the servers; the servers flush their data files first.
+# $CLUSTER_DATA/<name>.txt (default ./cluster-data). Where this script may use
+# at least as many CPUs as there are servers, each server is pinned to a CPU
+# of its own (mcl serve --cpu N); with fewer, none is pinned and the OS shares
+# the CPUs among them. Ctrl-C (or SIGTERM) stops the proxy and the servers;
+# the servers flush their data files first.
 #
 # Environment: MCL (how to run mcl, default "mcl"; e.g. "python3 -m memcachedlite"),
 # NUTCRACKER (the binary), CLUSTER_DATA, CLUSTER_STATS_PORT (nutcracker's
@@ -37,6 +40,21 @@ if [ -z "$servers" ] || [ -z "$listen" ]; then
 fi
 mkdir -p "$data"
 
+# The CPUs this script may use ("0-3,6" in /proc -> 0 1 2 3 6), none where
+# /proc does not say.
+cpus=()
+allowed=$(sed -n 's/^Cpus_allowed_list:[[:space:]]*//p' /proc/self/status 2>/dev/null || true)
+for range in ${allowed//,/ }; do
+    for ((cpu = ${range%-*}; cpu <= ${range#*-}; cpu++)); do cpus+=("$cpu"); done
+done
+count=$(wc -l <<<"$servers")
+if [ "${#cpus[@]}" -ge "$count" ]; then
+    echo "run.sh: each server on a CPU of its own: ${cpus[*]:0:$count}" >&2
+else
+    echo "run.sh: $count servers, ${#cpus[@]} CPUs: none pinned" >&2
+    cpus=()
+fi
+
 pids=()
 stop() {
     trap - INT TERM EXIT
@@ -49,14 +67,18 @@ stop() {
 trap 'stop; exit 0' INT TERM
 trap stop EXIT
 
+n=0
 while read -r host port name; do
     name=${name:-$port}
-    "${mcl[@]}" serve --host "$host" --port "$port" --data-file "$data/$name.txt" 2>>"$data/$name.log" &
+    pin=()
+    if [ ${#cpus[@]} -gt 0 ]; then pin=(--cpu "${cpus[$n]}"); fi
+    "${mcl[@]}" serve --host "$host" --port "$port" --data-file "$data/$name.txt" ${pin[@]+"${pin[@]}"} 2>>"$data/$name.log" &
     pids+=($!)
+    n=$((n + 1))
 done <<<"$servers"
 
 # Start the proxy once every server answers, so its first requests find them.
-expected=$(wc -l <<<"$servers")
+expected=$count
 for attempt in $(seq 200); do
     for pid in "${pids[@]}"; do
         if ! kill -0 "$pid" 2>/dev/null; then

@@ -14,7 +14,19 @@ from typing import Any, Iterator
 
 import click
 
-from .common import ClientConfig, NotFound, ServerReplyError, Unreachable, current_config, main
+from .common import (
+    TOO_LARGE_HINT,
+    ClientConfig,
+    NotFound,
+    OutputClosed,
+    ServerReplyError,
+    Unreachable,
+    closed_message,
+    current_config,
+    main,
+    timeout_message,
+    write_fully,
+)
 
 
 class _NoProgress:
@@ -52,7 +64,11 @@ def _bulk_errors(config: ClientConfig) -> Iterator[None]:
         raise ServerReplyError(str(exc)) from None
     except bulk.BulkError as exc:
         raise click.ClickException(str(exc)) from None
-    except (ConnectionError, TimeoutError, socket.gaierror) as exc:
+    except bulk.Closed:
+        raise Unreachable(closed_message(config)) from None
+    except TimeoutError:
+        raise Unreachable(timeout_message(config)) from None
+    except (ConnectionError, socket.gaierror) as exc:
         raise Unreachable(f"cannot reach server {config.describe()}: {exc.strerror or exc}") from None
     except OSError as exc:
         if exc.errno in _NETWORK_ERRNOS:
@@ -87,8 +103,12 @@ def dump(file: str) -> None:
 
         def write(data: bytes) -> None:
             try:
-                out.write(data)
-            except OSError as exc:  # a full disk, a closed pipe: not the server's fault
+                write_fully(out, data)
+            except BrokenPipeError:
+                if file != "-":
+                    raise
+                raise OutputClosed() from None  # 'mcl dump | head': the reader has all it wants
+            except OSError as exc:  # a full disk: not the server's fault
                 raise bulk.BulkError(f"cannot write {target}: {exc.strerror or exc}") from None
 
         write(bulk.header(config.servers))
@@ -100,6 +120,8 @@ def dump(file: str) -> None:
         if file == "-":
             try:
                 out.flush()
+            except BrokenPipeError:
+                raise OutputClosed() from None
             except OSError as exc:
                 raise bulk.BulkError(f"cannot write {target}: {exc.strerror or exc}") from None
     click.echo(f"dumped {count} items ({size} bytes of values) from {config.describe()} to {target}", err=True)
@@ -158,6 +180,7 @@ def load(file: str) -> None:
         + (f"; {len(source.skipped)} lines skipped" if source.skipped else "")
     )
     if report.failed:
-        raise ServerReplyError(f"the server refused {report.failed} items, the first with {report.first_error}")
+        hint = f"; {TOO_LARGE_HINT}" if "object too large" in report.first_error else ""
+        raise ServerReplyError(f"the server refused {report.failed} items, the first with {report.first_error}{hint}")
     if report.not_stored or source.skipped:
         raise NotFound(f"{total - report.stored} items were not loaded")

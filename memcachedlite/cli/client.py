@@ -7,19 +7,22 @@ the same group, imported at the end of this module.
 
 Exit codes: 0 success, 1 the key was missing or not stored, 2 bad usage,
 3 the server could not be reached, 4 the server answered with an error,
-5 the server could not start.
+5 the server could not start, 141 standard output closed early (quietly).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from typing import Any, Optional
 
 import click
 
+from ..storage.numbers import U64
 from .common import (
+    TOO_LARGE_HINT,
     NotFound,
     ServerReplyError,
     binary_stream,
@@ -27,6 +30,7 @@ from .common import (
     key_for,
     main,
     talking,
+    write_fully,
 )
 from .transfer import exptime
 
@@ -41,19 +45,37 @@ def get(key: str) -> None:
     if value is None:
         raise NotFound(f"{key}: not found")
     out = binary_stream("stdout")
-    out.write(value)
+    write_fully(out, value)
     if out.isatty() and not value.endswith(b"\n"):
         out.write(b"\n")  # keep the prompt off the value; pipes get the exact bytes
     out.flush()
 
 
 def _store(verb: str, key: str, value: str, ttl: int, flags: int) -> None:
+    from pymemcache.exceptions import MemcacheServerError
+
     data = binary_stream("stdin").read() if value == "-" else os.fsencode(value)
     with talking(current_config()) as client:
-        ok = getattr(client, verb)(key_for(key), data, expire=exptime(ttl), noreply=False, flags=flags)
+        try:
+            ok = getattr(client, verb)(key_for(key), data, expire=exptime(ttl), noreply=False, flags=flags)
+        except MemcacheServerError as exc:
+            if "object too large" not in str(exc):
+                raise
+            raise ServerReplyError(
+                f"server error: object too large for cache; {_too_large(client, len(data))}"
+            ) from None
     if not ok:
         raise NotFound(f"{key}: not stored")
     click.echo("STORED")
+
+
+def _too_large(client: Any, size: int) -> str:
+    """What a refused value's size was against the server's limit, and what raises the limit."""
+    try:
+        limit = int(client.stats("settings")[b"item_size_max"])
+    except Exception:  # an old server without it, or the connection went: say what is known
+        return f"the value is {size} bytes; {TOO_LARGE_HINT}"
+    return f"the value is {size} bytes, the server takes at most {limit}; {TOO_LARGE_HINT}"
 
 
 _ttl = click.option(
@@ -103,7 +125,8 @@ def delete(key: str) -> None:
     click.echo("DELETED")
 
 
-def _arith(verb: str, key: str, delta: int) -> None:
+def _arith(verb: str, key: str, text: str) -> None:
+    delta = _delta(verb, key, text)
     with talking(current_config()) as client:
         value = getattr(client, verb)(key_for(key), delta, noreply=False)
     if value is None:
@@ -111,18 +134,37 @@ def _arith(verb: str, key: str, delta: int) -> None:
     click.echo(value)
 
 
-@main.command()
+def _delta(verb: str, key: str, text: str) -> int:
+    """DELTA as memcached takes it: a whole number from 0 to 2**64 - 1. A
+    negative one is the other verb's job, and the error says which."""
+    if not re.fullmatch(r"-?[0-9]+", text):
+        raise click.BadParameter(f"{text!r} is not a whole number", param_hint="DELTA")
+    delta = int(text)
+    if delta < 0:
+        other, does = ("decr", "subtract") if verb == "incr" else ("incr", "add")
+        raise click.UsageError(f"DELTA cannot be negative; to {does} {-delta}, use: mcl {other} {key} {-delta}")
+    if delta >= U64:
+        raise click.BadParameter(f"{delta} is past memcached's 64-bit counters (at most {U64 - 1})", param_hint="DELTA")
+    return delta
+
+
+#: DELTA is read by :func:`_delta`, so that a negative one ("-1") reaches it
+#: instead of being taken for an unknown option.
+_arith_command = main.command(context_settings={"ignore_unknown_options": True})
+
+
+@_arith_command
 @click.argument("key")
-@click.argument("delta", default=1, type=click.IntRange(0, 2**64 - 1))
-def incr(key: str, delta: int) -> None:
-    """Add DELTA (default 1) to the number stored under KEY."""
+@click.argument("delta", default="1")
+def incr(key: str, delta: str) -> None:
+    """Add DELTA (default 1) to the number stored under KEY; decr subtracts."""
     _arith("incr", key, delta)
 
 
-@main.command()
+@_arith_command
 @click.argument("key")
-@click.argument("delta", default=1, type=click.IntRange(0, 2**64 - 1))
-def decr(key: str, delta: int) -> None:
+@click.argument("delta", default="1")
+def decr(key: str, delta: str) -> None:
     """Subtract DELTA (default 1) from the number under KEY, stopping at 0."""
     _arith("decr", key, delta)
 
@@ -163,6 +205,7 @@ def compact(wait: float) -> None:
     config = current_config()
     for server in config.servers:
         one = config.only(server)
+        done = None  # said after the connection: a closed standard output is not the server's fault
         with talking(one) as client:
             before = client.stats()
             reply = client.raw_command("compact", b"\r\n")
@@ -174,11 +217,13 @@ def compact(wait: float) -> None:
                 if int(now[b"compaction_failures"]) > int(before[b"compaction_failures"]):
                     raise ServerReplyError(f"{one.describe()}: the compaction failed; see the server's log")
                 if int(now[b"compactions"]) > int(before[b"compactions"]):
-                    click.echo(f"{one.describe()}: data file compacted to {now[b'data_file_bytes']} bytes")
+                    done = f"{one.describe()}: data file compacted to {now[b'data_file_bytes']} bytes"
                     break
                 if time.monotonic() > deadline:
                     raise ServerReplyError(f"{one.describe()}: still compacting after {wait:g} s")
                 time.sleep(0.05)
+        if done:
+            click.echo(done)
     click.echo("OK")
 
 

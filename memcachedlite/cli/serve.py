@@ -1,12 +1,11 @@
 """The server side of ``mcl``: ``mcl serve`` (build a server from its options,
-pin it to a CPU, stop it cleanly on a signal) and ``mcl repair`` (salvage a
+pin it to a CPU if asked, stop it cleanly on a signal) and ``mcl repair`` (salvage a
 damaged data file), registered on the :func:`memcachedlite.cli.main` group.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 import threading
@@ -32,8 +31,27 @@ def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:
 _size_option = dict(callback=_size, metavar="SIZE", show_default=True, show_envvar=True)
 
 
+def _octal_mask(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    """memcached's ``-a``: permission bits in octal (``0700``, ``770``)."""
+    text = value.strip().lower().removeprefix("0o")
+    if not text or any(c not in "01234567" for c in text) or int(text, 8) > 0o777:
+        raise click.BadParameter(f"{value!r} is not an octal mode from 0 to 0777, like 0700")
+    return int(text, 8)
+
+
 @main.command()
-@click.option("--host", default="127.0.0.1", envvar="MCL_HOST", help="Address to listen on.", **SHOWN)
+@click.option(
+    "--host",
+    "-l",
+    default="127.0.0.1",
+    envvar="MCL_HOST",
+    metavar="ADDRESSES",
+    help=(
+        "Address(es) to listen on: memcached's -l list, each address with --port or its own :PORT"
+        " (127.0.0.1,[::1],10.0.0.5:11212)."
+    ),
+    **SHOWN,
+)
 @click.option(
     "--port",
     "-p",
@@ -41,6 +59,28 @@ _size_option = dict(callback=_size, metavar="SIZE", show_default=True, show_envv
     type=click.IntRange(0, 65535),
     envvar="MCL_PORT",
     help="TCP port (0: any free port).",
+    **SHOWN,
+)
+@click.option(
+    "--unix-socket",
+    "-s",
+    default=None,
+    type=click.Path(dir_okay=False),
+    envvar="MCL_UNIX_SOCKET",
+    help=(
+        "Listen on this Unix socket (memcached's -s); alone, on it only: TCP too only with"
+        " --host or --port given. Its TCP listeners aside, served without TLS."
+    ),
+    **SHOWN,
+)
+@click.option(
+    "--unix-mask",
+    "-a",
+    default="0700",
+    callback=_octal_mask,
+    envvar="MCL_UNIX_MASK",
+    metavar="MODE",
+    help="Permission bits of the --unix-socket file, in octal (memcached's -a).",
     **SHOWN,
 )
 @click.option(
@@ -87,7 +127,7 @@ _size_option = dict(callback=_size, metavar="SIZE", show_default=True, show_envv
     default=64,
     type=click.IntRange(1),
     envvar="MCL_MEMORY_LIMIT",
-    help="Memory for items, in MiB; least recently used items are evicted past it.",
+    help="Memory for items, in MiB; least recently used items are evicted past it (logged as a warning).",
     **SHOWN,
 )
 @click.option(
@@ -160,10 +200,13 @@ _size_option = dict(callback=_size, metavar="SIZE", show_default=True, show_envv
 )
 @click.option(
     "--cpu",
-    default="auto",
+    default="none",
     envvar="MCL_CPU",
-    metavar="auto|none|N",
-    help="Keep the server on one CPU: 'auto' picks the last one allowed, N that one, 'none' lets the OS move it.",
+    metavar="none|auto|N",
+    help=(
+        "Keep the server on one CPU: N that one, 'auto' the least loaded allowed one (fewest processes pinned"
+        " to it, then least busy); 'none' lets the OS move it, as memcached does."
+    ),
     **SHOWN,
 )
 @click.option(
@@ -213,7 +256,9 @@ def serve(cpu: str, verbose: int, **options: Any) -> None:
     On either, it stops accepting, answers every command already received,
     flushes the data file and exits 0. SIGHUP rereads the --auth-file.
     """
+    from ..buildinfo import describe as describe_build
     from ..protocols.auth import AuthFileError
+    from ..server.addresses import describe
     from ..server.build import LaunchError, UsageProblem, build_server
     from ..server.config import ServerConfig
 
@@ -225,6 +270,8 @@ def serve(cpu: str, verbose: int, **options: Any) -> None:
     _pin_to_one_cpu(cpu)
     # A write past a file size limit must fail with EFBIG, not kill the server.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    if options["unix_socket"]:
+        _only_given(click.get_current_context(), options, "host", "port")
     try:
         server = build_server(ServerConfig(**options))
     except UsageProblem as exc:
@@ -254,10 +301,10 @@ def serve(cpu: str, verbose: int, **options: Any) -> None:
     if auth_file:
         signal.signal(signal.SIGHUP, request_reload)
     log.info(
-        "memcachedlite %s listening on %s:%d%s, data in %s (%d items, fsync %s)",
+        "memcachedlite %s (%s) listening on %s%s, data in %s (%d items, fsync %s)",
         __version__,
-        options["host"],
-        server.port,
+        describe_build(),
+        ", ".join(describe(address) for address in server.addresses),
         _security_summary(server.ssl_context, auth_file),
         store.log.path if store.log is not None else "memory only",
         len(store),
@@ -269,6 +316,16 @@ def serve(cpu: str, verbose: int, **options: Any) -> None:
         server.stop()
         store.close()
         log.info("stopped; data file flushed")
+
+
+def _only_given(ctx: click.Context, options: dict[str, Any], *names: str) -> None:
+    """Set to None the options left at their defaults (so that, with
+    --unix-socket, TCP is served only when asked for)."""
+    from click.core import ParameterSource
+
+    for name in names:
+        if ctx.get_parameter_source(name) == ParameterSource.DEFAULT:
+            options[name] = None
 
 
 def _security_summary(tls_context: Any, auth_file: str | None) -> str:
@@ -283,70 +340,36 @@ def _security_summary(tls_context: Any, auth_file: str | None) -> str:
 
 
 def _pin_to_one_cpu(choice: str) -> None:
-    """Keep every thread of the server on one CPU.
+    """``--cpu``: see :mod:`memcachedlite.cli.cpu` for why and how."""
+    from .cpu import CpuChoiceError, pin
 
-    Only one thread runs Python at a time (the GIL), so a second core buys
-    little; but each hand-off of the GIL to a thread the kernel put on the
-    other core costs a cross-core wake-up. On the benchmark machine (2 cores)
-    pinning tripled throughput with 50 connections (W2: 16k -> 51k ops/s)
-    and halved its p99 latency.
-    """
-    if choice == "none" or not hasattr(os, "sched_setaffinity"):
-        return
-    allowed = sorted(os.sched_getaffinity(0))
-    if choice == "auto":
-        if len(allowed) < 2:
-            return
-        target = allowed[-1]
-    elif choice.isdigit() and int(choice) in allowed:
-        target = int(choice)
-    else:
-        raise CannotStart(f"--cpu must be auto, none or one of the allowed CPUs {allowed}, not {choice!r}")
-    os.sched_setaffinity(0, {target})
-    log.info("running on CPU %d (--cpu none to let the OS move it)", target)
+    try:
+        pin(choice)
+    except CpuChoiceError as exc:
+        raise CannotStart(str(exc)) from None
 
 
 def _repair(path: str) -> None:
-    from ..errors import CorruptLogError
-    from ..storage import records, repair
+    from ..errors import CorruptLogError, DataFileInUse
+    from ..storage import repair
 
     try:
-        with open(path, "rb") as f:
-            buf = f.read()
-    except OSError as exc:
-        raise click.ClickException(f"cannot read {path}: {exc.strerror}") from None
-    _, report = repair.salvage(buf)
-    if records.read_header(buf) is None and not report.records:
-        raise click.ClickException(f"{path} is not a memcachedlite data file; nothing to salvage")
-    try:
         report = repair.repair(path)
+    except DataFileInUse as exc:
+        raise CannotStart(str(exc)) from None  # in the words a second server gets
     except (OSError, CorruptLogError) as exc:
         raise click.ClickException(f"cannot repair {path}: {exc}") from None
-    click.echo(
-        f"{path}: kept {report.records} records, dropped {report.dropped_bytes} damaged bytes"
-        f" at offsets {', '.join(map(str, report.damaged_offsets)) or 'none'}; original saved as {report.backup}",
-        err=True,
-    )
-    if report.cut_offset is not None:
-        click.echo(
-            f"{path}: cut at offset {report.cut_offset}, past the last sync: what a crash leaves;"
-            " the file is a prefix of what was written",
-            err=True,
-        )
-    if report.kept_across_damage:
-        click.echo(
-            f"{path}: WARNING: damage lay in data that had reached the disk (synced up to {report.synced});"
-            " the records after it were kept, so the result may combine changes that never existed together."
-            f" Compare with {report.backup} before you rely on it.",
-            err=True,
-        )
+    for line in report.describe(path):
+        click.echo(line, err=True)
 
 
 @main.command("repair")
 @click.argument("data_file", type=EXISTING_FILE)
 def repair_cmd(data_file: str) -> None:
-    """Salvage every intact record of a damaged DATA_FILE (the server must be stopped).
+    """Salvage every intact record of a damaged DATA_FILE.
 
-    The original is kept as DATA_FILE.broken-<time>.
+    The original is kept as DATA_FILE.broken-<time>; an intact file is left
+    as it is. A file a running server holds is refused, as a second server
+    is.
     """
     _repair(data_file)

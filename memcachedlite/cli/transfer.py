@@ -32,7 +32,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
 import ssl
 import tempfile
 import time
@@ -41,9 +40,9 @@ from dataclasses import dataclass, field
 from typing import IO, Callable, Iterable, Iterator
 from urllib.parse import unquote_to_bytes
 
-from ..errors import BadCommandLine
-from ..protocols.text import MAX_KEY, U32, check_key
-from ..storage.numbers import RELATIVE_EXPTIME_LIMIT
+from ..server.addresses import connect, format_server
+from ..storage.keys import MAX_KEY, is_plain_key
+from ..storage.numbers import RELATIVE_EXPTIME_LIMIT, U32
 
 DUMP_FORMAT = "memcachedlite-dump"
 DUMP_VERSION = 1
@@ -53,6 +52,7 @@ GET_BATCH = 500
 SET_BATCH = 1000
 SET_BATCH_BYTES = 4 * 1024 * 1024
 
+#: ``(host, port)``, or ``(path, 0)`` for a Unix socket (see :mod:`memcachedlite.server.addresses`)
 Server = tuple[str, int]
 
 
@@ -62,6 +62,10 @@ class BulkError(Exception):
 
 class ServerReplyError(BulkError):
     """The server answered a dump request with an error line."""
+
+
+class Closed(ConnectionError):
+    """The server closed the connection before its reply was complete."""
 
 
 @dataclass(frozen=True)
@@ -74,8 +78,7 @@ class DumpItem:
     ttl: int = 0
 
 
-def _describe(server: Server) -> str:
-    return f"{server[0]}:{server[1]}"
+_describe = format_server
 
 
 class Connection:
@@ -89,8 +92,7 @@ class Connection:
         credentials: bytes | None = None,
     ) -> None:
         self.server = server
-        sock = socket.create_connection(server, timeout=timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = connect(server, timeout)
         if tls_context is not None:
             try:
                 sock = tls_context.wrap_socket(sock, server_hostname=server[0])
@@ -122,7 +124,7 @@ class Connection:
     def _fill(self) -> None:
         chunk = self.sock.recv(1024 * 1024)
         if not chunk:
-            raise ConnectionError(f"{_describe(self.server)} closed the connection")
+            raise Closed(f"{_describe(self.server)} closed the connection")
         self._buf = self._buf[self._pos :] + chunk
         self._pos = 0
 
@@ -204,8 +206,8 @@ def fetch(conn: Connection, keys: list[bytes]) -> dict[bytes, tuple[bytes, int]]
     another control byte, stored with ``ms ... b``) are read with ``mg``
     instead: on a ``get`` line they would split into other keys or commands.
     """
-    text = [key for key in keys if _is_text_key(key)]
-    found = _fetch_binary(conn, [key for key in keys if not _is_text_key(key)])
+    text = [key for key in keys if is_plain_key(key)]
+    found = _fetch_binary(conn, [key for key in keys if not is_plain_key(key)])
     if not text:
         return found
     conn.send(b"get " + b" ".join(text) + b"\r\n")
@@ -221,14 +223,6 @@ def fetch(conn: Connection, keys: list[bytes]) -> dict[bytes, tuple[bytes, int]]
             return found
         else:
             raise _error(conn.server, "get", line)
-
-
-def _is_text_key(key: bytes) -> bool:
-    try:
-        check_key(key)
-    except BadCommandLine:
-        return False
-    return True
 
 
 def _fetch_binary(conn: Connection, keys: list[bytes]) -> dict[bytes, tuple[bytes, int]]:
@@ -273,7 +267,13 @@ def dump_server(
 @contextmanager
 def atomic_output(path: str) -> Iterator[IO[bytes]]:
     """A file that appears at ``path`` complete or not at all: written beside
-    it, renamed into place on success and removed on failure."""
+    it, renamed into place on success and removed on failure. A path that
+    is not a regular file (a pipe, ``/dev/stdout``, a device) is written
+    as it is: renaming over it would replace the device with a file."""
+    if os.path.exists(path) and not os.path.isfile(path):
+        with open(path, "wb") as out:
+            yield out
+        return
     directory, name = os.path.split(os.path.abspath(path))
     fd, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial", dir=directory)
     try:
@@ -405,10 +405,9 @@ def _valid_key(key: bytes, binary: bool = False) -> bytes:
         raise BadLine(f"key of {len(key)} bytes (at most {MAX_KEY})")
     if binary and key:
         return key
-    try:
-        return check_key(key)
-    except BadCommandLine:
-        raise BadLine(f"key {key[:40]!r} is empty or holds spaces or control characters") from None
+    if not is_plain_key(key):
+        raise BadLine(f"key {key[:40]!r} is empty or holds spaces or control characters")
+    return key
 
 
 # -- loading -------------------------------------------------------------------
@@ -445,7 +444,7 @@ def exptime(ttl: int, now: int | None = None) -> int:
 
 def set_command(item: DumpItem, now: int) -> bytes:
     """A ``set``, or for a key only the base64 form can carry, the meta ``ms ... b``."""
-    if not _is_text_key(item.key):
+    if not is_plain_key(item.key):
         head = b"ms %s %d b F%d T%d" % (base64.b64encode(item.key), len(item.value), item.flags, exptime(item.ttl, now))
         return head + b"\r\n" + item.value + b"\r\n"
     return b"set %s %d %d %d\r\n%s\r\n" % (item.key, item.flags, exptime(item.ttl, now), len(item.value), item.value)

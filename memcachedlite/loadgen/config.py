@@ -12,6 +12,7 @@ from .wire import PROTOCOLS
 class LoadConfig:
     """What to send, to whom, for how long."""
 
+    #: a host, or a Unix socket's path (with port 0)
     host: str = "127.0.0.1"
     port: int = 11211
     connections: int = 4
@@ -61,7 +62,7 @@ class LoadConfig:
             (self.warmup >= 0, "warmup must not be negative"),
             (self.reply_timeout > 0, "reply_timeout must be positive"),
             (self.connect_timeout > 0, "connect_timeout must be positive"),
-            (0 < self.port < 65536, "port must be between 1 and 65535"),
+            (0 < self.port < 65536 or self.host.startswith("/"), "port must be between 1 and 65535"),
             (self.cpus is None or len(self.cpus) > 0, "cpus must name at least one CPU"),
             (self.protocol in PROTOCOLS, f"protocol must be one of {', '.join(PROTOCOLS)}"),
             (self.multiget == 1 or self.protocol == "text", "multiget needs the text protocol"),

@@ -62,6 +62,7 @@ import time
 from collections import deque
 from typing import Any, Callable
 
+from ..server.addresses import connect, format_server
 from .config import LoadConfig
 from .keys import Keyspace
 from .latency import LatencyHistogram
@@ -173,8 +174,7 @@ class Worker:
 
     def open(self, c: Conn) -> None:
         cfg = self.config
-        sock = socket.create_connection((cfg.host, cfg.port), timeout=cfg.connect_timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = connect((cfg.host, cfg.port), cfg.connect_timeout)
         sock.setblocking(False)
         c.sock = sock
         c.buf = c.out = b""
@@ -607,7 +607,8 @@ def _worker_main(
         try:
             worker.open_all()
         except OSError as exc:
-            pipe.send(("unreachable", f"cannot connect to {config.host}:{config.port}: {exc.strerror or exc}"))
+            where = format_server((config.host, config.port))
+            pipe.send(("unreachable", f"cannot connect to {where}: {exc.strerror or exc}"))
             return
         started = time.monotonic()
         if config.prefill:

@@ -39,14 +39,16 @@ from __future__ import annotations
 
 import logging
 import struct
-from typing import Any, Callable, NamedTuple, Optional, Union
+from typing import Callable, NamedTuple, Optional, Union
+
+from mypy_extensions import mypyc_attr
 
 from ..errors import ClientError, NonNumeric, OutOfMemory, ProtocolError
 from ..storage.items import BINARY_KEY, META, unpack_meta
+from ..storage.keys import MAX_KEY, is_plain_key
 from ..storage.store import Mode, Outcome
 from .session import Session
 from .stats import PROTOCOL_VERSION, reset_stats, stats_detail, stats_lines
-from .text import MAX_KEY, is_plain_key
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +140,7 @@ def request(
     return _pack_header(REQUEST, opcode, len(key), len(extras), 0, 0, body, opaque, cas) + extras + key + value
 
 
+@mypyc_attr(native_class=False)  # a subclass of bytes stays a Python class when compiled
 class Quiet(bytes):
     """The reply a quiet opcode kept to itself: empty on the wire, but it
     remembers the request, so that a batch that could not be written can
@@ -148,7 +151,7 @@ class Quiet(bytes):
     opaque: int
 
     def __new__(cls, opcode: int, opaque: int) -> "Quiet":
-        self = super().__new__(cls)
+        self = bytes.__new__(cls)
         self.opcode = opcode
         self.opaque = opaque
         return self
@@ -496,10 +499,10 @@ class BinarySession(Session):
     does not apply, this protocol authenticates with SASL.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        #: an empty SASL_AUTH was answered AUTH_CONTINUE: a SASL_STEP may follow
-        self.sasl_started = False
+    #: an empty SASL_AUTH was answered AUTH_CONTINUE: a SASL_STEP may follow
+    #: (a default here, not an ``__init__`` of its own passing ``*args`` on:
+    #: mypyc miscompiles that)
+    sasl_started: bool = False
 
     def failed_reply(self, reply: bytes, exc: ProtocolError) -> bytes:
         """The error packet that replaces ``reply`` when its batch could not be

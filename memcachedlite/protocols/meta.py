@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING, Callable, Optional
 from ..errors import BadCommandLine, ClientError, UnknownCommand
 from ..storage.items import BINARY_KEY, FETCHED, STALE, WIN_SENT, Item, memcached_size
 from ..storage.numbers import U64
+from ..storage.records import strict_b64decode
 from ..storage.store import Mode, Outcome
 from .registry import command
-from .text import MAX_KEY, U32, check_key, parse_exptime, parse_uint
+from .text import MAX_KEY, MN, SILENT, U32, check_key, parse_exptime, parse_uint
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..storage.store import Store
@@ -165,7 +166,7 @@ def _decode_key(token: bytes) -> bytes:
     if pad >= 0:
         token = token[: pad + (-pad % 4)]
     try:
-        key = binascii.a2b_base64(token, strict_mode=True)
+        key = strict_b64decode(token)
     except (binascii.Error, ValueError):
         raise ClientError("error decoding key") from None
     if not key:
@@ -237,7 +238,7 @@ _MD_MA_FLAG_ERROR = "invalid or duplicate flag"
 
 def _reply(code: bytes, flags: bytes, meta: Meta, quiet_codes: tuple = ()) -> Optional[bytes]:
     if meta.quiet and code in quiet_codes:
-        return None
+        return SILENT
     return code + flags + b"\r\n"
 
 
@@ -300,7 +301,7 @@ def _mg_flags(store: "Store", meta: Meta, item: Item, created: bool, now: int) -
     """The reply flags of ``mg`` about ``item``, and whether ``R`` won the
     client the recache (or ``N`` created the item). Flags act in the order
     given: a ``t`` before ``N`` or ``T`` shows the TTL before it."""
-    out = []
+    out: list[bytes] = []
     add = out.append
     won = created
     exptime = 0 if created else item.exptime
@@ -473,7 +474,7 @@ def ma(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> Optional[byt
     value = b"%d" % counted.number
     out = meta.echo(b"Okct", counted.cas, _ttl_left(counted.exptime, store.now()))
     if meta.quiet and not counted.created:
-        return None
+        return SILENT
     if _v in flags:
         return b"VA %d%b\r\n%b\r\n" % (len(value), out, value)
     return _HD + out + b"\r\n"
@@ -482,7 +483,7 @@ def ma(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> Optional[byt
 @command("mn")
 def mn(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
     """mn: answers MN; a quiet pipeline ends with it, so the client knows all replies are in."""
-    return b"MN\r\n"
+    return MN
 
 
 @command("me")

@@ -23,16 +23,17 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .context import Context
-
-Handler = Callable[["Context", list, Optional[bytes]], Optional[bytes]]
+# The first argument is the session running the command: a user's handler
+# sees it as a :class:`~memcachedlite.protocols.context.Context`, the built-in
+# ones as the concrete Session they were written for (Any: a Callable's
+# arguments are contravariant, so either is to be accepted).
+Handler = Callable[[Any, list, Optional[bytes]], Optional[bytes]]
 #: What a verb with a data block does when the session refuses its block: (ctx, args, too_large).
-RefusedHandler = Callable[["Context", list, bool], None]
+RefusedHandler = Callable[[Any, list, bool], None]
 #: A batch form: (ctx, [(match, data), ...]) -> one reply (or None) per request.
-BatchHandler = Callable[["Context", list], list]
+BatchHandler = Callable[[Any, list], list]
 
 
 @dataclass(frozen=True)
@@ -110,9 +111,10 @@ class Registry:
             raise ValueError(f"verb {verb.decode('ascii', 'replace')!r} is already registered")
         if max_args is not None and max_args < min_args:
             raise ValueError("max_args is smaller than min_args")
+        allowed: Optional[frozenset] = None
         if arities is not None:
-            allowed: Optional[frozenset] = frozenset(arities)
-            min_args, max_args = min(allowed), max(allowed)
+            allowed = counts = frozenset(arities)
+            min_args, max_args = min(counts), max(counts)
         else:
             allowed = frozenset(range(min_args, max_args + 1)) if max_args is not None else None
         row = Command(verb, handler, min_args, max_args, data, noreply, long_line, mutates, allowed, check, refused)

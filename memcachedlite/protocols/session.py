@@ -22,8 +22,10 @@ from .text import (
     ERROR,
     MAX_LINE,
     MAX_LONG_LINE,
+    MN,
     NOT_STORED,
     NOT_STORED_LITE,
+    SILENT,
     parse_length,
 )
 
@@ -162,11 +164,15 @@ class Session:
         """What replaces ``reply`` when its batch could not be made durable.
 
         Every reply of such a batch becomes the error, so nothing is
-        acknowledged; a reply that was empty (``noreply``) stays empty. A
-        protocol with its own framing (the binary one) overrides this, and may
-        answer an error even for an empty (quiet) reply.
+        acknowledged: a quiet meta command's silence too (:data:`SILENT`),
+        while a ``noreply`` command's nothing stays nothing (memcached's
+        noreply silences errors). ``mn``'s ``MN`` is left as it is: it ends
+        a quiet pipeline, and a client waits for it. A protocol with its own
+        framing (the binary one) overrides this.
         """
-        return exc.to_bytes() if reply else b""
+        if reply is SILENT:
+            return exc.to_bytes()
+        return exc.to_bytes() if reply and reply != MN else reply
 
     def _run(self, buf: bytes, out: list[bytes], pos: int = 0) -> int:
         """Execute every complete command in ``buf`` from ``pos``; return how much was used."""
@@ -261,7 +267,7 @@ class Session:
             if not noreply:
                 out.append(_INTERNAL_ERROR)
             return pos
-        if reply and not noreply:
+        if reply and not noreply or reply is SILENT:
             out.append(reply)
         return pos
 

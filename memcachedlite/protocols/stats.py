@@ -7,15 +7,19 @@ server's own after them. The text ``stats`` verb
 from __future__ import annotations
 
 import os
-import resource
 import ssl
 import sys
 import time
 from typing import TYPE_CHECKING, Optional
 
-from ..errors import BadCommandLine, ClientError
+from ..errors import BadCommandLine, ClientError, UnsupportedPlatform
 from ..storage import slabs
 from ..version import __version__
+
+try:
+    import resource  # rusage_user and rusage_system: POSIX only
+except ImportError:
+    raise UnsupportedPlatform("resource") from None
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..storage.store import Store

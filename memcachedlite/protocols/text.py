@@ -7,20 +7,23 @@ Reference: memcached's ``doc/protocol.txt``. Everything here is bytes.
 
 from __future__ import annotations
 
+from mypy_extensions import mypyc_attr
+
 from ..errors import BadCommandLine
-from ..storage.numbers import U64
+from ..storage.keys import CONTROL as _CONTROL
+from ..storage.keys import MAX_KEY, is_plain_key
+from ..storage.numbers import U32, U64
 
 #: A command line longer than this with no newline closes the connection.
 MAX_LINE = 2048
 #: ``get``-like lines may name many keys; they are still bounded.
 MAX_LONG_LINE = 1024 * 1024
-MAX_KEY = 250
 DEFAULT_MAX_ITEM_SIZE = 1024 * 1024
-U32 = 1 << 32
-_CONTROL = bytes(range(33)) + b"\x7f"
 
 CRLF = b"\r\n"
 STORED = b"STORED\r\n"
+#: ``mn``'s reply: a quiet pipeline's end, sent even when the batch before it failed
+MN = b"MN\r\n"
 NOT_STORED = b"NOT_STORED\r\n"
 NOT_STORED_LITE = b"NOT-STORED\r\n"
 EXISTS = b"EXISTS\r\n"
@@ -40,16 +43,9 @@ def check_key(key: bytes) -> bytes:
     refused here too because a key with a newline or a tab in it cannot be
     written back on a command line by most clients, nor read back safely.
     """
-    if len(key) > MAX_KEY or not key or len(key.translate(None, _CONTROL)) != len(key):
+    if not is_plain_key(key):
         raise BadCommandLine()
     return key
-
-
-def is_plain_key(key: bytes) -> bool:
-    """Whether ``key`` passes the text protocol's rule (:func:`check_key`):
-    a key another protocol takes that does not is stored as a key given in
-    base64 (``BINARY_KEY``), so that its data file records carry it."""
-    return 0 < len(key) <= MAX_KEY and len(key.translate(None, _CONTROL)) == len(key)
 
 
 def check_keys(keys: list[bytes]) -> None:
@@ -120,3 +116,16 @@ def value_line(key: bytes, flags: int, value: bytes, cas: int | None = None) -> 
 def value_line_lite(key: bytes, value: bytes) -> bytes:
     """The seed assignment's shape: ``VALUE <key> <bytes>`` without flags."""
     return b"VALUE %s %d\r\n%s\r\n" % (key, len(value), value)
+
+
+@mypyc_attr(native_class=False)  # a subclass of bytes stays a Python class when compiled
+class Silent(bytes):
+    """The reply a quiet meta command (``q``) kept to itself: empty on the
+    wire, but a reply all the same. Silence acknowledges a quiet change, so
+    if its batch cannot be made durable, it must become the error (see
+    :meth:`Session.failed_reply <memcachedlite.protocols.session.Session.failed_reply>`),
+    where a ``noreply`` command's nothing stays nothing."""
+
+
+#: the one Silent reply
+SILENT = Silent()

@@ -10,16 +10,19 @@ import importlib
 import importlib.util
 import logging
 import os
+import socket
 import sys
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Optional
 
-from ..errors import CorruptLogError
+from ..errors import CorruptLogError, DataFileInUse
 from ..protocols.settings import Settings
 from ..storage import repair
 from ..storage.store import Store
+from .addresses import Address, parse_listen, resolve
 from .config import PathLike, ServerConfig, Size
-from .tcp import MemcacheServer
+from .listeners import ListenError
+from .tcp import MemcacheServer, MemcacheUnixServer
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +122,14 @@ def build_server(config: ServerConfig) -> MemcacheServer:
     settings = protocol_settings(config)
     compact_min_size = _size(config.compact_min_size)
     check_item_size(settings.max_item_size, config.memory_limit * 1024 * 1024)
+    if config.tls_cert and not config.tcp:
+        raise UsageProblem(
+            "--tls-cert serves TLS on TCP only, and --unix-socket alone listens on no TCP address "
+            "(a Unix socket never leaves the machine): add --host or --port, or drop --tls-cert"
+        )
     tls_context = server_tls(config.tls_cert, config.tls_key, config.tls_ca)
-    server = _unbound_server(config, settings, tls_context)
+    addresses = listen_addresses(config)
+    server = _unbound_server(config, settings, tls_context, addresses)
     # Bind first: a port in use should not leave a new data file behind.
     try:
         server.server_bind()
@@ -128,13 +137,36 @@ def build_server(config: ServerConfig) -> MemcacheServer:
         if config.disable_cas:
             server.store.disable_cas()
         server.server_activate()
-    except OSError as exc:
+    except ListenError as exc:
         server.server_close()
-        raise LaunchError(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from None
+        raise LaunchError(str(exc)) from None
     except BaseException:
         server.server_close()
         raise
     return server
+
+
+def listen_addresses(config: ServerConfig) -> list[Address]:
+    """Where the server listens: each address of the ``host`` list resolved
+    (a name may give several; one named twice is listened on once), then
+    the Unix socket. A malformed list is a :class:`UsageProblem`, a name
+    that does not resolve a :class:`LaunchError`."""
+    addresses: list[Address] = []
+    if config.tcp:
+        try:
+            pairs = parse_listen(config.listen_host, config.listen_port)
+        except ValueError as exc:
+            raise UsageProblem(f"--host: {exc}") from None
+        for host, port in pairs:
+            try:
+                found = resolve(host, port)
+            except (socket.gaierror, UnicodeError) as exc:
+                reason = getattr(exc, "strerror", None) or exc
+                raise LaunchError(f"cannot listen on {host or '*'}: {reason}") from None
+            addresses += [address for address in found if address not in addresses]
+    if config.unix_socket is not None:
+        addresses.append(os.fspath(config.unix_socket))
+    return addresses
 
 
 def load_modules(specs: Iterable[str]) -> None:
@@ -169,14 +201,22 @@ def _size(value: Size) -> int:
         raise UsageProblem(str(exc)) from None
 
 
-def _unbound_server(config: ServerConfig, settings: Settings, tls_context: Any) -> MemcacheServer:
-    """The server object, not yet bound, with no store yet."""
+def _unbound_server(
+    config: ServerConfig, settings: Settings, tls_context: Any, addresses: list[Address]
+) -> MemcacheServer:
+    """The server object, not yet bound, with no store yet: a
+    :class:`MemcacheUnixServer` when it listens on a Unix socket only."""
     from ..protocols.auth import AuthFileError
 
+    kind = MemcacheUnixServer if isinstance(addresses[0], str) else MemcacheServer
+    if not 0 <= config.unix_mask <= 0o777:
+        raise UsageProblem(f"--unix-mask must be an octal mode from 0 to 0777, not {config.unix_mask:o}")
     try:
-        return MemcacheServer(
-            (config.host, config.port),
+        return kind(
+            addresses[0],
             None,
+            extra_addresses=addresses[1:],
+            unix_mask=config.unix_mask,
             settings=settings,
             backlog=config.backlog,
             max_connections=config.max_connections,
@@ -208,16 +248,22 @@ def _open_store(config: ServerConfig, compact_min_size: int, item_size_max: int)
         return Store(path, fsync=config.fsync, **options)
     except CorruptLogError as exc:
         raise LaunchError(f"{exc}; run 'mcl repair {os.fspath(path)}' to salvage the valid records") from None
+    except DataFileInUse as exc:
+        raise LaunchError(str(exc)) from None
     except (OSError, RuntimeError) as exc:
         reason = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise LaunchError(f"cannot open data file: {reason}") from None
 
 
 def _repair_if_damaged(path: PathLike) -> None:
+    """``--repair``: salvage the file if it is damaged (holding its lock, as
+    ``mcl repair`` does), and log what was kept and what could not be."""
     try:
-        with open(path, "rb") as f:
-            damaged = repair.salvage(f.read())[1].damaged_offsets
-        if damaged:
-            repair.repair(path)  # logs what it kept and where the original went
+        report = repair.repair(path)
+    except DataFileInUse as exc:
+        raise LaunchError(str(exc)) from None  # in the words a second server gets
     except (OSError, CorruptLogError) as exc:
         raise LaunchError(f"cannot repair {os.fspath(path)}: {exc}") from None
+    if report.damaged:
+        for line in report.describe(os.fspath(path)):
+            log.warning("%s", line)

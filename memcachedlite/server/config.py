@@ -13,6 +13,7 @@ from typing import Any, Optional, Union
 
 from ..protocols.text import DEFAULT_MAX_ITEM_SIZE
 from ..storage.durability import DEFAULT_COMPACT_MIN_SIZE
+from .listeners import DEFAULT_UNIX_MASK
 from .tcp import DEFAULT_MAX_CONNECTIONS, DEFAULT_READ_TIMEOUT
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -28,12 +29,20 @@ class ServerConfig:
     :mod:`memcachedlite.cli.serve`.
 
     The defaults are a library's, not the command's: a free port of
-    127.0.0.1 (``port=0``) and memory only (``data_file=None``); ``mcl
-    serve`` passes its own (port 9889, ``data.txt``).
+    127.0.0.1 and memory only (``data_file=None``); ``mcl serve`` passes its
+    own (port 9889, ``data.txt``).
     """
 
-    host: str = "127.0.0.1"
-    port: int = 0
+    #: memcached's ``-l``: a comma list of addresses, each with ``port`` or its
+    #: own ``:PORT`` (``127.0.0.1,[::1],10.0.0.5:11212``). None: 127.0.0.1,
+    #: unless ``unix_socket`` is given, when None here and in ``port`` means no TCP.
+    host: Optional[str] = None
+    #: None: 0 (a free port), or no TCP with ``unix_socket`` (see ``host``)
+    port: Optional[int] = None
+    #: memcached's ``-s``: also (or, alone, only) listen on this Unix socket file
+    unix_socket: Optional[PathLike] = None
+    #: memcached's ``-a``: the socket file's permission bits
+    unix_mask: int = DEFAULT_UNIX_MASK
     #: the append-only data file; None (or ``no_data_file``) keeps data in memory only
     data_file: Optional[PathLike] = None
     no_data_file: bool = False
@@ -72,6 +81,20 @@ class ServerConfig:
         if unknown:
             raise TypeError(f"unknown server option(s): {', '.join(unknown)}")
         return cls(**options)
+
+    @property
+    def tcp(self) -> bool:
+        """Whether the server listens on TCP: always, but with a Unix socket
+        only when a host or port is given too (memcached's ``-s`` alone)."""
+        return self.unix_socket is None or self.host is not None or self.port is not None
+
+    @property
+    def listen_host(self) -> str:
+        return self.host if self.host is not None else "127.0.0.1"
+
+    @property
+    def listen_port(self) -> int:
+        return self.port if self.port is not None else 0
 
     @property
     def path(self) -> Optional[PathLike]:

@@ -1,18 +1,19 @@
-"""The TCP server (a ``socketserver.ThreadingTCPServer``) and its per-connection
-handler (a ``StreamRequestHandler``) that moves bytes between the socket and a
-:class:`~memcachedlite.protocols.session.Session`.
+"""The server (a ``socketserver.ThreadingTCPServer``, and its Unix socket
+twin) and its per-connection handler (a ``StreamRequestHandler``) that moves
+bytes between the socket and a :class:`~memcachedlite.protocols.session.Session`.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import selectors
 import socket
 import socketserver
 import ssl
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from ..protocols.auth import AuthFile, PathLike
 from ..protocols.binary import REQUEST, BinarySession
@@ -20,7 +21,9 @@ from ..protocols.registry import Registry, default_registry
 from ..protocols.session import Session
 from ..protocols.settings import Settings
 from ..storage.store import Store
+from .addresses import Address, interface
 from .delivery import Courier
+from .listeners import DEFAULT_UNIX_MASK, Listener, family_of, peer_name
 from .reaper import Reaper
 from .tls import exposure_warning
 from .workers import WorkerPool
@@ -51,8 +54,14 @@ class MemcacheHandler(socketserver.StreamRequestHandler):
     disable_nagle_algorithm = True  # replies are small; never wait for a delayed ACK
 
     def setup(self) -> None:
+        # TCP_NODELAY means nothing on a Unix socket (setsockopt would fail there)
+        self.disable_nagle_algorithm = self.request.family != socket.AF_UNIX
         super().setup()
         server = self.server
+        #: the client as logs name it (HOST:PORT, or the Unix socket and the client's pid)
+        self.peer = peer_name(self.connection, self.client_address)
+        #: over TLS (a TCP listener of a server with a certificate; a Unix socket is plain)
+        self.tls = isinstance(self.connection, ssl.SSLSocket)
         self.session = self._new_session(BinarySession if server.protocol == "binary" else Session)
         self.bytes_read = self.bytes_written = 0  # this thread's own, summed by the server
         #: whether the first bytes have chosen the protocol yet (memcached's -B auto)
@@ -60,13 +69,13 @@ class MemcacheHandler(socketserver.StreamRequestHandler):
         committer = server.store.committer
         #: fsync=always: replies that wait for the disk leave from the group commit
         #: thread (not over TLS: one TLS object must not be used by two threads)
-        self.courier = Courier(self.connection, committer) if committer and server.ssl_context is None else None
+        self.courier = Courier(self.connection, committer) if committer and not self.tls else None
         self.timeout = self.connection.gettimeout()
         server.register(self)
-        log.debug("connection from %s:%d", *self.client_address[:2])
+        log.debug("connection from %s", self.peer)
 
     def handle(self) -> None:
-        if self.server.ssl_context is not None and not self._handshake():
+        if self.tls and not self._handshake():
             return
         buffer = memoryview(bytearray(RECV_SIZE))
         while self._keep_reading():
@@ -99,7 +108,7 @@ class MemcacheHandler(socketserver.StreamRequestHandler):
         except TimeoutError:
             midway = self.session.pending()
             what = "in the middle of a request" if midway else "while idle"
-            log.info("closing %s:%d: no data for %s s %s", *self.client_address[:2], self.timeout, what)
+            log.info("closing %s: no data for %s s %s", self.peer, self.timeout, what)
             if not midway:
                 self.server.count_idle_kick()
             return 0
@@ -151,7 +160,7 @@ class MemcacheHandler(socketserver.StreamRequestHandler):
         if data[0] != REQUEST:
             return True
         if self.server.protocol == "ascii":
-            log.info("closing %s:%d: binary protocol request, but only ascii is served", *self.client_address[:2])
+            log.info("closing %s: binary protocol request, but only ascii is served", self.peer)
             self.session.close()
             return False
         self.session = self._new_session(BinarySession)
@@ -165,7 +174,7 @@ class MemcacheHandler(socketserver.StreamRequestHandler):
         try:
             connection.do_handshake()
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-            log.info("TLS handshake with %s:%d failed: %s", *self.client_address[:2], exc)
+            log.info("TLS handshake with %s failed: %s", self.peer, exc)
             self.server.count_handshake_error()
             return False
         self.timeout = connection.gettimeout()
@@ -179,7 +188,7 @@ class MemcacheHandler(socketserver.StreamRequestHandler):
         except OSError:  # the client already went away
             pass
         self.server.unregister(self)
-        log.debug("connection from %s:%d closed", *self.client_address[:2])
+        log.debug("connection from %s closed", self.peer)
 
 
 class MemcacheServer(socketserver.ThreadingTCPServer):
@@ -187,6 +196,19 @@ class MemcacheServer(socketserver.ThreadingTCPServer):
 
     ``store`` may be None while the server is built unbound, but must be set
     before it serves.
+
+    It listens on ``address`` (``(host, port)``; IPv6 too) and on every one of
+    ``extra_addresses`` (more TCP addresses, or the path of a Unix socket,
+    whose file gets the mode ``unix_mask``), as memcached does with several
+    ``-l`` and ``-s``: one server, so one store, one connection limit, one
+    worker pool and one set of counters for all of them. The extra sockets
+    are not servers of their own: with several listeners, the accept loop
+    (socketserver's own ``serve_forever``, unchanged) waits on a selector
+    over all of them (see :meth:`fileno`), and :meth:`get_request` accepts
+    from whichever is ready. Sibling server objects sharing state would
+    need every counter, the pool and the stop shared by hand; a selector is
+    one object and a few lines. A port 0 among the extra TCP addresses is
+    the port the first one got, so one port serves every address.
 
     Each connection is served by a thread from a bounded pool of reused
     workers; past ``max_connections`` a new connection is told
@@ -215,6 +237,8 @@ class MemcacheServer(socketserver.ThreadingTCPServer):
         ssl_context: ssl.SSLContext | None = None,
         auth_file: PathLike | None = None,
         protocol: str = "auto",
+        extra_addresses: Sequence[Address] = (),
+        unix_mask: int = DEFAULT_UNIX_MASK,
     ) -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}")
@@ -254,11 +278,103 @@ class MemcacheServer(socketserver.ThreadingTCPServer):
         #: With an auth file, a connection must authenticate before anything else.
         self.auth = AuthFile(auth_file) if auth_file is not None else None
         self.pool = WorkerPool(max_connections)
+        #: the listening sockets, the first on socketserver's ``self.socket`` (made by :meth:`server_bind`)
+        self.listeners: list[Listener] = []
+        self._extra_addresses = list(extra_addresses)
+        self.unix_mask = unix_mask
+        self._selector: Optional[selectors.BaseSelector] = None
+        self.address_family = family_of(address)  # socketserver makes self.socket of this family
         super().__init__(address, MemcacheHandler, bind_and_activate)
+
+    # -- listening ----------------------------------------------------------------
+
+    def server_bind(self) -> None:
+        """Bind every listener, the first on ``self.socket``; raises
+        :class:`~memcachedlite.server.listeners.ListenError` naming the
+        address that cannot be had (what is bound already is closed by
+        ``server_close``)."""
+        addresses = [self.server_address, *self._extra_addresses]
+        self.listeners = [Listener(addresses[0], self.socket, self.unix_mask)]
+        self.listeners += [Listener(address, unix_mask=self.unix_mask) for address in addresses[1:]]
+        port: Optional[int] = None
+        for listener in self.listeners:
+            listener.bind(port)
+            if port is None and not listener.unix:
+                port = listener.address[1]
+        self.server_address = self.listeners[0].address
+        # bound ports, so that listening again (listen_again) takes the same ones
+        self._extra_addresses = [listener.address for listener in self.listeners[1:]]
+
+    def server_activate(self) -> None:
+        for listener in self.listeners:
+            listener.listen(self.request_queue_size)
+        if len(self.listeners) > 1:
+            self._selector = selectors.DefaultSelector()  # epoll on Linux: a descriptor of its own
+            for listener in self.listeners:
+                self._selector.register(listener.socket, selectors.EVENT_READ)
+        ctx = self.ssl_context
+        for address in self.tcp_addresses:
+            warning = exposure_warning(
+                address[0],
+                tls=ctx is not None,
+                client_certs=ctx is not None and ctx.verify_mode == ssl.CERT_REQUIRED,
+                auth=self.auth is not None,
+            )
+            if warning:
+                log.warning("%s", warning)
+
+    def fileno(self) -> int:
+        """What the accept loop waits on: the listening socket, or with
+        several, the selector over them all (an epoll descriptor is readable
+        when one of its sockets is)."""
+        selector = self._selector
+        return selector.fileno() if selector is not None else self.socket.fileno()  # type: ignore[attr-defined]
+
+    def _accept(self) -> tuple[Any, Any]:
+        selector = self._selector
+        if selector is None:
+            return self.socket.accept()
+        ready = selector.select(0)
+        if not ready:  # socketserver's loop takes an OSError here as "nothing to accept"
+            raise BlockingIOError(errno.EAGAIN, "no listener has a connection waiting")
+        return ready[0][0].fileobj.accept()  # type: ignore[union-attr]
+
+    def close_listeners(self) -> None:
+        """Close every listening socket (removing a Unix socket's file); open connections go on."""
+        if self._selector is not None:
+            self._selector.close()
+            self._selector = None
+        for listener in self.listeners:
+            listener.close()
+        self.socket.close()  # never bound: socketserver's own
+
+    def listen_again(self) -> None:
+        """Listen again, on the same addresses and ports, after :meth:`close_listeners`."""
+        self.socket = socket.socket(self.address_family, self.socket_type)
+        try:
+            self.server_bind()
+            self.server_activate()
+        except BaseException:
+            self.close_listeners()
+            raise
+
+    @property
+    def addresses(self) -> list[Address]:
+        """Every address listened on: ``(host, port, ...)`` tuples, and a Unix socket's path."""
+        return [listener.address for listener in self.listeners]
+
+    @property
+    def tcp_addresses(self) -> list[tuple]:
+        return [listener.address for listener in self.listeners if not listener.unix]
+
+    @property
+    def unix_socket(self) -> Optional[str]:
+        """The path of the Unix socket listened on, or None."""
+        return next((listener.address for listener in self.listeners if listener.unix), None)
 
     def get_request(self) -> tuple[Any, Any]:
         try:
-            request, client_address = super().get_request()
+            request, client_address = self._accept()
         except OSError as exc:
             if exc.errno in (errno.EMFILE, errno.ENFILE):
                 self._listen_disabled()
@@ -267,8 +383,9 @@ class MemcacheServer(socketserver.ThreadingTCPServer):
             with self._handlers_changed:
                 self.time_in_listen_disabled_us += int((time.monotonic() - self._listen_disabled_at) * 1e6)
                 self._listen_disabled_at = None
-        if self.ssl_context is not None:
+        if self.ssl_context is not None and request.family != socket.AF_UNIX:
             # No I/O here: the handshake runs on the connection's worker.
+            # (A Unix socket stays plain, as in memcached: it never leaves the machine.)
             try:
                 request = self.ssl_context.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
             except (OSError, ValueError):
@@ -276,20 +393,8 @@ class MemcacheServer(socketserver.ThreadingTCPServer):
                 raise OSError("cannot set up TLS on an accepted connection") from None
         return request, client_address
 
-    def server_activate(self) -> None:
-        super().server_activate()
-        ctx = self.ssl_context
-        warning = exposure_warning(
-            self.server_address[0],
-            tls=ctx is not None,
-            client_certs=ctx is not None and ctx.verify_mode == ssl.CERT_REQUIRED,
-            auth=self.auth is not None,
-        )
-        if warning:
-            log.warning("%s", warning)
-
     def server_close(self) -> None:
-        super().server_close()
+        self.close_listeners()
         self.reaper.close()
 
     def reload_auth(self) -> int:
@@ -311,7 +416,7 @@ class MemcacheServer(socketserver.ThreadingTCPServer):
     def _reject(self, request: Any, client_address: Any) -> None:
         with self._handlers_changed:
             self.rejected_connections += 1
-        log.warning("rejected a connection from %s:%d: too many open connections", *client_address[:2])
+        log.warning("rejected a connection from %s: too many open connections", peer_name(request, client_address))
         if isinstance(request, ssl.SSLSocket):  # over TLS, a reply would need a handshake here
             self.shutdown_request(request)
             return
@@ -352,7 +457,9 @@ class MemcacheServer(socketserver.ThreadingTCPServer):
 
     @property
     def port(self) -> int:
-        return self.server_address[1]
+        """The port of the first TCP listener; 0 with none (a Unix socket only)."""
+        tcp = self.tcp_addresses
+        return tcp[0][1] if tcp else 0
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         assert self.store is not None, "a server needs its store before it serves"
@@ -403,8 +510,11 @@ class MemcacheServer(socketserver.ThreadingTCPServer):
             "bytes_written": bytes_written,
             "accepting_conns": 0 if self.stopping.is_set() or self._listen_disabled_at is not None else 1,
             "threads": self.pool.size + 1,
-            "host": self.server_address[0],
+            # stats settings: memcached's inter (its -l), tcpport, domain_socket (-s) and umask (-a)
+            "host": interface(self.addresses),
             "port": self.port,
+            "domain_socket": self.unix_socket or "NULL",
+            "umask": int(format(self.unix_mask, "o")),
             "backlog": self.request_queue_size,
             "idle_timeout": self.idle_timeout,
             "idle_kicks": self.idle_kicks,
@@ -425,7 +535,7 @@ class MemcacheServer(socketserver.ThreadingTCPServer):
                 handler.bytes_read = handler.bytes_written = 0
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        log.exception("error serving %s", client_address)
+        log.exception("error serving %s", peer_name(request, client_address))
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop accepting, let connections finish what they received, close them.
@@ -450,3 +560,13 @@ class MemcacheServer(socketserver.ThreadingTCPServer):
                     break
                 self._handlers_changed.wait(left)
         self.pool.close(timeout=1.0)
+
+
+class MemcacheUnixServer(MemcacheServer, socketserver.ThreadingUnixStreamServer):
+    """The same server over a Unix socket only (memcached's ``-s`` alone):
+    ``address`` is the socket file's path, and everything else (handler,
+    limits, stop, ``extra_addresses``) is :class:`MemcacheServer`'s.
+
+    A socket file a live server answers on is refused; one left by a server
+    that was killed is replaced; the file is removed on a clean stop.
+    """

@@ -9,33 +9,40 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import gc
 import logging
 import os
 import struct
 import threading
-from typing import TYPE_CHECKING, Callable, Optional, Union
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Union
 from zlib import crc32
 
-from ..errors import CorruptLogError, LogWriteError
-from .fileio import fsync_directory, write_all
+from ..errors import CorruptLogError, DataFileInUse, LogWriteError, UnsupportedPlatform
+from .fileio import fsync_directory, pwrite_all, write_all
 from .items import SIZE_BASE
 from .records import (
+    HEAD_MARK_AT,
     LEGACY_ID,
     BadRecord,
     Record,
+    encode_head_mark,
     encode_sync,
+    ends_with_mark,
     highest_sync_mark,
-    is_header_prefix,
+    looks_like_head_mark,
     make_header,
     new_file_id,
     next_valid_record,
     parse_one,
     parse_records,
-    read_header,
+    read_head,
     read_snapshot,
 )
+
+try:
+    import fcntl  # the data file's lock (flock): POSIX only
+except ImportError:
+    raise UnsupportedPlatform("fcntl") from None
 
 if TYPE_CHECKING:  # pragma: no cover
     from .slabs import Slabs
@@ -122,6 +129,57 @@ def load_records(
     return count, max_cas, expiring
 
 
+def open_locked(path: str, flags: int) -> int:
+    """Open the data file at ``path`` and take its lock, or refuse with
+    :class:`DataFileInUse`: two servers appending to one file would corrupt
+    it, and a repair rewriting a file a server appends to would lose what
+    the server appends. Every program that writes a data file takes it.
+
+    A compaction renames a new file over the path; a process that opened the
+    old one just before could lock it once it is released. The lock only
+    counts if the locked file is still the one at the path.
+    """
+    for _ in range(100):
+        fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DataFileInUse(path) from None
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # replaced under us: lock the file that is there now
+    raise RuntimeError(f"{path} keeps being replaced; is another server compacting it?")  # pragma: no cover
+
+
+def load_buffer(
+    buf: bytes, start: int, items: dict, pack: Callable[..., bytes], on_other: Callable[[Record], None], slabs: Slabs
+) -> tuple[tuple[int, int, int], int]:
+    """Replay the data file contents ``buf`` from ``start``, where its records
+    start, into ``items``: its snapshot section (if it has one) in bulk, then
+    its records with :func:`load_records`, sync marks left out. Returns what
+    :func:`load_records` returns, and where the snapshot section ends (0:
+    none). Raises :class:`BadRecord` at the first record that cannot be read."""
+
+    def other(record: Record) -> None:
+        if record[0] != b"sync":
+            on_other(record)
+
+    snapshot_end = 0
+    if buf.startswith(b"snapshot ", start):
+        try:
+            snapshot, after = read_snapshot(buf, start)
+        except BadRecord as bad:
+            bad.offset = start
+            raise
+        on_other(snapshot)
+        snapshot_end = start = after
+    return load_records(buf, start, items, pack, other, slabs), snapshot_end
+
+
 class Rewrite:
     """A compaction in progress: a temporary file being filled with the live
     items while the live file keeps taking appends, which are also kept here
@@ -135,14 +193,49 @@ class Rewrite:
         self.pending: list[bytes] = []
         self.size = 0
         self.snapshot_end = 0
+        # The compaction writes and syncs outside the store's lock while a
+        # failure may abort it from another thread: closing the descriptor
+        # under its feet would let the next socket or file opened take the
+        # number and get the rest of the snapshot. So an abort closes it only
+        # once no write or fsync is using it (the last user closes it then),
+        # and nothing uses it after an abort; the abort never waits for the disk.
+        self._io = threading.Lock()
+        self._users = 0
+        self.aborted = False
+
+    @contextlib.contextmanager
+    def _using(self) -> Iterator[int]:
+        """The descriptor, for one write or fsync; refused once aborted."""
+        with self._io:
+            if self.aborted:
+                raise OSError(errno.ECANCELED, "compaction abandoned: the data file failed meanwhile")
+            self._users += 1
+        try:
+            yield self.fd
+        finally:
+            with self._io:
+                self._users -= 1
+                if self.aborted and not self._users:
+                    self._close()
 
     def write(self, data: bytes) -> None:
-        write_all(self.fd, data)
+        with self._using() as fd:
+            write_all(fd, data)
         self.size += len(data)
 
-    def abort(self) -> None:
+    def sync(self) -> None:
+        with self._using() as fd:
+            os.fsync(fd)
+
+    def _close(self) -> None:
         with contextlib.suppress(OSError):
             os.close(self.fd)
+
+    def abort(self) -> None:
+        with self._io:
+            self.aborted = True
+            if not self._users:
+                self._close()
         with contextlib.suppress(OSError):
             os.unlink(self.tmp_path)
 
@@ -179,7 +272,7 @@ class DataLog:
         self.path = os.fspath(path)
         self.policy = fsync
         self.always = fsync == "always"
-        self._fd = self._open_locked()
+        self._fd = open_locked(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path + ".compact")  # left by a compaction that crashed
         self.size = os.fstat(self._fd).st_size
@@ -199,42 +292,37 @@ class DataLog:
         self._closed = threading.Event()
         self._syncer: threading.Thread | None = None
         self._rewrite: Optional[Rewrite] = None
+        #: where the head mark lies (0: the file has none, as files written
+        #: before it existed) and the offset it vouches for
+        self.head_at = self.head_synced = 0
+        #: whether the file ends with a sync mark vouching for all before it
+        self._marked_end = False
+        #: whether load() read the file whole: until then nothing is marked in it
+        self._loaded = False
         if self.size == 0:
-            self.file_id = new_file_id()
-            self._start_file()
+            try:
+                self._create()
+            except BaseException:
+                os.close(self._fd)
+                raise
         else:
-            header = read_header(os.pread(self._fd, 64, 0))
-            self.file_id = header[1] if header is not None else LEGACY_ID
+            head = read_head(os.pread(self._fd, 128, 0))
+            self.file_id = head.file_id if head is not None else LEGACY_ID
 
-    def _start_file(self) -> None:
-        """Write the header of an empty file and make the file itself durable."""
-        self._write(make_header(self.file_id))
-        os.fsync(self._fd)
+    def _create(self) -> None:
+        """Give an empty file its header and head mark, the way compaction
+        writes a file: in a temporary file, synced, then renamed into place.
+        A crash meanwhile leaves the empty file, which the next start creates
+        again, so a data file that does not start with a whole header is
+        never a crash's doing."""
+        rewrite = self.start_rewrite()
+        try:
+            rewrite.write(make_header(rewrite.file_id))
+            self._take_rewrite()
+        except BaseException:
+            self.abort_rewrite()
+            raise
         fsync_directory(self.path)
-        self.synced = self.size
-
-    def _open_locked(self) -> int:
-        """Open the file and take its lock, or refuse: two servers appending to
-        one log would corrupt it.
-
-        A compaction renames a new file over the path; a server that opened the
-        old one just before could lock it once it is released. The lock only
-        counts if the locked file is still the one at the path.
-        """
-        for _ in range(100):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise RuntimeError(f"{self.path} is in use by another running server") from None
-            try:
-                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
-                    return fd
-            except FileNotFoundError:
-                pass
-            os.close(fd)  # replaced under us: lock the file that is there now
-        raise RuntimeError(f"{self.path} keeps being replaced; is another server compacting it?")  # pragma: no cover
 
     # -- replay -----------------------------------------------------------
 
@@ -252,48 +340,39 @@ class DataLog:
         """
         with open(self.path, "rb") as f:
             buf = f.read()
-        header = read_header(buf)
-        if header is None:
-            if is_header_prefix(buf):  # crashed while writing the header itself
-                self._cut(0, buf, "an unfinished header")
-                self.file_id = new_file_id()
-                self._start_file()
-                return 0, 0, 0
+        head = read_head(buf)
+        if head is None:  # never a crash's: a new file takes its name once its header is on disk
             raise CorruptLogError(self.path, 0, "not a memcachedlite data file (bad header)")
-        start, self.file_id = header
-
-        def other(record: Record) -> None:
-            if record[0] != b"sync":
-                on_other(record)
-
+        start, self.file_id = head.start, head.file_id
+        if head.marked:
+            self.head_at, self.head_synced = head.line_end, head.synced
         collecting = gc.isenabled()
         gc.disable()  # a million new tuples would trigger needless collections
         try:
             self.snapshot_end = 0
-            if buf.startswith(b"snapshot ", start):
-                try:
-                    (_, item_format, next_cas, expiring, pairs), after = read_snapshot(buf, start)
-                except BadRecord as bad:
-                    bad.offset = start
-                    raise
-                on_other((b"snapshot", item_format, next_cas, expiring, pairs))
-                self.snapshot_end = start = after
-            result = load_records(buf, start, items, pack, other, slabs)
+            result, self.snapshot_end = load_buffer(buf, start, items, pack, on_other, slabs)
         except BadRecord as bad:
-            synced = highest_sync_mark(buf, self.file_id)
+            synced = max(head.synced, highest_sync_mark(buf, self.file_id))
             if bad.offset < synced:
                 raise CorruptLogError(
                     self.path, bad.offset, f"{bad}, in data that had reached the disk (synced up to {synced})"
                 ) from None
+            if bad.offset == head.line_end and looks_like_head_mark(buf, bad.offset):
+                raise CorruptLogError(self.path, bad.offset, f"damaged head mark ({bad})") from None
             self._cut(bad.offset, buf, str(bad))
             result = bad.progress
         finally:
             if collecting:
                 gc.enable()
+        if len(buf) < head.synced:
+            raise CorruptLogError(
+                self.path, len(buf), f"the file ends here, but its first {head.synced} bytes had reached the disk"
+            )
         os.fsync(self._fd)  # what was read is what the disk keeps from now on
         self.synced = self.size
-        if self.size > start:
-            self._mark_due = self.size
+        self._marked_end = ends_with_mark(buf, self.size, self.file_id)
+        self._loaded = True
+        self._mark_if_possible()
         return result
 
     def _cut(self, offset: int, buf: bytes, reason: str) -> None:
@@ -309,9 +388,54 @@ class DataLog:
             f"; {intact} intact records after it were never confirmed durable and were dropped too" if intact else "",
         )
         os.ftruncate(self._fd, offset)
+        os.lseek(self._fd, offset, os.SEEK_SET)  # a descriptor without O_APPEND writes on from here
         os.fsync(self._fd)
         self.size = self.synced = offset
         self.dropped_at_start = (offset, dropped, intact)
+
+    def mark_all_synced(self) -> None:
+        """Say in the file that all of it is on disk; called right after an
+        fsync that covered all of it (start-up, a clean stop).
+
+        The head mark is rewritten in place to vouch for all of it (so that
+        a later cut, a flipped bit or a zeroed block anywhere in it is told
+        from a crash's tail), and a sync mark is appended, unless the file
+        already ends with one: the only mark of a file without a head mark,
+        and the one that vouches for the head mark itself. Then an fsync, so
+        that the marks too are on disk before the server goes on. Neither
+        vouches for itself, so a power cut while they are written leaves a
+        file that loads as before.
+        """
+        synced = self.size
+        if self._marked_end and self.head_synced >= synced:
+            return
+        if not self._marked_end:
+            self._mark_due = None  # this mark says more
+            self._write(encode_sync(synced, self.file_id))
+            self._marked_end = True
+        if self.head_at and self.head_synced < synced:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)  # a descriptor that writes where it is told
+            try:
+                if os.fstat(fd).st_ino != os.fstat(self._fd).st_ino:  # pragma: no cover - we hold the lock
+                    raise LogWriteError(f"{self.path} was replaced while in use")
+                pwrite_all(fd, encode_head_mark(synced, self.file_id), self.head_at)
+            finally:
+                os.close(fd)
+            self.head_synced = synced
+        os.fsync(self._fd)
+
+    def _mark_if_possible(self) -> None:
+        """:meth:`mark_all_synced`, which a full disk (or a failing one) must
+        not turn into a failed start or stop: the marks are only ever a lower
+        bound, and a write that fails later says why."""
+        try:
+            self.mark_all_synced()
+        except (OSError, LogWriteError) as exc:
+            log.warning(
+                "%s: could not mark the file as synced (%s): damage in it found later may be taken for a crash's",
+                self.path,
+                exc,
+            )
 
     dropped_at_start: Optional[tuple[int, int, int]] = None
     #: Where the snapshot section at the head of the file ends (0: none):
@@ -388,6 +512,7 @@ class DataLog:
             if written:
                 try:
                     os.ftruncate(self._fd, start)
+                    os.lseek(self._fd, start, os.SEEK_SET)  # a descriptor without O_APPEND writes on from here
                 except OSError as cut:
                     log.error("could not cut back a partial record in %s: %s", self.path, cut)
                     certain = False
@@ -397,6 +522,7 @@ class DataLog:
                 self.failed = f"write failed: {exc.strerror}"
             raise LogWriteError(f"cannot write data file: {reason}") from exc
         self.size = start + written
+        self._marked_end = False
         if self._rewrite is not None:
             self._rewrite.pending.append(data)
         return self.size
@@ -433,29 +559,12 @@ class DataLog:
         file is in use but its name may not survive a power cut: ``failed``
         is set, so that writes stop until another rewrite succeeds.
         """
-        rewrite = self._rewrite
-        assert rewrite is not None
         with self._sync_lock, self._flush_lock:  # no flush or fsync of the old file meanwhile
             try:
-                rewrite.write(b"".join(rewrite.pending))
-                # The file is synced before it takes the name, so from the rename
-                # on all of it is on disk: the mark may say so before the fsync.
-                rewrite.write(encode_sync(rewrite.size, rewrite.file_id))
-                os.fsync(rewrite.fd)
-                os.rename(rewrite.tmp_path, self.path)
+                old_size = self._take_rewrite()
             except OSError as exc:
                 self.abort_rewrite()
                 raise LogWriteError(f"compaction failed: {exc.strerror}") from exc
-            old_fd, old_size = self._fd, self.size
-            self._fd = rewrite.fd
-            self.file_id = rewrite.file_id
-            self.size = self.synced = rewrite.size
-            self.snapshot_end = rewrite.snapshot_end
-            self.synced_lsn = self.written_lsn
-            self._mark_due = self.size
-            self._rewrite = None
-            self.failed = ""
-            os.close(old_fd)  # also releases the old file's lock; the new one is held
         try:
             fsync_directory(self.path)
         except OSError as exc:
@@ -463,6 +572,33 @@ class DataLog:
             log.error("cannot sync the directory of %s after a rewrite: %s", self.path, exc)
             raise LogWriteError(f"cannot sync data file directory: {exc.strerror}") from exc
         return old_size - self.size
+
+    def _take_rewrite(self) -> int:
+        """Finish the new file (the appends made meanwhile, its marks), sync
+        it, rename it over the old one and write to it from now on; returns
+        the old file's size. An OSError leaves the old file in place."""
+        rewrite = self._rewrite
+        assert rewrite is not None
+        rewrite.write(b"".join(rewrite.pending))
+        # The file is synced before it takes the name, so from the rename
+        # on all of it is on disk: the marks may say so before the fsync.
+        rewrite.write(encode_sync(rewrite.size, rewrite.file_id))
+        pwrite_all(rewrite.fd, encode_head_mark(rewrite.size, rewrite.file_id), HEAD_MARK_AT)
+        os.fsync(rewrite.fd)
+        os.rename(rewrite.tmp_path, self.path)
+        old_fd, old_size = self._fd, self.size
+        self._fd = rewrite.fd
+        self.file_id = rewrite.file_id
+        self.size = self.synced = rewrite.size
+        self.snapshot_end = rewrite.snapshot_end
+        self.synced_lsn = self.written_lsn
+        self.head_at, self.head_synced = HEAD_MARK_AT, rewrite.size
+        self._marked_end = True
+        self._mark_due = None
+        self._rewrite = None
+        self.failed = ""
+        os.close(old_fd)  # also releases the old file's lock; the new one is held
+        return old_size
 
     def sync(self) -> None:
         """Make everything appended so far durable (group commit).
@@ -508,20 +644,23 @@ class DataLog:
                 self.on_failure(exc.message)
 
     def close(self) -> None:
-        """Flush to disk and release the file (and its lock). The next start
-        syncs what it read and marks it with the first record it appends."""
+        """Flush to disk, mark all of the file as synced (a clean stop: see
+        :meth:`mark_all_synced`) and release the file (and its lock)."""
         if self._closed.is_set():
             return
         self._closed.set()
         self.abort_rewrite()
         if self._syncer is not None:
             self._syncer.join()
-        if not self.failed:
+        if not self.failed and self._loaded:  # a file refused at start-up is left as it was
             try:
                 self.flush()
                 os.fsync(self._fd)
             except (OSError, LogWriteError):
                 log.exception("final fsync of %s failed", self.path)
+            else:
+                self.synced = self.size
+                self._mark_if_possible()
         os.close(self._fd)
 
 

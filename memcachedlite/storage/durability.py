@@ -31,10 +31,11 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional
+
+from mypy_extensions import mypyc_attr
 
 from ..errors import LogWriteError, ServerError
 from . import datafile, records
@@ -47,6 +48,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_COMPACT_MIN_SIZE = 64 * 1024 * 1024
 
 
+@mypyc_attr(native_class=False)  # a subclass of list stays a Python class when compiled
 class _Refusing(list):
     """The pending-records list of a batch while the data file is not
     writable: the first record a change tries to log refuses the change,
@@ -56,8 +58,13 @@ class _Refusing(list):
         super().__init__()
         self.reason = reason
 
-    def append(self, record: bytes) -> None:  # type: ignore[override]
+    def append(self, record: bytes) -> None:
         raise LogWriteError(f"data file not writable: {self.reason}")
+
+
+#: ``bytes`` under a name of its own: in the class below, ``bytes`` is the
+#: store's byte count, which hides the builtin from its annotations.
+Bytes = bytes
 
 
 class Durability:
@@ -191,19 +198,19 @@ class Durability:
             self._lock.release()
         return need
 
-    def _note_read(self, key: bytes) -> None:
+    def _note_read(self, key: Bytes) -> None:
         """A reply is about to show ``key``: it must wait for the key's last change."""
         dirty = self._dirty
         need = max(dirty.get(key, 0), dirty.get(None, 0))
         if need > self._read_need:
             self._read_need = need
 
-    def _remember(self, key: Optional[bytes], old: Any) -> None:
+    def _remember(self, key: Optional[Bytes], old: Any) -> None:
         """Note what ``key`` held before a change made inside a batch."""
         if self._undo is not None:
             self._undo.append((key, old))
 
-    def _append(self, record: bytes) -> None:
+    def _append(self, record: Bytes) -> None:
         if self._pending is not None:
             self._pending.append(record)
             return
@@ -250,7 +257,7 @@ class Durability:
         entry is ``(key, what it held or None)``, or, for ``flush_all``,
         ``(None, the whole table, the flushed items, bytes, flush_at)``."""
         items = self._items
-        for entry in reversed(undo):
+        for entry in undo[::-1]:  # (not reversed(): mypyc 2.4 cannot compile it over list[tuple])
             if entry[0] is None:  # whole tables, replaced by flush_all
                 _, self._items, self._flushed, self.bytes, self.flush_at = entry
                 items = self._items
@@ -351,9 +358,6 @@ class Durability:
         # a C-level copy: the shortest pause
         return self._items.copy(), max(self._next_cas, self._max_given_cas + 1), self.flush_at
 
-    #: the snapshot section that recreates the items (see :mod:`memcachedlite.storage.replay`)
-    _snapshot_section = staticmethod(snapshot_section)
-
     def compact(self, recovering: bool = False) -> int:
         """Rewrite the data file to just the live items; returns the bytes saved.
 
@@ -383,12 +387,12 @@ class Durability:
             try:
                 now = int(self._clock())  # type: ignore[attr-defined]
                 rewrite.write(records.make_header(rewrite.file_id))
-                for part in self._snapshot_section(snapshot, next_cas, now):
+                for part in snapshot_section(snapshot, next_cas, now):  # see memcachedlite.storage.replay
                     rewrite.write(part)
                 rewrite.snapshot_end = rewrite.size
                 if flush_at > now:
                     rewrite.write(records.encode_flush(flush_at))
-                os.fsync(rewrite.fd)  # the bulk reaches the disk outside the lock
+                rewrite.sync()  # the bulk reaches the disk outside the lock
                 with self._lock:
                     if log.rewriting is not rewrite:
                         raise LogWriteError("compaction abandoned: the data file failed meanwhile")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from .items import CLASS_OFFSET, EXPTIME_FIELD, NEVER_PACKED, unpack_meta
+from .items import CLASS_OFFSET, EXPTIME_AT, EXPTIME_END, NEVER_PACKED, unpack_meta
 
 if TYPE_CHECKING:  # pragma: no cover
     from .slabs import Slabs
@@ -83,7 +83,7 @@ class Expiry:
                     continue
                 cls = blob[CLASS_OFFSET]
                 checked[cls] += 1
-                if blob[EXPTIME_FIELD] != NEVER_PACKED:
+                if blob[EXPTIME_AT:EXPTIME_END] != NEVER_PACKED:
                     if unpack_meta(blob)[4] <= now:
                         self._drop(key, blob)
                         dropped += 1

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import struct
 from itertools import repeat
-from operator import itemgetter
+from operator import countOf, getitem, itemgetter
 from typing import Iterable, NamedTuple, Optional
 
 #: Bytes counted per item on top of key and value: the two objects' headers,
@@ -77,7 +77,9 @@ META = _META.size
 pack_meta = _META.pack
 unpack_meta = _META.unpack_from
 STATE_OFFSET = 5  # offset of the state byte (every bit but FETCHED, which has its own)
-EXPTIME_FIELD = slice(14, 22)  # where exptime lies, to test it for 0 without unpacking
+# where exptime lies, to test it for 0 without unpacking (two numbers, not a
+# slice object: mypyc compiles a slice held in a constant into an integer index)
+EXPTIME_AT, EXPTIME_END = 14, 22
 CLASS_OFFSET = 26  # the slab class: one byte, so that counting a hit in its class is one subscript
 _SIZE = struct.Struct(">I")
 #: what a write needs of the item it replaces, in one call: its exptime, class and size
@@ -106,6 +108,32 @@ def memcached_size(key_length: int, value_length: int, flags: int) -> int:
 
 def _header(state: int, atime: int, cas: int, exptime: int, flags: int, cls: int, size: int) -> bytes:
     return pack_meta(state & FETCHED, atime, state & ~FETCHED, cas, exptime, flags, cls, size)
+
+
+#: The shortest item there is: the header, ``" 0 0\r\n"`` and an empty value's CRLF.
+SHORTEST_ITEM = META + 8
+
+
+def bulk_expiring(blobs: list[bytes], shortest: int, claimed: int) -> int:
+    """How many of ``blobs`` (the items of a snapshot section or a ``sets``
+    record, ``shortest`` the length of the shortest) have an expiry, as far
+    as start-up needs to know: ``claimed``, the record's own count, when it
+    is not 0 (start-up then looks at every item's expiry anyway); otherwise
+    counted, since a 0 would let start-up skip looking.
+
+    Raises ValueError when one of them is not framed as an item: shorter
+    than any item, or not ending with a line end. Start-up takes such items
+    as they are, in bulk, so this is the check that every item it loads
+    decodes. Both are C loops over the items, nothing per item in Python:
+    about a tenth of the bulk load's time. The numbers in an item's text
+    line (flags, length) are trusted as the checksum vouches for them;
+    checking them costs as much as the load.
+    """
+    if blobs and (shortest < SHORTEST_ITEM or countOf(map(getitem, blobs, repeat(-1)), 10) != len(blobs)):
+        raise ValueError("an item not in the item layout")
+    if claimed:
+        return claimed
+    return len(blobs) - countOf(map(getitem, blobs, repeat(slice(EXPTIME_AT, EXPTIME_END))), NEVER_PACKED)
 
 
 def make_item(
@@ -151,7 +179,7 @@ def upgrade(key: bytes, blob: bytes, item_format: int) -> bytes:
 
 
 def item_exptime(blob: bytes) -> int:
-    return 0 if blob[EXPTIME_FIELD] == NEVER_PACKED else unpack_meta(blob)[4]
+    return 0 if blob[EXPTIME_AT:EXPTIME_END] == NEVER_PACKED else unpack_meta(blob)[4]
 
 
 def item_cas(blob: bytes) -> int:

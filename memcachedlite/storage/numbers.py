@@ -6,6 +6,7 @@ from __future__ import annotations
 
 #: Exptimes above this many seconds are absolute unix times (30 days).
 RELATIVE_EXPTIME_LIMIT = 60 * 60 * 24 * 30
+U32 = 1 << 32
 U64 = 1 << 64
 
 _DIGITS = b"0123456789"

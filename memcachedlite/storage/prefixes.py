@@ -63,7 +63,7 @@ class PrefixStats:
         """
         with self._lock:
             lines = [
-                b"PREFIX %s get %d hit %d set %d del %d\r\n" % (prefix, *counts)
+                b"PREFIX %s get %d hit %d set %d del %d\r\n" % (prefix, counts[0], counts[1], counts[2], counts[3])
                 for prefix, counts in self._counts.items()
             ]
         return b"".join(lines) + b"END\r\n"

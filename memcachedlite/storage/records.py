@@ -38,12 +38,15 @@ import re
 import sys
 from array import array
 from itertools import accumulate
-from typing import Iterator, Optional
+from typing import Iterator, NamedTuple, Optional
 from zlib import crc32
+
+from .items import ITEM_FORMAT, bulk_expiring
 
 #: The header of a version 1 file (no file id); still read, never written.
 HEADER = b"MEMCACHEDLITE-LOG 1\r\n"
 _HEADER_V2 = b"MEMCACHEDLITE-LOG 2 "
+_MAGIC = b"MEMCACHEDLITE-LOG "
 #: The file id that sync marks in a version 1 file carry.
 LEGACY_ID = b"0" * 16
 
@@ -55,26 +58,96 @@ def new_file_id() -> bytes:
     return os.urandom(8).hex().encode("ascii")
 
 
-def make_header(file_id: bytes) -> bytes:
-    return _HEADER_V2 + file_id + b"\r\n"
+#: Where the head mark of a version 2 file lies: right after its header line.
+HEAD_MARK_AT = len(_HEADER_V2) + 16 + 2
+
+
+def encode_head_mark(offset: int, file_id: bytes) -> bytes:
+    """The head mark: a sync mark (see :func:`encode_sync`) right after the
+    header line, whose offset has 19 digits so that it keeps its length when
+    it is rewritten in place, each time the server knows the whole file is
+    on disk. Lying before what it vouches for, it is the one mark that a
+    file cut short cannot lose. Readers that do not know it take it for an
+    ordinary mark naming a place after itself, and ignore it."""
+    return seal(b"sync %019d %s" % (offset, file_id))
+
+
+HEAD_MARK_SIZE = len(b"sync  ") + 19 + 16 + len(b" 12345678\r\n")
+_HEAD_MARK = re.compile(rb"sync (\d{19}) ([0-9a-f]{16}) ([0-9a-f]{8})\r\n")
+
+
+def make_header(file_id: bytes, synced: int = 0) -> bytes:
+    """The head of a new file: its header line and its head mark, vouching
+    for the first ``synced`` bytes."""
+    return _HEADER_V2 + file_id + b"\r\n" + encode_head_mark(synced, file_id)
+
+
+class Head(NamedTuple):
+    """What the head of a data file says (see :func:`read_head`)."""
+
+    #: where the records start: after the head mark, if there is one
+    start: int
+    file_id: bytes
+    #: where the header line ends, and the head mark, if any, lies
+    line_end: int
+    #: whether the file has a head mark (written since version 2 files have one)
+    marked: bool
+    #: the offset the head mark vouches for (0: none)
+    synced: int
+
+
+def read_head(buf: bytes) -> Optional[Head]:
+    """The head of the data file ``buf``; None when it does not start with a
+    whole header line (or its head mark carries another file id)."""
+    if buf.startswith(HEADER):
+        line_end, file_id = len(HEADER), LEGACY_ID
+    else:
+        line_end = HEAD_MARK_AT
+        file_id = bytes(buf[len(_HEADER_V2) : line_end - 2])
+        if not (buf.startswith(_HEADER_V2) and buf[line_end - 2 : line_end] == b"\r\n" and len(file_id) == 16):
+            return None
+        if len(file_id.strip(b"0123456789abcdef")) != 0:
+            return None
+    match = _HEAD_MARK.match(buf, line_end)
+    if match is not None and int(match.group(3), 16) == crc32(b"sync %s %s" % match.group(1, 2)):
+        if match.group(2) != file_id:  # written with the header, so one of the two ids is damaged
+            return None
+        return Head(match.end(), file_id, line_end, True, int(match.group(1)))
+    return Head(line_end, file_id, line_end, False, 0)
 
 
 def read_header(buf: bytes) -> Optional[tuple[int, bytes]]:
-    """Where the records of a data file start, and its file id; None when
-    ``buf`` does not start with a whole header."""
-    if buf.startswith(HEADER):
-        return len(HEADER), LEGACY_ID
-    end = len(_HEADER_V2) + 16
-    if buf.startswith(_HEADER_V2) and buf[end : end + 2] == b"\r\n":
-        file_id = buf[len(_HEADER_V2) : end]
-        if len(file_id.strip(b"0123456789abcdef")) == 0:
-            return end + 2, bytes(file_id)
-    return None
+    """Where the records of a data file start (after its head mark, if it
+    has one), and its file id; None when ``buf`` does not start with a whole
+    header line."""
+    head = read_head(buf)
+    return None if head is None else (head.start, head.file_id)
 
 
-def is_header_prefix(buf: bytes) -> bool:
-    """Whether ``buf`` is the beginning of a header cut short by a crash."""
-    return HEADER.startswith(buf) or _HEADER_V2.startswith(buf[: len(_HEADER_V2)])
+def begins_as_data_file(buf: bytes) -> bool:
+    """Whether ``buf`` begins as a data file does, even cut inside its header."""
+    start = bytes(buf[: len(_MAGIC)])
+    return bool(start) and _MAGIC.startswith(start)
+
+
+def looks_like_head_mark(buf: bytes, pos: int) -> bool:
+    """Whether the bytes at ``pos``, right after a header line, begin as a
+    head mark does (a mere ``s`` could also begin a ``set``). A head mark
+    that does not read is never a crash's doing: it is written with the
+    header, synced before the file takes its name, and only ever rewritten
+    in place, within one disk sector."""
+    start = bytes(buf[pos : pos + 5])
+    return start == b"sync " or (len(start) >= 2 and b"sync ".startswith(start))
+
+
+def guess_file_id(buf: bytes) -> bytes:
+    """The file id of a file whose header cannot be read: the one its last
+    intact sync mark carries (:data:`LEGACY_ID` when it has none)."""
+    found = LEGACY_ID
+    for match in _SYNC_MARK.finditer(buf):
+        if int(match.group(3), 16) == crc32(b"sync %s %s" % (match.group(1), match.group(2))):
+            found = bytes(match.group(2))
+    return found
 
 
 Record = tuple  # ("set", key, value, flags, exptime, cas) | ("delete", key) | ...
@@ -142,6 +215,19 @@ def encode_sync(offset: int, file_id: bytes) -> bytes:
 
 
 _BINARY_VERBS = frozenset([b"bset", b"bdelete", b"btouch", b"binvalidate"])
+
+# whole groups, then a padded last group; or whole groups and any padding
+# after them, which strict_mode lets pass too
+_STRICT_BASE64 = re.compile(rb"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?|(?:[A-Za-z0-9+/]{4})+=+")
+
+
+def strict_b64decode(data: bytes) -> bytes:
+    """Decode base64 that has its padding and nothing outside the alphabet,
+    else raise :class:`binascii.Error`: what ``a2b_base64(strict_mode=True)``
+    does on Python 3.11, which 3.10 lacks."""
+    if _STRICT_BASE64.fullmatch(data) is None:
+        raise binascii.Error("not strict base64")
+    return binascii.a2b_base64(data)
 
 
 class BadRecord(Exception):
@@ -253,7 +339,9 @@ def read_snapshot(buf: bytes, pos: int, what: str = "snapshot") -> tuple[Record,
     at ``pos``: ``(b"snapshot", item_format, next_cas, expiring, pairs)``
     with ``pairs`` an iterator of (key, item), and the offset after it. Every
     key and item is sliced out of ``buf`` by C loops: this is what makes a
-    compacted file load fast."""
+    compacted file load fast. Items of the store's own layout are checked to
+    be framed as items, and a count of 0 items with an expiry is not taken
+    on trust (see :func:`memcachedlite.storage.items.bulk_expiring`)."""
     n = len(buf)
     line, parts, start = _header_line(buf, pos, what)
     try:
@@ -284,7 +372,12 @@ def read_snapshot(buf: bytes, pos: int, what: str = "snapshot") -> tuple[Record,
         raise BadRecord(f"{what} lengths do not add up")
     take = buf.__getitem__
     keys = map(take, map(slice, key_offsets, key_offsets[1:]))
-    blobs = map(take, map(slice, blob_offsets, blob_offsets[1:]))
+    blobs = list(map(take, map(slice, blob_offsets, blob_offsets[1:])))
+    if item_format == ITEM_FORMAT:  # another layout's items are judged by whoever knows it (replay refuses)
+        try:
+            expiring = bulk_expiring(blobs, min(blob_lengths, default=0), expiring)
+        except ValueError as exc:
+            raise BadRecord(f"{what} holds {exc}") from None
     return (what.encode(), item_format, next_cas, expiring, zip(keys, blobs, strict=True)), end + 2
 
 
@@ -332,7 +425,7 @@ def parse_one(buf: bytes, pos: int) -> tuple[Record, int]:
             crc = int(parts[-1], 16)
             if kind is not verb and len(parts) > 2:
                 try:
-                    binascii.a2b_base64(parts[1], strict_mode=True)
+                    strict_b64decode(parts[1])
                 except binascii.Error:
                     raise ValueError("key is not base64") from None
             if kind == b"set" and len(parts) == 7:
@@ -380,9 +473,7 @@ def parse_records(buf: bytes, start: int) -> Iterator[Record]:
         yield record
 
 
-_RECORD_START = re.compile(
-    rb"\r\n(?=(?:b?(?:set|delete|touch|invalidate)|sets|flush_all|next_cas|sync|snapshot|group) )"
-)
+_RECORD_START = re.compile(rb"(?:b?(?:set|delete|touch|invalidate)|sets|flush_all|next_cas|sync|snapshot|group) ")
 _SYNC_MARK = re.compile(rb"\r\nsync (\d{1,19}) ([0-9a-f]{16}) ([0-9a-f]{8})\r\n")
 
 
@@ -404,14 +495,23 @@ def highest_sync_mark(buf: bytes, file_id: bytes, start: int = 0) -> int:
     return best
 
 
+def ends_with_mark(buf: bytes, size: int, file_id: bytes) -> bool:
+    """Whether the first ``size`` bytes of ``buf`` end with a sync mark that
+    vouches for everything before it."""
+    at = buf.rfind(b"\r\nsync ", max(size - 64, 0), size) + 2
+    return at >= 2 and buf[at:size] == encode_sync(at, file_id)
+
+
 def next_valid_record(buf: bytes, start: int) -> Optional[int]:
     """The offset of the first intact record at or after ``start``, if any.
 
-    Candidates are line starts that begin with a record verb; the checksum
-    makes a false match in the middle of a value practically impossible.
+    Candidates are the places a record verb starts (after a line end or
+    not: damage may have taken the line end before an intact record); the
+    checksum makes a false match in the middle of a value practically
+    impossible.
     """
-    for match in _RECORD_START.finditer(buf, max(start - 2, 0)):
-        offset = match.end()
+    for match in _RECORD_START.finditer(buf, start):
+        offset = match.start()
         try:
             next(parse_records(buf, offset))
         except (BadRecord, StopIteration):

@@ -12,16 +12,19 @@ import struct
 from dataclasses import dataclass
 from itertools import repeat
 from operator import itemgetter
-from typing import TYPE_CHECKING, Iterable
+from typing import Callable, Iterable
 
 from ..errors import CorruptLogError
 from . import records
+from .datafile import DataLog, load_buffer
 from .items import (
     BINARY_KEY,
-    EXPTIME_FIELD,
+    EXPTIME_AT,
+    EXPTIME_END,
     ITEM_FORMAT,
     NEVER_PACKED,
     STALE,
+    bulk_expiring,
     expire_by,
     item_exptime,
     item_state,
@@ -33,10 +36,7 @@ from .items import (
     with_exptime,
     with_state,
 )
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .datafile import DataLog
-    from .slabs import Slabs
+from .slabs import Slabs
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def snapshot_section(snapshot: dict, next_cas: int, now: int) -> list[bytes]:
     """The snapshot section that recreates the live items of ``snapshot``:
     the items are written in their stored form, so start-up loads them
     in bulk (see :func:`memcachedlite.storage.datafile.encode_snapshot`)."""
-    timed = [k for k, b in snapshot.items() if b[EXPTIME_FIELD] != NEVER_PACKED]
+    timed = [k for k, b in snapshot.items() if b[EXPTIME_AT:EXPTIME_END] != NEVER_PACKED]
     expired = {k for k in timed if unpack_meta(snapshot[k])[4] <= now}
     if expired:
         snapshot = {k: b for k, b in snapshot.items() if k not in expired}
@@ -63,17 +63,23 @@ class Loaded:
     flush_at: int
 
 
-def _bulk_items(log: DataLog, kind: str, item_format: int, pairs: Iterable[tuple[bytes, bytes]]) -> Iterable:
-    """The items of a snapshot or ``sets`` record in today's layout: as they
-    are, or upgraded from an older one (:func:`~memcachedlite.storage.items.upgrade`)."""
+def _bulk_items(
+    path: str, kind: str, item_format: int, pairs: Iterable[tuple[bytes, bytes]], expiring: int
+) -> tuple[Iterable, int]:
+    """The items of a snapshot or ``sets`` record in today's layout, and how
+    many have an expiry: as they are, or upgraded from an older one
+    (:func:`~memcachedlite.storage.items.upgrade`, checked as the record
+    parser checks today's)."""
     if item_format == ITEM_FORMAT:
-        return pairs
+        return pairs, expiring
     if item_format == 1:
         try:
-            return [(key, upgrade(key, blob, 1)) for key, blob in pairs]
+            upgraded = [(key, upgrade(key, blob, 1)) for key, blob in pairs]
+            blobs = [blob for _, blob in upgraded]
+            return upgraded, bulk_expiring(blobs, min(map(len, blobs), default=0), expiring)
         except (ValueError, struct.error):
-            raise CorruptLogError(log.path, 0, f"{kind} holding an item not in item format 1") from None
-    raise CorruptLogError(log.path, 0, f"{kind} of unknown item format {item_format}")
+            raise CorruptLogError(path, 0, f"{kind} holding an item not in item format 1") from None
+    raise CorruptLogError(path, 0, f"{kind} of unknown item format {item_format}")
 
 
 def replay(log: DataLog, now: int, slabs: Slabs) -> Loaded:
@@ -85,6 +91,30 @@ def replay(log: DataLog, now: int, slabs: Slabs) -> Loaded:
     result for the store to take over. Items of an older layout are
     upgraded with class 0: the store classifies every item it takes over.
     """
+    loaded, count = _replay(functools.partial(log.load, slabs=slabs), log.path, now, slabs)
+    logger.info("loaded %d items from %s (%d records)", len(loaded.items), log.path, count)
+    return loaded
+
+
+def replay_bytes(buf: bytes, path: str, now: int, slabs: Slabs | None = None) -> Loaded:
+    """The item table the data file contents ``buf`` replay to as of ``now``
+    (what a start-up on them would load, with the classes of ``slabs``, by
+    default memcached's); the whole of ``buf`` must read
+    (:class:`~memcachedlite.storage.records.BadRecord` otherwise)."""
+    head = records.read_head(buf)
+    if head is None:
+        raise CorruptLogError(path, 0, "not a memcachedlite data file (bad header)")
+    classes = slabs or Slabs()
+
+    def load(items: dict, pack: Callable[..., bytes], apply: Callable[[tuple], None]) -> tuple[int, int, int]:
+        return load_buffer(buf, head.start, items, pack, apply, classes)[0]
+
+    return _replay(load, path, now, classes)[0]
+
+
+def _replay(load: Callable[..., tuple[int, int, int]], path: str, now: int, slabs: Slabs) -> tuple[Loaded, int]:
+    """The item table that ``load(items, pack, apply)`` fills as of ``now``,
+    and how many records it read."""
     items: dict[bytes, bytes] = {}
     next_cas = [0]
     expiring = [0]
@@ -93,13 +123,14 @@ def replay(log: DataLog, now: int, slabs: Slabs) -> Loaded:
     def apply(record: tuple) -> None:
         kind = record[0]
         if kind == b"snapshot":  # written by compaction, at the head of the file
-            _, item_format, cas, expiring[0], pairs = record
-            items.update(_bulk_items(log, "snapshot", item_format, pairs))
+            _, item_format, cas, claimed, pairs = record
+            pairs, expiring[0] = _bulk_items(path, "snapshot", item_format, pairs, claimed)
+            items.update(pairs)
             next_cas[0] = max(next_cas[0], cas)
             return
         if kind == b"sets":  # a run of pipelined sets, in the snapshot's form
             _, item_format, cas, timed, pairs = record
-            pairs = _bulk_items(log, "sets record", item_format, pairs)
+            pairs, timed = _bulk_items(path, "sets record", item_format, pairs, timed)
             collections.deque(map(items.pop, map(itemgetter(0), pairs), repeat(None)), maxlen=0)  # to the young end
             items.update(pairs)
             next_cas[0] = max(next_cas[0], cas)
@@ -137,9 +168,8 @@ def replay(log: DataLog, now: int, slabs: Slabs) -> Loaded:
                 items[key] = with_state(old, item_state(old) | STALE, cas=record[2])
                 next_cas[0] = max(next_cas[0], record[2] + 1)
 
-    count, max_cas, timed = log.load(items, functools.partial(pack_meta, 0, now, 0), apply, slabs)
+    count, max_cas, timed = load(items, functools.partial(pack_meta, 0, now, 0), apply)
     if timed or expiring[0]:  # otherwise nothing loaded can have expired
         for key in [k for k, b in items.items() if 0 < item_exptime(b) <= now]:
             del items[key]
-    logger.info("loaded %d items from %s (%d records)", len(items), log.path, count)
-    return Loaded(items, max(max_cas + 1, next_cas[0], 1), flush_at[0] if flush_at[0] > now else 0)
+    return Loaded(items, max(max_cas + 1, next_cas[0], 1), flush_at[0] if flush_at[0] > now else 0), count

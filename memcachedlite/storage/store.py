@@ -28,12 +28,14 @@ from typing import Callable, Iterable, Iterator, NamedTuple, NoReturn, Optional,
 from ..errors import LogWriteError, NonNumeric, OutOfMemory, ServerError
 from . import datafile, records
 from .durability import DEFAULT_COMPACT_MIN_SIZE, Durability
+from .evictions import EvictionNotice
 from .expiry import Expiry
 from .items import (
     ATIME_INTERVAL,
     BINARY_KEY,
     CLASS_OFFSET,
-    EXPTIME_FIELD,
+    EXPTIME_AT,
+    EXPTIME_END,
     FETCHED,
     ITEM_FORMAT,
     ITEM_OVERHEAD,
@@ -123,8 +125,10 @@ class Outcome(IntEnum):
     EXISTS = 4
 
 
-#: What a storage command writes: (value, flags, absolute exptime, state bits), or why it does not.
-Plan = Union[tuple[bytes, int, int, int], Outcome]
+#: What a storage command writes: (value, flags, absolute exptime, state bits).
+Write = tuple[bytes, int, int, int]
+#: What a storage command writes, or why it does not.
+Plan = Union[Write, Outcome]
 
 
 class Arith(NamedTuple):
@@ -172,6 +176,8 @@ class Store(Expiry, Durability):
         self._clock = clock
         self.memory_limit = memory_limit
         self.evict = evict
+        #: warns when the memory limit evicts items (never silently)
+        self.evictions = EvictionNotice(clock)
         #: False as memcached's -C: every item's cas is 0 (see disable_cas).
         self.cas_enabled = True
         #: ``stats detail``: counted by the protocol commands while enabled.
@@ -289,7 +295,7 @@ class Store(Expiry, Durability):
             if self._flushed and key in self._flushed:
                 self._drop_flushed(key, count)
             return None
-        if blob[EXPTIME_FIELD] != NEVER_PACKED and 0 < unpack_meta(blob)[4] <= now:
+        if blob[EXPTIME_AT:EXPTIME_END] != NEVER_PACKED and 0 < unpack_meta(blob)[4] <= now:
             self._drop_gone(key, blob, now, count)
             return None
         return blob
@@ -381,7 +387,7 @@ class Store(Expiry, Durability):
                     self._note_read(key)
                 blob = get(key)
                 if blob is not None:  # _live, spelled out for speed
-                    if blob[EXPTIME_FIELD] != NEVER_PACKED and 0 < unpack_meta(blob)[4] <= now:
+                    if blob[EXPTIME_AT:EXPTIME_END] != NEVER_PACKED and 0 < unpack_meta(blob)[4] <= now:
                         self._drop_gone(key, blob, now, True)
                         blob = None
                     elif blob < below:
@@ -624,27 +630,31 @@ class Store(Expiry, Durability):
         any other as evicted."""
         items = self._items
         now = int(self._clock())
+        evicted = 0
         for victim in victims:
             blob = items[victim]
             self._remember(victim, blob)
             self._drop(victim, blob)
-            self._count_evicted(blob, now)
+            evicted += self._count_evicted(blob, now)
+        self.evictions.evicted(evicted, self.memory_limit)
 
-    def _count_evicted(self, blob: bytes, now: int) -> None:
-        """Count an item taken from the old end of the LRU order for room."""
+    def _count_evicted(self, blob: bytes, now: int) -> int:
+        """Count an item taken from the old end of the LRU order for room;
+        returns 1 if that was an eviction (0: it was past its time anyway)."""
         counts = self.slabs.counts
         fetched, atime, _, _, exptime, _, cls, _ = unpack_meta(blob)
         if 0 < exptime <= now:  # past its time anyway
             counts["reclaimed"][cls] += 1
             if not fetched:
                 counts["expired_unfetched"][cls] += 1
-            return
+            return 0
         counts["evicted"][cls] += 1
         self.slabs.evicted_time[cls] = now - atime
         if exptime:
             counts["evicted_nonzero"][cls] += 1
         if not fetched:
             counts["evicted_unfetched"][cls] += 1
+        return 1
 
     def _reclaim_flushed(self, want: int, most: int = -1) -> int:
         """Drop items an immediate ``flush_all`` ended, oldest first, until
@@ -888,12 +898,13 @@ class Store(Expiry, Durability):
             now = self.now()
             if not self.cas_enabled:
                 cas = 0
-            plan: Plan = (value, flags, self.absolute(exptime, now), key_state)
+            asked: Write = (value, flags, self.absolute(exptime, now), key_state)
             blob = self._live(key, now)
-            if blob is None:
-                plan = self._store_over_nothing(mode, plan)
-            else:
-                plan = self._store_over(mode, key, blob, plan, cas, invalidate, limit)
+            plan = (
+                self._store_over_nothing(mode, asked)
+                if blob is None
+                else self._store_over(mode, key, blob, asked, cas, invalidate, limit)
+            )
             if isinstance(plan, Outcome):
                 return plan, 0
             value, flags, exptime, state = plan
@@ -906,7 +917,7 @@ class Store(Expiry, Durability):
         """The slab class memcached would store this item in."""
         return self.slabs.of(memcached_size(len(key), len(value), flags))
 
-    def _store_over_nothing(self, mode: Mode, plan: Plan) -> Plan:
+    def _store_over_nothing(self, mode: Mode, plan: Write) -> Plan:
         """What a storage command does when its key holds no live item: ``plan`` or a refusal."""
         if mode == Mode.SET or mode == Mode.ADD:
             return plan
@@ -916,7 +927,7 @@ class Store(Expiry, Durability):
         return Outcome.NOT_STORED  # replace, append and prepend need an item
 
     def _store_over(
-        self, mode: Mode, key: bytes, blob: bytes, plan: Plan, cas: int, invalidate: bool, limit: Optional[int]
+        self, mode: Mode, key: bytes, blob: bytes, plan: Write, cas: int, invalidate: bool, limit: Optional[int]
     ) -> Plan:
         """What a storage command does to the live item ``blob``: the
         :class:`Outcome` of a refusal, or the (value, flags, exptime, state)
@@ -1196,10 +1207,10 @@ class Store(Expiry, Durability):
             old = decode(blob)
             if cas and cas != old.cas:
                 return Arith(Outcome.EXISTS)
-            number = parse_counter(old.value)
-            if number is None:
+            counter = parse_counter(old.value)
+            if counter is None:
                 raise NonNumeric()
-            number = apply_delta(number, delta, incr)
+            number = apply_delta(counter, delta, incr)
             absolute = old.exptime if exptime is None else self.absolute(exptime, now)
             digits = b"%d" % number
             # memcached writes the number into the item it has when it fits there (padded
@@ -1304,6 +1315,7 @@ class Store(Expiry, Durability):
     def close(self) -> None:
         self._closing.set()
         self._stop_sweeper()
+        self.evictions.wait()
         self._close_durability()
         if self.log is not None:
             self.log.close()
@@ -1324,10 +1336,12 @@ class Store(Expiry, Durability):
             victims = self._victims(b"", 0, False)
             items = self._items
             now = self.now()
+            evicted = 0
             for victim in victims:
                 blob = items[victim]
                 self._remove(victim, blob)
-                self._count_evicted(blob, now)
+                evicted += self._count_evicted(blob, now)
+            self.evictions.evicted(evicted, limit)
             return len(victims)
 
     def disable_cas(self) -> None:

@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional
 
 from ..protocols.registry import Command, Registry
+from ..server.addresses import format_server, is_unix, parse_server
 from ..server.build import build_server
 from ..server.config import ServerConfig
 
@@ -50,16 +51,15 @@ _POLL_INTERVAL = 0.05
 
 
 def split_address(address: str) -> tuple[str, int]:
-    """``("host", port)`` from ``"HOST:PORT"`` (IPv6 hosts in brackets)."""
-    host, sep, port = address.strip().rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(f"{address!r} is not HOST:PORT")
-    return host.strip("[]"), int(port)
+    """``("host", port)`` from ``"HOST:PORT"`` (IPv6 hosts in brackets), or
+    ``(path, 0)`` from a Unix socket's ``/path`` or ``unix:path``."""
+    return parse_server(address)
 
 
 def join_address(host: str, port: int) -> str:
-    """``"HOST:PORT"``, with an IPv6 host in brackets (the inverse of :func:`split_address`)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    """``"HOST:PORT"``, with an IPv6 host in brackets, or a Unix socket's path
+    (the inverse of :func:`split_address`)."""
+    return format_server((host, port))
 
 
 class _Switch:
@@ -243,7 +243,7 @@ def _client(host: str, port: int, options: dict[str, Any]) -> Client:
     # default_noreply=False: a test must see a refused or failed write.
     settings: dict[str, Any] = dict(connect_timeout=5.0, timeout=5.0, no_delay=True, default_noreply=False)
     settings.update(options)
-    return Client((host, port), **settings)
+    return Client(host if is_unix(host) else (host, port), **settings)  # pymemcache's socket form: its path
 
 
 def _flush(host: str, port: int) -> None:
@@ -267,7 +267,9 @@ class BackgroundServer:
     ``address`` is ``"HOST:PORT"``; ``host``, ``port``, ``store`` (the live
     :class:`~memcachedlite.storage.store.Store`) and ``faults`` (:class:`Faults`) are
     there too. :meth:`stop` joins every thread the server started and frees
-    the port.
+    the port. With ``unix_socket`` and no ``host`` or ``port``, the server
+    listens on that socket only: ``address`` and ``host`` are its path, and
+    ``port`` is 0 (as libmemcached and pylibmc hold a socket server).
     """
 
     def __init__(self, config: Optional[ServerConfig] = None, *, persistent: bool = False, **options: Any) -> None:
@@ -283,6 +285,7 @@ class BackgroundServer:
         self._server: Optional[MemcacheServer] = None
         self._thread: Optional[threading.Thread] = None
         self._clients: list[Any] = []
+        self._following: list[Any] = []  # the clients restart() reconnects
         self._lock = threading.RLock()
 
     # -- what a test reads ------------------------------------------------------
@@ -296,15 +299,22 @@ class BackgroundServer:
 
     @property
     def host(self) -> str:
-        return self.server.server_address[0]
+        """The first TCP listener's host, or the Unix socket's path when there is no TCP listener."""
+        tcp = self.server.tcp_addresses
+        return tcp[0][0] if tcp else self.server.unix_socket or ""
 
     @property
     def port(self) -> int:
         return self.server.port
 
     @property
+    def unix_socket(self) -> Optional[str]:
+        """The Unix socket's path (the ``unix_socket`` option), or None."""
+        return self.server.unix_socket
+
+    @property
     def address(self) -> str:
-        """``"HOST:PORT"``, the form Django's ``LOCATION`` and most clients take."""
+        """``"HOST:PORT"`` (or a Unix socket's path), the form Django's ``LOCATION`` and most clients take."""
         return join_address(self.host, self.port)
 
     @property
@@ -318,12 +328,21 @@ class BackgroundServer:
         """Whether the data is in a file (and so survives :meth:`restart`)."""
         return self.config.path is not None
 
-    def client(self, **options: Any) -> Client:
+    def client(self, *, follow_restarts: bool = False, **options: Any) -> Client:
         """A pymemcache ``Client`` for this server (``default_noreply=False``, 5 s
-        timeouts; ``options`` override), closed when the server stops."""
+        timeouts; ``options`` override), closed when the server stops.
+
+        A restart closes every connection, and a client's next call fails
+        once (``MemcacheUnexpectedCloseError``), as with a real server: what
+        an application should survive. ``follow_restarts=True`` makes a
+        client for the test's own use instead: :meth:`restart` closes its
+        connection itself, so its next call connects to the new server.
+        """
         client = _client(self.host, self.port, options)
         with self._lock:
             self._clients.append(client)
+            if follow_restarts:
+                self._following.append(client)
         return client
 
     def flush(self) -> None:
@@ -369,6 +388,7 @@ class BackgroundServer:
             for client in self._clients:
                 client.close()
             self._clients.clear()
+            self._following.clear()
             self.faults._not_slow()  # a command waiting in a delay goes on, so its worker can end
             self._halt(close_store=True)
             if self._tempdir is not None:
@@ -395,7 +415,10 @@ class BackgroundServer:
         ``keep_data=True``: a persistent server replays its data file; a
         memory-only one keeps its items as if they had survived (a warm
         restart). ``keep_data=False``: it comes back empty, its data file
-        deleted. Faults stay as they were.
+        deleted. Faults stay as they were. A client made with
+        ``client(follow_restarts=True)`` (the ``memcached`` fixture's is one)
+        connects to the new server on its next call; any other sees its next
+        call fail once, as from a real restart.
         """
         with self._lock:
             old = self.server
@@ -405,15 +428,17 @@ class BackgroundServer:
             data_file = self.config.path
             if not keep_data and data_file is not None and os.path.exists(data_file):
                 os.remove(data_file)
-            server = self._build(self.config.replace(port=port))
+            server = self._build(self.config.replace(port=port) if self.config.tcp else self.config)
             if carried is not None:
                 fresh, server.store = server.store, carried
                 if fresh is not None:
                     fresh.close()
             self._run(server)
+            for client in self._following:
+                client.close()  # pymemcache connects again on the next call
 
     def _stop_listening(self) -> None:
-        """Stop the accept loop and close the listening socket; open connections go on."""
+        """Stop the accept loop and close the listening sockets; open connections go on."""
         import socketserver
 
         with self._lock:
@@ -425,23 +450,19 @@ class BackgroundServer:
             socketserver.BaseServer.shutdown(server)
             assert self._thread is not None
             self._thread.join()
-            server.socket.close()
+            server.close_listeners()
             self.refusing = True
 
     def _listen_again(self) -> None:
-        import socket
-
         with self._lock:
             if not self.refusing or self._server is None:
                 return
             server = self._server
-            server.socket = socket.socket(server.address_family, server.socket_type)
             try:
-                server.server_bind()  # the same address: server_address still holds the port
-                server.server_activate()
+                server.listen_again()  # the same addresses and ports
             except OSError as exc:
-                server.socket.close()
-                raise RuntimeError(f"cannot listen on {self.address} again: {exc.strerror}") from None
+                reason = getattr(exc, "reason", None) or exc.strerror or exc
+                raise RuntimeError(f"cannot listen on {self.address} again: {reason}") from None
             self.refusing = False
             self._run(server)
 
@@ -476,7 +497,8 @@ def serve_in_background(config: Optional[ServerConfig] = None, **options: Any) -
 class ExternalServer:
     """A memcached-protocol server this process did not start (``--memcached-external``):
     the same ``address``/``host``/``port``/``client()``/``flush()``/``reset()`` as
-    :class:`BackgroundServer`, but no ``store`` and no ``faults``."""
+    :class:`BackgroundServer`, but no ``store`` and no ``faults``. ``address``
+    is ``HOST:PORT`` or a Unix socket (``/path`` or ``unix:path``)."""
 
     def __init__(self, address: str) -> None:
         self.host, self.port = split_address(address)
@@ -492,7 +514,8 @@ class ExternalServer:
             f"fault injection needs the in-process memcachedlite server, not an external one ({self.address})"
         )
 
-    def client(self, **options: Any) -> Client:
+    def client(self, *, follow_restarts: bool = False, **options: Any) -> Client:
+        """As :meth:`BackgroundServer.client`; this process never restarts the server."""
         client = _client(self.host, self.port, options)
         self._clients.append(client)
         return client

@@ -14,10 +14,12 @@ fixture                scope      what it guarantees
                                   or an :class:`~memcachedlite.testing.ExternalServer`
                                   under ``--memcached-external``; stopped, its
                                   threads joined and port freed, at the end
-``memcached_address``  session    its ``"HOST:PORT"``
+``memcached_address``  session    its ``"HOST:PORT"`` (or socket path)
 ``memcached``          function   a pymemcache client of that server, which is
                                   empty, with every fault off, when the test
-                                  starts; the client is closed after the test
+                                  starts; it reconnects after a
+                                  ``memcached_server.restart()``, and is closed
+                                  after the test
 ``memcached_faults``   function   the server's :class:`~memcachedlite.testing.Faults`,
                                   all switched off again after the test
 =====================  =========  ==============================================
@@ -34,13 +36,14 @@ if TYPE_CHECKING:  # pragma: no cover
 
 _EXTERNAL_HELP = (
     "Run the memcached fixtures against this already running memcached or memcachedlite "
-    "(HOST:PORT) instead of an in-process memcachedlite; fault injection is then unavailable."
+    "(HOST:PORT, or a Unix socket: /path or unix:path) instead of an in-process memcachedlite; "
+    "fault injection is then unavailable."
 )
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("memcachedlite", "memcached fixtures (memcachedlite)")
-    group.addoption("--memcached-external", metavar="HOST:PORT", default=None, help=_EXTERNAL_HELP)
+    group.addoption("--memcached-external", metavar="HOST:PORT|PATH", default=None, help=_EXTERNAL_HELP)
     parser.addini("memcached_external", _EXTERNAL_HELP + " (--memcached-external wins)", default="")
 
 
@@ -71,7 +74,8 @@ def memcached_server(request: pytest.FixtureRequest) -> Iterator[Union[Backgroun
 
 @pytest.fixture(scope="session")
 def memcached_address(memcached_server: Any) -> str:
-    """``"HOST:PORT"`` of the session's server, for code that takes a location string."""
+    """``"HOST:PORT"`` of the session's server (a Unix socket's path under
+    ``--memcached-external PATH``), for code that takes a location string."""
     return memcached_server.address
 
 
@@ -82,7 +86,7 @@ def memcached(memcached_server: Any) -> Iterator[Any]:
     from .background import BackgroundServer
 
     memcached_server.reset()
-    client = memcached_server.client()
+    client = memcached_server.client(follow_restarts=True)  # a test's own client outlives a restart
     try:
         yield client
     finally:

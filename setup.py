@@ -1,0 +1,31 @@
+"""Build switch: ``MEMCACHEDLITE_COMPILE=1`` compiles the modules listed in
+``memcachedlite/buildinfo.py`` with mypyc; without it, the package is pure
+Python (all metadata lives in setup.cfg)."""
+
+import ast
+import os
+from pathlib import Path
+
+from setuptools import setup
+
+
+def compiled_modules() -> list:
+    """The COMPILED tuple of memcachedlite/buildinfo.py, read without importing the package."""
+    tree = ast.parse(Path(__file__).with_name("memcachedlite").joinpath("buildinfo.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "COMPILED" for t in node.targets):
+            return list(ast.literal_eval(node.value))
+    raise SystemExit("memcachedlite/buildinfo.py has no COMPILED tuple")
+
+
+if os.environ.get("MEMCACHEDLITE_COMPILE", "") not in ("", "0"):
+    # setuptools asks setup.py for its build requirements first: mypy is one only here
+    try:
+        from mypyc.build import mypycify
+    except ImportError:
+        setup(setup_requires=["mypy>=1.10"])
+    else:
+        paths = [name.replace(".", "/") + ".py" for name in compiled_modules()]
+        setup(ext_modules=mypycify(paths, opt_level="3"), setup_requires=["mypy>=1.10"])
+else:
+    setup()

@@ -1,0 +1,82 @@
+"""The two builds of one source (pure Python, and mypyc-compiled; see
+memcachedlite/buildinfo.py and setup.py): the list of compiled modules is
+read the same by both, the modules in it type-check (mypyc compiles only
+what mypy accepts), and the build running is the one expected."""
+
+from __future__ import annotations
+
+import binascii
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from memcachedlite import __version__, buildinfo
+from memcachedlite.storage.records import strict_b64decode
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_setup_py_compiles_exactly_the_modules_buildinfo_lists(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MEMCACHEDLITE_COMPILE", raising=False)
+    monkeypatch.setattr("setuptools.setup", lambda **kwargs: None)  # read setup.py, build nothing
+    namespace = runpy.run_path(str(ROOT / "setup.py"))
+    assert namespace["compiled_modules"]() == list(buildinfo.COMPILED)
+    for name in buildinfo.COMPILED:
+        assert (ROOT / (name.replace(".", "/") + ".py")).is_file(), name
+
+
+def test_the_build_running_is_the_one_expected() -> None:
+    """CI runs the suite on both builds and says which it expects; a compiled
+    module left beside its source would otherwise pass for the pure build."""
+    expected = os.environ.get("MEMCACHEDLITE_EXPECT_BUILD", "pure")
+    assert buildinfo.build() == expected
+    compiled = buildinfo.compiled_modules()
+    assert compiled == (list(buildinfo.COMPILED) if expected == "mypyc" else [])
+
+
+def test_the_compiled_modules_type_check() -> None:
+    """mypyc refuses a module mypy does not accept: keep them acceptable."""
+    paths = [name.replace(".", "/") + ".py" for name in buildinfo.COMPILED]
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--no-incremental", *paths], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="the reference, strict_mode, came with Python 3.11")
+@settings(max_examples=1000)
+@given(st.one_of(st.binary(max_size=12), st.lists(st.sampled_from(ALPHABET), max_size=12).map(bytes)))
+def test_strict_base64_decodes_as_python_311_strict_mode(data: bytes) -> None:
+    try:
+        expected: object = binascii.a2b_base64(data, strict_mode=True)
+    except binascii.Error:
+        expected = binascii.Error
+    try:
+        got: object = strict_b64decode(data)
+    except binascii.Error:
+        got = binascii.Error
+    assert got == expected, data
+
+
+@pytest.mark.parametrize("data", [b"YQ==", b"YWJj", b"", b"YWI=", b"AAAA="])
+def test_strict_base64_decodes_padded_base64(data: bytes) -> None:
+    assert strict_b64decode(data) == binascii.a2b_base64(data)
+
+
+def expected_description() -> str:
+    return "mypyc build" if os.environ.get("MEMCACHEDLITE_EXPECT_BUILD") == "mypyc" else "pure Python build"
+
+
+def test_the_start_up_log_names_the_build(spawn) -> None:
+    server = spawn()
+    assert f"memcachedlite {__version__} ({expected_description()}) listening on" in server.output()
+    assert server.terminate() == 0

@@ -84,7 +84,7 @@ class Durability:
     _flushed: dict[bytes, bytes]
     bytes: int
     # count an item in (1) or out of (-1) its slab class and the memory used; count every item anew
-    _account: Callable[[bytes, bytes, int], None]
+    _account: Callable[..., None]  # (key, item, sign); "bytes" here would name the attribute above
     _recount: Callable[[], None]
     flush_at: int
     _next_cas: int

@@ -908,7 +908,7 @@ class Store(Expiry, Durability):
             if isinstance(plan, Outcome):
                 return plan, 0
             value, flags, exptime, state = plan
-            if mode == Mode.CAS:
+            if mode == Mode.CAS and blob is not None:  # (a cas stores only over an item)
                 self.slabs.counts["cas_hits"][blob[CLASS_OFFSET]] += 1  # the old item's class
             stored = self._write(key, value, flags, exptime, new_cas, state, unlink)
             return Outcome.STORED, stored

@@ -179,3 +179,26 @@ def test_stats_slabs_total_malloced_counts_pages() -> None:
         store.set(b"%d" % i, b"")
     assert store.slabs.pages[1] == 2
     assert dict(store.class_stats("slabs"))["total_malloced"] == 2 * PAGE_SIZE
+
+
+def test_a_run_of_pipelined_sets_moves_items_between_classes_and_stays_one_sets_record(tmp_path: Path) -> None:
+    """The batch form of set (set_many) counts class changes and expired
+    items it replaces inline, so the run is still logged as one ``sets`` record."""
+    clock = Clock()
+    store = Store(tmp_path / "data.txt", clock=clock)
+    try:
+        session = Session(store)
+        first = b"".join(b"set k%d 0 %d 10\r\n0123456789\r\n" % (i, 5 if i % 2 else 0) for i in range(20))
+        assert session.feed(first) == b"STORED\r\n" * 20
+        clock.now += 10  # the odd ones have expired
+        size = store.log.size  # type: ignore[union-attr]
+        second = b"".join(b"set k%d 0 0 %d\r\n%s\r\n" % (i, 100 * i, b"v" * (100 * i)) for i in range(20))
+        assert session.feed(second) == b"STORED\r\n" * 20
+        written = (tmp_path / "data.txt").read_bytes()[size:]
+        assert written.startswith(b"sets ") and b"\r\nset " not in written
+        stats = store.stats()
+        assert stats["get_expired"] == 10 and stats["total_items"] == 40 and stats["curr_items"] == 20
+        assert len({item.cls for _, item in store.held_items()}) > 5
+        assert_counts_add_up(store)
+    finally:
+        store.close()

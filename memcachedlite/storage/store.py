@@ -754,7 +754,7 @@ class Store(Expiry, Durability):
         raised for it (memory full with ``-M``, data file not writable).
 
         Inside a batch, the common case (no expiry, no pending flush, no
-        eviction, an item of the class the key's old item had, or none) is
+        eviction, no chunked item, no flushed item to find first) is
         :meth:`_write` with what it looks up once per item looked up once
         per call; anything else goes through :meth:`_write`. When every
         entry is the common case, the items are logged as one ``sets``
@@ -801,7 +801,7 @@ class Store(Expiry, Durability):
                 if old is not None:
                     grow = len(blob) - len(old)
                     old_exptime, old_cls, old_size = unpack_replaced(old)
-                    special = old_exptime or old_cls != cls  # maybe expired, or another class
+                    special = old_size > chunk_limit
                 else:
                     grow = len(key) + len(blob) + ITEM_OVERHEAD
                     special = flushed and key in flushed  # memcached's store would find the flushed one
@@ -823,8 +823,19 @@ class Store(Expiry, Durability):
                 undo.append((key, old))
                 if old is not None:
                     del items[key]  # re-inserted at the young end
-                    if size != old_size:
-                        requested[cls] += size - old_size
+                    if 0 < old_exptime <= now:
+                        counters["get_expired"] += 1  # memcached's store finds it expired first
+                    if old_cls == cls:
+                        if size != old_size:
+                            requested[cls] += size - old_size
+                    else:  # into another class
+                        linked[old_cls] -= 1
+                        requested[old_cls] -= old_size
+                        counted = linked[cls] + 1
+                        linked[cls] = counted
+                        requested[cls] += size
+                        if counted > room[cls]:
+                            slabs.grow(cls)
                 else:
                     counted = linked[cls] + 1
                     linked[cls] = counted

@@ -5,9 +5,10 @@ atheris reports like any uncaught exception: it prints the traceback, saves
 the input as a crash file and stops.
 
 Everything here uses the store's public face (``stats()``, ``walk_lru()``,
-``keys()``, ``peek()``) plus two public names of ``memcachedlite.storage.items``
-(``make_item`` and ``item_size``, the store's own definition of an item's
-size), so that a refactoring of the storage internals does not break it.
+``keys()``, ``held_items()``, ``peek()``, ``slabs``) plus two public names of
+``memcachedlite.storage.items`` (``make_item`` and ``item_size``, the
+store's own definition of an item's size), so that a refactoring of the
+storage internals does not break it.
 """
 
 from __future__ import annotations
@@ -135,13 +136,17 @@ def check_invariants(store) -> None:
 
     - its lock is free;
     - every counter (and ``curr_items``, ``bytes``) is non-negative;
-    - the item table, seen from the oldest end (``keys()``) and from the
-      youngest (``walk_lru()``), is one LRU order: the same keys, each once,
-      in exactly reverse orders, as many as ``curr_items``;
-    - ``bytes`` is the sum of the items' sizes as the store defines them
-      (``item_size`` of the item's stored form, ``make_item``);
-    - each item is well formed (flags below 2**32, cas and exptime in range);
-    - with eviction on, ``bytes`` is within the memory limit.
+    - the live items, seen from the oldest end (``keys()``) and from the
+      youngest (``walk_lru()``), are one LRU order: the same keys, each once,
+      in exactly reverse orders, and those the store holds
+      (``held_items()``, with the ones past their time or flushed not
+      reclaimed yet) are as many as ``curr_items``;
+    - ``bytes_in_memory`` is the sum of the held items' sizes as the store
+      defines them (``item_size`` of the item's stored form, ``make_item``),
+      and ``bytes`` the sum of memcached's sizes for them;
+    - each item is well formed (flags below 2**32, cas and exptime in range)
+      and in the slab class its size gives; each class counts its items;
+    - with eviction on, ``bytes_in_memory`` is within the memory limit.
 
     Items are compared with the clock stopped (:data:`NOW`), so no item can
     expire between two of these views.
@@ -157,20 +162,38 @@ def check_invariants(store) -> None:
     keys = [key for key, _ in youngest_first]
     if keys[::-1] != oldest_first:
         raise PropertyViolation("keys() and walk_lru() disagree on the LRU order")
-    if len(set(keys)) != len(keys) or len(keys) != stats["curr_items"] or len(keys) != len(store):
+    held = store.held_items()
+    if len(set(keys)) != len(keys) or len(held) != stats["curr_items"] or not set(keys) <= {k for k, _ in held}:
         raise PropertyViolation(
             f"item counts disagree: {len(keys)} walked, {len(set(keys))} distinct, "
-            f"curr_items {stats['curr_items']}, len {len(store)}"
+            f"curr_items {stats['curr_items']}, {len(held)} held"
         )
-    total = 0
-    for key, item in youngest_first:
+    check_sizes(store, stats, held)
+
+
+def check_sizes(store, stats: dict, held: list) -> None:
+    """The held items add up to ``bytes_in_memory``, ``bytes`` and their classes' counts."""
+    slabs = store.slabs
+    total = memcached = 0
+    per_class: dict[int, int] = {}
+    for key, item in held:
         if not 0 <= item.flags < 1 << 32 or not 0 <= item.cas < 1 << 64 or not -(1 << 63) <= item.exptime < 1 << 63:
             raise PropertyViolation(f"item {key!r} out of range: {item}")
-        total += stored_size(key, make_item(item.value, item.flags, item.exptime, item.cas, item.atime, item.state))
-    if total != stats["bytes"]:
-        raise PropertyViolation(f"bytes is {stats['bytes']}, the items add up to {total}")
-    if store.evict and stats["bytes"] > store.memory_limit:
-        raise PropertyViolation(f"bytes {stats['bytes']} over the memory limit {store.memory_limit}")
+        if item.cls != slabs.of(item.size):
+            raise PropertyViolation(f"item {key!r} in class {item.cls}, not {slabs.of(item.size)} (size {item.size})")
+        stored = make_item(item.value, item.flags, item.exptime, item.cas, item.atime, item.state, item.cls, item.size)
+        total += stored_size(key, stored)
+        memcached += item.size + slabs.cas_bytes
+        per_class[item.cls] = per_class.get(item.cls, 0) + 1
+    if total != stats["bytes_in_memory"]:
+        raise PropertyViolation(f"bytes_in_memory is {stats['bytes_in_memory']}, the items add up to {total}")
+    if memcached != stats["bytes"]:
+        raise PropertyViolation(f"bytes is {stats['bytes']}, memcached's sizes of the items add up to {memcached}")
+    counted = {cls: number for cls, number in enumerate(slabs.items) if number}
+    if counted != per_class:
+        raise PropertyViolation(f"the classes count {counted}, the items are {per_class}")
+    if store.evict and stats["bytes_in_memory"] > store.memory_limit:
+        raise PropertyViolation(f"bytes_in_memory {stats['bytes_in_memory']} over the limit {store.memory_limit}")
 
 
 def durable_state(store) -> dict[bytes, tuple]:

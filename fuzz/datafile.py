@@ -31,7 +31,7 @@ from zlib import crc32
 from common import NOW, ErrorLog, PropertyViolation, check_invariants, clear_dir, clock, durable_state, workdir
 
 from memcachedlite import CorruptLogError, Store
-from memcachedlite.storage.items import BINARY_KEY, ITEM_FORMAT, Item, decode, make_item
+from memcachedlite.storage.items import BINARY_KEY, ITEM_FORMAT, Item, decode, make_item, upgrade
 from memcachedlite.storage.records import BadRecord, begins_as_data_file, parse_one, read_head, read_header, record_key
 from memcachedlite.storage.repair import repair, salvage
 
@@ -91,10 +91,10 @@ class Model:
             for one in record[1]:
                 self.apply(one)
         elif kind in (b"snapshot", b"sets"):
-            if record[1] != ITEM_FORMAT:
+            if record[1] not in (1, ITEM_FORMAT):  # the store upgrades items of format 1
                 raise Unreadable(f"{kind.decode()} of unknown item format {record[1]}")
             for key, blob in record[4]:
-                item = well_formed(blob)
+                item = well_formed(key, blob, record[1])
                 items.pop(key, None)
                 items[key] = (item.value, item.flags, item.exptime, item.cas, item.stale, bool(item.state & BINARY_KEY))
         elif kind == b"flush_all":
@@ -135,9 +135,9 @@ class KnownIssue(Exception):
     further would only find that limit again."""
 
 
-def well_formed(blob: bytes) -> Item:
+def well_formed(key: bytes, blob: bytes, item_format: int) -> Item:
     """The item a snapshot or ``sets`` record holds, if it is in the item
-    layout exactly as the store writes it.
+    layout exactly as the store writes it (format 1: as it wrote it then).
 
     An item not framed as an item (too short, no line end at its end) is
     damage: the record parser refuses it (``items.bulk_expiring``). KNOWN
@@ -147,8 +147,11 @@ def well_formed(blob: bytes) -> Item:
     that lies there is skipped.
     """
     try:
+        if item_format == 1:
+            blob = upgrade(key, blob, 1)
         item = decode(blob)
-        if make_item(item.value, item.flags, item.exptime, item.cas, item.atime, item.state) == blob:
+        value, flags, exptime, cas, atime, state, cls, size = item
+        if make_item(value, flags, exptime, cas, atime, state, cls, size) == blob:
             return item
     except (ValueError, struct.error):
         pass

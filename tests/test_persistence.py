@@ -396,7 +396,7 @@ def test_numbers_spelled_with_leading_zeros_load_as_the_server_writes_them(path)
     s = Store(path)
     try:
         assert Session(s).feed(b"get k\r\n") == b"VALUE k 7 1\r\nx\r\nEND\r\n"
-        assert s.stats()["bytes"] == item_size(b"k", make_item(b"x", 7, 0, 5))
+        assert s.stats()["bytes_in_memory"] == item_size(b"k", make_item(b"x", 7, 0, 5))
     finally:
         s.close()
 

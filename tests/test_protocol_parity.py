@@ -51,6 +51,7 @@ from memcachedlite.protocols.binary import (
 )
 from memcachedlite.storage import records
 from memcachedlite.storage.items import BINARY_KEY, FETCHED, STALE
+from memcachedlite.storage.slabs import item_class
 from memcachedlite.testing import BackgroundServer, Faults
 from tests.conftest import Raw, Running, running_memcached
 from tests.test_binary import Packet, one
@@ -103,8 +104,12 @@ def detail_dump(raw: Raw) -> bytes:
 
 
 def stats_of(raw: Raw) -> dict[str, int]:
-    """The numbers ``stats`` shows, less the :data:`VOLATILE` ones."""
-    lines = [line.split() for line in raw.ask(b"stats\r\n").splitlines() if line.startswith(b"STAT ")]
+    """The numbers ``stats``, ``stats items`` and ``stats slabs`` show (the
+    per-class ones under memcached's names, ``items:<class>:<key>`` and
+    ``<class>:<key>``), less the :data:`VOLATILE` ones."""
+    lines = []
+    for group in (b"stats\r\n", b"stats items\r\n", b"stats slabs\r\n"):
+        lines += [line.split() for line in raw.ask(group).splitlines() if line.startswith(b"STAT ")]
     return {name.decode(): int(value) for _, name, value in lines if value.isdigit() and name.decode() not in VOLATILE}
 
 
@@ -566,6 +571,34 @@ def test_a_cas_mismatch_alike(tmp_path: Path) -> None:
     assert counted(seen.counters, "cas_badval", "cas_hits", "cas_misses", "cmd_set") == (1, 1, 1, 4)
 
 
+def in_several_classes(c: Client, w: World) -> list[Outcome]:
+    out = [c.set(b"small", b"s"), c.set(b"mid", b"m" * 300, flags=3), c.set(b"large", b"l" * 900)]
+    out += [c.get(b"small"), c.get(b"mid"), c.get(b"mid"), c.get(b"large"), c.get(b"none")]
+    out += [c.set(b"n", b"9"), c.incr(b"n", 1), c.incr(b"n", 1), c.decr(b"n", 5)]
+    unique = c.gets(b"mid")
+    out += [c.cas(b"mid", b"M" * 300, unique), c.cas(b"large", b"x", unique), c.touch(b"small", 100)]
+    out += [c.delete(b"large"), c.set(b"mid", b"now small")]  # into another class
+    return out
+
+
+def test_each_protocol_counts_in_the_same_slab_classes(tmp_path: Path) -> None:
+    """A hit, a set, an incr... of the binary or the meta protocol counts in
+    the same class of ``stats slabs`` and ``stats items`` as the text one's."""
+    seen = assert_alike(observe_all(tmp_path, in_several_classes))
+    small, mid, large = (item_class(key, len(value), flags, True, 1024 * 1024) for key, value, flags in CLASSED)
+    assert len({small, mid, large}) == 3
+    counters = seen.counters
+    assert (counters[f"{small}:get_hits"], counters[f"{mid}:get_hits"], counters[f"{large}:get_hits"]) == (1, 3, 1)
+    assert (counters[f"{mid}:cas_hits"], counters[f"{large}:cas_badval"], counters[f"{large}:delete_hits"]) == (1, 1, 1)
+    assert counters[f"{small}:touch_hits"] == 1 and counters[f"{small}:incr_hits"] == 2
+    assert counters["get_hits"] == 5 and counters[f"items:{small}:number"] == 3  # small, n, and mid now
+    assert f"items:{large}:number" not in counters and counters[f"{large}:used_chunks"] == 0
+
+
+#: the items of in_several_classes whose classes differ
+CLASSED = [(b"small", b"s", 0), (b"mid", b"m" * 300, 3), (b"large", b"l" * 900, 0)]
+
+
 def delayed_flush_all(c: Client, w: World) -> list[Outcome]:
     out = [c.set(b"k", b"v"), c.set(b"t", b"v", exptime=500), c.flush_all(100), c.get(b"k")]
     out.append(c.set(b"after", b"v"))  # written before the flush falls due: it goes too
@@ -655,7 +688,13 @@ def test_a_failed_write_alike(memcached_server: BackgroundServer, memcached_faul
     outcomes, items, delta = seen["text"]
     assert outcomes == ["SERVER_ERROR"] * 5 + [b"before"]
     assert items == {b"k": (b"before", 0, 0, FETCHED)}
-    assert {name: d for name, d in delta.items() if d} == {"cmd_get": 1, "get_hits": 1}  # nothing else counted
+    # nothing else counted (the hit in its class too, as memcached counts it)
+    assert {name: d for name, d in delta.items() if d} == {
+        "cmd_get": 1,
+        "get_hits": 1,
+        "1:get_hits": 1,
+        "items:1:hits_to_cold": 1,
+    }
 
 
 # -- memcached's own differences, against the real memcached ---------------------------

@@ -25,6 +25,7 @@ from memcachedlite.storage import datafile, foreign, records
 from memcachedlite.storage.datafile import DataLog
 from memcachedlite.storage.repair import repair
 from memcachedlite.storage.replay import ReplayProgress, replay
+from memcachedlite.storage.slabs import Slabs
 
 from .test_cli import _error_lines, run_mcl, run_serve
 
@@ -63,7 +64,7 @@ def test_progress_lines_while_replaying_then_one_line_with_the_figures(tmp_path:
     caplog.set_level(logging.INFO, logger="memcachedlite.storage.replay")
     log = DataLog(str(path))
     try:
-        loaded = replay(log, 0, ReplayProgress(log.path, log.size, interval=2.0, clock=clock))
+        loaded = replay(log, 0, Slabs(), ReplayProgress(log.path, log.size, interval=2.0, clock=clock))
     finally:
         log.close()
     assert len(loaded.items) == 20_000
@@ -85,7 +86,7 @@ def test_a_tiny_interval_gives_a_line_per_step_and_the_rate_is_the_clocks(tmp_pa
     caplog.set_level(logging.INFO, logger="memcachedlite.storage.replay")
     log = DataLog(path)
     try:
-        replay(log, 0, ReplayProgress(log.path, log.size, interval=0.0, clock=ticks.__next__))
+        replay(log, 0, Slabs(), ReplayProgress(log.path, log.size, interval=0.0, clock=ticks.__next__))
     finally:
         log.close()
     [begun, *steps, done] = _replay_messages(caplog)

@@ -14,8 +14,9 @@ and written against the public :class:`~memcachedlite.storage.store.Store` metho
 As in memcached, the item lines end with a bare ``\\n`` and only ``END`` with
 ``\\r\\n``; keys are percent-encoded (every byte but ``A-Z a-z 0-9 - . _ ~``
 as ``%XX``). ``la`` is the item's last access and ``fetch`` whether it was
-read since it was stored; there are no slab classes, so ``cls`` is always 1
-(the one class ``metadump 1`` lists).
+read since it was stored; ``cls`` is the slab class memcached would keep the
+item in and ``size`` memcached's size for it (see
+:mod:`memcachedlite.storage.slabs`), and a list of classes lists their items only.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote_from_bytes
 
 from ..errors import UnknownCommand
-from ..storage.items import ITEM_OVERHEAD
 from .registry import command
 from .text import END
 
@@ -40,7 +40,7 @@ _LARGEST_CLASS = 63
 def _classes(token: bytes) -> set[int] | None:
     """The slab classes asked for: ``all`` and ``hash`` mean every one; None if malformed."""
     if token in (b"all", b"hash"):
-        return {1}
+        return set(range(1, _LARGEST_CLASS + 1))
     wanted = set()
     for part in token.split(b","):
         if not part.isdigit() or not 1 <= int(part) <= _LARGEST_CLASS:
@@ -49,27 +49,28 @@ def _classes(token: bytes) -> set[int] | None:
     return wanted
 
 
-def metadump_lines(ctx: Session) -> bytes:
-    """The item lines of a metadump, one per live item, in LRU order (oldest first)."""
+def metadump_lines(ctx: Session, classes: set[int]) -> bytes:
+    """The item lines of a metadump, one per live item of ``classes``, in LRU order (oldest first)."""
     store = ctx.store
     now = store.now()
+    cas_bytes = store.slabs.cas_bytes
     lines = []
     live = store.keys()  # a copy taken under the store's lock; items may go meanwhile
     for key in live:
         item = store.peek(key)
-        if item is None:  # deleted or expired since the key list was taken
+        if item is None or item.cls not in classes:  # deleted or expired since the key list was taken
             continue
         exp = item.exptime if item.exptime else -1
-        size = len(key) + len(item.value) + ITEM_OVERHEAD
         lines.append(
-            b"key=%s exp=%d la=%d cas=%d fetch=%s cls=1 size=%d\n"
+            b"key=%s exp=%d la=%d cas=%d fetch=%s cls=%d size=%d\n"
             % (
                 quote_from_bytes(key, safe="").encode("ascii"),
                 exp,
                 item.atime or now,
                 item.cas,
                 b"yes" if item.fetched else b"no",
-                size,
+                item.cls,
+                item.size + cas_bytes,  # memcached's ITEM_ntotal
             )
         )
     return b"".join(lines)
@@ -83,6 +84,4 @@ def lru_crawler(ctx: Session, args: list[bytes], data: bytes | None) -> bytes:
     classes = _classes(args[1])
     if classes is None:
         return BAD_CLASS
-    if 1 not in classes:
-        return END
-    return metadump_lines(ctx) + END
+    return metadump_lines(ctx, classes) + END

@@ -223,7 +223,7 @@ def _get(s: BinarySession, op: int, opaque: int, cas: int, extras: bytes, key: b
         if op == GETK:
             return _pack_header(RESPONSE, op, len(key), 0, 0, KEY_ENOENT, len(key), opaque, 0) + key
         return None if op != GET else error(op, KEY_ENOENT, opaque)  # GETQ and GETKQ keep misses quiet
-    _, _, _, item_cas, _, flags = unpack_meta(blob)
+    _, _, _, item_cas, _, flags, _, _ = unpack_meta(blob)
     data = blob[blob.index(b"\n", META) + 1 : -2]
     if op in (GET, GETQ):
         return _GET_REPLY(RESPONSE, op, 0, 4, 0, 0, 4 + len(data), opaque, item_cas, flags) + data
@@ -626,7 +626,7 @@ class BinarySession(Session):
         for (op, opaque, key), blob in zip(gets, found, strict=True):
             if blob is None:
                 continue  # a quiet get keeps its miss to itself
-            _, _, _, cas, _, flags = unpack_meta(blob)
+            _, _, _, cas, _, flags, _, _ = unpack_meta(blob)
             data = blob[blob.index(b"\n", META) + 1 : -2]
             if op == GETQ:
                 add(_GET_REPLY(RESPONSE, op, 0, 4, 0, 0, 4 + len(data), opaque, cas, flags) + data)

@@ -369,23 +369,19 @@ def quit_(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> None:
 
 
 def _cachedump(ctx: "Session", args: list[bytes]) -> bytes:
-    """``stats cachedump <class> <limit>``: the items memcached would keep in that
-    slab class, most recently used first, as ``ITEM <key> [<bytes> b; <exptime> s]``."""
+    """``stats cachedump <class> <limit>``: the items of that slab class (the
+    class memcached would keep each in, see :mod:`memcachedlite.storage.slabs`),
+    most recently used first, as ``ITEM <key> [<bytes> b; <exptime> s]``."""
     if len(args) < 2:
         raise ClientError("bad command line")
     class_id = parse_uint(args[0], U32)
     limit = parse_uint(args[1], U32)
     if class_id >= slabs.MAX_CLASSES:
         raise ClientError("Illegal slab id")
-    size_max = ctx.settings.max_item_size
-    cas = ctx.store.cas_enabled
 
     def in_class(key: bytes, item: Item) -> bool:
         # memcached leaves out keys given in base64: they may not print
-        return (
-            not item.state & BINARY_KEY
-            and slabs.item_class(key, len(item.value), item.flags, cas, size_max) == class_id
-        )
+        return not item.state & BINARY_KEY and item.cls == class_id
 
     found = ctx.store.walk_lru(in_class, limit)
     lines = [b"ITEM %s [%d b; %d s]\r\n" % (key, len(item.value), item.exptime) for key, item in found]

@@ -23,7 +23,7 @@ from base64 import b64encode
 from typing import TYPE_CHECKING, Callable, Optional
 
 from ..errors import BadCommandLine, ClientError, UnknownCommand
-from ..storage.items import BINARY_KEY, FETCHED, STALE, WIN_SENT, Item
+from ..storage.items import BINARY_KEY, FETCHED, STALE, WIN_SENT, Item, memcached_size
 from ..storage.numbers import U64
 from ..storage.records import strict_b64decode
 from ..storage.store import Mode, Outcome
@@ -262,11 +262,11 @@ def mg(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> Optional[byt
         item = store.fetch_uncounted(meta.key, bump=_u not in meta.flags)
         created = item is None
         if created and _N not in meta.flags:
-            _count_read(store, meta, hit=False)
+            _count_read(store, meta, None)
             return _reply(_EN, meta.echo(), meta, (_EN,))
         if item is None:
             item = _vivify(store, meta, now)
-        _count_read(store, meta, hit=True)
+        _count_read(store, meta, item)
         out, won = _mg_flags(store, meta, item, created, now)
         out += _mg_marks(store, meta.key, item, won)
     if _v in meta.flags:
@@ -274,16 +274,16 @@ def mg(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> Optional[byt
     return b"HD" + out + b"\r\n"
 
 
-def _count_read(store: "Store", meta: Meta, hit: bool) -> None:
-    """Count an ``mg`` as memcached does: a get (a hit also when ``N``
-    created the item), except that a hit that touches (``T``) counts as a
-    touch only, as ``gat`` does."""
-    if not hit:
+def _count_read(store: "Store", meta: Meta, item: Optional[Item]) -> None:
+    """Count an ``mg`` as memcached does: a get (a hit, in the item's class,
+    also when ``N`` created it), except that a hit that touches (``T``)
+    counts as a touch only, as ``gat`` does."""
+    if item is None:
         store.count("cmd_get")
         store.count("get_misses")
     elif _T not in meta.flags:
         store.count("cmd_get")
-        store.count("get_hits")
+        store.count_in_class("get_hits", item.cls)
 
 
 def _vivify(store: "Store", meta: Meta, now: int) -> Item:
@@ -293,7 +293,8 @@ def _vivify(store: "Store", meta: Meta, now: int) -> Item:
     state = BINARY_KEY if meta.binary else 0
     read = state if _u in meta.flags else state | FETCHED  # this read is its first fetch
     cas = store.put(meta.key, b"", 0, exptime, cas=meta.new_cas, state=read)
-    return Item(b"", 0, exptime, cas, now, state)
+    size = memcached_size(len(meta.key), 0, 0)
+    return Item(b"", 0, exptime, cas, now, state, store.slabs.of(size), size)
 
 
 def _mg_flags(store: "Store", meta: Meta, item: Item, created: bool, now: int) -> tuple[bytes, bool]:
@@ -422,7 +423,7 @@ def md(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> Optional[byt
     store = ctx.store
     key = meta.key
     with store.atomic():
-        item = store.peek(key)
+        item = store.peek(key, count=True)
         if item is None:
             store.count("delete_misses")
             return _reply(_NF, meta.echo(), meta)
@@ -494,16 +495,15 @@ def me(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
     store = ctx.store
     store.count("cmd_meta")  # memcached 1.6.18's cmd_meta counts me alone
     now = store.now()
-    item = store.peek(key)
+    item = store.peek(key, count=True)
     if item is None:
         return b"EN\r\n"
-    # memcached's own item size: header, cas, key and NUL, flags if any, value and CRLF
-    size = 56 + len(key) + 1 + (4 if item.flags else 0) + len(item.value) + 2
-    return b"ME %b exp=%d la=%d cas=%d fetch=%b cls=1 size=%d\r\n" % (
+    return b"ME %b exp=%d la=%d cas=%d fetch=%b cls=%d size=%d\r\n" % (
         b64encode(key) if item.state & BINARY_KEY else key,
         _ttl_left(item.exptime, now),
         now - item.atime if item.atime else 0,
         item.cas,
         b"yes" if item.fetched else b"no",
-        size,
+        item.cls,
+        item.size + store.slabs.cas_bytes,  # memcached's ITEM_ntotal
     )

@@ -1,6 +1,7 @@
-"""What ``stats`` reports: memcached's general and settings keys, in
-memcached's order, with this server's own after them. The text ``stats``
-verb (:mod:`memcachedlite.protocols.commands`) and the binary STAT opcode
+"""What ``stats`` reports: memcached's general, settings, per-class
+(``items``, ``slabs``) and ``sizes`` keys, in memcached's order, with this
+server's own after them. The text ``stats`` verb
+(:mod:`memcachedlite.protocols.commands`) and the binary STAT opcode
 (:mod:`memcachedlite.protocols.binary`) both answer from here."""
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ except ImportError:
     raise UnsupportedPlatform("resource") from None
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..storage.store import Store
     from .session import Session
 
 #: What ``version`` answers: the memcached protocol level implemented, then
@@ -146,7 +148,7 @@ def general_stats(ctx: "Session") -> list[tuple[str, object]]:
         ("total_items", store["total_items"]),
         ("slab_global_page_pool", _IDLE),
         ("expired_unfetched", store["expired_unfetched"]),
-        ("evicted_unfetched", _IDLE),
+        ("evicted_unfetched", store["evicted_unfetched"]),
         ("evicted_active", _IDLE),
         ("evictions", store["evictions"]),
         ("reclaimed", store["reclaimed"]),
@@ -156,10 +158,11 @@ def general_stats(ctx: "Session") -> list[tuple[str, object]]:
         ("moves_to_cold", _IDLE),
         ("moves_to_warm", _IDLE),
         ("moves_within_lru", _IDLE),
-        ("direct_reclaims", _IDLE),
+        ("direct_reclaims", store["direct_reclaims"]),
         ("lru_bumps_dropped", _IDLE),
-        # this server's own
-        ("total_malloced", store["bytes"]),
+        # this server's own. bytes above is memcached's figure for these items; this is
+        # what they really take here, the figure the memory limit is enforced on
+        ("bytes_in_memory", store["bytes_in_memory"]),
         ("compactions", store["compactions"]),
         ("compaction_failures", store["compaction_failures"]),
         ("compacting", store["compacting"]),
@@ -239,7 +242,7 @@ def settings_stats(ctx: "Session") -> list[tuple[str, object]]:
         ("watcher_logbuf_size", 0),
         ("worker_logbuf_size", 0),
         ("read_buf_mem_limit", 0),
-        ("track_sizes", "no"),
+        ("track_sizes", _yes(store.sizes_from is not None)),
         ("inline_ascii_response", "no"),
         # memcached's extstore (a flash tier): absent here, shown with memcached's defaults
         ("ext_item_size", 512),
@@ -289,12 +292,33 @@ def stats_lines(ctx: "Session", group: Optional[bytes] = None) -> list[tuple[str
     if group == b"settings":
         return settings_stats(ctx)
     if group in (b"items", b"slabs"):
-        # No slab classes here: memory is Python's. A valid, empty answer keeps
-        # tools that ask for these (exporters, memcstat) working.
-        return [("active_slabs", 0), ("total_malloced", ctx.store.stats()["bytes"])] if group == b"slabs" else []
-    if group == b"sizes":
-        return [("sizes_status", "disabled")]  # memcached's answer unless started with -o track_sizes
+        return list(ctx.store.class_stats(group.decode()))
+    if group in _SIZES:
+        return _SIZES[group](ctx.store)
     raise BadCommandLine()
+
+
+def _sizes(store: "Store") -> list[tuple[str, object]]:
+    """``stats sizes``: memcached's histogram (items by size, 32-byte steps),
+    or its status while off (as memcached starts, unless ``-o track_sizes``)."""
+    if store.sizes_from is None:
+        return [("sizes_status", "disabled")]
+    return [(str(size), count) for size, count in store.size_histogram().items()]
+
+
+def _sizes_enable(store: "Store") -> list[tuple[str, object]]:
+    if not store.cas_enabled:  # memcached tells its items apart by cas
+        return [("sizes_status", "error"), ("sizes_error", "cas_support_disabled")]
+    store.enable_sizes()
+    return [("sizes_status", "enabled")]
+
+
+def _sizes_disable(store: "Store") -> list[tuple[str, object]]:
+    store.sizes_from = None
+    return [("sizes_status", "disabled")]
+
+
+_SIZES = {b"sizes": _sizes, b"sizes_enable": _sizes_enable, b"sizes_disable": _sizes_disable}
 
 
 _DETAIL_USAGE = "usage: stats detail on|off|dump"

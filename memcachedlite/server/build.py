@@ -134,7 +134,7 @@ def build_server(config: ServerConfig) -> MemcacheServer:
     # Bind first: a port in use should not leave a new data file behind.
     try:
         server.server_bind()
-        server.store = _open_store(config, compact_min_size)
+        server.store = _open_store(config, compact_min_size, settings.max_item_size)
         if config.disable_cas:
             server.store.disable_cas()
         server.server_activate()
@@ -232,10 +232,13 @@ def _unbound_server(
         raise LaunchError(str(exc)) from None
 
 
-def _open_store(config: ServerConfig, compact_min_size: int) -> Store:
+def _open_store(config: ServerConfig, compact_min_size: int, item_size_max: int) -> Store:
     """The store, from the data file (repaired first when asked and damaged) or in memory only."""
     options: dict[str, Any] = dict(
-        memory_limit=config.memory_limit * 1024 * 1024, evict=not config.no_evict, compact_min_size=compact_min_size
+        memory_limit=config.memory_limit * 1024 * 1024,
+        evict=not config.no_evict,
+        compact_min_size=compact_min_size,
+        item_size_max=item_size_max,
     )
     if config.path is None:
         return Store(None, **options)

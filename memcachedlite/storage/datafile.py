@@ -14,12 +14,13 @@ import logging
 import os
 import struct
 import threading
-from typing import Callable, Iterator, Optional, Union
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Union
 from zlib import crc32
 
 from ..errors import CorruptLogError, DataFileInUse, LogWriteError, UnsupportedPlatform
 from .fileio import absolute, fsync_directory, pwrite_all, write_all
 from .foreign import check_ours
+from .items import SIZE_BASE
 from .records import (
     HEAD_MARK_AT,
     LEGACY_ID,
@@ -44,6 +45,9 @@ try:
 except ImportError:
     raise UnsupportedPlatform("fcntl") from None
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .slabs import Slabs
+
 log = logging.getLogger(__name__)
 
 FSYNC_POLICIES = ("always", "everysec", "no")
@@ -66,14 +70,16 @@ def load_records(
     items: dict,
     pack: Callable[..., bytes],
     on_other: Callable[[Record], None],
+    slabs: Slabs,
     progress: Progress = _no_progress,
 ) -> tuple[int, int, int]:
     """Replay ``buf`` from ``start`` into ``items`` (key -> the store's item
-    form, ``pack(cas, exptime, flags) + b" <flags> <bytes>\\r\\n<value>\\r\\n"``,
-    see :mod:`memcachedlite.storage.items`); every other record, ``bset`` included,
-    goes to ``on_other``. Returns the number of records, the highest cas seen
-    by this loop, and how many of its sets carried an expiry. ``progress``
-    hears how far it got after each :data:`PROGRESS_STEP` bytes.
+    form, ``pack(cas, exptime, flags, class, size) + b" <flags> <bytes>\\r\\n<value>\\r\\n"``,
+    see :mod:`memcachedlite.storage.items`, with the class ``slabs`` gives);
+    every other record, ``bset`` included, goes to ``on_other``. Returns the
+    number of records, the highest cas seen by this loop, and how many of its
+    sets carried an expiry. ``progress`` hears how far it got after each
+    :data:`PROGRESS_STEP` bytes.
 
     This is :func:`parse_records` with the common ``set`` record inlined,
     because start-up time is mostly this loop; anything unusual takes the
@@ -83,6 +89,7 @@ def load_records(
     pos = start
     find = buf.find
     starts = buf.startswith
+    table, chunk_limit, largest = slabs.table, slabs.chunk_limit, slabs.largest
     count = max_cas = expiring = 0
     while pos < n:
         progress(pos, len(items))
@@ -107,10 +114,12 @@ def load_records(
                     ):
                         number = int(cas)
                         flag_value = 0 if flags == b"0" else int(flags)
+                        msize = SIZE_BASE + len(key) + size + (4 if flag_value else 0)  # items.memcached_size
+                        cls = table[msize] if msize <= chunk_limit else largest
                         if exptime == b"0":
-                            meta = pack(number, 0, flag_value)
+                            meta = pack(number, 0, flag_value, cls, msize)
                         else:
-                            meta = pack(number, int(exptime), flag_value)
+                            meta = pack(number, int(exptime), flag_value, cls, msize)
                             expiring += 1
                         # the value is followed by CRLF in the file too: one slice takes both.
                         # The numbers as the store writes them, not as the file spells them.
@@ -132,7 +141,9 @@ def load_records(
                 if one[0] == b"set":  # in a group (the fast path takes every other good set)
                     _, key, value, flags, exptime, cas = one
                     items.pop(key, None)  # re-inserted at the young end
-                    items[key] = b"%b %d %d\r\n%b\r\n" % (pack(cas, exptime, flags), flags, len(value), value)
+                    msize = SIZE_BASE + len(key) + len(value) + (4 if flags else 0)
+                    meta = pack(cas, exptime, flags, slabs.of(msize), msize)
+                    items[key] = b"%b %d %d\r\n%b\r\n" % (meta, flags, len(value), value)
                     max_cas = max(max_cas, cas)
                     expiring += exptime != 0
                 else:
@@ -172,6 +183,7 @@ def load_buffer(
     items: dict,
     pack: Callable[..., bytes],
     on_other: Callable[[Record], None],
+    slabs: Slabs,
     progress: Progress = _no_progress,
 ) -> tuple[tuple[int, int, int], int]:
     """Replay the data file contents ``buf`` from ``start``, where its records
@@ -195,7 +207,7 @@ def load_buffer(
             raise
         on_other(snapshot)
         snapshot_end = start = after
-    return load_records(buf, start, items, pack, other, progress), snapshot_end
+    return load_records(buf, start, items, pack, other, slabs, progress), snapshot_end
 
 
 class Rewrite:
@@ -349,6 +361,7 @@ class DataLog:
         items: dict,
         pack: Callable[..., bytes],
         on_other: Callable[[Record], None],
+        slabs: Slabs,
         progress: Progress = _no_progress,
     ) -> tuple[int, int, int]:
         """Replay the file into ``items`` (see :func:`load_records`, which
@@ -375,7 +388,7 @@ class DataLog:
         gc.disable()  # a million new tuples would trigger needless collections
         try:
             self.snapshot_end = 0
-            result, self.snapshot_end = load_buffer(buf, start, items, pack, on_other, progress)
+            result, self.snapshot_end = load_buffer(buf, start, items, pack, on_other, slabs, progress)
         except BadRecord as bad:
             synced = max(head.synced, highest_sync_mark(buf, self.file_id))
             if bad.offset < synced:

@@ -33,14 +33,13 @@ import collections
 import logging
 import threading
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from mypy_extensions import mypyc_attr
 
 from ..errors import LogWriteError, ServerError
 from . import datafile, records
 from .committer import Committer
-from .items import item_size
 from .replay import snapshot_section
 
 logger = logging.getLogger(__name__)
@@ -82,7 +81,11 @@ class Durability:
     _closing: threading.Event
     # the store's item state (see memcachedlite.storage.store)
     _items: dict[bytes, bytes]
+    _flushed: dict[bytes, bytes]
     bytes: int
+    # count an item in (1) or out of (-1) its slab class and the memory used; count every item anew
+    _account: Callable[..., None]  # (key, item, sign); "bytes" here would name the attribute above
+    _recount: Callable[[], None]
     flush_at: int
     _next_cas: int
     _max_given_cas: int
@@ -252,20 +255,21 @@ class Durability:
     def _restore(self, undo: list[tuple]) -> None:
         """Put back what a batch's changes replaced, newest first: each undo
         entry is ``(key, what it held or None)``, or, for ``flush_all``,
-        ``(None, the whole table, bytes, flush_at)``."""
+        ``(None, the whole table, the flushed items, bytes, flush_at)``."""
         items = self._items
         for entry in undo[::-1]:  # (not reversed(): mypyc 2.4 cannot compile it over list[tuple])
-            if entry[0] is None:  # a whole table, replaced by flush_all
-                _, self._items, self.bytes, self.flush_at = entry
+            if entry[0] is None:  # whole tables, replaced by flush_all
+                _, self._items, self._flushed, self.bytes, self.flush_at = entry
                 items = self._items
+                self._recount()
                 continue
             key, old = entry
             current = items.pop(key, None)
             if current is not None:
-                self.bytes -= item_size(key, current)
+                self._account(key, current, -1)
             if old is not None:
                 items[key] = old
-                self.bytes += item_size(key, old)
+                self._account(key, old, 1)
 
     def _rollback(self, undo: list[tuple]) -> None:
         self._restore(undo)

@@ -3,17 +3,25 @@
 An expired item is otherwise only noticed when someone asks for it, so the
 memory of keys nobody asks for again would never come back. :class:`Expiry`
 is a base class of :class:`~memcachedlite.storage.store.Store`: it walks the table a
-slice at a time under the store's lock and drops what has expired. The
-store's writes say when an item with an expiry was stored
-(``_may_expire``), so the walk idles while nothing can expire.
+slice at a time under the store's lock and drops what has expired, and first
+the items an immediate ``flush_all`` ended. The store's writes say when an
+item with an expiry was stored (``_may_expire``), so the walk idles while
+nothing can expire. What it drops is counted in the item's class as
+memcached counts it: an expired item as its crawler's find
+(``crawler_reclaimed``, ``crawler_items_checked``, and ``expired_unfetched``
+when never read), a flushed one as its LRU maintainer's, which takes them
+from the tails of its LRUs first (``reclaimed``, ``expired_unfetched``).
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from .items import EXPTIME_AT, EXPTIME_END, NEVER_PACKED, unpack_meta
+from .items import CLASS_OFFSET, EXPTIME_AT, EXPTIME_END, NEVER_PACKED, unpack_meta
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .slabs import Slabs
 
 
 class Expiry:
@@ -22,10 +30,13 @@ class Expiry:
     _lock: Any
     _closing: threading.Event
     _items: dict[bytes, bytes]
+    _flushed: dict[bytes, bytes]
     counters: dict[str, int]
-    # the store's: the time, and dropping one item from the table
+    slabs: Slabs
+    # the store's: the time, dropping one item from the table, reclaiming flushed ones
     now: Callable[[], int]
     _drop: Callable[[bytes, bytes], None]
+    _reclaim_flushed: Callable[..., int]
 
     def _init_expiry(self) -> None:
         self._sweeper: Optional[threading.Thread] = None
@@ -45,6 +56,8 @@ class Expiry:
         already carry the absolute expiry, so a replay drops these items too.
         """
         with self._lock:
+            if self._flushed:
+                return self._reclaim_flushed(1 << 62, most=limit)
             if self._sweep_at >= len(self._sweep_keys):
                 if not self._may_expire:  # the last round found nothing with an expiry
                     return 0
@@ -56,24 +69,33 @@ class Expiry:
             self._sweep_at += len(keys)
             now = self.now()
             items = self._items
+            counts = self.slabs.counts
+            checked, reclaimed, unfetched = (
+                counts["crawler_items_checked"],
+                counts["crawler_reclaimed"],
+                counts["expired_unfetched"],
+            )
             dropped = 0
             expiring = False
             for key in keys:
                 blob = items.get(key)
-                if blob is not None and blob[EXPTIME_AT:EXPTIME_END] != NEVER_PACKED:
+                if blob is None:
+                    continue
+                cls = blob[CLASS_OFFSET]
+                checked[cls] += 1
+                if blob[EXPTIME_AT:EXPTIME_END] != NEVER_PACKED:
                     if unpack_meta(blob)[4] <= now:
                         self._drop(key, blob)
                         dropped += 1
+                        reclaimed[cls] += 1
+                        if not blob[0]:  # never fetched
+                            unfetched[cls] += 1
                     else:
                         expiring = True
             if expiring:
                 self._expiring_seen = True
             if self._sweep_at >= len(self._sweep_keys) and self._expiring_seen:
                 self._may_expire = True  # items left that will expire: go round again
-            counters = self.counters
-            counters["crawler_items_checked"] += len(keys)
-            counters["crawler_reclaimed"] += dropped
-            counters["reclaimed"] += dropped
             return dropped
 
     def start_sweeper(self, interval: float = 0.1, per_round: int = 5000) -> None:

@@ -4,15 +4,19 @@ its state bits, and the decoded :class:`Item` view handed to callers.
 Items are kept as one bytes object each, laid out so that a ``get`` reply is
 ``b"VALUE " + key + item[META:]``::
 
-    pack(fetched, atime, state, cas, exptime, flags)  b" <flags> <bytes>\r\n"  <value>  b"\r\n"
+    pack(fetched, atime, state, cas, exptime, flags, class, size)  b" <flags> <bytes>\r\n"  <value>  b"\r\n"
 
-(``pack`` is the 26-byte big-endian struct ``>BIBQqI``: whether the item was
-fetched, its last access time, the other state bits, cas, exptime, client
-flags). One object per item instead of a tuple keeps memory close to
-memcached's and makes reads a single concatenation; :class:`Item` is the
-decoded view handed to callers. The fetched byte and the access time lead,
-big-endian, so that one comparison of the first five bytes tells whether a
-read must refresh them (see :meth:`memcachedlite.storage.store.Store._bump`).
+(``pack`` is the 31-byte big-endian struct ``>BIBQqIBI``: whether the item
+was fetched, its last access time, the other state bits, cas, exptime,
+client flags, then the slab class memcached would link it in and
+memcached's size for it, see :mod:`memcachedlite.storage.slabs`). One
+object per item instead of a tuple keeps memory close to memcached's and
+makes reads a single concatenation; :class:`Item` is the decoded view handed
+to callers. The fetched byte and the access time lead, big-endian, so that
+one comparison of the first five bytes tells whether a read must refresh
+them (see :meth:`memcachedlite.storage.store.Store._bump`); the class is one
+byte at a fixed place, so that a hit is counted in its class with one
+subscript.
 
 The state bits are memcached's: whether the item was fetched since it was
 stored, whether it was marked stale (meta delete with ``I``), whether a
@@ -25,8 +29,8 @@ from __future__ import annotations
 
 import struct
 from itertools import repeat
-from operator import countOf, getitem
-from typing import NamedTuple, Optional
+from operator import countOf, getitem, itemgetter
+from typing import Iterable, NamedTuple, Optional
 
 #: Bytes counted per item on top of key and value: the two objects' headers,
 #: the item's metadata and its slot in the table, as measured on CPython 3.11.
@@ -43,7 +47,9 @@ BINARY_KEY = 8
 
 class Item(NamedTuple):
     """One stored value. ``exptime`` is an absolute unix time, 0 for never;
-    ``atime`` the unix time of the last access; ``state`` the bits above."""
+    ``atime`` the unix time of the last access; ``state`` the bits above;
+    ``cls`` and ``size`` memcached's slab class and size for it (see
+    :func:`memcached_size`)."""
 
     value: bytes
     flags: int
@@ -51,6 +57,8 @@ class Item(NamedTuple):
     cas: int
     atime: int = 0
     state: int = 0
+    cls: int = 0
+    size: int = 0
 
     @property
     def fetched(self) -> bool:
@@ -61,10 +69,10 @@ class Item(NamedTuple):
         return bool(self.state & STALE)
 
 
-_META = struct.Struct(">BIBQqI")  # fetched, atime, state, cas, exptime, flags
+_META = struct.Struct(">BIBQqIBI")  # fetched, atime, state, cas, exptime, flags, class, size
 #: The number of this layout in snapshot sections of the data file; change
-#: it (and teach the loader the old one) whenever the layout changes.
-ITEM_FORMAT = 1
+#: it (and teach the loader the old one, see :func:`upgrade`) whenever the layout changes.
+ITEM_FORMAT = 2
 META = _META.size
 pack_meta = _META.pack
 unpack_meta = _META.unpack_from
@@ -72,6 +80,12 @@ STATE_OFFSET = 5  # offset of the state byte (every bit but FETCHED, which has i
 # where exptime lies, to test it for 0 without unpacking (two numbers, not a
 # slice object: mypyc compiles a slice held in a constant into an integer index)
 EXPTIME_AT, EXPTIME_END = 14, 22
+CLASS_OFFSET = 26  # the slab class: one byte, so that counting a hit in its class is one subscript
+_SIZE = struct.Struct(">I")
+#: what a write needs of the item it replaces, in one call: its exptime, class and size
+unpack_replaced = struct.Struct(">14xq4xBI").unpack_from
+#: format 1 had no class and size: its metadata ended with the flags
+_META_V1 = struct.Struct(">BIBQqI")
 NEVER_PACKED = bytes(8)  # exptime 0, as packed
 pack_recent = struct.Struct(">BI").pack
 #: A read refreshes an item's last access time and LRU place at most this
@@ -79,8 +93,21 @@ pack_recent = struct.Struct(">BI").pack
 ATIME_INTERVAL = 60
 
 
-def _header(state: int, atime: int, cas: int, exptime: int, flags: int) -> bytes:
-    return pack_meta(state & FETCHED, atime, state & ~FETCHED, cas, exptime, flags)
+#: memcached's item header (48 bytes), the key's NUL and the value's CRLF
+SIZE_BASE = 51
+
+
+def memcached_size(key_length: int, value_length: int, flags: int) -> int:
+    """memcached's size for an item (``ITEM_ntotal``, what its ``bytes`` and
+    ``mem_requested`` add up) less the 8 bytes of its cas field: header, key
+    and NUL, 4 bytes of client flags unless 0, value and CRLF. Without the cas
+    field it does not depend on ``-C``; :class:`~memcachedlite.storage.slabs.Slabs`
+    adds it back."""
+    return SIZE_BASE + key_length + value_length + (4 if flags else 0)
+
+
+def _header(state: int, atime: int, cas: int, exptime: int, flags: int, cls: int, size: int) -> bytes:
+    return pack_meta(state & FETCHED, atime, state & ~FETCHED, cas, exptime, flags, cls, size)
 
 
 #: The shortest item there is: the header, ``" 0 0\r\n"`` and an empty value's CRLF.
@@ -109,14 +136,46 @@ def bulk_expiring(blobs: list[bytes], shortest: int, claimed: int) -> int:
     return len(blobs) - countOf(map(getitem, blobs, repeat(slice(EXPTIME_AT, EXPTIME_END))), NEVER_PACKED)
 
 
-def make_item(value: bytes, flags: int, exptime: int, cas: int, atime: int = 0, state: int = 0) -> bytes:
+def make_item(
+    value: bytes, flags: int, exptime: int, cas: int, atime: int = 0, state: int = 0, cls: int = 0, size: int = 0
+) -> bytes:
     """The stored form of an item (see the module docstring)."""
-    return b"%b %d %d\r\n%b\r\n" % (_header(state, atime, cas, exptime, flags), flags, len(value), value)
+    header = _header(state, atime, cas, exptime, flags, cls, size)
+    return b"%b %d %d\r\n%b\r\n" % (header, flags, len(value), value)
 
 
 def decode(blob: bytes) -> Item:
-    fetched, atime, state, cas, exptime, flags = unpack_meta(blob)
-    return Item(blob[blob.index(b"\n", META) + 1 : -2], flags, exptime, cas, atime, state | fetched)
+    fetched, atime, state, cas, exptime, flags, cls, size = unpack_meta(blob)
+    return Item(blob[blob.index(b"\n", META) + 1 : -2], flags, exptime, cas, atime, state | fetched, cls, size)
+
+
+def item_class_size(blob: bytes) -> tuple[int, int]:
+    """The item's slab class and memcached's size for it."""
+    return blob[CLASS_OFFSET], _SIZE.unpack_from(blob, CLASS_OFFSET + 1)[0]
+
+
+def classes_and_sizes(blobs: Iterable[bytes]) -> tuple[bytes, list[int]]:
+    """The classes and sizes of many items at once, by C loops (start-up
+    counts every item it loaded in its class)."""
+    blobs = list(blobs)
+    classes = bytes(map(itemgetter(CLASS_OFFSET), blobs))
+    return classes, list(map(itemgetter(0), map(_SIZE.unpack_from, blobs, repeat(CLASS_OFFSET + 1))))
+
+
+def with_class(blob: bytes, cls: int, size: int) -> bytes:
+    """``blob`` with another class and size (the store's classes changed)."""
+    return blob[:CLASS_OFFSET] + bytes([cls]) + _SIZE.pack(size) + blob[META:]
+
+
+def upgrade(key: bytes, blob: bytes, item_format: int) -> bytes:
+    """An item of an older layout in this one, with its size worked out and
+    class 0 (the store classifies every item it loads)."""
+    if item_format != 1:
+        raise ValueError(f"unknown item format {item_format}")
+    _, _, _, _, _, flags = _META_V1.unpack_from(blob)
+    start = blob.index(b"\n", _META_V1.size) + 1
+    size = memcached_size(len(key), len(blob) - start - 2, flags)
+    return blob[: _META_V1.size] + bytes([0]) + _SIZE.pack(size) + blob[_META_V1.size :]
 
 
 def item_exptime(blob: bytes) -> int:
@@ -128,14 +187,14 @@ def item_cas(blob: bytes) -> int:
 
 
 def with_exptime(blob: bytes, exptime: int) -> bytes:
-    fetched, atime, state, cas, _, flags = unpack_meta(blob)
-    return pack_meta(fetched, atime, state, cas, exptime, flags) + blob[META:]
+    fetched, atime, state, cas, _, flags, cls, size = unpack_meta(blob)
+    return pack_meta(fetched, atime, state, cas, exptime, flags, cls, size) + blob[META:]
 
 
 def with_state(blob: bytes, state: int, cas: Optional[int] = None) -> bytes:
     """``blob`` with new state bits (FETCHED included) and, if given, a new cas."""
-    _, atime, _, old_cas, exptime, flags = unpack_meta(blob)
-    return _header(state, atime, old_cas if cas is None else cas, exptime, flags) + blob[META:]
+    _, atime, _, old_cas, exptime, flags, cls, size = unpack_meta(blob)
+    return _header(state, atime, old_cas if cas is None else cas, exptime, flags, cls, size) + blob[META:]
 
 
 def item_state(blob: bytes) -> int:
@@ -143,6 +202,8 @@ def item_state(blob: bytes) -> int:
 
 
 def item_size(key: bytes, blob: bytes) -> int:
+    """What an item really takes in this server's memory: the figure the
+    memory limit is enforced on (``stats``: ``bytes_in_memory``)."""
     return len(key) + len(blob) + ITEM_OVERHEAD
 
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 import collections
 import functools
 import logging
+import struct
 import time
 from dataclasses import dataclass
 from itertools import repeat
 from operator import itemgetter
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 from ..errors import CorruptLogError
 from . import records
@@ -24,15 +25,19 @@ from .items import (
     ITEM_FORMAT,
     NEVER_PACKED,
     STALE,
+    bulk_expiring,
     expire_by,
     item_exptime,
     item_state,
     make_item,
+    memcached_size,
     pack_meta,
     unpack_meta,
+    upgrade,
     with_exptime,
     with_state,
 )
+from .slabs import Slabs
 
 logger = logging.getLogger(__name__)
 
@@ -131,32 +136,59 @@ def _count(n: float) -> str:
     return f"{n / 10**3:.0f}k" if n >= 10**3 else f"{n:.0f}"
 
 
-def replay(log: DataLog, now: int, progress: Optional[ReplayProgress] = None) -> Loaded:
-    """Read ``log``'s data file into a new item table as of ``now``, saying
-    how it goes (``progress``: a :class:`ReplayProgress` of the file by default).
+def _bulk_items(
+    path: str, kind: str, item_format: int, pairs: Iterable[tuple[bytes, bytes]], expiring: int
+) -> tuple[Iterable, int]:
+    """The items of a snapshot or ``sets`` record in today's layout, and how
+    many have an expiry: as they are, or upgraded from an older one
+    (:func:`~memcachedlite.storage.items.upgrade`, checked as the record
+    parser checks today's)."""
+    if item_format == ITEM_FORMAT:
+        return pairs, expiring
+    if item_format == 1:
+        try:
+            upgraded = [(key, upgrade(key, blob, 1)) for key, blob in pairs]
+            blobs = [blob for _, blob in upgraded]
+            return upgraded, bulk_expiring(blobs, min(map(len, blobs), default=0), expiring)
+        except (ValueError, struct.error):
+            raise CorruptLogError(path, 0, f"{kind} holding an item not in item format 1") from None
+    raise CorruptLogError(path, 0, f"{kind} of unknown item format {item_format}")
+
+
+def replay(log: DataLog, now: int, slabs: Slabs, progress: Optional[ReplayProgress] = None) -> Loaded:
+    """Read ``log``'s data file into a new item table as of ``now``, each
+    item in the class ``slabs`` gives it, saying how it goes (``progress``:
+    a :class:`ReplayProgress` of the file by default).
 
     Items already expired at ``now`` are left out; what a record cannot
     express by itself (a delayed flush, the next cas) comes back in the
-    result for the store to take over.
+    result for the store to take over. Items of an older layout are
+    upgraded with class 0: the store classifies every item it takes over.
     """
     if progress is None:
         progress = ReplayProgress(log.path, log.size)
-    loaded, count = _replay(functools.partial(log.load, progress=progress), log.path, now)
+    loaded, count = _replay(functools.partial(log.load, slabs=slabs, progress=progress), log.path, now, slabs)
     progress.done(len(loaded.items), count)
     return loaded
 
 
-def replay_bytes(buf: bytes, path: str, now: int) -> Loaded:
+def replay_bytes(buf: bytes, path: str, now: int, slabs: Slabs | None = None) -> Loaded:
     """The item table the data file contents ``buf`` replay to as of ``now``
-    (what a start-up on them would load); the whole of ``buf`` must read
+    (what a start-up on them would load, with the classes of ``slabs``, by
+    default memcached's); the whole of ``buf`` must read
     (:class:`~memcachedlite.storage.records.BadRecord` otherwise)."""
     head = records.read_head(buf)
     if head is None:
         raise CorruptLogError(path, 0, "not a memcachedlite data file (bad header)")
-    return _replay(lambda items, pack, apply: load_buffer(buf, head.start, items, pack, apply)[0], path, now)[0]
+    classes = slabs or Slabs()
+
+    def load(items: dict, pack: Callable[..., bytes], apply: Callable[[tuple], None]) -> tuple[int, int, int]:
+        return load_buffer(buf, head.start, items, pack, apply, classes)[0]
+
+    return _replay(load, path, now, classes)[0]
 
 
-def _replay(load: Callable[..., tuple[int, int, int]], path: str, now: int) -> tuple[Loaded, int]:
+def _replay(load: Callable[..., tuple[int, int, int]], path: str, now: int, slabs: Slabs) -> tuple[Loaded, int]:
     """The item table that ``load(items, pack, apply)`` fills as of ``now``,
     and how many records it read."""
     items: dict[bytes, bytes] = {}
@@ -167,16 +199,14 @@ def _replay(load: Callable[..., tuple[int, int, int]], path: str, now: int) -> t
     def apply(record: tuple) -> None:
         kind = record[0]
         if kind == b"snapshot":  # written by compaction, at the head of the file
-            _, item_format, cas, expiring[0], pairs = record
-            if item_format != ITEM_FORMAT:
-                raise CorruptLogError(path, 0, f"snapshot of unknown item format {item_format}")
+            _, item_format, cas, claimed, pairs = record
+            pairs, expiring[0] = _bulk_items(path, "snapshot", item_format, pairs, claimed)
             items.update(pairs)
             next_cas[0] = max(next_cas[0], cas)
             return
         if kind == b"sets":  # a run of pipelined sets, in the snapshot's form
             _, item_format, cas, timed, pairs = record
-            if item_format != ITEM_FORMAT:
-                raise CorruptLogError(path, 0, f"sets record of unknown item format {item_format}")
+            pairs, timed = _bulk_items(path, "sets record", item_format, pairs, timed)
             collections.deque(map(items.pop, map(itemgetter(0), pairs), repeat(None)), maxlen=0)  # to the young end
             items.update(pairs)
             next_cas[0] = max(next_cas[0], cas)
@@ -198,7 +228,9 @@ def _replay(load: Callable[..., tuple[int, int, int]], path: str, now: int) -> t
         if kind == b"set":  # bset: the loader takes every plain set
             _, _, value, flags, exptime, cas = record
             items.pop(key, None)  # re-inserted at the young end, as the loader does
-            items[key] = make_item(bytes(value), flags, exptime, cas, now, BINARY_KEY if binary else 0)
+            size = memcached_size(len(key), len(value), flags)
+            state = BINARY_KEY if binary else 0
+            items[key] = make_item(bytes(value), flags, exptime, cas, now, state, slabs.of(size), size)
             next_cas[0] = max(next_cas[0], cas + 1)
         elif kind == b"delete":
             items.pop(key, None)

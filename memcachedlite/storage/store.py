@@ -21,6 +21,8 @@ import threading
 import time
 from contextlib import contextmanager
 from enum import IntEnum
+from itertools import islice
+from operator import itemgetter
 from typing import Callable, Iterable, Iterator, NamedTuple, NoReturn, Optional, Union
 
 from ..errors import LogWriteError, NonNumeric, OutOfMemory, ServerError
@@ -31,6 +33,7 @@ from .expiry import Expiry
 from .items import (
     ATIME_INTERVAL,
     BINARY_KEY,
+    CLASS_OFFSET,
     EXPTIME_AT,
     EXPTIME_END,
     FETCHED,
@@ -38,25 +41,32 @@ from .items import (
     ITEM_OVERHEAD,
     META,
     NEVER_PACKED,
+    SIZE_BASE,
     STALE,
     STATE_OFFSET,
     WIN_SENT,
     Item,
+    classes_and_sizes,
     decode,
     expire_by,
     item_cas,
+    item_class_size,
     item_exptime,
     item_size,
     item_state,
+    memcached_size,
     pack_meta,
     pack_recent,
     unpack_meta,
+    unpack_replaced,
+    with_class,
     with_exptime,
     with_state,
 )
 from .numbers import absolute_exptime, apply_delta, parse_counter
 from .prefixes import PrefixStats
 from .replay import Loaded, replay
+from .slabs import DEFAULT_ITEM_SIZE_MAX, Slabs, items_report, slabs_report
 
 logger = logging.getLogger(__name__)
 
@@ -65,38 +75,33 @@ DEFAULT_MEMORY_LIMIT = 64 * 1024 * 1024
 #: ``sets`` record: below it, a record per set costs less than the bulk
 #: form's fixed part (measured with benchmarks/micro_session.py).
 SETS_RECORD_MIN = 16
+#: The expiry an item already expired is stored with (a negative exptime):
+#: a second long past, as memcached makes it the second after it started.
+PAST = 1
 
+#: The store's counters that are not counted per slab class (those are in
+#: :class:`~memcachedlite.storage.slabs.Slabs`, and ``stats`` shows their sums).
 _COUNTERS = [
     "cmd_get",
-    "cmd_set",
     "cmd_touch",
     "cmd_flush",
     "cmd_meta",
-    "get_hits",
     "get_misses",
     "get_expired",
     "get_flushed",
-    "delete_hits",
     "delete_misses",
-    "incr_hits",
     "incr_misses",
-    "decr_hits",
     "decr_misses",
-    "cas_hits",
     "cas_misses",
-    "cas_badval",
-    "touch_hits",
     "touch_misses",
     "total_items",
-    "evictions",
-    "expired_unfetched",
-    "reclaimed",
     "store_too_large",
     "store_no_memory",
-    "crawler_reclaimed",
-    "crawler_items_checked",
     "lru_crawler_starts",
 ]
+#: What ``stats`` calls the sums of per-class counters, when not their own names.
+_SUMS = {"evicted": "evictions"}
+_class_of = itemgetter(CLASS_OFFSET)
 
 
 class Mode(IntEnum):
@@ -156,9 +161,15 @@ class Store(Expiry, Durability):
         evict: bool = True,
         compact_min_size: int = DEFAULT_COMPACT_MIN_SIZE,
         clock: Callable[[], float] = time.time,
+        item_size_max: int = DEFAULT_ITEM_SIZE_MAX,
     ) -> None:
         # Insertion order is the LRU order: a write or a bump re-inserts at the end.
         self._items: dict[bytes, bytes] = {}
+        #: the items an immediate flush_all ended, until they are read (get_flushed),
+        #: replaced or reclaimed, as memcached keeps them (never a key of _items)
+        self._flushed: dict[bytes, bytes] = {}
+        #: memcached's slab classes for -I and -C, and what each holds (see memcachedlite.storage.slabs)
+        self.slabs = Slabs(item_size_max)
         self._lock = threading.RLock()
         self._below_at = -1  # the second _below was worked out for; see _bump_below
         self._below = b""
@@ -171,6 +182,8 @@ class Store(Expiry, Durability):
         self.cas_enabled = True
         #: ``stats detail``: counted by the protocol commands while enabled.
         self.prefixes = PrefixStats()
+        #: ``stats sizes``: None while off, else the first cas it counts (see enable_sizes)
+        self.sizes_from: Optional[int] = None
         self.bytes = 0
         self.flush_at = 0  # pending delayed flush_all, absolute time
         self._next_cas = 1
@@ -188,7 +201,7 @@ class Store(Expiry, Durability):
         if path is not None:
             self.log = datafile.DataLog(path, fsync=fsync)
             try:
-                self._install(replay(self.log, self.now()))
+                self._install(replay(self.log, self.now(), self.slabs))
             except BaseException:
                 self.log.close()
                 raise
@@ -200,6 +213,64 @@ class Store(Expiry, Durability):
         self.bytes = sum(map(len, items)) + sum(map(len, items.values())) + ITEM_OVERHEAD * len(items)
         self.flush_at = loaded.flush_at
         self._next_cas = loaded.next_cas
+        self._classify(items)
+
+    def _classify(self, items: dict[bytes, bytes]) -> None:
+        """Give each item of ``items`` its class under this store's slab
+        classes (an item's class is worked out from its size, which does not
+        depend on them) and count it in its class. For a table just
+        loaded, or one whose classes changed (-C).
+
+        Start-up time matters: when every item already carries the class its
+        size gives and none is chunked (a file this server wrote, with the
+        same -I and -C), they are counted by C loops, a slice at a time;
+        otherwise one by one."""
+        slabs = self.slabs
+        values = iter(items.values())
+        counted: list[tuple[bytes, list[int]]] = []
+        while True:
+            classes, sizes = classes_and_sizes(islice(values, 65536))
+            if not sizes:
+                break
+            if slabs.classes_of(sizes) != classes:
+                return self._classify_each(items)
+            counted.append((classes, sizes))
+        for classes, sizes in counted:
+            slabs.link_many(classes, sizes)
+
+    def _classify_each(self, items: dict[bytes, bytes]) -> None:
+        """:meth:`_classify`, an item at a time."""
+        slabs = self.slabs
+        of = slabs.of
+        link = slabs.link
+        limit = slabs.chunk_limit
+        for key, blob in items.items():
+            cls, size = item_class_size(blob)
+            right = of(size)
+            if right != cls:
+                items[key] = blob = with_class(blob, right, size)  # a value, not a key: the walk goes on
+            link(right, size, len(key), unpack_meta(blob)[5] if size > limit else 0)
+
+    def _recount(self) -> None:
+        """Count every item in its class anew (a batch put whole tables back)."""
+        self.slabs.clear_items()
+        self._classify(self._items)
+        self._classify(self._flushed)
+
+    def _count_in_class(self, key: bytes, blob: bytes, sign: int) -> None:
+        """Count ``blob`` in (1) or out of (-1) its slab class (the slow
+        paths; the hot ones spell this out)."""
+        cls, size = item_class_size(blob)
+        flags = unpack_meta(blob)[5] if size > self.slabs.chunk_limit else 0
+        if sign > 0:
+            self.slabs.link(cls, size, len(key), flags)
+        else:
+            self.slabs.unlink(cls, size, len(key), flags)
+
+    def _account(self, key: bytes, blob: bytes, sign: int) -> None:
+        """Count ``blob`` in or out of its class and of the memory used."""
+        self._count_in_class(key, blob, sign)
+        self.bytes += sign * item_size(key, blob)
 
     # -- time ---------------------------------------------------------------
 
@@ -213,33 +284,42 @@ class Store(Expiry, Durability):
 
     # -- reading ------------------------------------------------------------
 
-    def _live(self, key: bytes, now: int, read: bool = False) -> Optional[bytes]:
-        """The stored item under ``key`` unless it has expired (then it is
-        dropped, and counted as memcached counts such a find when this is a ``read``)."""
+    def _live(self, key: bytes, now: int, count: bool = True) -> Optional[bytes]:
+        """The stored item under ``key`` unless it has expired or a
+        ``flush_all`` ended it: then it is dropped, and counted as memcached
+        counts such a find (``get_expired``, ``get_flushed``), unless not ``count``."""
         if self._dirty:  # fsync=always, with changes not durable yet
             self._note_read(key)
         blob = self._items.get(key)
         if blob is None:
+            if self._flushed and key in self._flushed:
+                self._drop_flushed(key, count)
             return None
         if blob[EXPTIME_AT:EXPTIME_END] != NEVER_PACKED and 0 < unpack_meta(blob)[4] <= now:
-            self._drop_gone(key, blob, now, read)
+            self._drop_gone(key, blob, now, count)
             return None
         return blob
 
-    def _drop_gone(self, key: bytes, blob: bytes, now: int, read: bool) -> None:
-        """Drop an item found past its time. A read that finds one is counted
-        as memcached counts it: ``get_flushed`` when a delayed ``flush_all``
-        ended the item, ``get_expired`` when its own expiry did."""
+    def _drop_gone(self, key: bytes, blob: bytes, now: int, count: bool) -> None:
+        """Drop an item found past its time. A lookup that finds one is
+        counted as memcached's item lookup counts it, whatever the command:
+        ``get_flushed`` when a delayed ``flush_all`` ended the item,
+        ``get_expired`` when its own expiry did."""
         self._drop(key, blob)
-        counters = self.counters
-        counters["reclaimed"] += 1
-        if read:
+        if count:
             at = self.flush_at
-            counters["get_flushed" if 0 < at <= now and unpack_meta(blob)[4] <= at else "get_expired"] += 1
+            self.counters["get_flushed" if 0 < at <= now and unpack_meta(blob)[4] <= at else "get_expired"] += 1
+
+    def _drop_flushed(self, key: bytes, count: bool) -> None:
+        """Drop the item an immediate ``flush_all`` ended, found by a lookup of ``key``."""
+        blob = self._flushed.pop(key)  # not undone with a batch: it was gone for every reader already
+        self._account(key, blob, -1)
+        if count:
+            self.counters["get_flushed"] += 1
 
     def _drop(self, key: bytes, blob: bytes) -> None:
         del self._items[key]
-        self.bytes -= item_size(key, blob)
+        self._account(key, blob, -1)
 
     def _bump(self, key: bytes, blob: bytes, now: int) -> None:
         """Record a read of ``key``: mark it fetched, make ``now`` its last
@@ -250,10 +330,9 @@ class Store(Expiry, Durability):
         memcached bumps an item at most once a minute. That keeps reads of hot
         keys from rebuilding and re-inserting them over and over.
         """
-        _, _, state, cas, exptime, flags = unpack_meta(blob)
         items = self._items
         del items[key]
-        items[key] = pack_meta(1, now, state, cas, exptime, flags) + blob[META:]
+        items[key] = pack_recent(1, now) + blob[5:]  # the fetched byte and the access time lead
 
     def _bump_below(self, now: int) -> bytes:
         """Items that compare below this need a :meth:`_bump` when read:
@@ -271,7 +350,7 @@ class Store(Expiry, Durability):
         LRU order, as :meth:`get_many` does for each key."""
         with self._lock:
             now = self.now()
-            blob = self._live(key, now, read=True)
+            blob = self._live(key, now)
             counters = self.counters
             counters["cmd_get"] += 1
             if self.prefixes.enabled:
@@ -279,7 +358,7 @@ class Store(Expiry, Durability):
             if blob is None:
                 counters["get_misses"] += 1
                 return None
-            counters["get_hits"] += 1
+            self.slabs.get_hits[blob[CLASS_OFFSET]] += 1
             if blob < self._bump_below(now):
                 self._bump(key, blob, now)
             return decode(blob)
@@ -301,32 +380,55 @@ class Store(Expiry, Durability):
             below = self._bump_below(now)
             found: list[Optional[bytes]] = []
             add = found.append
-            hits = 0
             dirty = self._dirty
+            flushed = self._flushed
             for key in keys:
                 if dirty:  # fsync=always, with changes not durable yet
                     self._note_read(key)
                 blob = get(key)
-                if blob is not None:
+                if blob is not None:  # _live, spelled out for speed
                     if blob[EXPTIME_AT:EXPTIME_END] != NEVER_PACKED and 0 < unpack_meta(blob)[4] <= now:
-                        self._drop_gone(key, blob, now, True)  # _live, spelled out for speed
+                        self._drop_gone(key, blob, now, True)
                         blob = None
-                    else:
-                        hits += 1
-                        if blob < below:
-                            self._bump(key, blob, now)
+                    elif blob < below:
+                        self._bump(key, blob, now)
+                elif flushed and key in flushed:
+                    self._drop_flushed(key, True)
                 add(blob)
-            counters["cmd_get"] += len(keys)
-            counters["get_hits"] += hits
-            counters["get_misses"] += len(keys) - hits
+            n = len(keys)
+            counters["cmd_get"] += n
+            if n == 1:  # the most common request: its hit counted here, in its class
+                if blob is None:
+                    counters["get_misses"] += 1
+                else:
+                    self.slabs.get_hits[blob[CLASS_OFFSET]] += 1
+            else:
+                counters["get_misses"] += n - self._count_hits(found)
             if self.prefixes.enabled:
                 self.prefixes.record_gets(keys, found)
             return found
 
-    def peek(self, key: bytes) -> Optional[Item]:
-        """The live item without counting it or refreshing its LRU place."""
+    def _count_hits(self, found: list[Optional[bytes]]) -> int:
+        """Count the hits among ``found`` in their classes' ``get_hits``;
+        returns how many there were. Many at once by C loops: a multi-key
+        get counts no faster per key than this."""
+        hits = self.slabs.get_hits
+        classes = bytes(map(_class_of, filter(None, found)))
+        if classes:
+            first = classes[0]
+            counted = classes.count(first)
+            hits[first] += counted
+            if counted != len(classes):  # hits in several classes
+                for cls in set(classes) - {first}:
+                    hits[cls] += classes.count(cls)
+        return len(classes)
+
+    def peek(self, key: bytes, count: bool = False) -> Optional[Item]:
+        """The live item without counting the read or refreshing its LRU
+        place; with ``count``, an expired or flushed item found is counted as
+        memcached's lookups count it (``md``, ``me``)."""
         with self._lock:
-            blob = self._live(key, self.now())
+            blob = self._live(key, self.now(), count)
             return None if blob is None else decode(blob)
 
     def __len__(self) -> int:
@@ -362,55 +464,91 @@ class Store(Expiry, Durability):
         cas: Optional[int] = None,
         state: int = 0,
         unlink: bool = False,
+        in_place: bool = False,
+        size: int = 0,
+        cls: int = 0,
     ) -> int:
         """Log and apply a set of ``key``; the one path every store takes.
 
-        ``exptime`` is already absolute. ``cas`` overrides the next cas value
-        (the meta protocol's ``E`` flag) and ``state`` gives the new item's
-        state bits (a stale item is logged as its set and an invalidate).
-        Items evicted to make room are logged as deletes in the same write;
-        refused for lack of memory, ``unlink`` removes the old value too
-        (see :meth:`_out_of_memory`). Returns the item's cas (0: it was
-        stored already expired, which is a delete). Caller holds the lock.
+        ``exptime`` is already absolute: an item stored already expired is
+        kept until a lookup finds it (``get_expired``) or the sweeper
+        reclaims it, as memcached keeps it. ``cas`` overrides the next cas
+        value (the meta protocol's ``E`` flag) and ``state`` gives the new
+        item's state bits (a stale item is logged as its set and an
+        invalidate). Items evicted to make room are logged as deletes in the
+        same write; refused for lack of memory, ``unlink`` removes the old
+        value too (see :meth:`_out_of_memory`). ``in_place``: memcached
+        would change the item where it lies (an ``incr`` whose number still
+        fits), so it keeps its class and size and counts in no
+        ``total_items``. ``size`` and ``cls`` are memcached's size and class
+        for the item if the caller worked them out (0: not yet). Returns the
+        item's cas. Caller holds the lock.
         """
         now = int(self._clock())
         if self.flush_at:
             exptime = self._before_flush(exptime, now)
         old = self._items.get(key)
-        if exptime and exptime <= now:
-            return self._write_expired(key, old, state)
+        old_cls = old_size = 0
+        if old is not None:
+            old_exptime, old_cls, old_size = unpack_replaced(old)
+            if 0 < old_exptime <= now:  # memcached's store looks the key up first: counted
+                self._drop_gone(key, old, now, True)
+                old = None
+        elif self._flushed and key in self._flushed:
+            self._drop_flushed(key, True)
+        expired = False
+        if exptime:
+            if exptime < 0:
+                exptime = PAST  # "already expired": kept, as memcached keeps it, until found
+            expired = exptime <= now
+            self._may_expire = self._expiring_seen = True
         given = cas is not None
         if cas is None:
             cas = self._next_cas if self.cas_enabled else 0
+        slabs = self.slabs
+        if in_place and old is not None:
+            cls, size = old_cls, old_size
+        elif not cls:
+            if not size:
+                size = SIZE_BASE + len(key) + len(value) + (4 if flags else 0)  # memcached_size, spelled out
+            cls = slabs.table[size] if size <= slabs.chunk_limit else slabs.largest
         # make_item, spelled out: this is the path of every set
         blob = b"%b %d %d\r\n%b\r\n" % (
-            pack_meta(state & FETCHED, now, state & ~FETCHED, cas, exptime, flags),
+            pack_meta(state & FETCHED, now, state & ~FETCHED, cas, exptime, flags, cls, size),
             flags,
             len(value),
             value,
         )
         grow = len(blob) - len(old) if old is not None else len(key) + len(blob) + ITEM_OVERHEAD
-        victims = self._victims(key, grow, unlink) if self.bytes + grow > self.memory_limit else ()
-        if state or victims:
+        victims: Iterable[bytes] = ()
+        if self.bytes + grow > self.memory_limit:
+            slabs.counts["direct_reclaims"][cls] += 1  # the writer makes room itself, as memcached's workers can
+            victims = self._victims(key, grow, unlink, cls)
+        if expired:
+            record = self._expired_record(key, old, state, victims)
+        elif state or victims:
             record = self._set_record(key, value, flags, exptime, cas, state, victims)
         else:
             record = records.set_record(key, value, flags, exptime, cas)
-        pending = self._pending
-        if pending is not None:
-            pending.append(record)  # _append, spelled out: this is the path of every set
-        else:
-            self._append(record)
-        self._apply(key, old, blob, grow, victims, cas, given)
+        if record:  # none for an expired item where there was none
+            pending = self._pending
+            if pending is not None:
+                pending.append(record)  # _append, spelled out: this is the path of every set
+            else:
+                self._append(record)
+        self._apply(key, old, blob, grow, victims, cas, given, cls, size, old_cls, old_size)
+        if not in_place:
+            self.counters["total_items"] += 1  # memcached links a new item
         return cas
 
-    def _write_expired(self, key: bytes, old: Optional[bytes], state: int) -> int:
-        """A set of an item already expired: its effect is a delete of what ``key`` held."""
-        if old is not None:
-            self._append(records.encode_delete(key, bool(state & BINARY_KEY)))
-            self._remember(key, old)
-            self._drop(key, old)
-        self.counters["total_items"] += 1
-        return 0
+    def _expired_record(self, key: bytes, old: Optional[bytes], state: int, victims: Iterable[bytes]) -> bytes:
+        """The record of a set of an item already expired: no restart may
+        bring it back, so its effect on the file is a delete of what ``key``
+        held (nothing if it held nothing), and of the items evicted for it."""
+        items = self._items
+        deletes = [records.encode_delete(key, bool(state & BINARY_KEY))] if old is not None else []
+        deletes += [records.encode_delete(v, bool(items[v][STATE_OFFSET] & BINARY_KEY)) for v in victims]
+        return records.regroup(deletes) if len(deletes) > 1 else deletes[0] if deletes else b""
 
     def _set_record(
         self, key: bytes, value: bytes, flags: int, exptime: int, cas: int, state: int, victims: Iterable[bytes]
@@ -432,11 +570,24 @@ class Store(Expiry, Durability):
         return record
 
     def _apply(
-        self, key: bytes, old: Optional[bytes], blob: bytes, grow: int, victims: Iterable[bytes], cas: int, given: bool
+        self,
+        key: bytes,
+        old: Optional[bytes],
+        blob: bytes,
+        grow: int,
+        victims: Iterable[bytes],
+        cas: int,
+        given: bool,
+        cls: int,
+        size: int,
+        old_cls: int,
+        old_size: int,
     ) -> None:
         """Change memory for a set whose record is written: the cas handed
-        out, the undo of a batch, the evicted items out, the item in at the
-        young end of the LRU order."""
+        out, the undo of a batch, the evicted items out, the item (of class
+        ``cls`` and memcached's size ``size``) in at the young end of the LRU
+        order, counted in its class (and ``old``, if any, of ``old_cls`` and
+        ``old_size``, out of its)."""
         if not given:
             self._next_cas = cas + 1
         elif cas > self._max_given_cas:
@@ -447,22 +598,85 @@ class Store(Expiry, Durability):
         if victims:
             self._evict(victims)
         items = self._items
+        slabs = self.slabs
         if old is not None:
             del items[key]  # re-inserted below, at the young end
+            if old_cls == cls and size <= slabs.chunk_limit:  # the common case: the same class
+                if size != old_size:
+                    slabs.requested[cls] += size - old_size
+                items[key] = blob
+                self.bytes += grow
+                return
+            if old_size > slabs.chunk_limit:
+                self._count_in_class(key, old, -1)
+            else:
+                slabs.items[old_cls] -= 1
+                slabs.requested[old_cls] -= old_size
+        if size <= slabs.chunk_limit:  # Slabs.link, spelled out
+            counted = slabs.items[cls] + 1
+            slabs.items[cls] = counted
+            slabs.requested[cls] += size
+            if counted > slabs.room[cls]:
+                slabs.grow(cls)
+        else:
+            self._count_in_class(key, blob, 1)
         items[key] = blob
         self.bytes += grow
-        self.counters["total_items"] += 1
 
     def _evict(self, victims: Iterable[bytes]) -> None:
-        """Drop the items :meth:`_victims` chose (their deletes are logged already)."""
+        """Drop the items :meth:`_victims` chose (their deletes are logged
+        already), counted in their classes as memcached counts what it takes
+        from the tail of an LRU: an item already past its time as reclaimed,
+        any other as evicted."""
         items = self._items
+        now = int(self._clock())
         evicted = 0
         for victim in victims:
-            self._remember(victim, items[victim])
-            self._drop(victim, items[victim])
-            evicted += 1
-        self.counters["evictions"] += evicted
+            blob = items[victim]
+            self._remember(victim, blob)
+            self._drop(victim, blob)
+            evicted += self._count_evicted(blob, now)
         self.evictions.evicted(evicted, self.memory_limit)
+
+    def _count_evicted(self, blob: bytes, now: int) -> int:
+        """Count an item taken from the old end of the LRU order for room;
+        returns 1 if that was an eviction (0: it was past its time anyway)."""
+        counts = self.slabs.counts
+        fetched, atime, _, _, exptime, _, cls, _ = unpack_meta(blob)
+        if 0 < exptime <= now:  # past its time anyway
+            counts["reclaimed"][cls] += 1
+            if not fetched:
+                counts["expired_unfetched"][cls] += 1
+            return 0
+        counts["evicted"][cls] += 1
+        self.slabs.evicted_time[cls] = now - atime
+        if exptime:
+            counts["evicted_nonzero"][cls] += 1
+        if not fetched:
+            counts["evicted_unfetched"][cls] += 1
+        return 1
+
+    def _reclaim_flushed(self, want: int, most: int = -1) -> int:
+        """Drop items an immediate ``flush_all`` ended, oldest first, until
+        ``want`` bytes are freed or ``most`` items went (-1: no limit);
+        returns how many went. Counted as memcached counts them when it
+        takes them from the tails of its LRUs (for room, or in the
+        background: they are the oldest items): ``reclaimed``, and
+        ``expired_unfetched`` for one never read."""
+        flushed = self._flushed
+        counts = self.slabs.counts
+        freed = dropped = 0
+        while flushed and freed < want and dropped != most:
+            key = next(iter(flushed))
+            blob = flushed.pop(key)
+            freed += item_size(key, blob)
+            self._account(key, blob, -1)
+            dropped += 1
+            cls = blob[CLASS_OFFSET]
+            counts["reclaimed"][cls] += 1
+            if not blob[0]:  # never fetched
+                counts["expired_unfetched"][cls] += 1
+        return dropped
 
     def _before_flush(self, exptime: int, now: int) -> int:
         """An expiry no later than a pending delayed flush_all, which covers
@@ -472,14 +686,21 @@ class Store(Expiry, Durability):
             return at
         return exptime
 
-    def _victims(self, key: bytes, grow: int, unlink: bool) -> list[bytes]:
+    def _victims(self, key: bytes, grow: int, unlink: bool, cls: int = 0) -> list[bytes]:
         """Least recently used keys to evict so that ``grow`` more bytes fit.
 
-        A little more than needed (1% of the limit) goes at once, so that one
-        walk from the old end of the table serves many stores.
+        Items a ``flush_all`` ended go first (they are past their time: not
+        evictions), then the oldest live ones. A little more than needed (1%
+        of the limit) goes at once, so that one walk from the old end of the
+        table serves many stores. ``cls`` is the class of the item to store
+        (a refusal counts in its ``outofmemory``).
         """
+        if self._flushed:
+            self._reclaim_flushed(self.bytes + grow - self.memory_limit + self.memory_limit // 100)
+            if self.bytes + grow <= self.memory_limit:
+                return []
         if not self.evict:
-            self._out_of_memory(key, unlink)
+            self._out_of_memory(key, unlink, cls)
         need = self.bytes + grow - self.memory_limit
         want = need + self.memory_limit // 100
         items = self._items
@@ -492,33 +713,39 @@ class Store(Expiry, Durability):
                 victims.append(other)
                 freed += item_size(other, items[other])
         if freed < need:
-            self._out_of_memory(key, unlink)
+            self._out_of_memory(key, unlink, cls)
         return victims
 
-    def _out_of_memory(self, key: bytes, unlink: bool) -> NoReturn:
-        """Refuse a set for lack of memory (``-M``). With ``unlink`` the old
-        value of ``key`` goes too, as memcached does for a refused ``set``
-        (classic or binary) and ``ms``: readers must never get the value an
-        update failed to replace."""
+    def _out_of_memory(self, key: bytes, unlink: bool, cls: int) -> NoReturn:
+        """Refuse a set for lack of memory (``-M``), counted in
+        ``store_no_memory`` and the ``outofmemory`` of the item's class. With
+        ``unlink`` the old value of ``key`` goes too, as memcached does for a
+        refused ``set`` (classic or binary) and ``ms``: readers must never
+        get the value an update failed to replace."""
         self.counters["store_no_memory"] += 1
+        self.slabs.counts["outofmemory"][cls] += 1
         if unlink:
             self._unlink(key)
         raise OutOfMemory()
 
     def set(self, key: bytes, value: bytes, flags: int = 0, exptime: int = 0) -> int:
-        """Store unconditionally; returns the new cas value (0 if stored already expired).
+        """Store unconditionally; returns the new cas value.
 
-        Counted as memcached counts a ``set`` (``cmd_set``, and ``stats
-        detail``). Refused for lack of memory, the old value is removed too,
-        as memcached does. :meth:`store` is the general form.
+        Counted as memcached counts a ``set`` (``cmd_set`` in the new item's
+        class, and ``stats detail``). Refused for lack of memory, the old
+        value is removed too, as memcached does. :meth:`store` is the general form.
         """
         with self._lock:
             if self._refusal is not None:
                 self._refuse()
             if self.prefixes.enabled:
                 self.prefixes.record_set(key)
-            self.counters["cmd_set"] += 1
-            return self._write(key, value, flags, self.absolute(exptime) if exptime else 0, None, 0, True)  # unlink
+            slabs = self.slabs
+            size = SIZE_BASE + len(key) + len(value) + (4 if flags else 0)  # memcached_size, spelled out
+            cls = slabs.table[size] if size <= slabs.chunk_limit else slabs.largest
+            slabs.cmd_set[cls] += 1
+            absolute = self.absolute(exptime) if exptime else 0
+            return self._write(key, value, flags, absolute, None, 0, True, False, size, cls)  # unlink
 
     def set_many(self, entries: list[tuple[bytes, bytes, int, int]]) -> list[Optional[ServerError]]:
         """:meth:`set` for each ``(key, value, flags, exptime)``, under one lock
@@ -527,17 +754,19 @@ class Store(Expiry, Durability):
         raised for it (memory full with ``-M``, data file not writable).
 
         Inside a batch, the common case (no expiry, no pending flush, no
-        eviction) is :meth:`_write` with what it looks up once per item
-        looked up once per call; anything else goes through :meth:`_write`.
-        When every entry is the common case, the items are logged as one
-        ``sets`` record (:func:`memcachedlite.storage.records.encode_sets`) rather
+        eviction, no chunked item, no flushed item to find first) is
+        :meth:`_write` with what it looks up once per item looked up once
+        per call; anything else goes through :meth:`_write`. When every
+        entry is the common case, the items are logged as one ``sets``
+        record (:func:`memcachedlite.storage.records.encode_sets`) rather
         than a record each.
         """
         with self._lock:
             if self._refusal is not None:
                 return [LogWriteError(self._refusal)] * len(entries)
             counters = self.counters
-            counters["cmd_set"] += len(entries)
+            slabs = self.slabs
+            table, chunk_limit, largest, sets = slabs.table, slabs.chunk_limit, slabs.largest, slabs.cmd_set
             if self.prefixes.enabled:
                 for entry in entries:
                     self.prefixes.record_set(entry[0])
@@ -545,31 +774,47 @@ class Store(Expiry, Durability):
             errors: list[Optional[ServerError]] = [None] * len(entries)
             if pending is None or undo is None or self.flush_at or type(pending) is not list or not self.cas_enabled:
                 for i, (key, value, flags, exptime) in enumerate(entries):
+                    size = SIZE_BASE + len(key) + len(value) + (4 if flags else 0)
+                    sets[table[size] if size <= chunk_limit else largest] += 1
                     errors[i] = self._try_write(key, value, flags, exptime)
                 return errors
             now = int(self._clock())
             items = self._items
             get = items.get
+            flushed = self._flushed
+            linked, requested, room = slabs.items, slabs.requested, slabs.room
             limit = self.memory_limit
             first_cas = cas = self._next_cas
-            size = self.bytes
+            used = self.bytes
             bulk = len(entries) >= SETS_RECORD_MIN  # one sets record, while every entry is a common case
             blobs: list[bytes] = []
             slow = 0  # entries that went through _try_write, which counts them itself
+            base = SIZE_BASE
             for i, (key, value, flags, exptime) in enumerate(entries):
+                length = len(value)
+                size = base + len(key) + length + (4 if flags else 0)  # memcached_size, spelled out
+                cls = table[size] if size <= chunk_limit else largest
+                sets[cls] += 1
                 old = get(key)
-                blob = b"%b %d %d\r\n%b\r\n" % (pack_meta(0, now, 0, cas, 0, flags), flags, len(value), value)
-                grow = len(blob) - len(old) if old is not None else len(key) + len(blob) + ITEM_OVERHEAD
-                if exptime or size + grow > limit:
+                meta = pack_meta(0, now, 0, cas, 0, flags, cls, size)
+                blob = b"%b %d %d\r\n%b\r\n" % (meta, flags, length, value)
+                if old is not None:
+                    grow = len(blob) - len(old)
+                    old_exptime, old_cls, old_size = unpack_replaced(old)
+                    special = old_size > chunk_limit
+                else:
+                    grow = len(key) + len(blob) + ITEM_OVERHEAD
+                    special = flushed and key in flushed  # memcached's store would find the flushed one
+                if exptime or special or used + grow > limit or size > chunk_limit:
                     if bulk:  # not all common cases: log the ones so far a record each
                         pending.extend(
                             records.set_record(k, v, f, 0, first_cas + j) for j, (k, v, f, _) in enumerate(entries[:i])
                         )
                         bulk = False
-                    self._next_cas, self.bytes = cas, size
+                    self._next_cas, self.bytes = cas, used
                     slow += 1
                     errors[i] = self._try_write(key, value, flags, exptime)
-                    cas, size = self._next_cas, self.bytes
+                    cas, used = self._next_cas, self.bytes
                     continue
                 if bulk:
                     blobs.append(blob)
@@ -578,13 +823,32 @@ class Store(Expiry, Durability):
                 undo.append((key, old))
                 if old is not None:
                     del items[key]  # re-inserted at the young end
+                    if 0 < old_exptime <= now:
+                        counters["get_expired"] += 1  # memcached's store finds it expired first
+                    if old_cls == cls:
+                        if size != old_size:
+                            requested[cls] += size - old_size
+                    else:  # into another class
+                        linked[old_cls] -= 1
+                        requested[old_cls] -= old_size
+                        counted = linked[cls] + 1
+                        linked[cls] = counted
+                        requested[cls] += size
+                        if counted > room[cls]:
+                            slabs.grow(cls)
+                else:
+                    counted = linked[cls] + 1
+                    linked[cls] = counted
+                    requested[cls] += size
+                    if counted > room[cls]:
+                        slabs.grow(cls)
                 items[key] = blob
                 cas += 1
-                size += grow
+                used += grow
             if bulk:
                 pending.extend(records.encode_sets([entry[0] for entry in entries], blobs, ITEM_FORMAT, cas))
             counters["total_items"] += len(entries) - slow
-            self._next_cas, self.bytes = cas, size
+            self._next_cas, self.bytes = cas, used
             return errors
 
     def _try_write(self, key: bytes, value: bytes, flags: int, exptime: int) -> Optional[ServerError]:
@@ -631,15 +895,17 @@ class Store(Expiry, Durability):
         ``BINARY_KEY`` for a key that goes to the data file in base64.
         ``unlink``: a refusal for lack of memory removes the old value too
         (memcached does that for a ``set`` and an ``ms``). Counted in
-        ``cmd_set``, and in ``stats detail`` when ``detail`` (memcached's
-        classic and binary commands; not its meta ones).
+        ``cmd_set`` (in the class of an item of the data sent, as memcached
+        counts it when it allocates that item, stored or not), and in
+        ``stats detail`` when ``detail`` (memcached's classic and binary
+        commands; not its meta ones).
         """
         with self._lock:
             if self._refusal is not None:
                 self._refuse()
             if detail and self.prefixes.enabled:
                 self.prefixes.record_set(key)
-            self.counters["cmd_set"] += 1
+            self.slabs.cmd_set[self.item_class(key, value, flags)] += 1
             now = self.now()
             if not self.cas_enabled:
                 cas = 0
@@ -653,10 +919,14 @@ class Store(Expiry, Durability):
             if isinstance(plan, Outcome):
                 return plan, 0
             value, flags, exptime, state = plan
+            if mode == Mode.CAS and blob is not None:  # (a cas stores only over an item)
+                self.slabs.counts["cas_hits"][blob[CLASS_OFFSET]] += 1  # the old item's class
             stored = self._write(key, value, flags, exptime, new_cas, state, unlink)
-            if mode == Mode.CAS:
-                self.counters["cas_hits"] += 1
             return Outcome.STORED, stored
+
+    def item_class(self, key: bytes, value: bytes, flags: int) -> int:
+        """The slab class memcached would store this item in."""
+        return self.slabs.of(memcached_size(len(key), len(value), flags))
 
     def _store_over_nothing(self, mode: Mode, plan: Write) -> Plan:
         """What a storage command does when its key holds no live item: ``plan`` or a refusal."""
@@ -687,7 +957,7 @@ class Store(Expiry, Durability):
                 return plan
             if invalidate and 0 < cas < old_cas:  # an older value may still be stored, marked stale
                 return value, flags, item_exptime(blob), state | STALE | (item_state(blob) & WIN_SENT)
-            self.counters["cas_badval"] += 1
+            self.slabs.counts["cas_badval"][blob[CLASS_OFFSET]] += 1
             return Outcome.EXISTS
         if cas and cas != old_cas:  # append and prepend: only a cas given has to match
             return Outcome.EXISTS
@@ -800,7 +1070,7 @@ class Store(Expiry, Durability):
         (meta ``u``)."""
         with self._lock:
             now = self.now()
-            blob = self._live(key, now, read=True)
+            blob = self._live(key, now)
             if blob is None:
                 return None
             if bump and blob < self._bump_below(now):
@@ -882,7 +1152,7 @@ class Store(Expiry, Durability):
             if cas and cas != item_cas(blob):
                 return Outcome.EXISTS
             self._remove(key, blob)
-            self.counters["delete_hits"] += 1
+            self.slabs.counts["delete_hits"][blob[CLASS_OFFSET]] += 1
             return Outcome.DELETED
 
     def _unlink(self, key: bytes) -> None:
@@ -953,8 +1223,14 @@ class Store(Expiry, Durability):
                 raise NonNumeric()
             number = apply_delta(counter, delta, incr)
             absolute = old.exptime if exptime is None else self.absolute(exptime, now)
-            made = self._write(key, b"%d" % number, old.flags, absolute, new_cas, old.state & (FETCHED | BINARY_KEY))
-            self.counters["incr_hits" if incr else "decr_hits"] += 1
+            digits = b"%d" % number
+            # memcached writes the number into the item it has when it fits there (padded
+            # with spaces), else links a new one: the item's class, its size and total_items
+            # follow that; the value here is never padded
+            in_place = len(digits) + 2 <= old.size - SIZE_BASE + 2 - len(key) - (4 if old.flags else 0)
+            state = old.state & (FETCHED | BINARY_KEY)
+            made = self._write(key, digits, old.flags, absolute, new_cas, state, in_place=in_place)
+            self.slabs.counts["incr_hits" if incr else "decr_hits"][old.cls] += 1
             return Arith(Outcome.STORED, number, made, absolute)
 
     def touch(self, key: bytes, exptime: int, count: bool = True) -> bool:
@@ -989,7 +1265,9 @@ class Store(Expiry, Durability):
     def _touch(self, key: bytes, exptime: int, now: int, count: bool = True) -> Optional[Item]:
         """Give the live item under ``key`` a new expiry; a counted touch is
         a read too (memcached's touch fetches the item: marked fetched, its
-        access time refreshed), ``md I T``'s is not."""
+        access time refreshed), ``md I T``'s is not. A time already past
+        leaves the item in place, expired, as memcached leaves it: the next
+        lookup counts it in ``get_expired``."""
         blob = self._live(key, now)
         if blob is None:
             if count:
@@ -997,17 +1275,14 @@ class Store(Expiry, Durability):
             return None
         self._remember(key, blob)
         if count:
-            self.counters["touch_hits"] += 1
+            self.slabs.counts["touch_hits"][blob[CLASS_OFFSET]] += 1
             if blob < self._bump_below(now):
-                _, _, state, cas, old_exptime, flags = unpack_meta(blob)
-                blob = pack_meta(1, now, state, cas, old_exptime, flags) + blob[META:]
+                blob = pack_recent(1, now) + blob[5:]  # the fetched byte and the access time lead
         absolute = self.absolute(exptime, now)
         absolute = self._before_flush(absolute, now)
+        if absolute < 0:
+            absolute = PAST
         binary = bool(blob[STATE_OFFSET] & BINARY_KEY)
-        if absolute and absolute <= now:
-            self._append(records.encode_delete(key, binary))
-            self._drop(key, blob)
-            return decode(blob)
         self._append(records.encode_touch(key, absolute, binary))
         blob = with_exptime(blob, absolute)
         if absolute:
@@ -1027,13 +1302,21 @@ class Store(Expiry, Durability):
             at = self.absolute(delay, now) if delay > 0 else 0
             self._append(records.encode_flush(at))
             if self._undo is not None:
-                self._undo.append((None, dict(self._items) if at > now else self._items, self.bytes, self.flush_at))
+                self._undo.append((None, dict(self._items), dict(self._flushed), self.bytes, self.flush_at))
             self._flush(at, now)
 
     def _flush(self, at: int, now: int) -> None:
+        """Apply a ``flush_all`` due at ``at``. Due now, the items go out of
+        sight at once but stay, as memcached keeps them, until a lookup
+        finds them (``get_flushed``) or they are reclaimed: by the sweeper,
+        or for room. They still take memory, and count in ``curr_items``
+        and ``bytes``, as memcached's do."""
         if at <= now:
-            self._items = {}  # a new table: a batch can still put the old one back
-            self.bytes = 0
+            if self._flushed:  # no key is in both: a key stored again left the flushed ones
+                self._flushed.update(self._items)
+            else:
+                self._flushed = self._items
+            self._items = {}
             self.flush_at = 0
             return
         self.flush_at = at
@@ -1063,15 +1346,27 @@ class Store(Expiry, Durability):
                 return 0
             victims = self._victims(b"", 0, False)
             items = self._items
+            now = self.now()
+            evicted = 0
             for victim in victims:
-                self._remove(victim, items[victim])
-            self.counters["evictions"] += len(victims)
-            self.evictions.evicted(len(victims), limit)
+                blob = items[victim]
+                self._remove(victim, blob)
+                evicted += self._count_evicted(blob, now)
+            self.evictions.evicted(evicted, limit)
             return len(victims)
 
     def disable_cas(self) -> None:
-        """memcached's -C: items stored from now on get cas 0, and ``cas`` cannot succeed."""
-        self.cas_enabled = False
+        """memcached's -C: items stored from now on get cas 0, and ``cas``
+        cannot succeed. memcached's items are then 8 bytes smaller, so some
+        fall in smaller classes: every item is counted anew."""
+        with self._lock:
+            self.cas_enabled = False
+            old = self.slabs
+            if old.cas_bytes:
+                self.slabs = Slabs(old.item_size_max, cas=False)
+                self.slabs.counts = old.counts
+                self.slabs.get_hits, self.slabs.cmd_set = old.get_hits, old.cmd_set
+                self._recount()
 
     def walk_lru(self, accept: Callable[[bytes, Item], bool], limit: int = 0) -> list[tuple[bytes, Item]]:
         """Live items from the most to the least recently used, those ``accept`` takes,
@@ -1091,6 +1386,15 @@ class Store(Expiry, Durability):
                         break
             return found
 
+    def held_items(self) -> list[tuple[bytes, Item]]:
+        """Every item the store holds, oldest first: the live ones and those
+        past their time or ended by a ``flush_all`` that no lookup or sweep
+        has reclaimed yet (they take memory and count in ``curr_items``, as
+        memcached's do). For checks and tools, not for serving: it holds the
+        lock for the whole walk."""
+        with self._lock:
+            return [(key, decode(blob)) for table in (self._flushed, self._items) for key, blob in table.items()]
+
     # -- reporting ----------------------------------------------------------
 
     def count(self, counter: str, n: int = 1) -> None:
@@ -1098,11 +1402,24 @@ class Store(Expiry, Durability):
         with self._lock:
             self.counters[counter] += n
 
+    def count_in_class(self, counter: str, cls: int) -> None:
+        """Add one to a per-class counter (``get_hits``...) of slab class ``cls``."""
+        with self._lock:
+            self.slabs.counts[counter][cls] += 1
+
     def stats(self) -> dict[str, int]:
+        """The counters ``stats`` shows: the store's own, the sums of the
+        per-class ones (``get_hits``, ``cmd_set``, ``evictions``...), and
+        ``bytes`` as memcached defines it (the ``ITEM_ntotal`` of the items
+        it holds) beside ``bytes_in_memory``, what they really take here."""
         with self._lock:
             out = dict(self.counters)
-            out["curr_items"] = len(self._items)
-            out["bytes"] = self.bytes
+            slabs = self.slabs
+            for name, counts in slabs.counts.items():
+                out[_SUMS.get(name, name)] = sum(counts)
+            out["curr_items"] = len(self._items) + len(self._flushed)
+            out["bytes"] = sum(slabs.requested) + slabs.cas_bytes * sum(slabs.items)
+            out["bytes_in_memory"] = self.bytes
             out["limit_maxbytes"] = self.memory_limit
             out["compactions"] = self.compactions
             out["compaction_failures"] = self.compaction_failures
@@ -1112,8 +1429,57 @@ class Store(Expiry, Durability):
             out["data_file_errors"] = self.data_file_errors
             return out
 
-    def reset_stats(self) -> None:
+    def class_stats(self, group: str) -> list[tuple[str, int]]:
+        """``stats items`` (``group`` "items") or ``stats slabs``: memcached's
+        per-class lines (see :mod:`memcachedlite.storage.slabs`)."""
         with self._lock:
-            keep_total = self.counters["total_items"]
+            if group == "items":
+                return items_report(self.slabs, self._ages())
+            return slabs_report(self.slabs)
+
+    def _ages(self) -> dict[int, int]:
+        """Seconds since the oldest item of each class was last accessed
+        (memcached's ``age``: the tail of the class's LRU). The walk from the
+        old end stops once every class holding items has been seen."""
+        now = self.now()
+        ages: dict[int, int] = {}
+        wanted = sum(1 for number in self.slabs.items if number)
+        for table in (self._flushed, self._items):  # flushed items are the oldest
+            for blob in table.values():
+                cls = blob[CLASS_OFFSET]
+                if cls not in ages:
+                    ages[cls] = max(now - int.from_bytes(blob[1:5], "big"), 0)
+                    if len(ages) == wanted:
+                        return ages
+        return ages
+
+    def enable_sizes(self) -> None:
+        """``stats sizes_enable``: from now on ``stats sizes`` counts the items
+        stored after this (memcached takes a cas value to tell them apart)."""
+        with self._lock:
+            if self.sizes_from is None:
+                self.sizes_from = self._next_cas
+                self._next_cas += 1
+
+    def size_histogram(self) -> dict[int, int]:
+        """``stats sizes``: how many items stored since ``stats sizes_enable``
+        have each memcached size, rounded up to 32 bytes (memcached's histogram)."""
+        with self._lock:
+            first = self.sizes_from or 0
+            extra = self.slabs.cas_bytes
+            buckets: dict[int, int] = {}
+            for table in (self._flushed, self._items):
+                for blob in table.values():
+                    if unpack_meta(blob)[3] >= first:
+                        size = int.from_bytes(blob[CLASS_OFFSET + 1 : META], "big") + extra
+                        bucket = -(-size // 32) * 32
+                        buckets[bucket] = buckets.get(bucket, 0) + 1
+            return dict(sorted(buckets.items()))
+
+    def reset_stats(self) -> None:
+        """``stats reset``: zero what memcached zeroes (its counters,
+        ``total_items`` included, and its per-class ones), not what the
+        store holds."""
+        with self._lock:
             self.counters = dict.fromkeys(_COUNTERS, 0)
-            self.counters["total_items"] = keep_total
+            self.slabs.reset_counts()

@@ -80,3 +80,9 @@ def test_the_start_up_log_names_the_build(spawn) -> None:
     server = spawn()
     assert f"memcachedlite {__version__} ({expected_description()}) listening on" in server.output()
     assert server.terminate() == 0
+
+
+def test_stats_settings_names_the_build(raw) -> None:
+    settings = raw.ask(b"stats settings\r\n")
+    build = "mypyc" if os.environ.get("MEMCACHEDLITE_EXPECT_BUILD") == "mypyc" else "pure"
+    assert f"STAT build {build}\r\n".encode() in settings

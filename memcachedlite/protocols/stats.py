@@ -12,6 +12,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Optional
 
+from .. import buildinfo
 from ..errors import BadCommandLine, ClientError, UnsupportedPlatform
 from ..storage import slabs
 from ..version import __version__
@@ -198,8 +199,8 @@ def settings_stats(ctx: "Session") -> list[tuple[str, object]]:
         ("verbosity", 0),
         ("oldest", 0),
         ("evictions", "on" if store.evict else "off"),
-        ("domain_socket", "NULL"),
-        ("umask", 700),
+        ("domain_socket", conn.get("domain_socket", "NULL")),
+        ("umask", conn.get("umask", 700)),
         ("shutdown_command", _yes(settings.enable_shutdown)),
         ("growth_factor", "1.25"),
         ("chunk_size", 48),
@@ -275,6 +276,8 @@ def settings_stats(ctx: "Session") -> list[tuple[str, object]]:
         ("fsync", log_.policy if log_ is not None else "none"),
         # not in memcached, which is always memory only: say whether a restart keeps the data
         ("memory_only", "yes" if log_ is None else "no"),
+        # pure (Python) or mypyc (compiled): see memcachedlite.buildinfo
+        ("build", buildinfo.build()),
     ]
 
 

@@ -272,7 +272,7 @@ def test_settings_stats_keys_in_memcacheds_order(shared_memcached: int, server) 
     theirs = _stat_names(shared_memcached, b"settings")
     ours = _stat_names(server.port, b"settings")
     assert ours[: len(theirs)] == theirs
-    assert ours[len(theirs) :] == [b"dialect", b"data_file", b"fsync", b"memory_only"]
+    assert ours[len(theirs) :] == [b"dialect", b"data_file", b"fsync", b"memory_only", b"build"]
 
 
 def test_idle_kicks_shown_as_memcached_shows_it(start_server) -> None:

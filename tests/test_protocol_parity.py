@@ -106,11 +106,20 @@ def detail_dump(raw: Raw) -> bytes:
 def stats_of(raw: Raw) -> dict[str, int]:
     """The numbers ``stats``, ``stats items`` and ``stats slabs`` show (the
     per-class ones under memcached's names, ``items:<class>:<key>`` and
-    ``<class>:<key>``), less the :data:`VOLATILE` ones."""
+    ``<class>:<key>``), less the :data:`VOLATILE` ones and the ages."""
     lines = []
     for group in (b"stats\r\n", b"stats items\r\n", b"stats slabs\r\n"):
         lines += [line.split() for line in raw.ask(group).splitlines() if line.startswith(b"STAT ")]
-    return {name.decode(): int(value) for _, name, value in lines if value.isdigit() and name.decode() not in VOLATILE}
+    return {
+        name.decode(): int(value)
+        for _, name, value in lines
+        if value.isdigit() and name.decode() not in VOLATILE and not _is_an_age(name.decode())
+    }
+
+
+def _is_an_age(name: str) -> bool:
+    """``items:<class>:age`` (and its hot/warm forms): seconds, which tick on a slow run."""
+    return name.startswith("items:") and name.rsplit(":", 1)[1].startswith("age")
 
 
 def counted(counters: dict[str, int], *names: str) -> tuple[int, ...]:

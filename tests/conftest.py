@@ -124,6 +124,15 @@ class Running:
         self.server.stop()
 
 
+def not_an_xdist_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For a throwaway project's pytest (pytester): it is no xdist worker,
+    even when this suite runs under xdist (-n), and plugins that read these
+    (pytest-benchmark, where installed, refuses to run "under xdist") must
+    not see this run's."""
+    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture(autouse=True)
 def same_cpus_after_each_test() -> Iterator[None]:
     """Put the test process back on the CPUs it had: code run in-process

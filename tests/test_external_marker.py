@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from tests.conftest import not_an_xdist_worker
 from tests.external import external_program
 
 pytest_plugins = ["pytester"]
@@ -38,6 +39,7 @@ markers =
 def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
     """A project with the rules of tests/external.py, and stand-ins for two
     Debian programs in its bin/ (which its tests find in PROGRAMS_DIR)."""
+    not_an_xdist_worker(monkeypatch)
     pytester.makeini(INI)
     pytester.makeconftest(CONFTEST)
     programs = pytester.mkdir("bin")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, running_memcached, running_program
+from tests.conftest import ROOT, not_an_xdist_worker, running_memcached, running_program
 from tests.test_cli import wait_until
 from tests.test_testing_api import refused
 
@@ -24,7 +24,8 @@ STRICT_INI = "[pytest]\nfilterwarnings =\n    error\n"
 
 
 @pytest.fixture
-def project(pytester: pytest.Pytester) -> pytest.Pytester:
+def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    not_an_xdist_worker(monkeypatch)
     pytester.makeini(STRICT_INI)
     return pytester
 

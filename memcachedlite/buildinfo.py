@@ -21,6 +21,7 @@ COMPILED = (
     "memcachedlite.storage.numbers",
     "memcachedlite.storage.records",
     "memcachedlite.storage.durability",
+    "memcachedlite.storage.statistics",
     "memcachedlite.storage.store",
     "memcachedlite.protocols.registry",
     "memcachedlite.protocols.text",

@@ -170,9 +170,9 @@ class Session:
         a quiet pipeline, and a client waits for it. A protocol with its own
         framing (the binary one) overrides this.
         """
-        if reply is SILENT:
+        if reply is SILENT or (reply and reply != MN):
             return exc.to_bytes()
-        return exc.to_bytes() if reply and reply != MN else reply
+        return reply
 
     def _run(self, buf: bytes, out: list[bytes], pos: int = 0) -> int:
         """Execute every complete command in ``buf`` from ``pos``; return how much was used."""

@@ -429,7 +429,9 @@ def test_a_server_without_metadump_is_a_server_error(start_server, fresh_registr
 
 
 class Canned:
-    """A one-connection fake server: each request line gets the next canned reply."""
+    """A fake server: each request line gets the next canned reply. A
+    client that closes and connects again (pymemcache does after an error
+    reply) goes on with the replies left."""
 
     def __init__(self, replies: list[bytes]) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -440,22 +442,28 @@ class Canned:
 
     def _serve(self) -> None:
         self.listener.settimeout(10)
+        left = list(self.replies)
+        while left and self._answer(left):
+            pass
+        self.listener.close()  # out of replies: a client trying again is refused at once, not left waiting
+
+    def _answer(self, left: list[bytes]) -> bool:
+        """Serve one connection from ``left``; False once the connections ran out."""
         try:
             conn, _ = self.listener.accept()
         except OSError:
-            return
+            return False
         with conn:
             conn.settimeout(10)
             reader = conn.makefile("rb")
             try:
-                for reply in self.replies:
-                    if not reader.readline():
-                        return
-                    conn.sendall(reply)
+                while left and reader.readline():
+                    conn.sendall(left.pop(0))
             except OSError:
-                pass
+                return False
             finally:
                 reader.close()
+        return True
 
     def close(self) -> None:
         self.listener.close()

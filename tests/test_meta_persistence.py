@@ -128,7 +128,8 @@ def test_keys_given_in_base64_have_records_of_their_own(tmp_path: Path) -> None:
     assert b"\r\nset =eq 0 0 1 2 " in data
     assert b"\r\nbinvalidate YSBi 4 " in data
     assert b"\r\ntouch =eq " in data and b"\r\nbdelete YSBi " in data
-    assert b"a b" not in data
+    # no record names the raw key (a sync mark's hex may hold "a b" by chance: "...3a b9...")
+    assert [line for line in data.split(b"\r\n") if line.split(b" ")[1:3] == [b"a", b"b"]] == []
     # a record rewritten from its parsed form is byte for byte the original
     start = fmt.read_header(data)[0]
     records = list(parse_records(data, start))

@@ -278,6 +278,7 @@ def test_a_data_file_whose_header_is_damaged_still_gets_the_advice_to_repair(tmp
         (b"\n\n  \n", None),
         (b"x" * (foreign.SAMPLE + 10), None),  # one line longer than the sample
     ],
+    ids=lambda value: repr(value[:24]) + ("..." if len(value) > 24 else "") if isinstance(value, bytes) else None,
 )
 def test_what_a_file_looks_like(content: bytes, looks_like: str | None) -> None:
     assert foreign.importable_format(content) == looks_like

@@ -33,7 +33,7 @@ import collections
 import logging
 import threading
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Iterator, Optional
 
 from mypy_extensions import mypyc_attr
 
@@ -83,13 +83,21 @@ class Durability:
     _items: dict[bytes, bytes]
     _flushed: dict[bytes, bytes]
     bytes: int
-    # count an item in (1) or out of (-1) its slab class and the memory used; count every item anew
-    _account: Callable[..., None]  # (key, item, sign); "bytes" here would name the attribute above
-    _recount: Callable[[], None]
     flush_at: int
     _next_cas: int
     _max_given_cas: int
     compact_min_size: int
+
+    # The store's methods, declared as methods (a Callable attribute would be
+    # a slot of its own on the compiled class, never set: the store's method
+    # would not be found through it).
+    def _account(self, key: Bytes, blob: Bytes, sign: int) -> None:  # pragma: no cover
+        """Count an item in (1) or out of (-1) its slab class and the memory used."""
+        raise NotImplementedError
+
+    def _recount(self) -> None:  # pragma: no cover
+        """Count every item in its class anew."""
+        raise NotImplementedError
 
     def _init_durability(self) -> None:
         # While a batch is open: the records waiting for one write, and how to

@@ -510,7 +510,7 @@ class Store(Expiry, Durability, Statistics):
             record = records.set_record(key, value, flags, exptime, cas)
         if record:  # none for an expired item where there was none
             pending = self._pending
-            if pending is not None:
+            if pending is not None and self._writable:
                 pending.append(record)  # _append, spelled out: this is the path of every set
             else:
                 self._append(record)
@@ -750,7 +750,7 @@ class Store(Expiry, Durability, Statistics):
                     self.prefixes.record_set(entry[0])
             pending, undo = self._pending, self._undo
             errors: list[Optional[ServerError]] = [None] * len(entries)
-            if pending is None or undo is None or self.flush_at or type(pending) is not list or not self.cas_enabled:
+            if pending is None or undo is None or self.flush_at or not self._writable or not self.cas_enabled:
                 for i, (key, value, flags, exptime) in enumerate(entries):
                     size = SIZE_BASE + len(key) + len(value) + (4 if flags else 0)
                     sets[table[size] if size <= chunk_limit else largest] += 1
@@ -1027,7 +1027,7 @@ class Store(Expiry, Durability, Statistics):
         a crash cannot keep half of it."""
         with self._lock:
             pending = self._pending
-            if pending is None or type(pending) is not list or self._in_atomic:
+            if pending is None or not self._writable or self._in_atomic:
                 yield
                 return
             start = len(pending)

@@ -354,7 +354,10 @@ class Session:
             while (found := match(buf, at)) is not None:
                 start = found.end()
                 end = start + int(found[size_at])
-                if end - start > limit or end + 2 > n or buf[end : end + 2] != b"\r\n":
+                # a user's pattern may let a negative length through: the
+                # plain path refuses it (and mypyc 2.4 compiles a bytes slice
+                # whose start lies past its end into SystemError, not b"")
+                if not 0 <= end - start <= limit or end + 2 > n or buf[end : end + 2] != b"\r\n":
                     break  # the plain path refuses it, or waits for the rest
                 add((found, buf[start:end]))
                 at = end + 2

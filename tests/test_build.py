@@ -6,17 +6,20 @@ what mypy accepts), and the build running is the one expected."""
 from __future__ import annotations
 
 import binascii
+import gc
 import os
 import runpy
 import subprocess
 import sys
+import weakref
+from collections import Counter
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memcachedlite import __version__, buildinfo
+from memcachedlite import Session, Store, __version__, buildinfo
 from memcachedlite.storage.records import strict_b64decode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,3 +89,31 @@ def test_stats_settings_names_the_build(raw) -> None:
     settings = raw.ask(b"stats settings\r\n")
     build = "mypyc" if os.environ.get("MEMCACHEDLITE_EXPECT_BUILD") == "mypyc" else "pure"
     assert f"STAT build {build}\r\n".encode() in settings
+
+
+def test_a_closed_store_is_freed(tmp_path: Path) -> None:
+    """A store on a data file and its file make a cycle (the file's failure
+    callback is the store's), which the garbage collector frees once the
+    store is closed and dropped. mypyc once walked an attribute twice in a
+    compiled store (one a base class declared and the store annotated
+    again): the collector then took the file for referenced from outside,
+    and every store leaked (2 GB in ten seconds of fuzzing)."""
+    store = Store(tmp_path / "data.txt", fsync="no")
+    store.set(b"k", b"v")
+    gone = weakref.ref(store)
+    store.close()
+    del store
+    gc.collect()
+    assert gone() is None
+
+
+@pytest.mark.parametrize("make", [lambda path: Store(path), lambda path: Session(Store(path))])
+def test_the_collector_sees_each_reference_once(tmp_path: Path, make) -> None:
+    """What a store or a session refers to, as the garbage collector walks
+    it: no object the collector tracks is visited twice (see above)."""
+    held = make(tmp_path / "data.txt")
+    try:
+        seen = Counter(id(o) for o in gc.get_referents(held) if gc.is_tracked(o))
+        assert max(seen.values()) == 1
+    finally:
+        (held if isinstance(held, Store) else held.store).close()

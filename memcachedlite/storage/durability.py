@@ -1,7 +1,7 @@
 """The commit path of a store: batches and their undo, group commit, what
 happens when the disk fails, and compaction.
 
-:class:`Durability` is the base class of :class:`~memcachedlite.storage.store.Store`:
+:class:`Durability` is a base class of :class:`~memcachedlite.storage.store.Store`:
 the store owns the items, this module owns the way a change reaches the
 data file and when it may be shown to anyone.
 

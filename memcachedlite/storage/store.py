@@ -27,7 +27,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple, NoReturn, Optional,
 
 from ..errors import LogWriteError, NonNumeric, OutOfMemory, ServerError
 from . import datafile, records
-from .durability import DEFAULT_COMPACT_MIN_SIZE, Durability
+from .durability import DEFAULT_COMPACT_MIN_SIZE
 from .evictions import EvictionNotice
 from .expiry import Expiry
 from .items import (
@@ -121,13 +121,13 @@ class Arith(NamedTuple):
     created: bool = False
 
 
-class Store(Expiry, Durability, Statistics):
+class Store(Expiry, Statistics):
     """The key-value data shared by every connection of a server.
 
     ``path=None`` keeps everything in memory only (for tests and embedding);
     otherwise the data file at ``path`` is replayed first and then appended to.
     How a change reaches the file, and when it may be shown, is the business
-    of the base class (:mod:`memcachedlite.storage.durability`).
+    of its base class Durability (:mod:`memcachedlite.storage.durability`).
     """
 
     def __init__(
@@ -141,11 +141,16 @@ class Store(Expiry, Durability, Statistics):
         clock: Callable[[], float] = time.time,
         item_size_max: int = DEFAULT_ITEM_SIZE_MAX,
     ) -> None:
+        # The attributes a base class declares (_items, _flushed, log, sizes_from)
+        # are not annotated again here: mypyc would count them twice in the
+        # garbage collector's walk of a compiled store, which then takes the
+        # data file (whose failure callback points back at the store) for
+        # referenced from outside, and never frees a closed store.
         # Insertion order is the LRU order: a write or a bump re-inserts at the end.
-        self._items: dict[bytes, bytes] = {}
+        self._items = {}
         #: the items an immediate flush_all ended, until they are read (get_flushed),
         #: replaced or reclaimed, as memcached keeps them (never a key of _items)
-        self._flushed: dict[bytes, bytes] = {}
+        self._flushed = {}
         #: memcached's slab classes for -I and -C, and what each holds (see memcachedlite.storage.slabs)
         self.slabs = Slabs(item_size_max)
         self._lock = threading.RLock()
@@ -161,7 +166,7 @@ class Store(Expiry, Durability, Statistics):
         #: ``stats detail``: counted by the protocol commands while enabled.
         self.prefixes = PrefixStats()
         #: ``stats sizes``: None while off, else the first cas it counts (see enable_sizes)
-        self.sizes_from: Optional[int] = None
+        self.sizes_from = None
         self.bytes = 0
         self.flush_at = 0  # pending delayed flush_all, absolute time
         self._next_cas = 1
@@ -175,7 +180,7 @@ class Store(Expiry, Durability, Statistics):
         self._closing = threading.Event()
         self._init_expiry()
         self._init_durability()
-        self.log: Optional[datafile.DataLog] = None
+        self.log = None
         if path is not None:
             self.log = datafile.DataLog(path, fsync=fsync)
             try:

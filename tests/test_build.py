@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memcachedlite import Session, Store, __version__, buildinfo
+from memcachedlite import Registry, Session, Store, __version__, buildinfo
 from memcachedlite.storage.records import strict_b64decode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,3 +117,17 @@ def test_the_collector_sees_each_reference_once(tmp_path: Path, make) -> None:
         assert max(seen.values()) == 1
     finally:
         (held if isinstance(held, Store) else held.store).close()
+
+
+@pytest.mark.parametrize("base", [Store, Session, Registry])
+def test_a_subclass_written_in_python_works_on_the_pure_build_only(base: type) -> None:
+    """mypyc's compiled classes take no subclass written in Python: the
+    compiled build refuses the class statement, saying what to do instead
+    (docs/compiled-build.md); the pure build takes it as ever."""
+    if buildinfo.build() == "mypyc":
+        with pytest.raises(TypeError, match=f"cannot subclass {base.__name__}: .*compiled \\(mypyc\\) build"):
+            type("Mine", (base,), {})
+        return
+    mine = type("Mine", (base,), {})
+    made = mine(None) if base is Store else mine(Store(None)) if base is Session else mine()
+    assert isinstance(made, base)

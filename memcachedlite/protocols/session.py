@@ -13,6 +13,7 @@ import random
 import threading
 from typing import TYPE_CHECKING, Any, Optional, Union
 
+from ..buildinfo import refuse_python_subclass
 from ..errors import BadDataChunk, LineTooLong, LogWriteError, ProtocolError, TooLarge
 from .auth import MAX_AUTH_TOKEN
 from .context import Host, Standalone
@@ -54,6 +55,10 @@ class Session:
     (a :class:`~memcachedlite.protocols.auth.AuthFile`), the client must
     authenticate before any handler runs (see ``_run_login``).
     """
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        refuse_python_subclass(cls, Session)  # on the compiled build, with a clear message
+        super().__init_subclass__(**kwargs)
 
     def __init__(
         self,

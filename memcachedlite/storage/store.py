@@ -25,6 +25,7 @@ from itertools import islice
 from operator import itemgetter
 from typing import Callable, Iterable, Iterator, NamedTuple, NoReturn, Optional, Union
 
+from ..buildinfo import refuse_python_subclass
 from ..errors import LogWriteError, NonNumeric, OutOfMemory, ServerError
 from . import datafile, records
 from .durability import DEFAULT_COMPACT_MIN_SIZE
@@ -129,6 +130,10 @@ class Store(Expiry, Statistics):
     How a change reaches the file, and when it may be shown, is the business
     of its base class Durability (:mod:`memcachedlite.storage.durability`).
     """
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        refuse_python_subclass(cls, Store)  # on the compiled build, with a clear message
+        super().__init_subclass__(**kwargs)
 
     def __init__(
         self,

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import binascii
 import gc
+import importlib.machinery
 import os
 import runpy
 import subprocess
 import sys
+import types
 import weakref
 from collections import Counter
 from pathlib import Path
@@ -131,3 +133,19 @@ def test_a_subclass_written_in_python_works_on_the_pure_build_only(base: type) -
     mine = type("Mine", (base,), {})
     made = mine(None) if base is Store else mine(Store(None)) if base is Session else mine()
     assert isinstance(made, base)
+
+
+def test_the_refusal_names_the_class_and_the_way_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The refusal itself, on either build: a base from a module loaded from
+    a C extension, a subclass from a module that is not compiled."""
+    module = types.ModuleType("compiled_elsewhere")
+    module.__file__ = "compiled_elsewhere" + importlib.machinery.EXTENSION_SUFFIXES[0]
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    base = type("Base", (), {"__module__": module.__name__})
+    mine = type("Mine", (), {"__module__": "users_module"})
+    with pytest.raises(TypeError) as refused:
+        buildinfo.refuse_python_subclass(mine, base)
+    message = str(refused.value)
+    assert message.startswith("class Mine cannot subclass Base: this is memcachedlite's compiled (mypyc) build")
+    assert "install the pure build" in message and "docs/compiled-build.md" in message
+    buildinfo.refuse_python_subclass(type("Ours", (), {"__module__": buildinfo.COMPILED[0]}), base)  # compiled too

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.machinery
+import sys
 
 #: The modules the compiled build compiles, by profile (the request path).
 COMPILED = (
@@ -51,3 +52,28 @@ def build() -> str:
 def describe() -> str:
     """The build, as the start-up log and ``mcl --version`` say it."""
     return "mypyc build" if build() == "mypyc" else "pure Python build"
+
+
+def refuse_python_subclass(cls: type, base: type) -> None:
+    """What ``__init_subclass__`` of a public class that the compiled build
+    compiles (:class:`~memcachedlite.storage.store.Store`,
+    :class:`~memcachedlite.protocols.session.Session`,
+    :class:`~memcachedlite.protocols.registry.Registry`) calls.
+
+    A compiled class takes no subclass written in Python: mypyc would let
+    the class statement pass and refuse every instance ("interpreted classes
+    cannot inherit from compiled"). This refuses the class statement instead,
+    saying what to do. The pure build takes any subclass, and so does a
+    compiled module (``BinarySession`` is a compiled subclass of ``Session``).
+    """
+    if cls.__module__ in COMPILED:
+        return
+    module = sys.modules.get(base.__module__)
+    if not str(getattr(module, "__file__", "") or "").endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)):
+        return
+    raise TypeError(
+        f"class {cls.__qualname__} cannot subclass {base.__name__}: this is memcachedlite's compiled (mypyc) "
+        f"build, whose {base.__name__} takes no subclass written in Python. Wrap a {base.__name__} instead, "
+        "or install the pure build (pip install memcachedlite, without MEMCACHEDLITE_COMPILE=1); "
+        "see docs/compiled-build.md"
+    )

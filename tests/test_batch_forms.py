@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -136,8 +137,6 @@ def test_a_users_verb_can_offer_a_batch_form(tmp_path: Path) -> None:
 
 
 def test_add_batch_needs_a_registered_verb() -> None:
-    import pytest
-
     with pytest.raises(ValueError, match="not registered"):
         Registry().add_batch("nope", lambda ctx, requests: [], rb"nope\r\n")
 
@@ -155,15 +154,41 @@ def test_memory_full_mid_batch_answers_per_command(tmp_path: Path) -> None:
     assert b"SERVER_ERROR out of memory storing object" in replies[0] and replies[0].startswith(b"STORED\r\n")
 
 
-def test_a_store_that_takes_no_writes_refuses_each_command(tmp_path: Path) -> None:
+def test_a_store_whose_data_file_is_in_doubt_refuses_each_command(tmp_path: Path, monkeypatch) -> None:
+    """After a failed fsync the store takes no writes until it has rewritten
+    the file from memory; while that rewrite keeps failing too, a run of
+    sets (the batch form) is refused command by command, and memory stays
+    as it was."""
+    import errno
+
+    from tests.crashsim import FsRecorder, modules_with_os
+
+    recorder = FsRecorder(tmp_path).install(monkeypatch, *modules_with_os())
     store = Store(tmp_path / "data.txt")
     try:
-        store._writable, store._failure = False, "fsync failed: Input/output error"
+        store.set(b"old", b"kept")
+        recorder.fail("fsync", 1, errno.EIO, persistent=True)
+        with pytest.raises(LogWriteError):
+            store.sync()
+        assert not store.writable
+        stream = b"".join(b"set k%d 0 0 1\r\n%d\r\n" % (i, i % 10) for i in range(20))
+        lines = Session(store).feed(stream).splitlines()
+        assert len(lines) == 20
+        assert all(line.startswith(b"SERVER_ERROR data file not writable: cannot sync data file:") for line in lines)
+        assert store.keys() == [b"old"]
+    finally:
+        recorder.heal()
+        store.close()
+
+
+def test_a_store_refusing_writes_refuses_each_command_of_a_batch(tmp_path: Path) -> None:
+    store = Store(tmp_path / "data.txt")
+    try:
+        store.refuse_writes("cannot write data file: out of disk space")
         reply = Session(store).feed(b"set a 0 0 1\r\n1\r\nset b 0 0 1\r\n2\r\n")
-        assert reply == b"SERVER_ERROR data file not writable: fsync failed: Input/output error\r\n" * 2
+        assert reply == b"SERVER_ERROR cannot write data file: out of disk space\r\n" * 2
         assert store.keys() == []
     finally:
-        store._writable = True
         store.close()
 
 

@@ -44,7 +44,7 @@ from typing import Callable, NamedTuple, Optional, Union
 from mypy_extensions import mypyc_attr
 
 from ..errors import ClientError, NonNumeric, OutOfMemory, ProtocolError
-from ..storage.items import BINARY_KEY, META, unpack_meta
+from ..storage.items import BINARY_KEY, item_value, unpack_meta
 from ..storage.keys import MAX_KEY, is_plain_key
 from ..storage.store import Mode, Outcome
 from .session import Session
@@ -224,7 +224,7 @@ def _get(s: BinarySession, op: int, opaque: int, cas: int, extras: bytes, key: b
             return _pack_header(RESPONSE, op, len(key), 0, 0, KEY_ENOENT, len(key), opaque, 0) + key
         return None if op != GET else error(op, KEY_ENOENT, opaque)  # GETQ and GETKQ keep misses quiet
     _, _, _, item_cas, _, flags, _, _ = unpack_meta(blob)
-    data = blob[blob.index(b"\n", META) + 1 : -2]
+    data = item_value(blob)
     if op in (GET, GETQ):
         return _GET_REPLY(RESPONSE, op, 0, 4, 0, 0, 4 + len(data), opaque, item_cas, flags) + data
     n = len(key)
@@ -627,7 +627,7 @@ class BinarySession(Session):
             if blob is None:
                 continue  # a quiet get keeps its miss to itself
             _, _, _, cas, _, flags, _, _ = unpack_meta(blob)
-            data = blob[blob.index(b"\n", META) + 1 : -2]
+            data = item_value(blob)
             if op == GETQ:
                 add(_GET_REPLY(RESPONSE, op, 0, 4, 0, 0, 4 + len(data), opaque, cas, flags) + data)
             else:

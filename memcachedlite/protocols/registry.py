@@ -25,6 +25,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
+from ..buildinfo import refuse_python_subclass
+
 # The first argument is the session running the command: a user's handler
 # sees it as a :class:`~memcachedlite.protocols.context.Context`, the built-in
 # ones as the concrete Session they were written for (Any: a Callable's
@@ -84,6 +86,10 @@ class Command:
 
 class Registry:
     """Maps verbs to :class:`Command` rows. Taking a name twice is an error."""
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        refuse_python_subclass(cls, Registry)  # on the compiled build, with a clear message
+        super().__init_subclass__(**kwargs)
 
     def __init__(self) -> None:
         self._commands: dict[bytes, Command] = {}

@@ -13,6 +13,7 @@ import random
 import threading
 from typing import TYPE_CHECKING, Any, Optional, Union
 
+from ..buildinfo import refuse_python_subclass
 from ..errors import BadDataChunk, LineTooLong, LogWriteError, ProtocolError, TooLarge
 from .auth import MAX_AUTH_TOKEN
 from .context import Host, Standalone
@@ -54,6 +55,10 @@ class Session:
     (a :class:`~memcachedlite.protocols.auth.AuthFile`), the client must
     authenticate before any handler runs (see ``_run_login``).
     """
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        refuse_python_subclass(cls, Session)  # on the compiled build, with a clear message
+        super().__init_subclass__(**kwargs)
 
     def __init__(
         self,
@@ -354,7 +359,10 @@ class Session:
             while (found := match(buf, at)) is not None:
                 start = found.end()
                 end = start + int(found[size_at])
-                if end - start > limit or end + 2 > n or buf[end : end + 2] != b"\r\n":
+                # a user's pattern may let a negative length through: the
+                # plain path refuses it (and mypyc 2.4 compiles a bytes slice
+                # whose start lies past its end into SystemError, not b"")
+                if not 0 <= end - start <= limit or end + 2 > n or buf[end : end + 2] != b"\r\n":
                     break  # the plain path refuses it, or waits for the rest
                 add((found, buf[start:end]))
                 at = end + 2

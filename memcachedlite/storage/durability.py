@@ -1,7 +1,7 @@
 """The commit path of a store: batches and their undo, group commit, what
 happens when the disk fails, and compaction.
 
-:class:`Durability` is the base class of :class:`~memcachedlite.storage.store.Store`:
+:class:`Durability` is a base class of :class:`~memcachedlite.storage.store.Store`:
 the store owns the items, this module owns the way a change reaches the
 data file and when it may be shown to anyone.
 
@@ -33,9 +33,7 @@ import collections
 import logging
 import threading
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Optional
-
-from mypy_extensions import mypyc_attr
+from typing import Any, Iterator, NoReturn, Optional
 
 from ..errors import LogWriteError, ServerError
 from . import datafile, records
@@ -46,20 +44,6 @@ logger = logging.getLogger(__name__)
 
 #: The data file is compacted once it is past this size and twice the live data.
 DEFAULT_COMPACT_MIN_SIZE = 64 * 1024 * 1024
-
-
-@mypyc_attr(native_class=False)  # a subclass of list stays a Python class when compiled
-class _Refusing(list):
-    """The pending-records list of a batch while the data file is not
-    writable: the first record a change tries to log refuses the change,
-    before memory is touched."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__()
-        self.reason = reason
-
-    def append(self, record: bytes) -> None:
-        raise LogWriteError(f"data file not writable: {self.reason}")
 
 
 #: ``bytes`` under a name of its own: in the class below, ``bytes`` is the
@@ -83,13 +67,21 @@ class Durability:
     _items: dict[bytes, bytes]
     _flushed: dict[bytes, bytes]
     bytes: int
-    # count an item in (1) or out of (-1) its slab class and the memory used; count every item anew
-    _account: Callable[..., None]  # (key, item, sign); "bytes" here would name the attribute above
-    _recount: Callable[[], None]
     flush_at: int
     _next_cas: int
     _max_given_cas: int
     compact_min_size: int
+
+    # The store's methods, declared as methods (a Callable attribute would be
+    # a slot of its own on the compiled class, never set: the store's method
+    # would not be found through it).
+    def _account(self, key: Bytes, blob: Bytes, sign: int) -> None:  # pragma: no cover
+        """Count an item in (1) or out of (-1) its slab class and the memory used."""
+        raise NotImplementedError
+
+    def _recount(self) -> None:  # pragma: no cover
+        """Count every item in its class anew."""
+        raise NotImplementedError
 
     def _init_durability(self) -> None:
         # While a batch is open: the records waiting for one write, and how to
@@ -150,7 +142,7 @@ class Durability:
         self._lock.acquire()
         if self._pending is not None or self.log is None:  # nested, or nothing to write to
             return False
-        self._pending = [] if self._writable else _Refusing(self._failure)
+        self._pending = []
         self._undo = []
         self._read_need = 0
         dirty = self._dirty
@@ -211,21 +203,32 @@ class Durability:
             self._undo.append((key, old))
 
     def _append(self, record: Bytes) -> None:
+        """Log ``record`` (in the open batch, if any); a change calls this
+        before it touches memory, so a refusal leaves memory as it was."""
+        log = self.log
+        if log is None:
+            return
+        if not self._writable:
+            self._refuse_in_doubt()
         if self._pending is not None:
             self._pending.append(record)
             return
-        log = self.log
-        if log is not None:
-            if not self._writable:
-                raise LogWriteError(f"data file not writable: {self._failure}")
-            try:
-                size = log.append(record)
-                if log.buffering:  # a change made outside a batch reaches the OS before it returns
-                    log.flush()
-            except LogWriteError as exc:
-                self._failed_write(exc.message)
-                raise
-            self._compact_if_worth_it(size)
+        try:
+            size = log.append(record)
+            if log.buffering:  # a change made outside a batch reaches the OS before it returns
+                log.flush()
+        except LogWriteError as exc:
+            self._failed_write(exc.message)
+            raise
+        self._compact_if_worth_it(size)
+
+    def _refuse_in_doubt(self) -> NoReturn:
+        """Refuse a change while the data file is in doubt (see :meth:`_fail`).
+
+        Tested where a record is added, not by a list that refuses appends
+        (a subclass of list whose ``append`` raises): compiled code appends
+        to a list without calling an override."""
+        raise LogWriteError(f"data file not writable: {self._failure}")
 
     def _compact_if_worth_it(self, size: int) -> None:
         """Start a background compaction once the file is past the minimum size
@@ -375,7 +378,7 @@ class Durability:
         with self._compact_lock:
             with self._lock:
                 if not self._writable and not recovering:
-                    raise LogWriteError(f"data file not writable: {self._failure}")
+                    self._refuse_in_doubt()
                 if log.rewriting is not None:
                     log.abort_rewrite()
                 try:

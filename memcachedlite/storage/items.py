@@ -146,7 +146,25 @@ def make_item(
 
 def decode(blob: bytes) -> Item:
     fetched, atime, state, cas, exptime, flags, cls, size = unpack_meta(blob)
-    return Item(blob[blob.index(b"\n", META) + 1 : -2], flags, exptime, cas, atime, state | fetched, cls, size)
+    return Item(item_value(blob), flags, exptime, cas, atime, state | fetched, cls, size)
+
+
+def item_value(blob: bytes) -> bytes:
+    """The value of a stored item: what lies between its text line and its
+    final line end.
+
+    An item the server wrote always has room for both line ends, but a
+    crafted bulk record can hold one whose only line end is its last byte
+    (the numbers of its text line are trusted, see docs/fuzzing.md): its
+    value is then empty, as Python's slice makes it. The length is tested
+    before slicing because mypyc 2.4 compiles a bytes slice whose start lies
+    past its end into ``SystemError`` ("Negative size passed to
+    PyBytes_FromStringAndSize"), not ``b""``.
+    """
+    start = blob.index(b"\n", META) + 1
+    if start > len(blob) - 2:
+        return b""
+    return blob[start:-2]
 
 
 def item_class_size(blob: bytes) -> tuple[int, int]:

@@ -43,6 +43,11 @@ from zlib import crc32
 
 from .items import ITEM_FORMAT, bulk_expiring
 
+# The mypyc note: mypyc 2.4 compiles a bytes slice whose start lies past its
+# end into SystemError ("Negative size passed to PyBytes_FromStringAndSize"),
+# not b"". The parsers below test a length before each slice that malformed
+# input could turn backwards, so that it is a BadRecord on both builds.
+
 #: The header of a version 1 file (no file id); still read, never written.
 HEADER = b"MEMCACHEDLITE-LOG 1\r\n"
 _HEADER_V2 = b"MEMCACHEDLITE-LOG 2 "
@@ -349,6 +354,8 @@ def read_snapshot(buf: bytes, pos: int, what: str = "snapshot") -> tuple[Record,
             raise ValueError("wrong field count")
         item_format, count, next_cas, expiring, length = map(int, parts[1:6])
         crc = int(parts[6], 16)
+        if count < 0 or length < 0:  # (else a backwards slice: see the mypyc note)
+            raise ValueError("negative count or length")
     except ValueError as exc:
         raise BadRecord(f"malformed {what} header: {exc}") from None
     end = start + length
@@ -405,7 +412,7 @@ def parse_one(buf: bytes, pos: int) -> tuple[Record, int]:
         eol = buf.find(b"\n", pos)
         if eol < 0:
             raise BadRecord("record has no end of line", torn=True)
-        if buf[eol - 1] != 13:
+        if eol == pos or buf[eol - 1] != 13:  # (else a backwards slice: see the mypyc note)
             raise BadRecord("record line not ended by CRLF", torn=eol + 1 >= n)
         if buf.startswith(b"snapshot ", pos):
             record, end = read_snapshot(buf, pos)

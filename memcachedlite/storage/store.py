@@ -25,9 +25,10 @@ from itertools import islice
 from operator import itemgetter
 from typing import Callable, Iterable, Iterator, NamedTuple, NoReturn, Optional, Union
 
+from ..buildinfo import refuse_python_subclass
 from ..errors import LogWriteError, NonNumeric, OutOfMemory, ServerError
 from . import datafile, records
-from .durability import DEFAULT_COMPACT_MIN_SIZE, Durability
+from .durability import DEFAULT_COMPACT_MIN_SIZE
 from .evictions import EvictionNotice
 from .expiry import Expiry
 from .items import (
@@ -121,14 +122,18 @@ class Arith(NamedTuple):
     created: bool = False
 
 
-class Store(Expiry, Durability, Statistics):
+class Store(Expiry, Statistics):
     """The key-value data shared by every connection of a server.
 
     ``path=None`` keeps everything in memory only (for tests and embedding);
     otherwise the data file at ``path`` is replayed first and then appended to.
     How a change reaches the file, and when it may be shown, is the business
-    of the base class (:mod:`memcachedlite.storage.durability`).
+    of its base class Durability (:mod:`memcachedlite.storage.durability`).
     """
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        refuse_python_subclass(cls, Store)  # on the compiled build, with a clear message
+        super().__init_subclass__(**kwargs)
 
     def __init__(
         self,
@@ -141,11 +146,16 @@ class Store(Expiry, Durability, Statistics):
         clock: Callable[[], float] = time.time,
         item_size_max: int = DEFAULT_ITEM_SIZE_MAX,
     ) -> None:
+        # The attributes a base class declares (_items, _flushed, log, sizes_from)
+        # are not annotated again here: mypyc would count them twice in the
+        # garbage collector's walk of a compiled store, which then takes the
+        # data file (whose failure callback points back at the store) for
+        # referenced from outside, and never frees a closed store.
         # Insertion order is the LRU order: a write or a bump re-inserts at the end.
-        self._items: dict[bytes, bytes] = {}
+        self._items = {}
         #: the items an immediate flush_all ended, until they are read (get_flushed),
         #: replaced or reclaimed, as memcached keeps them (never a key of _items)
-        self._flushed: dict[bytes, bytes] = {}
+        self._flushed = {}
         #: memcached's slab classes for -I and -C, and what each holds (see memcachedlite.storage.slabs)
         self.slabs = Slabs(item_size_max)
         self._lock = threading.RLock()
@@ -161,7 +171,7 @@ class Store(Expiry, Durability, Statistics):
         #: ``stats detail``: counted by the protocol commands while enabled.
         self.prefixes = PrefixStats()
         #: ``stats sizes``: None while off, else the first cas it counts (see enable_sizes)
-        self.sizes_from: Optional[int] = None
+        self.sizes_from = None
         self.bytes = 0
         self.flush_at = 0  # pending delayed flush_all, absolute time
         self._next_cas = 1
@@ -175,7 +185,7 @@ class Store(Expiry, Durability, Statistics):
         self._closing = threading.Event()
         self._init_expiry()
         self._init_durability()
-        self.log: Optional[datafile.DataLog] = None
+        self.log = None
         if path is not None:
             self.log = datafile.DataLog(path, fsync=fsync)
             try:
@@ -510,7 +520,7 @@ class Store(Expiry, Durability, Statistics):
             record = records.set_record(key, value, flags, exptime, cas)
         if record:  # none for an expired item where there was none
             pending = self._pending
-            if pending is not None:
+            if pending is not None and self._writable:
                 pending.append(record)  # _append, spelled out: this is the path of every set
             else:
                 self._append(record)
@@ -750,7 +760,7 @@ class Store(Expiry, Durability, Statistics):
                     self.prefixes.record_set(entry[0])
             pending, undo = self._pending, self._undo
             errors: list[Optional[ServerError]] = [None] * len(entries)
-            if pending is None or undo is None or self.flush_at or type(pending) is not list or not self.cas_enabled:
+            if pending is None or undo is None or self.flush_at or not self._writable or not self.cas_enabled:
                 for i, (key, value, flags, exptime) in enumerate(entries):
                     size = SIZE_BASE + len(key) + len(value) + (4 if flags else 0)
                     sets[table[size] if size <= chunk_limit else largest] += 1
@@ -1027,7 +1037,7 @@ class Store(Expiry, Durability, Statistics):
         a crash cannot keep half of it."""
         with self._lock:
             pending = self._pending
-            if pending is None or type(pending) is not list or self._in_atomic:
+            if pending is None or not self._writable or self._in_atomic:
                 yield
                 return
             start = len(pending)

@@ -368,3 +368,126 @@ def test_hot_spots_from_py_spy_raw_output(runner_module, tmp_path: Path) -> None
     assert own[0] == ("handle (server.py)", 60.0)
     assert dict(own)["_run (session.py)"] == 30.0
     assert dict(total)["feed (session.py)"] == 40.0 and dict(total)["handle (server.py)"] == 100.0
+
+
+# -- builds: benchmarks/builds.py and run.py --builds ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def builds_module():
+    with script_module(ROOT / "benchmarks" / "builds.py", "bench_builds") as module:
+        yield module
+
+
+def test_builds_are_parsed_and_checked(runner_module, builds_module, tmp_path: Path) -> None:
+    run = runner_module
+    assert builds_module.parse_builds(" Pure, compiled ") == ("pure", "compiled")
+    assert builds_module.parse_builds("compiled,pure") == ("compiled", "pure")
+    for wrong, message in (("pure,mypyc", "unknown builds: mypyc"), ("pure,pure", "named twice"), (",", "no build")):
+        with pytest.raises(ValueError, match=message):
+            builds_module.parse_builds(wrong)
+    _, settings = run.parse_args([])
+    assert settings.builds == ("pure",) and settings.source == run.ROOT  # as before: this checkout, pure
+    _, settings = run.parse_args(["--builds", "pure,compiled", "--quick", "--tree", str(run.ROOT)])
+    assert settings.builds == ("pure", "compiled") and settings.rounds == 1
+    for wrong in (["--builds", "cython"], ["--tree", str(tmp_path)]):
+        with pytest.raises(SystemExit):
+            run.parse_args(wrong)
+    w1 = next(w for w in run.WORKLOADS if w.id == "W1")
+    w7 = next(w for w in run.WORKLOADS if w.id == "W7")
+    assert run.servers_of(w1, ("pure",)) == ("memcachedlite", "memcached")
+    assert run.servers_of(w7, ("pure", "compiled")) == ("memcachedlite", "memcachedlite-compiled", "memcached", "redis")
+    assert run.servers_of(w1, ("compiled",)) == ("memcachedlite-compiled", "memcached")
+
+
+def test_a_checkout_is_copied_without_history_build_output_or_compiled_modules(builds_module, tmp_path: Path) -> None:
+    source = tmp_path / "checkout"
+    package = source / "memcachedlite" / "storage"
+    package.mkdir(parents=True)
+    (package / "store.py").write_text("X = 1\n")
+    (package / "store.cpython-311-x86_64-linux-gnu.so").write_bytes(b"\x7fELF")
+    for leftover in (".git/HEAD", "build/lib/x.py", "memcachedlite/__pycache__/a.pyc", "data.txt", "abc__mypyc.so"):
+        (source / leftover).parent.mkdir(parents=True, exist_ok=True)
+        (source / leftover).write_text("x")
+    (source / "setup.py").write_text("print('setup')\n")
+    copy = builds_module.copy_checkout(source, tmp_path / "copy")
+    assert sorted(str(p.relative_to(copy)) for p in copy.rglob("*") if p.is_file()) == [
+        "memcachedlite/storage/store.py",
+        "setup.py",
+    ]
+    assert builds_module.extension_files(source) == [package / "store.cpython-311-x86_64-linux-gnu.so"]
+    builds_module.check_build(copy, "pure")
+    with pytest.raises(RuntimeError, match="pure build but has compiled modules beside its sources"):
+        builds_module.check_build(source, "pure")
+
+
+def test_a_build_that_does_not_compile_or_import_compiled_modules_is_refused(builds_module, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "setup.py").write_text("import sys\nprint('building')\nsys.exit('error: no C compiler')\n")
+    with pytest.raises(RuntimeError, match="(?s)mypyc build of .* failed.*error: no C compiler"):
+        builds_module.compile_in_place(broken, tmp_path / "compile.log")
+    assert "building" in (tmp_path / "compile.log").read_text()
+    said: list[str] = []
+    with pytest.raises(RuntimeError, match="failed"), builds_module.prepared(("compiled",), broken, said.append):
+        pass
+    assert said and "in a scratch copy" in said[0] and (broken / "setup.py").exists()  # the source is left alone
+    # an uncompiled copy of this checkout imports every module of COMPILED from its .py file
+    copy = builds_module.copy_checkout(ROOT, tmp_path / "copy")
+    seen = builds_module.imported_build(copy)
+    assert seen["listed"] and seen["compiled"] == []
+    with pytest.raises(RuntimeError, match="compiled build but imports memcachedlite"):
+        builds_module.check_build(copy, "compiled")
+    with builds_module.prepared(("pure",), source=copy) as trees:
+        assert trees == {"pure": copy}
+
+
+def test_each_build_runs_from_its_tree_and_must_say_so(runner_module, tmp_path: Path) -> None:
+    run = runner_module
+    settings = run.Settings(pin=False, trees={"pure": run.ROOT, "compiled": run.ROOT})
+    assert run.make_server(run.MEMCACHED, tmp_path, "everysec", settings).tree == run.ROOT
+    # "compiled" here is this checkout's pure code: the check at the end of a run catches it
+    with run.make_server(run.LITE_COMPILED, tmp_path, "everysec", settings) as server:
+        assert isinstance(server, run.Lite) and server.build == "compiled" and server.name == run.LITE_COMPILED
+        m = run.Measure("W1", server.name, 1)
+        run.check_served_build(server, m)
+        assert m.notes["build"] == "pure"
+        assert m.error_kinds == {"stats settings says build pure, not mypyc": 1}
+        server.build = "pure"
+        ok = run.Measure("W1", server.name, 1)
+        run.check_served_build(server, ok)
+        assert ok.errors == 0 and ok.notes["build"] == "pure"
+
+
+def test_the_builds_compared_side_by_side(runner_module) -> None:
+    run = runner_module
+    measures = []
+    for n, (pure, compiled) in enumerate([(20.0, 10.0), (24.0, 12.0), (22.0, 8.0)], start=1):
+        for server, w3_cpu, w6_cpu in (
+            (run.LITE, pure, 6.0),
+            (run.LITE_COMPILED, compiled, 4.0),
+            (run.MEMCACHED, 10.0, 1.5),
+        ):
+            measures.append(run.Measure("W3", server, n, {"keys/s": 1e6, "server CPU us/op": w3_cpu}))
+            measures.append(run.Measure("W6", server, n, {"sets/s": 1e5, "server CPU us/op": w6_cpu}))
+        measures.append(run.Measure("W5", run.LITE, n, {"RSS growth MiB": 30.0}))
+    only_pure = run.as_build(measures, "pure")
+    assert {m.server for m in only_pure} == {run.LITE, run.MEMCACHED} and len(only_pure) == 15
+    only_compiled = run.as_build(measures, "compiled")
+    assert {m.server for m in only_compiled} == {run.LITE, run.MEMCACHED}  # renamed, for the table
+    assert measures[1].server == run.LITE  # the runs themselves keep their names
+    assert sum(m.server == run.LITE_COMPILED for m in measures) == 6
+    pure_rows = run.build_rows(only_pure)
+    compiled_rows = run.build_rows(only_compiled)
+    assert {(r["workload"], r["metric"]): r["efficiency"] for r in compiled_rows}["W3", "server CPU us/op"] == 1.0
+    compared = {e["workload"]: e for e in run.compare_builds(pure_rows, compiled_rows)}
+    assert set(compared) == {"W3", "W6"}  # W5 has no CPU per operation, and no compiled run
+    w3, w6 = compared["W3"], compared["W6"]
+    assert w3["cpu_us_per_op"] == {"pure": 22.0, "compiled": 10.0, run.MEMCACHED: 10.0, run.REDIS: None}
+    assert w3["efficiency"] == {"pure": pytest.approx(10 / 22), "compiled": 1.0}
+    assert w3["gain"] == pytest.approx(2.2) and w3["target"] == 0.95 and w3["met"] is True
+    assert w6["gain"] == pytest.approx(1.5) and w6["efficiency"]["compiled"] == pytest.approx(0.375)
+    assert w6["met"] is True
+    table = run.format_comparison(list(compared.values()))
+    assert "| W3       | server CPU us/op | 22.0 | 10.0     | 10.0      | -     | 0.45" in table
+    assert "2.20x" in table and ">=0.95 met" in table and ">=0.35 met" in table

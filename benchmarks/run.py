@@ -1379,7 +1379,7 @@ def format_comparison(entries: list[dict[str, Any]]) -> str:
                 target,
             ]
         )
-    return _markdown(lines)
+    return markdown_table(lines)
 
 
 def cross_checks(rows: list[dict[str, Any]], measures: list[Measure]) -> list[dict[str, Any]]:
@@ -1527,10 +1527,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                 "/".join(str(row["errors"][n]) for n in ALL_SERVERS),
             ]
         )
-    return _markdown(lines)
+    return markdown_table(lines)
 
 
-def _markdown(lines: list[list[str]]) -> str:
+def markdown_table(lines: list[list[str]]) -> str:
     """Rows of cells (the first: the header) as a table with aligned columns."""
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     out = []

@@ -491,3 +491,93 @@ def test_the_builds_compared_side_by_side(runner_module) -> None:
     table = run.format_comparison(list(compared.values()))
     assert "| W3       | server CPU us/op | 22.0 | 10.0     | 10.0      | -     | 0.45" in table
     assert "2.20x" in table and ">=0.95 met" in table and ">=0.35 met" in table
+
+
+# -- benchmarks/server_instructions.py ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def counter_module():
+    with script_module(ROOT / "benchmarks" / "server_instructions.py", "bench_server_instructions") as module:
+        yield module
+
+
+def test_the_counted_workloads_send_exact_requests_and_expect_exact_replies(counter_module) -> None:
+    si = counter_module
+    spaces = si.key_spaces()
+    workloads = {w.id: w for w in si.WORKLOADS}
+    value = (b"mclbench:100:5" + b"." * 100)[:100]
+    assert si.request(workloads["W1"], spaces, 5) == (
+        b"get mclbench:100:5\r\n",
+        b"VALUE mclbench:100:5 0 100\r\n" + value + b"\r\nEND\r\n",
+    )
+    assert si.request(workloads["W2"], spaces, 5) == (
+        b"set mclbench:100:5 0 0 100\r\n" + value + b"\r\n",
+        b"STORED\r\n",
+    )
+    big, stored = si.request(workloads["W4"], spaces, 10_003)  # the key space wraps
+    assert big.startswith(b"set mclbench:1024:3 0 0 1024\r\n") and len(big) == 30 + 1024 + 2 and stored == b"STORED\r\n"
+    multi, hits = si.request(workloads["W3"], spaces, 1)
+    assert multi.startswith(b"get mclbench:100:100 mclbench:100:101 ") and multi.count(b" ") == 100
+    assert hits.count(b"VALUE ") == 100 and hits.endswith(b"END\r\n")
+    sets, replies = si.request(workloads["W6"], spaces, 2)
+    assert sets.count(b"set ") == 100 and sets.startswith(b"set mclbench:100:200 ") and replies == b"STORED\r\n" * 100
+
+
+def test_the_counts_table_and_its_targets(counter_module, tmp_path: Path) -> None:
+    si = counter_module
+    counts = [
+        si.Count("pure", "W1", 100, [5_000_000, 5_010_000, 4_990_000], 1.0),
+        si.Count("compiled", "W1", 100, [2_500_000, 2_500_000, 2_600_000], 1.0),
+        si.Count("pure", "W6", 1000, [30_000_000], 1.0),
+        si.Count("compiled", "W6", 1000, [25_000_000], 1.0),
+    ]
+    assert counts[0].per_op == 50_000 and counts[0].spread == pytest.approx(0.004)
+    rows = {r["workload"]: r for r in si.compare(counts, ("pure", "compiled"))}
+    assert rows["W1"]["fewer"] == 2.0 and rows["W1"]["met"] is True and rows["W1"]["target"] == 1.8
+    assert rows["W6"]["fewer"] == pytest.approx(1.2) and rows["W6"]["met"] is False
+    table = si.format_table(list(rows.values()), ("pure", "compiled"))
+    assert "| W1 get, 100 B, request/response | 50,000" in table and "25,000" in table
+    assert "2.00x" in table and ">=1.8x met" in table and "1.20x" in table and ">=1.4x MISSED" in table
+    alone = si.compare(counts[:1], ("pure",))
+    assert alone[0]["fewer"] is None and "| -" in si.format_table(alone, ("pure",))
+    args = si.parse_args([])
+    assert args.builds == ("pure", "compiled") and args.only == {"W1", "W2", "W3", "W4", "W6"} and args.windows == 3
+    for wrong in (["--only", "W5"], ["--scale", "0"], ["--windows", "0"], ["--builds", "cpython"]):
+        with pytest.raises(SystemExit):
+            si.parse_args(wrong)
+    tree = tmp_path / "compiled"
+    assert si.kind_of(f"{tree}/memcachedlite/storage/store.cpython-311-x86_64-linux-gnu.so", tree) == "compiled modules"
+    assert si.kind_of(f"{tree}/0d4e__mypyc.cpython-311-x86_64-linux-gnu.so", tree) == "compiled modules"
+    assert si.kind_of("/usr/lib/libpython3.11.so.1.0", tree) == "interpreter"
+    assert si.kind_of("/usr/lib/python3.11/lib-dynload/_socket.cpython-311-x86_64-linux-gnu.so", tree) == (
+        "stdlib C modules"
+    )
+    assert si.kind_of("/lib/x86_64-linux-gnu/libc.so.6", tree) == "libc"
+
+
+@pytest.mark.external
+def test_instructions_of_the_real_server_counted_under_callgrind(counter_module, tmp_path: Path) -> None:
+    """The pure build (this checkout) under valgrind: a few windows of W1 and W6, their dumps kept and read."""
+    si = counter_module
+    out = tmp_path / "counts.json"
+    keep = tmp_path / "dumps"
+    code = si.main(
+        ["--builds", "pure", "--only", "W1,W6", "--scale", "0.05", "--windows", "2", "--profile"]
+        + ["--keep", str(keep), "--json", str(out)]
+    )
+    assert code == 0
+    data = json.loads(out.read_text())
+    rows = {r["workload"]: r for r in data["rows"]}
+    assert set(rows) == {"W1", "W6"} and rows["W1"]["fewer"] is None
+    assert (
+        5_000 < rows["W1"]["per_op"]["pure"] < 1_000_000 and rows["W6"]["per_op"]["pure"] < rows["W1"]["per_op"]["pure"]
+    )
+    counts = {c["workload"]: c for c in data["counts"]}
+    assert len(counts["W1"]["windows"]) == 2 and counts["W1"]["operations"] == 50
+    dump = keep / "pure-W1.callgrind"
+    own, calls = si.read_costs(dump)
+    assert sum(own.values()) == si.total_instructions(dump, "totals")  # every cost line read, none twice
+    profile = counts["W1"]["profile"]
+    assert max(profile["by_kind"], key=profile["by_kind"].get) == "interpreter"
+    assert profile["under_compiled_calls"] == 0 and profile["eval_loop_self"] > 0 and profile["functions"]

@@ -125,11 +125,16 @@ def prepared(
     builds: tuple[str, ...], source: Path = ROOT, log: Callable[[str], None] = print
 ) -> Iterator[dict[str, Path]]:
     """The tree of each build of ``source``, checked: the checkout itself for the pure build, a
-    compiled scratch copy for the compiled one (deleted when the block ends)."""
+    compiled scratch copy for the compiled one (deleted when the block ends).
+
+    A ``source`` whose modules are compiled already (a scratch copy such as
+    ``tests/run_compiled.py``'s) is its own compiled build, and cannot be
+    the pure one.
+    """
     with tempfile.TemporaryDirectory(prefix="mcl-builds-") as scratch:
         trees: dict[str, Path] = {}
         for build in builds:
-            if build == PURE:
+            if build == PURE or extension_files(source):
                 tree = source
             else:
                 tree = copy_checkout(source, Path(scratch) / "compiled")

@@ -102,6 +102,11 @@ def imported_build(tree: Path) -> dict[str, list[str]]:
     return json.loads(done.stdout)
 
 
+def own_build(tree: Path) -> str:
+    """The build ``tree`` runs as it is: compiled when its modules were compiled in place, else pure."""
+    return COMPILED if extension_files(tree) else PURE
+
+
 def check_build(tree: Path, build: str) -> None:
     """Raise unless ``tree`` runs ``build``: a pure tree has no compiled module, a compiled one imports them all."""
     if build == PURE:

@@ -59,8 +59,10 @@ said otherwise):
       the last key answered with its value, and items per second; Redis from
       its AOF, then (for reference) from an RDB snapshot made with SAVE
 
-Builds (``--builds pure,compiled``; default ``pure``, this checkout as it
-is): the compiled build is this checkout copied to a scratch folder and its
+Builds (``--builds pure,compiled``; default: this checkout as it is, the
+pure build, or the compiled one where its modules were compiled in place as
+in ``tests/run_compiled.py``'s copy): the compiled build is this checkout
+copied to a scratch folder and its
 modules of ``memcachedlite/buildinfo.py``'s COMPILED compiled there with
 mypyc (``benchmarks/builds.py``; about a minute and a half, under ``nice``),
 never beside this checkout's sources. Each build's server runs with
@@ -72,8 +74,10 @@ the yardstick, and memcachedlite from each build, side by side in each round
 each build, then one comparing them: every workload's efficiency for both
 builds and the compiled/pure ratio of each figure, with the compiled build's
 own targets (W3 efficiency >= 0.95, W6 >= 0.35). In the JSON, a run of the
-compiled build's server is named ``memcachedlite-compiled``; ``rows`` holds
-the first build's table and ``builds`` each one's. ``--tree DIR`` measures
+compiled build's server beside the pure one is named
+``memcachedlite-compiled`` (a build measured alone keeps the name
+``memcachedlite``; its runs' notes say which build); ``rows`` holds the
+first build's table and ``builds`` each one's. ``--tree DIR`` measures
 the builds of another checkout of the project (a ``git worktree`` of another
 branch) instead of this one; the load generator is always this checkout's.
 
@@ -145,10 +149,16 @@ from memcachedlite.loadgen import wire  # noqa: E402
 
 LITE = "memcachedlite"
 PURE, COMPILED = buildtrees.PURE, buildtrees.COMPILED
-#: The compiled build's server, in the runs and the JSON (the pure build's keeps the name LITE).
+#: The compiled build's server, in the runs and the JSON, when it runs beside the pure build.
 LITE_COMPILED = "memcachedlite-compiled"
-#: Each build's server name.
-LITE_NAMES = {PURE: LITE, COMPILED: LITE_COMPILED}
+
+
+def lite_names(builds: tuple[str, ...]) -> dict[str, str]:
+    """Each build's server name: LITE for a build measured alone (as before builds), and for the
+    pure build beside the compiled one, which is LITE_COMPILED."""
+    return {b: LITE_COMPILED if b == COMPILED and len(builds) > 1 else LITE for b in builds}
+
+
 MEMCACHED = "memcached"
 REDIS = "redis"
 TARGETS = (LITE, MEMCACHED)
@@ -359,7 +369,7 @@ class Lite(Server):
         self, workdir: Path, fsync: str = "everysec", settings: Settings | None = None, build: str = PURE
     ) -> None:
         self.build = build
-        self.name = LITE_NAMES[build]
+        self.name = lite_names((settings or Settings()).builds).get(build, LITE)
         super().__init__(workdir, fsync, settings)
         self.tree = self.settings.trees.get(build, self.settings.source)
         #: Kept across a restart (W8 starts the server again on it).
@@ -419,7 +429,7 @@ SERVERS: dict[str, type[Server]] = {MEMCACHED: Memcached, REDIS: Redis}
 
 def make_server(name: str, workdir: Path, fsync: str, settings: Settings) -> Server:
     """The server of that name: memcached, Redis, or memcachedlite of one build."""
-    for build, lite in LITE_NAMES.items():
+    for build, lite in lite_names(settings.builds).items():
         if name == lite:
             return Lite(workdir, fsync=fsync, settings=settings, build=build)
     return SERVERS[name](workdir, fsync=fsync, settings=settings)
@@ -1165,7 +1175,7 @@ def servers_of(workload: Workload, builds: tuple[str, ...]) -> tuple[str, ...]:
     """The servers a workload runs against: memcachedlite once per build, in its place, then the others."""
     out: list[str] = []
     for name in workload.servers:
-        out.extend([LITE_NAMES[b] for b in builds] if name == LITE else [name])
+        out.extend(lite_names(builds).values() if name == LITE else [name])
     return tuple(out)
 
 
@@ -1301,10 +1311,10 @@ def build_rows(measures: list[Measure]) -> list[dict[str, Any]]:
     return rows
 
 
-def as_build(measures: list[Measure], build: str) -> list[Measure]:
-    """The runs as if ``build`` were the only memcachedlite: its server's named LITE, the other build's left out."""
-    mine = LITE_NAMES[build]
-    others = set(LITE_NAMES.values()) - {mine}
+def as_build(measures: list[Measure], mine: str) -> list[Measure]:
+    """The runs as if the memcachedlite named ``mine`` were the only one: its runs named LITE, the other
+    build's left out."""
+    others = {LITE, LITE_COMPILED} - {mine}
     return [dataclasses.replace(m, server=LITE) if m.server == mine else m for m in measures if m.server not in others]
 
 
@@ -1689,9 +1699,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     )
     parser.add_argument(
         "--builds",
-        default=PURE,
-        help="memcachedlite's builds to measure side by side: pure, compiled or pure,compiled (default pure; "
-        "the compiled one is built with mypyc in a scratch copy)",
+        help="memcachedlite's builds to measure side by side: pure, compiled or pure,compiled (default: the "
+        "checkout as it is, pure unless compiled in place; the compiled one is built with mypyc in a scratch copy)",
     )
     parser.add_argument(
         "--tree",
@@ -1718,14 +1727,14 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
         parser.error("--rounds, --duration, --w5-items, --w8-items and --procs-per-cpu must be positive")
     settings.profile_dir = args.profile
     settings.pin = not args.no_pin
-    try:
-        settings.builds = buildtrees.parse_builds(args.builds)
-    except ValueError as exc:
-        parser.error(f"--builds: {exc}")
     if args.tree is not None:
         if not (args.tree / "memcachedlite" / "__init__.py").is_file():
             parser.error(f"--tree: {args.tree} is not a checkout of memcachedlite")
         settings.source = args.tree.resolve()
+    try:
+        settings.builds = buildtrees.parse_builds(args.builds or buildtrees.own_build(settings.source))
+    except ValueError as exc:
+        parser.error(f"--builds: {exc}")
     return args, settings
 
 
@@ -1771,8 +1780,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
-    by_build = {build: build_rows(as_build(measures, build)) for build in settings.builds}
-    checks = {build: cross_checks(by_build[build], as_build(measures, build)) for build in settings.builds}
+    names = lite_names(settings.builds)
+    by_build = {build: build_rows(as_build(measures, names[build])) for build in settings.builds}
+    checks = {build: cross_checks(by_build[build], as_build(measures, names[build])) for build in settings.builds}
     compared = compare_builds(by_build[PURE], by_build[COMPILED]) if len(settings.builds) > 1 else []
     elapsed = time.monotonic() - started
     log("")
@@ -1784,7 +1794,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     for build in settings.builds:
         if len(settings.builds) > 1:
-            log(f"\nmemcachedlite's {build} build ({LITE_NAMES[build]} in the runs and the JSON):")
+            log(f"\nmemcachedlite's {build} build ({names[build]} in the runs and the JSON):")
         log(format_table(by_build[build]))
         if any(c["efficiency"][c["ours"]]["median"] is not None for c in checks[build]):
             log("\ncross-check against independent C load generators (ratios per round, [min-max]):")

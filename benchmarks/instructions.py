@@ -3,6 +3,7 @@ counted by valgrind's callgrind: the figure to compare two versions by, since
 CPU time on a shared machine swings up to 2x between runs of the same code.
 
     python benchmarks/instructions.py [--tree DIR] [--only get]
+    python benchmarks/instructions.py --builds pure,compiled [--tree DIR]
 
 Runs the cases of ``micro_session.py`` and ``micro_binary.py`` (the same
 batches: ``Session.feed`` and ``BinarySession.feed`` over a store appending
@@ -12,7 +13,12 @@ just before the measured loop and dumped (``callgrind_control -d``) just
 after it, so start-up and set-up are not counted. Prints instructions per
 request. ``--tree`` counts another checkout of the project (a ``git
 worktree`` of the version before a change), so that both versions are
-counted by this same script in one sitting.
+counted by this same script in one sitting. ``--builds pure,compiled``
+counts one checkout's two builds instead (``benchmarks/builds.py``: the
+checkout, and a scratch copy of it compiled with mypyc) and prints how many
+times fewer instructions the compiled build needs. The in-process engine
+leaves out the server around it (sockets, threads, the handler): for the
+server process as a whole, see ``server_instructions.py``.
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import builds as buildtrees  # noqa: E402  (benchmarks/builds.py)
 
 #: name: (protocol, kind, batches, requests per batch); as micro_session.py and micro_binary.py
 CASES = {
@@ -144,15 +153,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tree", type=Path, action="append", help="checkout(s) to count (default: this one)")
     parser.add_argument("--only", default="", help="only the cases whose name holds this")
+    parser.add_argument("--builds", help="count these builds of one checkout side by side, e.g. pure,compiled")
     args = parser.parse_args()
-    trees = args.tree or [ROOT]
-    print("case".ljust(26) + "".join(str(t)[-24:].rjust(26) for t in trees) + ("   change" if len(trees) == 2 else ""))
+    if args.builds is None:
+        print_counts({str(t)[-24:]: t for t in args.tree or [ROOT]}, args.only)
+        return
+    if args.tree and len(args.tree) > 1:
+        parser.error("--builds counts the builds of one checkout: give one --tree at most")
+    try:
+        builds = buildtrees.parse_builds(args.builds)
+    except ValueError as exc:
+        parser.error(f"--builds: {exc}")
+    with buildtrees.prepared(builds, (args.tree or [ROOT])[0].resolve()) as trees:
+        print_counts(trees, args.only, fewer=set(trees) == set(buildtrees.BUILDS))
+
+
+def print_counts(trees: dict[str, Path], only: str, fewer: bool = False) -> None:
+    """A line per case: instructions per request in each tree, and the change from the first to the second
+    (with ``fewer``: how many times fewer the second needs)."""
+    last = "   fewer" if fewer else "   change" if len(trees) == 2 else ""
+    print("case".ljust(26) + "".join(label.rjust(26) for label in trees) + last)
     for case in CASES:
-        if args.only not in case:
+        if only not in case:
             continue
-        figures = [count(tree, case) for tree in trees]
+        figures = [count(tree, case) for tree in trees.values()]
         line = case.ljust(26) + "".join(f"{f:26,.0f}" for f in figures)
-        if len(figures) == 2:
+        if fewer:
+            line += f"   {figures[0] / figures[1]:.2f}x"
+        elif len(figures) == 2:
             line += f"   {figures[1] / figures[0] - 1:+.1%}"
         print(line, flush=True)
 

@@ -1,6 +1,7 @@
 """memcachedlite against the real memcached and Redis, side by side, on this machine.
 
     python benchmarks/run.py [--quick] [--only W7,W8] [--json out.json] [--png chart.png]
+    python benchmarks/run.py --builds pure,compiled [--quick]
 
 Starts memcached (``memcached -l 127.0.0.1 -p <free port> -U 0 -t 1``),
 memcachedlite (``python -m memcachedlite serve --cpu N`` from this checkout,
@@ -58,6 +59,28 @@ said otherwise):
       the last key answered with its value, and items per second; Redis from
       its AOF, then (for reference) from an RDB snapshot made with SAVE
 
+Builds (``--builds pure,compiled``; default: this checkout as it is, the
+pure build, or the compiled one where its modules were compiled in place as
+in ``tests/run_compiled.py``'s copy): the compiled build is this checkout
+copied to a scratch folder and its
+modules of ``memcachedlite/buildinfo.py``'s COMPILED compiled there with
+mypyc (``benchmarks/builds.py``; about a minute and a half, under ``nice``),
+never beside this checkout's sources. Each build's server runs with
+``PYTHONPATH`` at its own tree, and must say its build in ``stats settings``
+(``build pure`` / ``build mypyc``) at the end of every run, or the run counts
+as an error. Every workload then runs against memcached, Redis where it is
+the yardstick, and memcachedlite from each build, side by side in each round
+(the order alternating round by round). The output has the usual table for
+each build, then one comparing them: every workload's efficiency for both
+builds and the compiled/pure ratio of each figure, with the compiled build's
+own targets (W3 efficiency >= 0.95, W6 >= 0.35). In the JSON, a run of the
+compiled build's server beside the pure one is named
+``memcachedlite-compiled`` (a build measured alone keeps the name
+``memcachedlite``; its runs' notes say which build); ``rows`` holds the
+first build's table and ``builds`` each one's. ``--tree DIR`` measures
+the builds of another checkout of the project (a ``git worktree`` of another
+branch) instead of this one; the load generator is always this checkout's.
+
 After the table, W2 and W6 are compared with memcslap's figures (M2, X6),
 round by round: efficiency and throughput ratio, and whether they agree.
 
@@ -98,6 +121,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -118,11 +142,23 @@ from typing import Any, Callable, Iterator
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import builds as buildtrees  # noqa: E402  (benchmarks/builds.py)
 from memcachedlite import loadgen  # noqa: E402
 from memcachedlite.loadgen import keys as loadkeys  # noqa: E402
 from memcachedlite.loadgen import wire  # noqa: E402
 
 LITE = "memcachedlite"
+PURE, COMPILED = buildtrees.PURE, buildtrees.COMPILED
+#: The compiled build's server, in the runs and the JSON, when it runs beside the pure build.
+LITE_COMPILED = "memcachedlite-compiled"
+
+
+def lite_names(builds: tuple[str, ...]) -> dict[str, str]:
+    """Each build's server name: LITE for a build measured alone (as before builds), and for the
+    pure build beside the compiled one, which is LITE_COMPILED."""
+    return {b: LITE_COMPILED if b == COMPILED and len(builds) > 1 else LITE for b in builds}
+
+
 MEMCACHED = "memcached"
 REDIS = "redis"
 TARGETS = (LITE, MEMCACHED)
@@ -154,6 +190,11 @@ class Settings:
     #: Filled by place(): the servers' CPU and the load's, None when not pinned.
     server_cpu: int | None = None
     client_cpus: tuple[int, ...] | None = None
+    #: The builds of memcachedlite measured, side by side (--builds), and the checkout they are built from.
+    builds: tuple[str, ...] = (PURE,)
+    source: Path = ROOT
+    #: Filled once the builds are ready: the tree each build runs from (PYTHONPATH).
+    trees: dict[str, Path] = field(default_factory=dict)
 
     @classmethod
     def quick(cls) -> Settings:
@@ -233,6 +274,8 @@ class Server:
     name = ""
     #: The load generator's protocol for this server (LoadConfig.protocol).
     protocol = "text"
+    #: Its PYTHONPATH (memcachedlite's build; nothing to the others).
+    tree = ROOT
 
     def __init__(self, workdir: Path, fsync: str = "everysec", settings: Settings | None = None) -> None:
         self.workdir = workdir
@@ -260,7 +303,7 @@ class Server:
         if self._log is None:
             self._log = open(self.log_path, "ab")
         self.port = free_port()
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env = dict(os.environ, PYTHONPATH=str(self.tree))
         cpu = self.settings.server_cpu
         self.proc = subprocess.Popen(
             self.command(),
@@ -322,8 +365,13 @@ class Memcached(Server):
 class Lite(Server):
     name = LITE
 
-    def __init__(self, workdir: Path, fsync: str = "everysec", settings: Settings | None = None) -> None:
+    def __init__(
+        self, workdir: Path, fsync: str = "everysec", settings: Settings | None = None, build: str = PURE
+    ) -> None:
+        self.build = build
+        self.name = lite_names((settings or Settings()).builds).get(build, LITE)
         super().__init__(workdir, fsync, settings)
+        self.tree = self.settings.trees.get(build, self.settings.source)
         #: Kept across a restart (W8 starts the server again on it).
         self.data_file = workdir / f"data-{time.monotonic_ns()}.txt"
         #: --memory-limit in MiB: W8's million items must not be evicted.
@@ -376,7 +424,20 @@ class Redis(Server):
         return [*cmd, "--appendonly", "yes", "--appendfsync", "always" if self.fsync == "always" else "everysec"]
 
 
-SERVERS: dict[str, type[Server]] = {LITE: Lite, MEMCACHED: Memcached, REDIS: Redis}
+SERVERS: dict[str, type[Server]] = {MEMCACHED: Memcached, REDIS: Redis}
+
+
+def make_server(name: str, workdir: Path, fsync: str, settings: Settings) -> Server:
+    """The server of that name: memcached, Redis, or memcachedlite of one build."""
+    for build, lite in lite_names(settings.builds).items():
+        if name == lite:
+            return Lite(workdir, fsync=fsync, settings=settings, build=build)
+    return SERVERS[name](workdir, fsync=fsync, settings=settings)
+
+
+def served_build(port: int) -> str | None:
+    """The build a memcachedlite says it runs (``stats settings``' ``build``; None from one too old to say)."""
+    return raw_stats(port, b"stats settings").get("build")
 
 
 def resp_call(port: int, *args: bytes, timeout: float = 600.0) -> bytes:
@@ -405,10 +466,10 @@ def served_ops(server: Server) -> tuple[int, int]:
     return int(stats.get("cmd_get", 0)), int(stats.get("cmd_set", 0))
 
 
-def raw_stats(port: int) -> dict[str, str]:
-    """The server's ``stats`` as a dict (raw socket, no client library)."""
+def raw_stats(port: int, command: bytes = b"stats") -> dict[str, str]:
+    """The server's ``stats`` (or another stats group) as a dict (raw socket, no client library)."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(b"stats\r\n")
+        s.sendall(command + b"\r\n")
         buf = b""
         deadline = time.monotonic() + 10
         while not buf.endswith(b"END\r\n") and time.monotonic() < deadline:
@@ -438,7 +499,7 @@ def profiled(server: Server, label: str, settings: Settings) -> Iterator[None]:
     server of many threads and one GIL that is where the CPU time that limits
     throughput goes (threads waiting in recv would otherwise fill the profile).
     """
-    if settings.profile_dir is None or server.name != LITE:
+    if settings.profile_dir is None or not isinstance(server, Lite):
         yield
         return
     spy = shutil.which("py-spy")
@@ -1110,27 +1171,49 @@ ROWS = [
 # -- running ------------------------------------------------------------------------
 
 
+def servers_of(workload: Workload, builds: tuple[str, ...]) -> tuple[str, ...]:
+    """The servers a workload runs against: memcachedlite once per build, in its place, then the others."""
+    out: list[str] = []
+    for name in workload.servers:
+        out.extend(lite_names(builds).values() if name == LITE else [name])
+    return tuple(out)
+
+
+def check_served_build(server: Server, m: Measure) -> None:
+    """Note the build memcachedlite says it runs; a run of another build than meant is an error."""
+    if not isinstance(server, Lite):
+        return
+    said = m.notes["build"] = served_build(server.port)
+    meant = buildtrees.BUILD_KEYS[server.build]
+    if said is not None and said != meant:
+        m.errors += 1
+        m.error_kinds[f"stats settings says build {said}, not {meant}"] = 1
+
+
 def run_all(settings: Settings, workdir: Path, log: Callable[[str], None]) -> list[Measure]:
     measures: list[Measure] = []
     for workload in WORKLOADS:
         if settings.only and workload.id not in settings.only:
             continue
+        servers = servers_of(workload, settings.builds)
         for round_ in range(settings.rounds):
-            order = workload.servers if round_ % 2 == 0 else workload.servers[::-1]
+            order = servers if round_ % 2 == 0 else servers[::-1]
             for name in order:
                 m = Measure(workload.id, name, round_ + 1)
                 started = time.monotonic()
-                with SERVERS[name](workdir, fsync=workload.fsync, settings=settings) as server:
-                    with profiled(server, f"{workload.id}-round{round_ + 1}", settings):
+                label = f"{workload.id}-round{round_ + 1}" + ("" if name == LITE else f"-{name}")
+                with make_server(name, workdir, workload.fsync, settings) as server:
+                    with profiled(server, label, settings):
                         workload.run(server, settings, m)
                     m.notes["server_cpu_seconds_total"] = cpu_seconds(server.pid)
                     m.notes["server_rss_kib_end"] = proc_status(server.pid, "VmRSS")
+                    check_served_build(server, m)
                 measures.append(m)
                 shown = ", ".join(f"{k} {_num(v)}" for k, v in m.metrics.items() if "client" not in k)
                 if "unsupported" in m.notes:
                     shown = m.notes["unsupported"]
                 log(
-                    f"  {workload.id} round {round_ + 1} {name:<13} {shown}"
+                    f"  {workload.id} round {round_ + 1} {name:<{13 if len(settings.builds) == 1 else 22}} {shown}"
                     f"{f'  ERRORS {m.errors}' if m.errors else ''}  ({time.monotonic() - started:.1f} s)"
                 )
     return measures
@@ -1228,6 +1311,87 @@ def build_rows(measures: list[Measure]) -> list[dict[str, Any]]:
     return rows
 
 
+def as_build(measures: list[Measure], mine: str) -> list[Measure]:
+    """The runs as if the memcachedlite named ``mine`` were the only one: its runs named LITE, the other
+    build's left out."""
+    others = {LITE, LITE_COMPILED} - {mine}
+    return [dataclasses.replace(m, server=LITE) if m.server == mine else m for m in measures if m.server not in others]
+
+
+#: The compiled build's own targets (issue 25): its efficiency against memcached, in CPU time.
+BUILD_TARGETS = {("W3", "server CPU us/op"): 0.95, ("W6", "server CPU us/op"): 0.35}
+
+
+def compare_builds(pure_rows: list[dict[str, Any]], compiled_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every workload's CPU per operation and efficiency for both builds, and their ratio.
+
+    One entry per CPU row (a load of a workload) the two builds share. ``gain``
+    is the compiled build's efficiency over the pure one's, which is the pure
+    build's CPU per operation over the compiled one's (memcached's and Redis's
+    runs are the same for both), so > 1 means the compiled build does the same
+    work with less CPU. A :data:`BUILD_TARGETS` row is judged on the compiled
+    build's efficiency against memcached.
+    """
+    compiled = {(r["workload"], r["metric"]): r for r in compiled_rows}
+    out = []
+    for p in pure_rows:
+        key = (p["workload"], p["metric"])
+        c = compiled.get(key)
+        if c is None or "CPU us/op" not in p["metric"]:
+            continue
+        cpu = {
+            PURE: p[LITE]["median"],
+            COMPILED: c[LITE]["median"],
+            MEMCACHED: p[MEMCACHED]["median"],
+            REDIS: p[REDIS]["median"],
+        }
+        target = BUILD_TARGETS.get(key)
+        out.append(
+            {
+                "workload": p["workload"],
+                "metric": p["metric"],
+                "cpu_us_per_op": cpu,
+                "efficiency": {PURE: p["efficiency"], COMPILED: c["efficiency"]},
+                "efficiency_redis": {PURE: p["efficiency_redis"], COMPILED: c["efficiency_redis"]},
+                "gain": ratio(cpu[PURE], cpu[COMPILED]),
+                "target": target,
+                "met": None if target is None or c["efficiency"] is None else c["efficiency"] >= target,
+            }
+        )
+    return out
+
+
+def format_comparison(entries: list[dict[str, Any]]) -> str:
+    """The builds compared, as a plain-text (Markdown) table."""
+
+    def efficiency(entry: dict[str, Any], build: str) -> str:
+        shown = [f"{entry['efficiency'][build]:.2f}" if entry["efficiency"][build] is not None else ""]
+        if entry["efficiency_redis"][build] is not None:
+            shown.append(f"Redis {entry['efficiency_redis'][build]:.2f}")
+        return " ".join(e for e in shown if e) or "-"
+
+    header = ["workload", "metric ↓", "pure", "compiled", MEMCACHED, "Redis"]
+    header += ["efficiency pure", "efficiency compiled", "compiled/pure", "target (compiled)"]
+    lines = [header]
+    for e in entries:
+        cpu = e["cpu_us_per_op"]
+        target = ""
+        if e["target"] is not None:
+            target = f">={e['target']:g} {VERDICTS[e['met']]}"
+        lines.append(
+            [
+                e["workload"],
+                e["metric"],
+                *(_num(cpu[name]) for name in (PURE, COMPILED, MEMCACHED, REDIS)),
+                efficiency(e, PURE),
+                efficiency(e, COMPILED),
+                "-" if e["gain"] is None else f"{e['gain']:.2f}x",
+                target,
+            ]
+        )
+    return markdown_table(lines)
+
+
 def cross_checks(rows: list[dict[str, Any]], measures: list[Measure]) -> list[dict[str, Any]]:
     """W2 against memcslap (M2) and W6 against memcslap (X6): do the two load generators tell the same story?
 
@@ -1314,14 +1478,16 @@ def _cell(summary: dict[str, Any]) -> str:
     return f"{_num(summary['median'])} [{_num(summary['min'])}-{_num(summary['max'])}]"
 
 
+VERDICTS = {True: "met", False: "MISSED", None: "?"}
+
+
 def _target_text(row: dict[str, Any]) -> str:
     if row["target"] is None:
         return ""
     sign = ">=" if row["better"] == "higher" else "<="
     where = {"ratio": "", "memcachedlite": " (own)", "efficiency": " (efficiency)"}[row["target_on"]]
     vs = " Redis" if row["target_vs"] == REDIS and row["target_on"] != "memcachedlite" else ""
-    verdict = {True: "met", False: "MISSED", None: "?"}[row["met"]]
-    return f"{sign}{row['target']:g}{vs}{where} {verdict}"
+    return f"{sign}{row['target']:g}{vs}{where} {VERDICTS[row['met']]}"
 
 
 def _ratio_text(value: float | None, withheld: float | None) -> str:
@@ -1371,7 +1537,12 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                 "/".join(str(row["errors"][n]) for n in ALL_SERVERS),
             ]
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return markdown_table(lines)
+
+
+def markdown_table(lines: list[list[str]]) -> str:
+    """Rows of cells (the first: the header) as a table with aligned columns."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     out = []
     for n, line in enumerate(lines):
         out.append("| " + " | ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) + " |")
@@ -1380,7 +1551,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def machine() -> dict[str, Any]:
+def machine(source: Path = ROOT) -> dict[str, Any]:
     info: dict[str, Any] = {
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
@@ -1392,7 +1563,7 @@ def machine() -> dict[str, Any]:
                 info["cpu"] = line.split(":", 1)[1].strip()
                 break
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        git = ["git", "-C", str(ROOT)]
+        git = ["git", "-C", str(source)]
         head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
         dirty = subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True, timeout=10)
         if head.returncode == 0:
@@ -1526,6 +1697,17 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
         help="let the OS place servers and load (memcached -t 2), as before; "
         "default: servers on the last CPU, load on the others",
     )
+    parser.add_argument(
+        "--builds",
+        help="memcachedlite's builds to measure side by side: pure, compiled or pure,compiled (default: the "
+        "checkout as it is, pure unless compiled in place; the compiled one is built with mypyc in a scratch copy)",
+    )
+    parser.add_argument(
+        "--tree",
+        type=Path,
+        metavar="DIR",
+        help="measure the builds of this checkout of memcachedlite (default: this one)",
+    )
     args = parser.parse_args(argv)
     settings = Settings.quick() if args.quick else Settings()
     for name in ("rounds", "duration", "warmup", "w5_items", "w8_items", "memcslap_ops", "procs_per_cpu"):
@@ -1545,6 +1727,14 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
         parser.error("--rounds, --duration, --w5-items, --w8-items and --procs-per-cpu must be positive")
     settings.profile_dir = args.profile
     settings.pin = not args.no_pin
+    if args.tree is not None:
+        if not (args.tree / "memcachedlite" / "__init__.py").is_file():
+            parser.error(f"--tree: {args.tree} is not a checkout of memcachedlite")
+        settings.source = args.tree.resolve()
+    try:
+        settings.builds = buildtrees.parse_builds(args.builds or buildtrees.own_build(settings.source))
+    except ValueError as exc:
+        parser.error(f"--builds: {exc}")
     return args, settings
 
 
@@ -1567,23 +1757,33 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     date = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     command = " ".join(["python benchmarks/run.py", *(sys.argv[1:] if argv is None else argv)])
-    info = machine()
+    info = machine(settings.source)
     log(
         f"{date}  {info.get('cpus')} cores  {info.get('cpu', '')}  {info.get('memcached', '')}  "
         f"Python {info['python']}  code {info.get('code', '?')}"
     )
     log(f"rounds {settings.rounds}, {settings.duration:g} s measured after {settings.warmup:g} s warm-up per run")
-    info["placement"] = place(settings)
-    log(info["placement"])
     try:
-        with tempfile.TemporaryDirectory(prefix="mcl-bench-") as tmp:
-            measures = run_all(settings, Path(tmp), log)
+        with contextlib.ExitStack() as stack:
+            try:  # before place(): the build may use every CPU (it runs under nice)
+                settings.trees = stack.enter_context(buildtrees.prepared(settings.builds, settings.source, log))
+            except RuntimeError as exc:
+                print(exc, file=sys.stderr)
+                return 2
+            info["builds"] = {build: str(tree) for build, tree in settings.trees.items()}
+            info["placement"] = place(settings)
+            log(info["placement"])
+            with tempfile.TemporaryDirectory(prefix="mcl-bench-") as tmp:
+                measures = run_all(settings, Path(tmp), log)
     except KeyboardInterrupt:
         print("\ninterrupted; every server and load process was stopped", file=sys.stderr)
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
-    rows = build_rows(measures)
+    names = lite_names(settings.builds)
+    by_build = {build: build_rows(as_build(measures, names[build])) for build in settings.builds}
+    checks = {build: cross_checks(by_build[build], as_build(measures, names[build])) for build in settings.builds}
+    compared = compare_builds(by_build[PURE], by_build[COMPILED]) if len(settings.builds) > 1 else []
     elapsed = time.monotonic() - started
     log("")
     log(f"{command}  ({date}, {info.get('cpus')} cores, {elapsed:.0f} s)")
@@ -1592,11 +1792,20 @@ def main(argv: list[str] | None = None) -> int:
         "ratio = memcachedlite / memcached (vs Redis: / Redis); efficiency = the other server's CPU per op / "
         "memcachedlite's; ↑ higher is better, ↓ lower is better; client CPU % and errors: memcachedlite/memcached/Redis"
     )
-    log(format_table(rows))
-    checks = cross_checks(rows, measures)
-    if any(c["efficiency"][c["ours"]]["median"] is not None for c in checks):
-        log("\ncross-check against independent C load generators (ratios per round, [min-max]):")
-        log(format_cross_checks(checks))
+    for build in settings.builds:
+        if len(settings.builds) > 1:
+            log(f"\nmemcachedlite's {build} build ({names[build]} in the runs and the JSON):")
+        log(format_table(by_build[build]))
+        if any(c["efficiency"][c["ours"]]["median"] is not None for c in checks[build]):
+            log("\ncross-check against independent C load generators (ratios per round, [min-max]):")
+            log(format_cross_checks(checks[build]))
+    if compared:
+        log(
+            "\nthe builds compared: server CPU per operation (us) of each, memcached's and Redis's, each build's "
+            "efficiency, and compiled/pure = the compiled build's efficiency over the pure one's "
+            "(the pure build's CPU per op over the compiled one's; > 1: less CPU for the same work):"
+        )
+        log(format_comparison(compared))
     flagged = [m for m in measures if m.warnings]
     if flagged:
         log(
@@ -1608,6 +1817,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"  {m.workload} round {m.round} {m.server}: {'; '.join(m.warnings)}")
     profiles = print_profiles(settings, log)
     errors = sum(m.errors for m in measures)
+    first = settings.builds[0]
     if args.json is not None:
         payload = {
             "date": date,
@@ -1618,21 +1828,25 @@ def main(argv: list[str] | None = None) -> int:
                 for k, v in vars(settings).items()
             },
             "seconds": round(elapsed, 1),
-            "rows": rows,
-            "cross_checks": checks,
+            "rows": by_build[first],
+            "cross_checks": checks[first],
+            "builds": {build: {"rows": by_build[build], "cross_checks": checks[build]} for build in settings.builds},
+            "comparison": compared,
             "runs": [vars(m) for m in measures],
             "profiles": profiles,
         }
         args.json.write_text(json.dumps(payload, indent=2, default=str))
         log(f"results written to {args.json}")
     if args.png is not None:
-        draw_chart(
-            rows,
-            args.png,
-            f"memcachedlite vs {info.get('memcached', 'memcached')} and {info.get('redis', 'Redis')} — {date[:10]}, "
-            f"{info.get('cpus')} cores, medians of {settings.rounds}",
-        )
-        log(f"chart written to {args.png}")
+        for build in settings.builds:
+            path = args.png if len(settings.builds) == 1 else args.png.with_stem(f"{args.png.stem}-{build}")
+            draw_chart(
+                by_build[build],
+                path,
+                f"memcachedlite ({build} build) vs {info.get('memcached', 'memcached')} and "
+                f"{info.get('redis', 'Redis')} — {date[:10]}, {info.get('cpus')} cores, medians of {settings.rounds}",
+            )
+            log(f"chart written to {path}")
     if errors:
         log(f"{errors} ERRORS (wrong or missing replies): see the errors column and the JSON")
         return 1

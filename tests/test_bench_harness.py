@@ -18,7 +18,7 @@ from typing import Iterator
 
 import pytest
 
-from memcachedlite import loadgen
+from memcachedlite import buildinfo, loadgen
 from memcachedlite.loadgen import LoadConfig, runner, wire
 
 from .conftest import ROOT, free_port, running_program, script_module, wait_for_port
@@ -368,3 +368,226 @@ def test_hot_spots_from_py_spy_raw_output(runner_module, tmp_path: Path) -> None
     assert own[0] == ("handle (server.py)", 60.0)
     assert dict(own)["_run (session.py)"] == 30.0
     assert dict(total)["feed (session.py)"] == 40.0 and dict(total)["handle (server.py)"] == 100.0
+
+
+# -- builds: benchmarks/builds.py and run.py --builds ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def builds_module():
+    with script_module(ROOT / "benchmarks" / "builds.py", "bench_builds") as module:
+        yield module
+
+
+def test_builds_are_parsed_and_checked(runner_module, builds_module, tmp_path: Path) -> None:
+    run = runner_module
+    assert builds_module.parse_builds(" Pure, compiled ") == ("pure", "compiled")
+    assert builds_module.parse_builds("compiled,pure") == ("compiled", "pure")
+    for wrong, message in (("pure,mypyc", "unknown builds: mypyc"), ("pure,pure", "named twice"), (",", "no build")):
+        with pytest.raises(ValueError, match=message):
+            builds_module.parse_builds(wrong)
+    _, settings = run.parse_args([])
+    here = "compiled" if buildinfo.build() == "mypyc" else "pure"
+    assert settings.builds == (here,) and settings.source == run.ROOT  # as before: this checkout as it is
+    _, settings = run.parse_args(["--builds", "pure,compiled", "--quick", "--tree", str(run.ROOT)])
+    assert settings.builds == ("pure", "compiled") and settings.rounds == 1
+    for wrong in (["--builds", "cython"], ["--tree", str(tmp_path)]):
+        with pytest.raises(SystemExit):
+            run.parse_args(wrong)
+    w1 = next(w for w in run.WORKLOADS if w.id == "W1")
+    w7 = next(w for w in run.WORKLOADS if w.id == "W7")
+    assert run.servers_of(w1, ("pure",)) == ("memcachedlite", "memcached")
+    assert run.servers_of(w7, ("pure", "compiled")) == ("memcachedlite", "memcachedlite-compiled", "memcached", "redis")
+    assert run.servers_of(w1, ("compiled",)) == ("memcachedlite", "memcached")  # alone, it keeps the name
+
+
+def test_a_checkout_is_copied_without_history_build_output_or_compiled_modules(builds_module, tmp_path: Path) -> None:
+    source = tmp_path / "checkout"
+    package = source / "memcachedlite" / "storage"
+    package.mkdir(parents=True)
+    (package / "store.py").write_text("X = 1\n")
+    (package / "store.cpython-311-x86_64-linux-gnu.so").write_bytes(b"\x7fELF")
+    for leftover in (".git/HEAD", "build/lib/x.py", "memcachedlite/__pycache__/a.pyc", "data.txt", "abc__mypyc.so"):
+        (source / leftover).parent.mkdir(parents=True, exist_ok=True)
+        (source / leftover).write_text("x")
+    (source / "setup.py").write_text("print('setup')\n")
+    copy = builds_module.copy_checkout(source, tmp_path / "copy")
+    assert sorted(str(p.relative_to(copy)) for p in copy.rglob("*") if p.is_file()) == [
+        "memcachedlite/storage/store.py",
+        "setup.py",
+    ]
+    assert builds_module.extension_files(source) == [package / "store.cpython-311-x86_64-linux-gnu.so"]
+    builds_module.check_build(copy, "pure")
+    with pytest.raises(RuntimeError, match="pure build but has compiled modules beside its sources"):
+        builds_module.check_build(source, "pure")
+    # a tree compiled already is its own compiled build, checked as such (this one is no checkout at all)
+    compiled_already = builds_module.prepared(("compiled",), source, print)
+    with pytest.raises(RuntimeError, match="cannot import memcachedlite.buildinfo"), compiled_already:
+        pass
+
+
+def test_a_build_that_does_not_compile_or_import_compiled_modules_is_refused(builds_module, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "setup.py").write_text("import sys\nprint('building')\nsys.exit('error: no C compiler')\n")
+    with pytest.raises(RuntimeError, match="(?s)mypyc build of .* failed.*error: no C compiler"):
+        builds_module.compile_in_place(broken, tmp_path / "compile.log")
+    assert "building" in (tmp_path / "compile.log").read_text()
+    said: list[str] = []
+    with pytest.raises(RuntimeError, match="failed"), builds_module.prepared(("compiled",), broken, said.append):
+        pass
+    assert said and "in a scratch copy" in said[0] and (broken / "setup.py").exists()  # the source is left alone
+    # an uncompiled copy of this checkout imports every module of COMPILED from its .py file
+    copy = builds_module.copy_checkout(ROOT, tmp_path / "copy")
+    seen = builds_module.imported_build(copy)
+    assert seen["listed"] and seen["compiled"] == []
+    with pytest.raises(RuntimeError, match="compiled build but imports memcachedlite"):
+        builds_module.check_build(copy, "compiled")
+    with builds_module.prepared(("pure",), source=copy) as trees:
+        assert trees == {"pure": copy}
+
+
+def test_each_build_runs_from_its_tree_and_must_say_so(runner_module, tmp_path: Path) -> None:
+    run = runner_module
+    settings = run.Settings(pin=False, builds=("pure", "compiled"), trees={"pure": run.ROOT, "compiled": run.ROOT})
+    assert run.make_server(run.MEMCACHED, tmp_path, "everysec", settings).tree == run.ROOT
+    # both "builds" run this checkout, whichever build it is (the suite runs on both): the
+    # server named for the other build says the wrong one, and the check at the end of a run catches it
+    here = buildinfo.build()
+    wrong = run.LITE if here == "mypyc" else run.LITE_COMPILED
+    with run.make_server(wrong, tmp_path, "everysec", settings) as server:
+        assert isinstance(server, run.Lite) and server.name == wrong and server.tree == run.ROOT
+        m = run.Measure("W1", server.name, 1)
+        run.check_served_build(server, m)
+        meant = "pure" if here == "mypyc" else "mypyc"
+        assert m.notes["build"] == here and m.error_kinds == {f"stats settings says build {here}, not {meant}": 1}
+        server.build = "compiled" if here == "mypyc" else "pure"
+        ok = run.Measure("W1", server.name, 1)
+        run.check_served_build(server, ok)
+        assert ok.errors == 0 and ok.notes["build"] == here
+
+
+def test_the_builds_compared_side_by_side(runner_module) -> None:
+    run = runner_module
+    measures = []
+    for n, (pure, compiled) in enumerate([(20.0, 10.0), (24.0, 12.0), (22.0, 8.0)], start=1):
+        for server, w3_cpu, w6_cpu in (
+            (run.LITE, pure, 6.0),
+            (run.LITE_COMPILED, compiled, 4.0),
+            (run.MEMCACHED, 10.0, 1.5),
+        ):
+            measures.append(run.Measure("W3", server, n, {"keys/s": 1e6, "server CPU us/op": w3_cpu}))
+            measures.append(run.Measure("W6", server, n, {"sets/s": 1e5, "server CPU us/op": w6_cpu}))
+        measures.append(run.Measure("W5", run.LITE, n, {"RSS growth MiB": 30.0}))
+    only_pure = run.as_build(measures, run.LITE)
+    assert {m.server for m in only_pure} == {run.LITE, run.MEMCACHED} and len(only_pure) == 15
+    only_compiled = run.as_build(measures, run.LITE_COMPILED)
+    assert {m.server for m in only_compiled} == {run.LITE, run.MEMCACHED}  # renamed, for the table
+    assert measures[1].server == run.LITE  # the runs themselves keep their names
+    assert sum(m.server == run.LITE_COMPILED for m in measures) == 6
+    pure_rows = run.build_rows(only_pure)
+    compiled_rows = run.build_rows(only_compiled)
+    assert {(r["workload"], r["metric"]): r["efficiency"] for r in compiled_rows}["W3", "server CPU us/op"] == 1.0
+    compared = {e["workload"]: e for e in run.compare_builds(pure_rows, compiled_rows)}
+    assert set(compared) == {"W3", "W6"}  # W5 has no CPU per operation, and no compiled run
+    w3, w6 = compared["W3"], compared["W6"]
+    assert w3["cpu_us_per_op"] == {"pure": 22.0, "compiled": 10.0, run.MEMCACHED: 10.0, run.REDIS: None}
+    assert w3["efficiency"] == {"pure": pytest.approx(10 / 22), "compiled": 1.0}
+    assert w3["gain"] == pytest.approx(2.2) and w3["target"] == 0.95 and w3["met"] is True
+    assert w6["gain"] == pytest.approx(1.5) and w6["efficiency"]["compiled"] == pytest.approx(0.375)
+    assert w6["met"] is True
+    table = run.format_comparison(list(compared.values()))
+    assert "| W3       | server CPU us/op | 22.0 | 10.0     | 10.0      | -     | 0.45" in table
+    assert "2.20x" in table and ">=0.95 met" in table and ">=0.35 met" in table
+
+
+# -- benchmarks/server_instructions.py ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def counter_module():
+    with script_module(ROOT / "benchmarks" / "server_instructions.py", "bench_server_instructions") as module:
+        yield module
+
+
+def test_the_counted_workloads_send_exact_requests_and_expect_exact_replies(counter_module) -> None:
+    si = counter_module
+    spaces = si.key_spaces()
+    workloads = {w.id: w for w in si.WORKLOADS}
+    value = (b"mclbench:100:5" + b"." * 100)[:100]
+    assert si.request(workloads["W1"], spaces, 5) == (
+        b"get mclbench:100:5\r\n",
+        b"VALUE mclbench:100:5 0 100\r\n" + value + b"\r\nEND\r\n",
+    )
+    assert si.request(workloads["W2"], spaces, 5) == (
+        b"set mclbench:100:5 0 0 100\r\n" + value + b"\r\n",
+        b"STORED\r\n",
+    )
+    big, stored = si.request(workloads["W4"], spaces, 10_003)  # the key space wraps
+    assert big.startswith(b"set mclbench:1024:3 0 0 1024\r\n") and len(big) == 30 + 1024 + 2 and stored == b"STORED\r\n"
+    multi, hits = si.request(workloads["W3"], spaces, 1)
+    assert multi.startswith(b"get mclbench:100:100 mclbench:100:101 ") and multi.count(b" ") == 100
+    assert hits.count(b"VALUE ") == 100 and hits.endswith(b"END\r\n")
+    sets, replies = si.request(workloads["W6"], spaces, 2)
+    assert sets.count(b"set ") == 100 and sets.startswith(b"set mclbench:100:200 ") and replies == b"STORED\r\n" * 100
+
+
+def test_the_counts_table_and_its_targets(counter_module, tmp_path: Path) -> None:
+    si = counter_module
+    counts = [
+        si.Count("pure", "W1", 100, [5_000_000, 5_010_000, 4_990_000], 1.0),
+        si.Count("compiled", "W1", 100, [2_500_000, 2_500_000, 2_600_000], 1.0),
+        si.Count("pure", "W6", 1000, [30_000_000], 1.0),
+        si.Count("compiled", "W6", 1000, [25_000_000], 1.0),
+    ]
+    assert counts[0].per_op == 50_000 and counts[0].spread == pytest.approx(0.004)
+    rows = {r["workload"]: r for r in si.compare(counts, ("pure", "compiled"))}
+    assert rows["W1"]["fewer"] == 2.0 and rows["W1"]["met"] is True and rows["W1"]["target"] == 1.8
+    assert rows["W6"]["fewer"] == pytest.approx(1.2) and rows["W6"]["met"] is False
+    table = si.format_table(list(rows.values()), ("pure", "compiled"))
+    assert "| W1 get, 100 B, request/response | 50,000" in table and "25,000" in table
+    assert "2.00x" in table and ">=1.8x met" in table and "1.20x" in table and ">=1.4x MISSED" in table
+    alone = si.compare(counts[:1], ("pure",))
+    assert alone[0]["fewer"] is None and "| -" in si.format_table(alone, ("pure",))
+    args = si.parse_args([])
+    assert args.builds == ("pure", "compiled") and args.only == {"W1", "W2", "W3", "W4", "W6"} and args.windows == 3
+    for wrong in (["--only", "W5"], ["--scale", "0"], ["--windows", "0"], ["--builds", "cpython"]):
+        with pytest.raises(SystemExit):
+            si.parse_args(wrong)
+    tree = tmp_path / "compiled"
+    assert si.kind_of(f"{tree}/memcachedlite/storage/store.cpython-311-x86_64-linux-gnu.so", tree) == "compiled modules"
+    assert si.kind_of(f"{tree}/0d4e__mypyc.cpython-311-x86_64-linux-gnu.so", tree) == "compiled modules"
+    assert si.kind_of("/usr/lib/libpython3.11.so.1.0", tree) == "interpreter"
+    assert si.kind_of("/usr/lib/python3.11/lib-dynload/_socket.cpython-311-x86_64-linux-gnu.so", tree) == (
+        "stdlib C modules"
+    )
+    assert si.kind_of("/lib/x86_64-linux-gnu/libc.so.6", tree) == "libc"
+
+
+@pytest.mark.external
+def test_instructions_of_the_real_server_counted_under_callgrind(counter_module, tmp_path: Path) -> None:
+    """This checkout's build under valgrind (the pure one, or the compiled one when the suite runs on
+    a compiled copy): a few windows of W1 and W6, their dumps kept and read."""
+    si = counter_module
+    build = "compiled" if buildinfo.build() == "mypyc" else "pure"
+    out = tmp_path / "counts.json"
+    keep = tmp_path / "dumps"
+    code = si.main(
+        ["--builds", build, "--only", "W1,W6", "--scale", "0.05", "--windows", "2", "--profile"]
+        + ["--keep", str(keep), "--json", str(out)]
+    )
+    assert code == 0
+    data = json.loads(out.read_text())
+    rows = {r["workload"]: r for r in data["rows"]}
+    assert set(rows) == {"W1", "W6"} and rows["W1"]["fewer"] is None
+    w1, w6 = rows["W1"]["per_op"][build], rows["W6"]["per_op"][build]
+    assert 5_000 < w1 < 1_000_000 and w6 < w1
+    counts = {c["workload"]: c for c in data["counts"]}
+    assert len(counts["W1"]["windows"]) == 2 and counts["W1"]["operations"] == 50
+    dump = keep / f"{build}-W1.callgrind"
+    own, calls = si.read_costs(dump)
+    assert sum(own.values()) == si.total_instructions(dump, "totals")  # every cost line read, none twice
+    profile = counts["W1"]["profile"]
+    assert max(profile["by_kind"], key=profile["by_kind"].get) == "interpreter"
+    assert profile["eval_loop_self"] > 0 and profile["functions"]
+    assert ("compiled modules" in profile["by_kind"]) == (build == "compiled") == bool(profile["compiled"])

@@ -380,7 +380,7 @@ def read_costs(dump: Path) -> tuple[dict[tuple[str, str], int], dict[tuple[str, 
 
 def kind_of(obj: str, tree: Path) -> str:
     """What an object file is: the compiled modules, the interpreter, the standard library's C modules, libc..."""
-    if obj.startswith(str(tree)) and obj.endswith(".so"):
+    if obj.endswith(".so") and Path(obj).is_relative_to(tree):  # not a sibling such as <tree>-venv/
         return "compiled modules"
     name = Path(obj).name
     if name.startswith("libpython") or name.startswith("python"):

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from enum import IntEnum
 from itertools import islice
 from operator import itemgetter
-from typing import Callable, Iterable, Iterator, NamedTuple, NoReturn, Optional, Union
+from typing import Callable, Final, Iterable, Iterator, NamedTuple, NoReturn, Optional, Union
 
 from ..buildinfo import refuse_python_subclass
 from ..errors import LogWriteError, NonNumeric, OutOfMemory, ServerError
@@ -71,14 +71,14 @@ from .statistics import COUNTERS, Statistics
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MEMORY_LIMIT = 64 * 1024 * 1024
+DEFAULT_MEMORY_LIMIT: Final = 64 * 1024 * 1024
 #: The fewest entries a run of pipelined sets needs to be logged as one
 #: ``sets`` record: below it, a record per set costs less than the bulk
 #: form's fixed part (measured with benchmarks/micro_session.py).
 SETS_RECORD_MIN = 16
 #: The expiry an item already expired is stored with (a negative exptime):
 #: a second long past, as memcached makes it the second after it started.
-PAST = 1
+PAST: Final = 1
 
 _class_of = itemgetter(CLASS_OFFSET)
 

@@ -369,6 +369,7 @@ class Store(Expiry, Statistics):
             dirty = self._dirty
             flushed = self._flushed
             hits = self.slabs.get_hits
+            misses = 0  # counted where they happen: found.count(None) compares every hit with None
             for key in keys:
                 if dirty:  # fsync=always, with changes not durable yet
                     self._note_read(key)
@@ -377,17 +378,20 @@ class Store(Expiry, Statistics):
                     if blob[EXPTIME_AT:EXPTIME_END] != NEVER_PACKED and 0 < unpack_meta(blob)[4] <= now:
                         self._drop_gone(key, blob, now, True)
                         blob = None
+                        misses += 1
                     else:
                         if blob < below:
                             self._bump(key, blob, now)
                         # each hit counted in its class here: a C loop once
                         # compiled, where map and filter over ``found`` are generic calls
                         hits[blob[CLASS_OFFSET]] += 1
-                elif flushed and key in flushed:
-                    self._drop_flushed(key, True)
+                else:
+                    misses += 1
+                    if flushed and key in flushed:
+                        self._drop_flushed(key, True)
                 found.append(blob)
             counters["cmd_get"] += len(keys)
-            counters["get_misses"] += found.count(None)
+            counters["get_misses"] += misses
             if self.prefixes.enabled:
                 self.prefixes.record_gets(keys, found)
             return found

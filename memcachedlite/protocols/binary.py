@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from typing import Callable, NamedTuple, Optional, Union
+from typing import Callable, Final, NamedTuple, Optional, Union
 
 from mypy_extensions import mypyc_attr
 
@@ -52,22 +52,22 @@ from .stats import PROTOCOL_VERSION, reset_stats, stats_detail, stats_lines
 
 log = logging.getLogger(__name__)
 
-REQUEST = 0x80
-RESPONSE = 0x81
-HEADER = struct.Struct(">BBHBBHIIQ")  # magic opcode keylen extlen datatype status/vbucket bodylen opaque cas
-HEADER_SIZE = HEADER.size
+REQUEST: Final = 0x80
+RESPONSE: Final = 0x81
+HEADER: Final = struct.Struct(">BBHBBHIIQ")  # magic opcode keylen extlen datatype status/vbucket bodylen opaque cas
+HEADER_SIZE: Final = HEADER.size
 _unpack_header = HEADER.unpack_from
 _pack_header = HEADER.pack
 #: a reply header followed by the 4-byte flags extras of a get reply
-_GET_REPLY = struct.Struct(">BBHBBHIIQI").pack
-_SET_EXTRAS = struct.Struct(">II").unpack  # flags, exptime
-_ARITH_EXTRAS = struct.Struct(">QQI").unpack  # delta, initial, exptime
-_EXPTIME = struct.Struct(">I").unpack
-_U64 = struct.Struct(">Q").pack
+_GET_REPLY: Final = struct.Struct(">BBHBBHIIQI").pack
+_SET_EXTRAS: Final = struct.Struct(">II").unpack  # flags, exptime
+_ARITH_EXTRAS: Final = struct.Struct(">QQI").unpack  # delta, initial, exptime
+_EXPTIME: Final = struct.Struct(">I").unpack
+_U64: Final = struct.Struct(">Q").pack
 #: memcached refuses a body past this outright and closes (ITEM_SIZE_MAX_UPPER_LIMIT).
-BODY_LIMIT = 1024 * 1024 * 1024
+BODY_LIMIT: Final = 1024 * 1024 * 1024
 #: The incr/decr expiration that means "do not create a missing counter".
-NO_CREATE = 0xFFFFFFFF
+NO_CREATE: Final = 0xFFFFFFFF
 
 # -- opcodes (memcached's protocol_binary.h) -----------------------------------
 

@@ -7,7 +7,7 @@ verb's syntax. Replies are byte-exact with memcached's ``doc/protocol.txt``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Final, Optional
 
 from ..errors import BadCommandLine, ClientError, ProtocolError, UnknownCommand
 from ..storage import slabs
@@ -429,8 +429,8 @@ def shutdown(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> Option
 
 
 #: memcached refuses limits under 8 MiB, and takes one over 10^9 for bytes by mistake.
-_MEMLIMIT_MIN = 8
-_MEMLIMIT_MAX = 1_000_000_000
+_MEMLIMIT_MIN: Final = 8
+_MEMLIMIT_MAX: Final = 1_000_000_000
 
 
 @command("cache_memlimit", min_args=1, max_args=1, noreply=True, mutates=True)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import binascii
 from base64 import b64encode
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Final, Optional
 
 from ..errors import BadCommandLine, ClientError, UnknownCommand
 from ..storage.items import BINARY_KEY, FETCHED, STALE, WIN_SENT, Item, memcached_size
@@ -36,16 +36,16 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: The flags memcached's shared meta parser accepts, for every meta verb
 #: alike, plus ``E`` and ``x`` from memcached releases after 1.6.18.
-_KNOWN = frozenset(b"bcfhklqstuvOPLINTRCFMDJEx")
+_KNOWN: Final = frozenset(b"bcfhklqstuvOPLINTRCFMDJEx")
 #: memcached refuses a meta line of more tokens than this, verb included.
-_MAX_TOKENS = 19
-_MAX_OPAQUE = 32  # the O included
+_MAX_TOKENS: Final = 19
+_MAX_OPAQUE: Final = 32  # the O included
 
-_HD = b"HD"
-_EN = b"EN"
-_NF = b"NF"
-_NS = b"NS"
-_EX = b"EX"
+_HD: Final = b"HD"
+_EN: Final = b"EN"
+_NF: Final = b"NF"
+_NS: Final = b"NS"
+_EX: Final = b"EX"
 
 # flag letters, as the integers that indexing bytes gives
 (
@@ -379,7 +379,7 @@ _SET_MODES = {
     ord("P"): Mode.PREPEND,
     ord("R"): Mode.REPLACE,
 }
-_SET = ord("S")
+_SET: Final = ord("S")
 _MS_CODES = {Outcome.STORED: _HD, Outcome.NOT_STORED: _NS, Outcome.EXISTS: _EX, Outcome.NOT_FOUND: _NF}
 
 
@@ -444,8 +444,8 @@ def md(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> Optional[byt
     return _reply(_HD, meta.echo(), meta, (_HD,))
 
 
-_INCR = frozenset(b"I+")
-_DECR = frozenset(b"D-")
+_INCR: Final = frozenset(b"I+")
+_DECR: Final = frozenset(b"D-")
 _ARITH_CODES = {Outcome.NOT_FOUND: _NF, Outcome.EXISTS: _EX}
 
 

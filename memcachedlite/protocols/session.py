@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Final, Optional, Union
 
 from ..buildinfo import refuse_python_subclass
 from ..errors import BadDataChunk, LineTooLong, LogWriteError, ProtocolError, TooLarge
@@ -36,13 +36,13 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-_INTERNAL_ERROR = b"SERVER_ERROR internal error\r\n"
+_INTERNAL_ERROR: Final = b"SERVER_ERROR internal error\r\n"
 # memcached's words for its text-protocol authentication (proto_text.c)
-_UNAUTHENTICATED = b"CLIENT_ERROR unauthenticated\r\n"
-_AUTH_FAILURE = b"CLIENT_ERROR authentication failure\r\n"
-_AUTH_BAD_FORMAT = b"CLIENT_ERROR bad authentication token format\r\n"
-_AUTH_BAD_TERMINATION = b"CLIENT_ERROR bad command line termination\r\n"
-_AUTH_STORED = b"STORED\r\n"
+_UNAUTHENTICATED: Final = b"CLIENT_ERROR unauthenticated\r\n"
+_AUTH_FAILURE: Final = b"CLIENT_ERROR authentication failure\r\n"
+_AUTH_BAD_FORMAT: Final = b"CLIENT_ERROR bad authentication token format\r\n"
+_AUTH_BAD_TERMINATION: Final = b"CLIENT_ERROR bad command line termination\r\n"
+_AUTH_STORED: Final = b"STORED\r\n"
 
 
 class Session:

@@ -30,19 +30,22 @@ from __future__ import annotations
 import struct
 from itertools import repeat
 from operator import countOf, getitem, itemgetter
-from typing import Iterable, NamedTuple, Optional
+from typing import Final, Iterable, NamedTuple, Optional
+
+# Module constants on the request path are ``Final`` here and in the other
+# compiled modules: mypyc makes them C constants, not a module-dict lookup per use.
 
 #: Bytes counted per item on top of key and value: the two objects' headers,
 #: the item's metadata and its slot in the table, as measured on CPython 3.11.
-ITEM_OVERHEAD = 120
+ITEM_OVERHEAD: Final = 120
 
 #: Item state bits (memcached's ITEM_FETCHED, and the meta protocol's stale
 #: and win-token-sent marks).
-FETCHED = 1
-STALE = 2
-WIN_SENT = 4
+FETCHED: Final = 1
+STALE: Final = 2
+WIN_SENT: Final = 4
 #: The key was given in base64 (meta ``b``): the meta ``k`` flag answers in base64.
-BINARY_KEY = 8
+BINARY_KEY: Final = 8
 
 
 class Item(NamedTuple):
@@ -69,32 +72,33 @@ class Item(NamedTuple):
         return bool(self.state & STALE)
 
 
-_META = struct.Struct(">BIBQqIBI")  # fetched, atime, state, cas, exptime, flags, class, size
+_META: Final = struct.Struct(">BIBQqIBI")  # fetched, atime, state, cas, exptime, flags, class, size
 #: The number of this layout in snapshot sections of the data file; change
 #: it (and teach the loader the old one, see :func:`upgrade`) whenever the layout changes.
-ITEM_FORMAT = 2
-META = _META.size
-pack_meta = _META.pack
-unpack_meta = _META.unpack_from
-STATE_OFFSET = 5  # offset of the state byte (every bit but FETCHED, which has its own)
+ITEM_FORMAT: Final = 2
+META: Final = _META.size
+pack_meta: Final = _META.pack
+unpack_meta: Final = _META.unpack_from
+STATE_OFFSET: Final = 5  # offset of the state byte (every bit but FETCHED, which has its own)
 # where exptime lies, to test it for 0 without unpacking (two numbers, not a
 # slice object: mypyc compiles a slice held in a constant into an integer index)
-EXPTIME_AT, EXPTIME_END = 14, 22
-CLASS_OFFSET = 26  # the slab class: one byte, so that counting a hit in its class is one subscript
-_SIZE = struct.Struct(">I")
+EXPTIME_AT: Final = 14
+EXPTIME_END: Final = 22
+CLASS_OFFSET: Final = 26  # the slab class: one byte, so that counting a hit in its class is one subscript
+_SIZE: Final = struct.Struct(">I")
 #: what a write needs of the item it replaces, in one call: its exptime, class and size
-unpack_replaced = struct.Struct(">14xq4xBI").unpack_from
+unpack_replaced: Final = struct.Struct(">14xq4xBI").unpack_from
 #: format 1 had no class and size: its metadata ended with the flags
-_META_V1 = struct.Struct(">BIBQqI")
-NEVER_PACKED = bytes(8)  # exptime 0, as packed
-pack_recent = struct.Struct(">BI").pack
+_META_V1: Final = struct.Struct(">BIBQqI")
+NEVER_PACKED: Final = bytes(8)  # exptime 0, as packed
+pack_recent: Final = struct.Struct(">BI").pack
 #: A read refreshes an item's last access time and LRU place at most this
 #: often (memcached's ITEM_UPDATE_INTERVAL), so hot items are not rebuilt.
-ATIME_INTERVAL = 60
+ATIME_INTERVAL: Final = 60
 
 
 #: memcached's item header (48 bytes), the key's NUL and the value's CRLF
-SIZE_BASE = 51
+SIZE_BASE: Final = 51
 
 
 def memcached_size(key_length: int, value_length: int, flags: int) -> int:
@@ -111,7 +115,7 @@ def _header(state: int, atime: int, cas: int, exptime: int, flags: int, cls: int
 
 
 #: The shortest item there is: the header, ``" 0 0\r\n"`` and an empty value's CRLF.
-SHORTEST_ITEM = META + 8
+SHORTEST_ITEM: Final = META + 8
 
 
 def bulk_expiring(blobs: list[bytes], shortest: int, claimed: int) -> int:

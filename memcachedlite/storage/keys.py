@@ -6,9 +6,11 @@ protocols take any bytes, stored in base64 form (``BINARY_KEY``)."""
 
 from __future__ import annotations
 
-MAX_KEY = 250
+from typing import Final
+
+MAX_KEY: Final = 250
 #: Bytes a text-protocol key may not hold: the space and the control characters.
-CONTROL = bytes(range(33)) + b"\x7f"
+CONTROL: Final = bytes(range(33)) + b"\x7f"
 
 
 def is_plain_key(key: bytes) -> bool:

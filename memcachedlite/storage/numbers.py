@@ -4,13 +4,15 @@ and ``decr`` read and change a stored number."""
 
 from __future__ import annotations
 
-#: Exptimes above this many seconds are absolute unix times (30 days).
-RELATIVE_EXPTIME_LIMIT = 60 * 60 * 24 * 30
-U32 = 1 << 32
-U64 = 1 << 64
+from typing import Final
 
-_DIGITS = b"0123456789"
-_C_SPACE = b" \t\n\v\f\r"
+#: Exptimes above this many seconds are absolute unix times (30 days).
+RELATIVE_EXPTIME_LIMIT: Final = 60 * 60 * 24 * 30
+U32: Final = 1 << 32
+U64: Final = 1 << 64
+
+_DIGITS: Final = b"0123456789"
+_C_SPACE: Final = b" \t\n\v\f\r"
 
 
 def absolute_exptime(exptime: int, now: int) -> int:

@@ -22,8 +22,7 @@ import time
 from contextlib import contextmanager
 from enum import IntEnum
 from itertools import islice
-from operator import itemgetter
-from typing import Callable, Iterable, Iterator, NamedTuple, NoReturn, Optional, Union
+from typing import Callable, Final, Iterable, Iterator, NamedTuple, NoReturn, Optional, Union
 
 from ..buildinfo import refuse_python_subclass
 from ..errors import LogWriteError, NonNumeric, OutOfMemory, ServerError
@@ -71,16 +70,14 @@ from .statistics import COUNTERS, Statistics
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MEMORY_LIMIT = 64 * 1024 * 1024
+DEFAULT_MEMORY_LIMIT: Final = 64 * 1024 * 1024
 #: The fewest entries a run of pipelined sets needs to be logged as one
 #: ``sets`` record: below it, a record per set costs less than the bulk
 #: form's fixed part (measured with benchmarks/micro_session.py).
 SETS_RECORD_MIN = 16
 #: The expiry an item already expired is stored with (a negative exptime):
 #: a second long past, as memcached makes it the second after it started.
-PAST = 1
-
-_class_of = itemgetter(CLASS_OFFSET)
+PAST: Final = 1
 
 
 class Mode(IntEnum):
@@ -364,52 +361,40 @@ class Store(Expiry, Statistics):
         with self._lock:
             now = int(self._clock())
             counters = self.counters
-            get = self._items.get
+            # the dict's and the list's methods called directly, not through local
+            # aliases: compiled, they are C primitives; interpreted, no slower (callgrind)
+            items = self._items
             below = self._bump_below(now)
             found: list[Optional[bytes]] = []
-            add = found.append
             dirty = self._dirty
             flushed = self._flushed
+            hits = self.slabs.get_hits
+            misses = 0  # counted where they happen: found.count(None) compares every hit with None
             for key in keys:
                 if dirty:  # fsync=always, with changes not durable yet
                     self._note_read(key)
-                blob = get(key)
+                blob = items.get(key)
                 if blob is not None:  # _live, spelled out for speed
                     if blob[EXPTIME_AT:EXPTIME_END] != NEVER_PACKED and 0 < unpack_meta(blob)[4] <= now:
                         self._drop_gone(key, blob, now, True)
                         blob = None
-                    elif blob < below:
-                        self._bump(key, blob, now)
-                elif flushed and key in flushed:
-                    self._drop_flushed(key, True)
-                add(blob)
-            n = len(keys)
-            counters["cmd_get"] += n
-            if n == 1:  # the most common request: its hit counted here, in its class
-                if blob is None:
-                    counters["get_misses"] += 1
+                        misses += 1
+                    else:
+                        if blob < below:
+                            self._bump(key, blob, now)
+                        # each hit counted in its class here: a C loop once
+                        # compiled, where map and filter over ``found`` are generic calls
+                        hits[blob[CLASS_OFFSET]] += 1
                 else:
-                    self.slabs.get_hits[blob[CLASS_OFFSET]] += 1
-            else:
-                counters["get_misses"] += n - self._count_hits(found)
+                    misses += 1
+                    if flushed and key in flushed:
+                        self._drop_flushed(key, True)
+                found.append(blob)
+            counters["cmd_get"] += len(keys)
+            counters["get_misses"] += misses
             if self.prefixes.enabled:
                 self.prefixes.record_gets(keys, found)
             return found
-
-    def _count_hits(self, found: list[Optional[bytes]]) -> int:
-        """Count the hits among ``found`` in their classes' ``get_hits``;
-        returns how many there were. Many at once by C loops: a multi-key
-        get counts no faster per key than this."""
-        hits = self.slabs.get_hits
-        classes = bytes(map(_class_of, filter(None, found)))
-        if classes:
-            first = classes[0]
-            counted = classes.count(first)
-            hits[first] += counted
-            if counted != len(classes):  # hits in several classes
-                for cls in set(classes) - {first}:
-                    hits[cls] += classes.count(cls)
-        return len(classes)
 
     def peek(self, key: bytes, count: bool = False) -> Optional[Item]:
         """The live item without counting the read or refreshing its LRU

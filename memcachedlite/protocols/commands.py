@@ -7,6 +7,7 @@ verb's syntax. Replies are byte-exact with memcached's ``doc/protocol.txt``.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Final, Optional
 
 from ..errors import BadCommandLine, ClientError, ProtocolError, UnknownCommand
@@ -98,18 +99,22 @@ def set_(ctx: "Session", args: list[bytes], data: Optional[bytes]) -> bytes:
 SET_LINE = rb"set ([!-~\x80-\xff]{1,250}) (\d{1,20}) (-?\d{1,20}) (?P<length>\d{1,10})(?P<noreply> noreply)?\r\n"
 
 
-def set_batch(ctx: "Session", requests: list) -> list[Optional[bytes]]:
+def set_batch(ctx: "Session", requests: list[tuple[re.Match[bytes], Optional[bytes]]]) -> list[Optional[bytes]]:
     """The batch form of ``set``: pipelined sets stored under one lock.
 
     Each request is parsed as :func:`set_` parses it and stored as
     :meth:`Store.set` stores it; one that :func:`set_` would refuse gets
     the same error line.
     """
-    entries = []
+    entries: list[tuple[bytes, bytes, int, int]] = []
     stored: list[int] = []  # which request each entry came from
     replies: list[Optional[bytes]] = [STORED] * len(requests)
+    key: bytes  # typed, so that the compiled build compares bytes as bytes
+    flags: bytes
+    exptime: bytes
     for i, (found, data) in enumerate(requests):
         key, flags, exptime = found.group(1, 2, 3)
+        assert data is not None  # (set has a data block)
         if flags == b"0" and exptime == b"0":
             entries.append((key, data, 0, 0))
         else:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import threading
-from typing import TYPE_CHECKING, Any, Final, Optional, Union
+from typing import TYPE_CHECKING, Final, Optional, Union
 
 from ..buildinfo import refuse_python_subclass
 from ..errors import BadDataChunk, LineTooLong, LogWriteError, ProtocolError, TooLarge
@@ -341,22 +342,25 @@ class Session:
         the simulated delays, which are per command.)"""
         if self._delays:
             return 0
-        pattern = row.batch_line
-        match = pattern.match  # type: ignore[union-attr]
-        groups = pattern.groupindex  # type: ignore[union-attr]
+        pattern: re.Pattern[bytes] = row.batch_line  # type: ignore[assignment]
+        groups = pattern.groupindex
         quiet_at = groups.get("noreply")
         n = len(buf)
-        requests: list[tuple[Any, Optional[bytes]]] = []
-        add = requests.append
+        requests: list[tuple[re.Match[bytes], Optional[bytes]]] = []
         at = pos
+        found: Optional[re.Match[bytes]]
         if row.data is None:
-            while (found := match(buf, at)) is not None:
-                add((found, None))
+            while (found := pattern.match(buf, at)) is not None:
+                requests.append((found, None))
                 at = found.end()
         else:
-            size_at = groups["length"]
+            size_at: int = groups["length"]
             limit = self.settings.max_item_size
-            while (found := match(buf, at)) is not None:
+            # typed, so that the compiled build does this arithmetic and
+            # slicing on machine integers rather than on Python objects
+            start: int
+            end: int
+            while (found := pattern.match(buf, at)) is not None:
                 start = found.end()
                 end = start + int(found[size_at])
                 # a user's pattern may let a negative length through: the
@@ -364,7 +368,7 @@ class Session:
                 # whose start lies past its end into SystemError, not b"")
                 if not 0 <= end - start <= limit or end + 2 > n or buf[end : end + 2] != b"\r\n":
                     break  # the plain path refuses it, or waits for the rest
-                add((found, buf[start:end]))
+                requests.append((found, buf[start:end]))
                 at = end + 2
         if len(requests) < 2:
             return 0

@@ -753,7 +753,6 @@ class Store(Expiry, Statistics):
                 return errors
             now = int(self._clock())
             items = self._items
-            get = items.get
             flushed = self._flushed
             linked, requested, room = slabs.items, slabs.requested, slabs.room
             limit = self.memory_limit
@@ -763,12 +762,15 @@ class Store(Expiry, Statistics):
             blobs: list[bytes] = []
             slow = 0  # entries that went through _try_write, which counts them itself
             base = SIZE_BASE
+            old_exptime: int  # typed: the compiled build compares them as machine integers
+            old_cls: int
+            old_size: int
             for i, (key, value, flags, exptime) in enumerate(entries):
                 length = len(value)
                 size = base + len(key) + length + (4 if flags else 0)  # memcached_size, spelled out
                 cls = table[size] if size <= chunk_limit else largest
                 sets[cls] += 1
-                old = get(key)
+                old = items.get(key)
                 meta = pack_meta(0, now, 0, cas, 0, flags, cls, size)
                 blob = b"%b %d %d\r\n%b\r\n" % (meta, flags, length, value)
                 if old is not None:
@@ -777,7 +779,7 @@ class Store(Expiry, Statistics):
                     special = old_size > chunk_limit
                 else:
                     grow = len(key) + len(blob) + ITEM_OVERHEAD
-                    special = flushed and key in flushed  # memcached's store would find the flushed one
+                    special = key in flushed if flushed else False  # memcached's store would find the flushed one
                 if exptime or special or used + grow > limit or size > chunk_limit:
                     if bulk:  # not all common cases: log the ones so far a record each
                         pending.extend(

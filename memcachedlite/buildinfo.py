@@ -24,12 +24,18 @@ COMPILED = (
     "memcachedlite.storage.durability",
     "memcachedlite.storage.statistics",
     "memcachedlite.storage.store",
+    "memcachedlite.storage.datafile",
+    "memcachedlite.storage.slabs",
+    "memcachedlite.storage.prefixes",
+    "memcachedlite.storage.keys",
     "memcachedlite.protocols.registry",
     "memcachedlite.protocols.text",
     "memcachedlite.protocols.session",
     "memcachedlite.protocols.commands",
     "memcachedlite.protocols.meta",
     "memcachedlite.protocols.binary",
+    "memcachedlite.server.tcp",
+    "memcachedlite.server.delivery",
 )
 
 

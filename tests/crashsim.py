@@ -1,11 +1,12 @@
 """A crash simulator for the data file: record what the server asks of the
 file system, then build the files a power loss could leave behind.
 
-:class:`FsRecorder` stands in for the ``os`` module of
-:mod:`memcachedlite.storage.datafile` (and of any other module that touches the data
-file): every call passes through to the real ``os``, and the writes, fsyncs,
-truncations, renames and unlinks made on files of one directory are kept as a
-list of :class:`Op`. It can also make a chosen call fail (``EIO``,
+:class:`FsRecorder` stands in for ``fileio.system``, through which the data
+file's code makes its system calls (:mod:`memcachedlite.storage.fileio`), and
+for the ``os`` module of any other module that touches the data file: every
+call passes through to the real ``os``, and the writes, fsyncs, truncations,
+renames and unlinks made on files of one directory are kept as a list of
+:class:`Op`. It can also make a chosen call fail (``EIO``,
 ``ENOSPC``), or run a hook first (to hold an fsync on an event).
 
 :class:`Trace` replays that list up to any moment and builds a
@@ -151,9 +152,13 @@ class FsRecorder:
     # -- set-up -------------------------------------------------------------
 
     def install(self, monkeypatch: Any, *modules: Any) -> "FsRecorder":
-        """Put this recorder in place of ``os`` in each of ``modules``."""
+        """Put this recorder in place of ``os`` in each of ``modules``, and
+        of ``system`` in those that have one (:mod:`memcachedlite.storage.fileio`,
+        which the data file's code, compiled or not, calls through)."""
         for module in modules:
             monkeypatch.setattr(module, "os", self)
+            if hasattr(module, "system"):
+                monkeypatch.setattr(module, "system", self)
         return self
 
     def __getattr__(self, name: str) -> Any:

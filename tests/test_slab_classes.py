@@ -7,13 +7,15 @@ store holds."""
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import pytest
 
 from memcachedlite import Session, Store
 from memcachedlite.errors import LogWriteError
-from memcachedlite.storage import records
+from memcachedlite.storage import fileio, records
 from memcachedlite.storage.items import memcached_size, pack_meta
 from memcachedlite.storage.slabs import CAS_BYTES, PAGE_SIZE, Slabs
 
@@ -146,26 +148,30 @@ def test_minus_capital_c_after_a_load_moves_items_to_their_smaller_classes(tmp_p
         store.close()
 
 
-def test_a_batch_undone_after_a_failed_write_leaves_the_counts_as_they_were(tmp_path: Path) -> None:
+class FullDisk:
+    """The data file's system calls (``fileio.system``) with the disk full."""
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(os, name)
+
+    def write(self, fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_batch_undone_after_a_failed_write_leaves_the_counts_as_they_were(tmp_path: Path, monkeypatch) -> None:
     store = Store(tmp_path / "data.txt")
     try:
         for i in range(10):
             store.set(b"k%d" % i, b"v" * (10 * i))
         before = (list(store.slabs.items), list(store.slabs.requested), store.stats()["bytes"])
-        log = store.log
-        assert log is not None
-
-        def fail(data: bytes) -> int:
-            raise LogWriteError("disk full")
-
         with pytest.raises(LogWriteError), store.batch():
             Session(store)  # the store alone: the protocols are not the point here
             store.set(b"k1", b"x" * 500)  # into another class
             store.flush_all()
             store.set(b"k2", b"y")  # finds the flushed k2
             store.set(b"new", b"z" * 3000)
-            log.append = fail  # type: ignore[method-assign]
-        del log.append
+            monkeypatch.setattr(fileio, "system", FullDisk())  # the batch's one write, at its end, fails
+        monkeypatch.undo()
         assert (list(store.slabs.items), list(store.slabs.requested), store.stats()["bytes"]) == before
         assert store.peek(b"k1").value == b"v" * 10 and store.peek(b"new") is None
         assert_counts_add_up(store)

@@ -13,8 +13,9 @@ import socketserver
 import ssl
 import threading
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, cast
 
+from ..buildinfo import refuse_python_subclass
 from ..protocols.auth import AuthFile, PathLike
 from ..protocols.binary import REQUEST, BinarySession
 from ..protocols.registry import Registry, default_registry
@@ -52,6 +53,10 @@ class MemcacheHandler(socketserver.StreamRequestHandler):
 
     server: "MemcacheServer"
     disable_nagle_algorithm = True  # replies are small; never wait for a delayed ACK
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        refuse_python_subclass(cls, MemcacheHandler)  # on the compiled build, with a clear message
+        super().__init_subclass__(**kwargs)
 
     def setup(self) -> None:
         # TCP_NODELAY means nothing on a Unix socket (setsockopt would fail there)
@@ -222,9 +227,13 @@ class MemcacheServer(socketserver.ThreadingTCPServer):
     block_on_close = False
     request_queue_size = 1024  # memcached's listen backlog
 
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        refuse_python_subclass(cls, MemcacheServer)  # on the compiled build, with a clear message
+        super().__init_subclass__(**kwargs)
+
     def __init__(
         self,
-        address: tuple[str, int],
+        address: Address,
         store: Optional[Store],
         *,
         settings: Optional[Settings] = None,
@@ -293,7 +302,10 @@ class MemcacheServer(socketserver.ThreadingTCPServer):
         :class:`~memcachedlite.server.listeners.ListenError` naming the
         address that cannot be had (what is bound already is closed by
         ``server_close``)."""
-        addresses = [self.server_address, *self._extra_addresses]
+        # (read untyped: typeshed says a tuple, a Unix server's is a path, and the
+        # compiled build checks what it reads against what the type says)
+        first: Address = cast(Any, self).server_address
+        addresses = [first, *self._extra_addresses]
         self.listeners = [Listener(addresses[0], self.socket, self.unix_mask)]
         self.listeners += [Listener(address, unix_mask=self.unix_mask) for address in addresses[1:]]
         port: Optional[int] = None

@@ -3,6 +3,10 @@ start-up with crash classification, and the rewrite that compaction does.
 
 The record format is in :mod:`memcachedlite.storage.records` and repair in
 :mod:`memcachedlite.storage.repair`; see ``docs/data-file.md``.
+
+Every system call on a file goes through ``fileio.system`` (see
+:mod:`memcachedlite.storage.fileio`), where the tests' crash simulator can
+stand in for it on both builds.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Optional, Union
 from zlib import crc32
 
 from ..errors import CorruptLogError, DataFileInUse, LogWriteError, UnsupportedPlatform
+from . import fileio
 from .fileio import absolute, fsync_directory, pwrite_all, write_all
 from .foreign import check_ours
 from .items import SIZE_BASE
@@ -102,12 +107,13 @@ def load_records(
                 try:
                     _, key, flags, exptime, length, cas, crc = head.split(b" ")
                     size = int(length)
+                    if size < 0:  # (tested first: mypyc 2.4 compiles a backwards slice into SystemError)
+                        raise ValueError("negative length")
                     end = eol + 2 + size
                     value = buf[eol + 2 : end]
                     if (
                         eol > 0
                         and buf[eol] == 13
-                        and size >= 0
                         and len(crc) == 8  # what head[:-9] assumes; parse_one judges any other spelling
                         and buf[end : end + 2] == b"\r\n"
                         and crc32(value, crc32(head[:-9])) == int(crc, 16)
@@ -139,13 +145,15 @@ def load_records(
             for one in record[1] if record[0] == b"group" else (record,):
                 count += 1
                 if one[0] == b"set":  # in a group (the fast path takes every other good set)
-                    _, key, value, flags, exptime, cas = one
-                    items.pop(key, None)  # re-inserted at the young end
-                    msize = SIZE_BASE + len(key) + len(value) + (4 if flags else 0)
-                    meta = pack(cas, exptime, flags, slabs.of(msize), msize)
-                    items[key] = b"%b %d %d\r\n%b\r\n" % (meta, flags, len(value), value)
-                    max_cas = max(max_cas, cas)
-                    expiring += exptime != 0
+                    # parsed: numbers where the fast path above has their digits (own names, so
+                    # that the compiled build types each once)
+                    _, set_key, set_value, set_flags, set_exptime, set_cas = one
+                    items.pop(set_key, None)  # re-inserted at the young end
+                    msize = SIZE_BASE + len(set_key) + len(set_value) + (4 if set_flags else 0)
+                    meta = pack(set_cas, set_exptime, set_flags, slabs.of(msize), msize)
+                    items[set_key] = b"%b %d %d\r\n%b\r\n" % (meta, set_flags, len(set_value), set_value)
+                    max_cas = max(max_cas, set_cas)
+                    expiring += set_exptime != 0
                 else:
                     on_other(one)
     return count, max_cas, expiring
@@ -162,18 +170,18 @@ def open_locked(path: str, flags: int) -> int:
     counts if the locked file is still the one at the path.
     """
     for _ in range(100):
-        fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
+        fd = fileio.system.open(path, flags | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            os.close(fd)
+            fileio.system.close(fd)
             raise DataFileInUse(path) from None
         try:
-            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+            if fileio.system.fstat(fd).st_ino == fileio.system.stat(path).st_ino:
                 return fd
         except FileNotFoundError:
             pass
-        os.close(fd)  # replaced under us: lock the file that is there now
+        fileio.system.close(fd)  # replaced under us: lock the file that is there now
     raise RuntimeError(f"{path} keeps being replaced; is another server compacting it?")  # pragma: no cover
 
 
@@ -218,7 +226,7 @@ class Rewrite:
     def __init__(self, path: str) -> None:
         self.tmp_path = path + ".compact"
         self.file_id = new_file_id()
-        self.fd = os.open(self.tmp_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        self.fd = fileio.system.open(self.tmp_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self.pending: list[bytes] = []
         self.size = 0
@@ -255,11 +263,11 @@ class Rewrite:
 
     def sync(self) -> None:
         with self._using() as fd:
-            os.fsync(fd)
+            fileio.system.fsync(fd)
 
     def _close(self) -> None:
         with contextlib.suppress(OSError):
-            os.close(self.fd)
+            fileio.system.close(self.fd)
 
     def abort(self) -> None:
         with self._io:
@@ -267,7 +275,7 @@ class Rewrite:
             if not self._users:
                 self._close()
         with contextlib.suppress(OSError):
-            os.unlink(self.tmp_path)
+            fileio.system.unlink(self.tmp_path)
 
 
 #: errnos after which a failed write leaves the file as it was, once the
@@ -304,8 +312,8 @@ class DataLog:
         self.always = fsync == "always"
         self._fd = open_locked(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND)
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path + ".compact")  # left by a compaction that crashed
-        self.size = os.fstat(self._fd).st_size
+            fileio.system.unlink(self.path + ".compact")  # left by a compaction that crashed
+        self.size = fileio.system.fstat(self._fd).st_size
         self.synced = self.size
         self.lsn = self.synced_lsn = self.written_lsn = 0
         #: fsync=always queues appended records until the group fsync writes them
@@ -333,10 +341,10 @@ class DataLog:
             try:
                 self._create()
             except BaseException:
-                os.close(self._fd)
+                fileio.system.close(self._fd)
                 raise
         else:
-            head = read_head(os.pread(self._fd, 128, 0))
+            head = read_head(fileio.system.pread(self._fd, 128, 0))
             self.file_id = head.file_id if head is not None else LEGACY_ID
 
     def _create(self) -> None:
@@ -406,7 +414,7 @@ class DataLog:
             raise CorruptLogError(
                 self.path, len(buf), f"the file ends here, but its first {head.synced} bytes had reached the disk"
             )
-        os.fsync(self._fd)  # what was read is what the disk keeps from now on
+        fileio.system.fsync(self._fd)  # what was read is what the disk keeps from now on
         self.synced = self.size
         self._marked_end = ends_with_mark(buf, self.size, self.file_id)
         self._loaded = True
@@ -425,9 +433,9 @@ class DataLog:
             reason,
             f"; {intact} intact records after it were never confirmed durable and were dropped too" if intact else "",
         )
-        os.ftruncate(self._fd, offset)
-        os.lseek(self._fd, offset, os.SEEK_SET)  # a descriptor without O_APPEND writes on from here
-        os.fsync(self._fd)
+        fileio.system.ftruncate(self._fd, offset)
+        fileio.system.lseek(self._fd, offset, os.SEEK_SET)  # a descriptor without O_APPEND writes on from here
+        fileio.system.fsync(self._fd)
         self.size = self.synced = offset
         self.dropped_at_start = (offset, dropped, intact)
 
@@ -452,15 +460,17 @@ class DataLog:
             self._write(encode_sync(synced, self.file_id))
             self._marked_end = True
         if self.head_at and self.head_synced < synced:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)  # a descriptor that writes where it is told
+            fd = fileio.system.open(self.path, os.O_WRONLY | os.O_CLOEXEC)  # a descriptor that writes where it is told
             try:
-                if os.fstat(fd).st_ino != os.fstat(self._fd).st_ino:  # pragma: no cover - we hold the lock
+                if (
+                    fileio.system.fstat(fd).st_ino != fileio.system.fstat(self._fd).st_ino
+                ):  # pragma: no cover - we hold the lock
                     raise LogWriteError(f"{self.path} was replaced while in use")
                 pwrite_all(fd, encode_head_mark(synced, self.file_id), self.head_at)
             finally:
-                os.close(fd)
+                fileio.system.close(fd)
             self.head_synced = synced
-        os.fsync(self._fd)
+        fileio.system.fsync(self._fd)
 
     def _mark_if_possible(self) -> None:
         """:meth:`mark_all_synced`, which a full disk (or a failing one) must
@@ -543,14 +553,14 @@ class DataLog:
         written = 0
         try:
             while written < len(data):
-                written += os.write(self._fd, view[written:])
+                written += fileio.system.write(self._fd, view[written:])
         except OSError as exc:
             self._mark_due = mark
             certain = exc.errno in _FULL
             if written:
                 try:
-                    os.ftruncate(self._fd, start)
-                    os.lseek(self._fd, start, os.SEEK_SET)  # a descriptor without O_APPEND writes on from here
+                    fileio.system.ftruncate(self._fd, start)
+                    fileio.system.lseek(self._fd, start, os.SEEK_SET)  # (no O_APPEND on some descriptors)
                 except OSError as cut:
                     log.error("could not cut back a partial record in %s: %s", self.path, cut)
                     certain = False
@@ -622,8 +632,8 @@ class DataLog:
         # on all of it is on disk: the marks may say so before the fsync.
         rewrite.write(encode_sync(rewrite.size, rewrite.file_id))
         pwrite_all(rewrite.fd, encode_head_mark(rewrite.size, rewrite.file_id), HEAD_MARK_AT)
-        os.fsync(rewrite.fd)
-        os.rename(rewrite.tmp_path, self.path)
+        fileio.system.fsync(rewrite.fd)
+        fileio.system.rename(rewrite.tmp_path, self.path)
         old_fd, old_size = self._fd, self.size
         self._fd = rewrite.fd
         self.file_id = rewrite.file_id
@@ -635,7 +645,7 @@ class DataLog:
         self._mark_due = None
         self._rewrite = None
         self.failed = ""
-        os.close(old_fd)  # also releases the old file's lock; the new one is held
+        fileio.system.close(old_fd)  # also releases the old file's lock; the new one is held
         return old_size
 
     def sync(self) -> None:
@@ -656,7 +666,7 @@ class DataLog:
                 self.flush()
             lsn, end = self.written_lsn, self.size  # written before the fsync starts: covered by it
             try:
-                os.fsync(self._fd)
+                fileio.system.fsync(self._fd)
             except OSError as exc:
                 self.failed = f"fsync failed: {exc.strerror}"
                 log.error("fsync of %s failed: %s", self.path, exc)
@@ -693,13 +703,13 @@ class DataLog:
         if not self.failed and self._loaded:  # a file refused at start-up is left as it was
             try:
                 self.flush()
-                os.fsync(self._fd)
+                fileio.system.fsync(self._fd)
             except (OSError, LogWriteError):
                 log.exception("final fsync of %s failed", self.path)
             else:
                 self.synced = self.size
                 self._mark_if_possible()
-        os.close(self._fd)
+        fileio.system.close(self._fd)
 
 
 def _intact_records_after(buf: bytes, offset: int) -> int:

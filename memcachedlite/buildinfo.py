@@ -23,6 +23,7 @@ COMPILED = (
     "memcachedlite.storage.records",
     "memcachedlite.storage.durability",
     "memcachedlite.storage.statistics",
+    "memcachedlite.storage.memory",
     "memcachedlite.storage.store",
     "memcachedlite.storage.datafile",
     "memcachedlite.storage.slabs",

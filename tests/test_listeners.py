@@ -343,15 +343,18 @@ def test_the_handler_names_a_unix_client_and_limits_it_as_any_other(tmp_path: Pa
         binary.send(struct.pack(">BBHBBHIIQ", 0x80, 0x0B, 0, 0, 0, 0, 0, 0, 0))  # binary VERSION
         assert binary.read_exactly(24)[:2] == b"\x81\x0b"
         binary.close()
-        wait_until(lambda: server.server.connection_stats()["curr_connections"] == 0)  # (one connection at a time)
+        # one connection at a time: wait until its worker is free too (it unregisters, then returns to the pool)
+        wait_until(lambda: server.server.connection_stats()["curr_connections"] == 0 == server.server.pool.busy)
         text = UnixRaw(path)
         text.sock.sendall(b"stats settings\r\n")
         settings = b""
         while not settings.endswith(b"END\r\n"):
-            settings += text.sock.recv(65536)
+            chunk = text.sock.recv(65536)
+            assert chunk, settings  # closed before the end (turned away?)
+            settings += chunk
         assert b"STAT domain_socket %s\r\n" % os.fsencode(path) in settings and b"STAT umask 750\r\n" in settings
         text.close()
-        wait_until(lambda: server.server.connection_stats()["curr_connections"] == 0)
+        wait_until(lambda: server.server.connection_stats()["curr_connections"] == 0 == server.server.pool.busy)
         first = UnixRaw(path)
         assert first.ask(b"version\r\n").startswith(b"VERSION ") and first.ask(b"mn\r\n") == b"MN\r\n"
         assert_turned_away(UnixRaw(path))

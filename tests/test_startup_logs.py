@@ -136,6 +136,22 @@ def test_a_store_logs_the_start_and_the_end_of_its_replay_with_the_path_absolute
     assert re.fullmatch(f"loaded 1 item from {re.escape(str(tmp_path))}/data.txt {figures}", done), done
 
 
+def test_a_new_data_file_is_said_created_not_replayed(tmp_path: Path, caplog) -> None:
+    """A store that makes its data file has nothing to replay: one line says
+    the file was created; the next start replays it as any other."""
+    caplog.set_level(logging.INFO, logger="memcachedlite.storage.replay")
+    Store(tmp_path / "data.txt").close()
+    assert _replay_messages(caplog) == [f"created {tmp_path}/data.txt, a new data file"]
+    caplog.clear()
+    (tmp_path / "empty.txt").write_bytes(b"")  # an empty file is made into a data file the same way
+    Store(tmp_path / "empty.txt").close()
+    assert _replay_messages(caplog) == [f"created {tmp_path}/empty.txt, a new data file"]
+    caplog.clear()
+    Store(tmp_path / "data.txt").close()
+    begun, done = _replay_messages(caplog)
+    assert begun.startswith(f"replaying {tmp_path}/data.txt (") and done.startswith("loaded 0 items from ")
+
+
 # -- the log of mcl serve ------------------------------------------------------------------
 
 
@@ -145,10 +161,10 @@ def test_paths_in_the_log_are_absolute_when_the_data_file_is_given_relative(spaw
     assert proc.terminate() == 0
     output = proc.output()
     absolute = f"{tmp_path}/data.txt"
-    assert f"replaying {absolute} (" in output
-    assert f"loaded 0 items from {absolute} (" in output
+    assert f"created {absolute}, a new data file" in output  # not a replay of the file it just made
+    assert "replaying" not in output and "loaded" not in output
     assert f"data in {absolute} (0 items, fsync everysec)" in output
-    assert output.count("data.txt") == output.count(absolute) == 3, output  # never relative
+    assert output.count("data.txt") == output.count(absolute) == 2, output  # never relative
     assert "stopped; data file flushed" in output
 
 

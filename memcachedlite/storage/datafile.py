@@ -337,12 +337,15 @@ class DataLog:
         self._marked_end = False
         #: whether load() read the file whole: until then nothing is marked in it
         self._loaded = False
+        #: whether this object made the file (it was missing or empty): start-up then has nothing to replay
+        self.created = False
         if self.size == 0:
             try:
                 self._create()
             except BaseException:
                 fileio.system.close(self._fd)
                 raise
+            self.created = True
         else:
             head = read_head(fileio.system.pread(self._fd, 128, 0))
             self.file_id = head.file_id if head is not None else LEGACY_ID

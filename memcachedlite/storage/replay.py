@@ -79,14 +79,24 @@ class ReplayProgress:
     """
 
     def __init__(
-        self, path: str, size: int, interval: float = PROGRESS_INTERVAL, clock: Callable[[], float] = time.monotonic
+        self,
+        path: str,
+        size: int,
+        interval: float = PROGRESS_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+        created: bool = False,
     ) -> None:
         self.path = path
         self.size = size
         self.interval = interval
         self.clock = clock
         self.started = self.last = clock()
-        logger.info("replaying %s (%s); the port opens once it is loaded", path, _bytes(size))
+        #: a file start-up has just made holds no item: one line says so, instead of a replay's
+        self.created = created
+        if created:
+            logger.info("created %s, a new data file", path)
+        else:
+            logger.info("replaying %s (%s); the port opens once it is loaded", path, _bytes(size))
 
     def __call__(self, offset: int, items: int) -> None:
         now = self.clock()
@@ -105,6 +115,8 @@ class ReplayProgress:
         )
 
     def done(self, items: int, records: int) -> None:
+        if self.created:
+            return
         elapsed = self.clock() - self.started
         logger.info(
             "loaded %s from %s (%s, %s) in %s%s",
@@ -166,7 +178,7 @@ def replay(log: DataLog, now: int, slabs: Slabs, progress: Optional[ReplayProgre
     upgraded with class 0: the store classifies every item it takes over.
     """
     if progress is None:
-        progress = ReplayProgress(log.path, log.size)
+        progress = ReplayProgress(log.path, log.size, created=log.created)
     loaded, count = _replay(functools.partial(log.load, slabs=slabs, progress=progress), log.path, now, slabs)
     progress.done(len(loaded.items), count)
     return loaded

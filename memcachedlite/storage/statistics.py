@@ -1,7 +1,8 @@
 """The store's statistics: its own counters, the sums of the per-class
 ones, ``stats items``/``stats slabs``/``stats sizes``, and ``stats reset``.
 
-A base class of :class:`~memcachedlite.storage.store.Store`, over
+A base class of :class:`~memcachedlite.storage.store.Store` (through
+:class:`~memcachedlite.storage.memory.Memory`), over
 :class:`~memcachedlite.storage.durability.Durability` (whose state of the
 data file it shows): it reads the item table and the slab classes the store
 keeps, under the store's lock, and changes nothing but counters. One chain

@@ -1,7 +1,8 @@
-"""The shared store: the item table in memory, expiry, LRU eviction and
+"""The shared store: the item table in memory, expiry, LRU order and
 counters, every change written to the data file first (how it reaches the
-file is :mod:`memcachedlite.storage.durability`'s business; reclaiming expired items
-in the background is :mod:`memcachedlite.storage.expiry`'s).
+file is :mod:`memcachedlite.storage.durability`'s business; what the memory
+limit drops or refuses, :mod:`memcachedlite.storage.memory`'s; reclaiming
+expired items in the background, :mod:`memcachedlite.storage.expiry`'s).
 
 Every mutation takes the store's lock, works out its effect, appends that
 effect to the data file and only then changes memory (write-ahead): a change
@@ -22,10 +23,10 @@ import time
 from contextlib import contextmanager
 from enum import IntEnum
 from itertools import islice
-from typing import Callable, Final, Iterable, Iterator, NamedTuple, NoReturn, Optional, Union
+from typing import Callable, Final, Iterable, Iterator, NamedTuple, Optional, Union
 
 from ..buildinfo import refuse_python_subclass
-from ..errors import LogWriteError, NonNumeric, OutOfMemory, ServerError
+from ..errors import LogWriteError, NonNumeric, ServerError
 from . import datafile, records
 from .durability import DEFAULT_COMPACT_MIN_SIZE
 from .evictions import EvictionNotice
@@ -62,11 +63,12 @@ from .items import (
     with_exptime,
     with_state,
 )
+from .memory import Memory
 from .numbers import absolute_exptime, apply_delta, parse_counter
 from .prefixes import PrefixStats
 from .replay import Loaded, replay
 from .slabs import DEFAULT_ITEM_SIZE_MAX, Slabs
-from .statistics import COUNTERS, Statistics
+from .statistics import COUNTERS
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +121,7 @@ class Arith(NamedTuple):
     created: bool = False
 
 
-class Store(Expiry, Statistics):
+class Store(Expiry, Memory):
     """The key-value data shared by every connection of a server.
 
     ``path=None`` keeps everything in memory only (for tests and embedding);
@@ -596,61 +598,6 @@ class Store(Expiry, Statistics):
         items[key] = blob
         self.bytes += grow
 
-    def _evict(self, victims: Iterable[bytes]) -> None:
-        """Drop the items :meth:`_victims` chose (their deletes are logged
-        already), counted in their classes as memcached counts what it takes
-        from the tail of an LRU: an item already past its time as reclaimed,
-        any other as evicted."""
-        items = self._items
-        now = int(self._clock())
-        evicted = 0
-        for victim in victims:
-            blob = items[victim]
-            self._remember(victim, blob)
-            self._drop(victim, blob)
-            evicted += self._count_evicted(blob, now)
-        self.evictions.evicted(evicted, self.memory_limit)
-
-    def _count_evicted(self, blob: bytes, now: int) -> int:
-        """Count an item taken from the old end of the LRU order for room;
-        returns 1 if that was an eviction (0: it was past its time anyway)."""
-        counts = self.slabs.counts
-        fetched, atime, _, _, exptime, _, cls, _ = unpack_meta(blob)
-        if 0 < exptime <= now:  # past its time anyway
-            counts["reclaimed"][cls] += 1
-            if not fetched:
-                counts["expired_unfetched"][cls] += 1
-            return 0
-        counts["evicted"][cls] += 1
-        self.slabs.evicted_time[cls] = now - atime
-        if exptime:
-            counts["evicted_nonzero"][cls] += 1
-        if not fetched:
-            counts["evicted_unfetched"][cls] += 1
-        return 1
-
-    def _reclaim_flushed(self, want: int, most: int = -1) -> int:
-        """Drop items an immediate ``flush_all`` ended, oldest first, until
-        ``want`` bytes are freed or ``most`` items went (-1: no limit);
-        returns how many went. Counted as memcached counts them when it
-        takes them from the tails of its LRUs (for room, or in the
-        background: they are the oldest items): ``reclaimed``, and
-        ``expired_unfetched`` for one never read."""
-        flushed = self._flushed
-        counts = self.slabs.counts
-        freed = dropped = 0
-        while flushed and freed < want and dropped != most:
-            key = next(iter(flushed))
-            blob = flushed.pop(key)
-            freed += item_size(key, blob)
-            self._account(key, blob, -1)
-            dropped += 1
-            cls = blob[CLASS_OFFSET]
-            counts["reclaimed"][cls] += 1
-            if not blob[0]:  # never fetched
-                counts["expired_unfetched"][cls] += 1
-        return dropped
-
     def _before_flush(self, exptime: int, now: int) -> int:
         """An expiry no later than a pending delayed flush_all, which covers
         every item written or touched before it falls due."""
@@ -658,48 +605,6 @@ class Store(Expiry, Statistics):
         if at > now and (not exptime or exptime > at):
             return at
         return exptime
-
-    def _victims(self, key: bytes, grow: int, unlink: bool, cls: int = 0) -> list[bytes]:
-        """Least recently used keys to evict so that ``grow`` more bytes fit.
-
-        Items a ``flush_all`` ended go first (they are past their time: not
-        evictions), then the oldest live ones. A little more than needed (1%
-        of the limit) goes at once, so that one walk from the old end of the
-        table serves many stores. ``cls`` is the class of the item to store
-        (a refusal counts in its ``outofmemory``).
-        """
-        if self._flushed:
-            self._reclaim_flushed(self.bytes + grow - self.memory_limit + self.memory_limit // 100)
-            if self.bytes + grow <= self.memory_limit:
-                return []
-        if not self.evict:
-            self._out_of_memory(key, unlink, cls)
-        need = self.bytes + grow - self.memory_limit
-        want = need + self.memory_limit // 100
-        items = self._items
-        victims = []
-        freed = 0
-        for other in items:
-            if freed >= want:
-                break
-            if other != key:
-                victims.append(other)
-                freed += item_size(other, items[other])
-        if freed < need:
-            self._out_of_memory(key, unlink, cls)
-        return victims
-
-    def _out_of_memory(self, key: bytes, unlink: bool, cls: int) -> NoReturn:
-        """Refuse a set for lack of memory (``-M``), counted in
-        ``store_no_memory`` and the ``outofmemory`` of the item's class. With
-        ``unlink`` the old value of ``key`` goes too, as memcached does for a
-        refused ``set`` (classic or binary) and ``ms``: readers must never
-        get the value an update failed to replace."""
-        self.counters["store_no_memory"] += 1
-        self.slabs.counts["outofmemory"][cls] += 1
-        if unlink:
-            self._unlink(key)
-        raise OutOfMemory()
 
     def set(self, key: bytes, value: bytes, flags: int = 0, exptime: int = 0) -> int:
         """Store unconditionally; returns the new cas value.
@@ -1307,28 +1212,6 @@ class Store(Expiry, Statistics):
             self.log.close()
 
     # -- run-time settings (memcached's cache_memlimit, -C) --------------------
-
-    def set_memory_limit(self, limit: int) -> int:
-        """Change the memory limit; returns how many items were evicted to fit it.
-
-        With eviction on, least recently used items go (logged as deletes)
-        until the items fit; with it off (``-M``) they stay and new items are
-        refused until enough is deleted, as memcached's slabs do.
-        """
-        with self._lock:
-            self.memory_limit = limit
-            if self.bytes <= limit or not self.evict:
-                return 0
-            victims = self._victims(b"", 0, False)
-            items = self._items
-            now = self.now()
-            evicted = 0
-            for victim in victims:
-                blob = items[victim]
-                self._remove(victim, blob)
-                evicted += self._count_evicted(blob, now)
-            self.evictions.evicted(evicted, limit)
-            return len(victims)
 
     def disable_cas(self) -> None:
         """memcached's -C: items stored from now on get cas 0, and ``cas``

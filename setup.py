@@ -26,6 +26,10 @@ if os.environ.get("MEMCACHEDLITE_COMPILE", "") not in ("", "0"):
         setup(setup_requires=["mypy>=1.10"])
     else:
         paths = [name.replace(".", "/") + ".py" for name in compiled_modules()]
-        setup(ext_modules=mypycify(paths, opt_level="3"), setup_requires=["mypy>=1.10"])
+        # group_name: the shared runtime library is memcachedlite__mypyc.<abi>.so, not
+        # <hash of the module list>__mypyc.<abi>.so, so a rebuild replaces it instead of
+        # leaving the old one beside it
+        ext_modules = mypycify(paths, opt_level="3", group_name="memcachedlite")
+        setup(ext_modules=ext_modules, setup_requires=["mypy>=1.10"])
 else:
     setup()

@@ -24,6 +24,7 @@ COMPILED = (
     "memcachedlite.storage.durability",
     "memcachedlite.storage.statistics",
     "memcachedlite.storage.memory",
+    "memcachedlite.storage.batches",
     "memcachedlite.storage.store",
     "memcachedlite.storage.datafile",
     "memcachedlite.storage.slabs",

@@ -14,8 +14,7 @@ from hypothesis import strategies as st
 from memcachedlite import Registry, Session, Store, default_registry
 from memcachedlite.errors import LogWriteError
 from memcachedlite.protocols.settings import Settings
-from memcachedlite.storage import datafile
-from memcachedlite.storage import store as store_module
+from memcachedlite.storage import batches, datafile
 from memcachedlite.storage.items import decode
 from memcachedlite.storage.records import parse_records, read_header
 
@@ -79,7 +78,7 @@ def command(draw) -> bytes:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(command(), min_size=1, max_size=25), st.integers(1, 3))
 def test_a_batch_answers_and_stores_what_one_at_a_time_does(tmp_path_factory, monkeypatch, commands, chunks) -> None:
-    monkeypatch.setattr(store_module, "SETS_RECORD_MIN", 2)  # short runs as sets records too
+    monkeypatch.setattr(batches, "SETS_RECORD_MIN", 2)  # short runs as sets records too
     tmp = tmp_path_factory.mktemp("batch")
     stream = b"".join(commands)
     results = []

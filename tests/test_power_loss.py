@@ -36,8 +36,8 @@ import pytest
 from memcachedlite import CorruptLogError, Store
 from memcachedlite.protocols.session import Session
 from memcachedlite.storage import records, repair
+from memcachedlite.storage.batches import SETS_RECORD_MIN
 from memcachedlite.storage.records import parse_one
-from memcachedlite.storage.store import SETS_RECORD_MIN
 from tests.conftest import stop_as_killed
 from tests.crashsim import (
     PATIENCE,

@@ -14,8 +14,7 @@ from click.testing import CliRunner
 
 from memcachedlite import CorruptLogError, Session, Store
 from memcachedlite.cli import main
-from memcachedlite.storage import datafile, records
-from memcachedlite.storage import store as store_module
+from memcachedlite.storage import batches, datafile, records
 from memcachedlite.storage.items import ITEM_FORMAT, SHORTEST_ITEM, make_item
 from memcachedlite.storage.records import (
     BadRecord,
@@ -42,7 +41,7 @@ RUN = (
 def short_runs_too(monkeypatch) -> None:
     """Log even these short runs as sets records (the server does from
     SETS_RECORD_MIN sets on, where the bulk form starts to cost less)."""
-    monkeypatch.setattr(store_module, "SETS_RECORD_MIN", 2)
+    monkeypatch.setattr(batches, "SETS_RECORD_MIN", 2)
 
 
 def record_starts(data: bytes) -> list[int]:
@@ -109,7 +108,7 @@ def test_a_run_with_any_other_set_is_logged_record_by_record(tmp_path: Path, odd
 
 
 def test_a_short_run_is_logged_a_record_per_set(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(store_module, "SETS_RECORD_MIN", 16)
+    monkeypatch.setattr(batches, "SETS_RECORD_MIN", 16)
     path = tmp_path / "data.txt"
     fill(path, b"".join(b"set s%d 0 0 1\r\n%d\r\n" % (i, i % 10) for i in range(15)))
     fill(path, b"".join(b"set l%d 0 0 1\r\n%d\r\n" % (i, i % 10) for i in range(16)))

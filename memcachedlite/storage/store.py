@@ -1,7 +1,8 @@
 """The shared store: the item table in memory, expiry, LRU order and
 counters, every change written to the data file first (how it reaches the
 file is :mod:`memcachedlite.storage.durability`'s business; what the memory
-limit drops or refuses, :mod:`memcachedlite.storage.memory`'s; reclaiming
+limit drops or refuses, :mod:`memcachedlite.storage.memory`'s; pipelined
+sets and atomic sequences, :mod:`memcachedlite.storage.batches`'; reclaiming
 expired items in the background, :mod:`memcachedlite.storage.expiry`'s).
 
 Every mutation takes the store's lock, works out its effect, appends that
@@ -20,14 +21,14 @@ import logging
 import os
 import threading
 import time
-from contextlib import contextmanager
 from enum import IntEnum
 from itertools import islice
-from typing import Callable, Final, Iterable, Iterator, NamedTuple, Optional, Union
+from typing import Callable, Final, Iterable, NamedTuple, Optional, Union
 
 from ..buildinfo import refuse_python_subclass
-from ..errors import LogWriteError, NonNumeric, ServerError
+from ..errors import LogWriteError, NonNumeric
 from . import datafile, records
+from .batches import Batches
 from .durability import DEFAULT_COMPACT_MIN_SIZE
 from .evictions import EvictionNotice
 from .expiry import Expiry
@@ -38,7 +39,6 @@ from .items import (
     EXPTIME_AT,
     EXPTIME_END,
     FETCHED,
-    ITEM_FORMAT,
     ITEM_OVERHEAD,
     NEVER_PACKED,
     SIZE_BASE,
@@ -63,7 +63,6 @@ from .items import (
     with_exptime,
     with_state,
 )
-from .memory import Memory
 from .numbers import absolute_exptime, apply_delta, parse_counter
 from .prefixes import PrefixStats
 from .replay import Loaded, replay
@@ -73,10 +72,6 @@ from .statistics import COUNTERS
 logger = logging.getLogger(__name__)
 
 DEFAULT_MEMORY_LIMIT: Final = 64 * 1024 * 1024
-#: The fewest entries a run of pipelined sets needs to be logged as one
-#: ``sets`` record: below it, a record per set costs less than the bulk
-#: form's fixed part (measured with benchmarks/micro_session.py).
-SETS_RECORD_MIN = 16
 #: The expiry an item already expired is stored with (a negative exptime):
 #: a second long past, as memcached makes it the second after it started.
 PAST: Final = 1
@@ -121,7 +116,7 @@ class Arith(NamedTuple):
     created: bool = False
 
 
-class Store(Expiry, Memory):
+class Store(Expiry, Batches):
     """The key-value data shared by every connection of a server.
 
     ``path=None`` keeps everything in memory only (for tests and embedding);
@@ -179,7 +174,7 @@ class Store(Expiry, Memory):
         self._max_given_cas = 0
         self.counters = dict.fromkeys(COUNTERS, 0)
         #: why every change is refused (see refuse_writes), or None
-        self._refusal: Optional[str] = None
+        self._refusal = None
         self.compact_min_size = compact_min_size
         self._closing = threading.Event()
         self._init_expiry()
@@ -625,120 +620,6 @@ class Store(Expiry, Memory):
             absolute = self.absolute(exptime) if exptime else 0
             return self._write(key, value, flags, absolute, None, 0, True, False, size, cls)  # unlink
 
-    def set_many(self, entries: list[tuple[bytes, bytes, int, int]]) -> list[Optional[ServerError]]:
-        """:meth:`set` for each ``(key, value, flags, exptime)``, under one lock
-        (the batch form of ``set``); the same effects, counted the same way.
-        Returns, per entry, None or the error that :meth:`set` would have
-        raised for it (memory full with ``-M``, data file not writable).
-
-        Inside a batch, the common case (no expiry, no pending flush, no
-        eviction, no chunked item, no flushed item to find first) is
-        :meth:`_write` with what it looks up once per item looked up once
-        per call; anything else goes through :meth:`_write`. When every
-        entry is the common case, the items are logged as one ``sets``
-        record (:func:`memcachedlite.storage.records.encode_sets`) rather
-        than a record each.
-        """
-        with self._lock:
-            if self._refusal is not None:
-                return [LogWriteError(self._refusal)] * len(entries)
-            counters = self.counters
-            slabs = self.slabs
-            table, chunk_limit, largest, sets = slabs.table, slabs.chunk_limit, slabs.largest, slabs.cmd_set
-            if self.prefixes.enabled:
-                for entry in entries:
-                    self.prefixes.record_set(entry[0])
-            pending, undo = self._pending, self._undo
-            errors: list[Optional[ServerError]] = [None] * len(entries)
-            if pending is None or undo is None or self.flush_at or not self._writable or not self.cas_enabled:
-                for i, (key, value, flags, exptime) in enumerate(entries):
-                    size = SIZE_BASE + len(key) + len(value) + (4 if flags else 0)
-                    sets[table[size] if size <= chunk_limit else largest] += 1
-                    errors[i] = self._try_write(key, value, flags, exptime)
-                return errors
-            now = int(self._clock())
-            items = self._items
-            flushed = self._flushed
-            linked, requested, room = slabs.items, slabs.requested, slabs.room
-            limit = self.memory_limit
-            first_cas = cas = self._next_cas
-            used = self.bytes
-            bulk = len(entries) >= SETS_RECORD_MIN  # one sets record, while every entry is a common case
-            blobs: list[bytes] = []
-            slow = 0  # entries that went through _try_write, which counts them itself
-            base = SIZE_BASE
-            old_exptime: int  # typed: the compiled build compares them as machine integers
-            old_cls: int
-            old_size: int
-            for i, (key, value, flags, exptime) in enumerate(entries):
-                length = len(value)
-                size = base + len(key) + length + (4 if flags else 0)  # memcached_size, spelled out
-                cls = table[size] if size <= chunk_limit else largest
-                sets[cls] += 1
-                old = items.get(key)
-                meta = pack_meta(0, now, 0, cas, 0, flags, cls, size)
-                blob = b"%b %d %d\r\n%b\r\n" % (meta, flags, length, value)
-                if old is not None:
-                    grow = len(blob) - len(old)
-                    old_exptime, old_cls, old_size = unpack_replaced(old)
-                    special = old_size > chunk_limit
-                else:
-                    grow = len(key) + len(blob) + ITEM_OVERHEAD
-                    special = key in flushed if flushed else False  # memcached's store would find the flushed one
-                if exptime or special or used + grow > limit or size > chunk_limit:
-                    if bulk:  # not all common cases: log the ones so far a record each
-                        pending.extend(
-                            records.set_record(k, v, f, 0, first_cas + j) for j, (k, v, f, _) in enumerate(entries[:i])
-                        )
-                        bulk = False
-                    self._next_cas, self.bytes = cas, used
-                    slow += 1
-                    errors[i] = self._try_write(key, value, flags, exptime)
-                    cas, used = self._next_cas, self.bytes
-                    continue
-                if bulk:
-                    blobs.append(blob)
-                else:
-                    pending.append(records.set_record(key, value, flags, 0, cas))
-                undo.append((key, old))
-                if old is not None:
-                    del items[key]  # re-inserted at the young end
-                    if 0 < old_exptime <= now:
-                        counters["get_expired"] += 1  # memcached's store finds it expired first
-                    if old_cls == cls:
-                        if size != old_size:
-                            requested[cls] += size - old_size
-                    else:  # into another class
-                        linked[old_cls] -= 1
-                        requested[old_cls] -= old_size
-                        counted = linked[cls] + 1
-                        linked[cls] = counted
-                        requested[cls] += size
-                        if counted > room[cls]:
-                            slabs.grow(cls)
-                else:
-                    counted = linked[cls] + 1
-                    linked[cls] = counted
-                    requested[cls] += size
-                    if counted > room[cls]:
-                        slabs.grow(cls)
-                items[key] = blob
-                cas += 1
-                used += grow
-            if bulk:
-                pending.extend(records.encode_sets([entry[0] for entry in entries], blobs, ITEM_FORMAT, cas))
-            counters["total_items"] += len(entries) - slow
-            self._next_cas, self.bytes = cas, used
-            return errors
-
-    def _try_write(self, key: bytes, value: bytes, flags: int, exptime: int) -> Optional[ServerError]:
-        """One entry of :meth:`set_many` the way :meth:`set` stores it."""
-        try:
-            self._write(key, value, flags, self.absolute(exptime) if exptime else 0, unlink=True)
-        except ServerError as exc:
-            return exc
-        return None
-
     def store(
         self,
         mode: Mode,
@@ -920,26 +801,6 @@ class Store(Expiry, Memory):
             return decode(self._items[key])
 
     # -- primitives for the meta protocol -----------------------------------
-
-    @contextmanager
-    def atomic(self) -> Iterator[None]:
-        """Hold the store's lock, so that a sequence of calls (a meta command
-        reads, decides, then writes) is one step to every other connection;
-        and, inside a batch, log what the sequence wrote as one group, so that
-        a crash cannot keep half of it."""
-        with self._lock:
-            pending = self._pending
-            if pending is None or not self._writable or self._in_atomic:
-                yield
-                return
-            start = len(pending)
-            self._in_atomic = True
-            try:
-                yield
-            finally:
-                self._in_atomic = False
-                if len(pending) - start > 1 and pending is self._pending:
-                    pending[start:] = [records.regroup(pending[start:])]
 
     def fetch_uncounted(self, key: bytes, bump: bool = True) -> Optional[Item]:
         """The live item under ``key`` as it was before this read, for a

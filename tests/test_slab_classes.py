@@ -8,14 +8,13 @@ store holds."""
 from __future__ import annotations
 
 import errno
-import os
 from pathlib import Path
 
 import pytest
 
 from memcachedlite import Session, Store
 from memcachedlite.errors import LogWriteError
-from memcachedlite.storage import fileio, records
+from memcachedlite.storage import records
 from memcachedlite.storage.items import memcached_size, pack_meta
 from memcachedlite.storage.slabs import CAS_BYTES, PAGE_SIZE, Slabs
 
@@ -148,17 +147,10 @@ def test_minus_capital_c_after_a_load_moves_items_to_their_smaller_classes(tmp_p
         store.close()
 
 
-class FullDisk:
-    """The data file's system calls (``fileio.system``) with the disk full."""
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(os, name)
-
-    def write(self, fd: int, data: bytes) -> int:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-
 def test_a_batch_undone_after_a_failed_write_leaves_the_counts_as_they_were(tmp_path: Path, monkeypatch) -> None:
+    from tests.crashsim import FsRecorder, modules_with_os
+
+    recorder = FsRecorder(tmp_path).install(monkeypatch, *modules_with_os())
     store = Store(tmp_path / "data.txt")
     try:
         for i in range(10):
@@ -170,8 +162,8 @@ def test_a_batch_undone_after_a_failed_write_leaves_the_counts_as_they_were(tmp_
             store.flush_all()
             store.set(b"k2", b"y")  # finds the flushed k2
             store.set(b"new", b"z" * 3000)
-            monkeypatch.setattr(fileio, "system", FullDisk())  # the batch's one write, at its end, fails
-        monkeypatch.undo()
+            recorder.fail("write", 1, errno.ENOSPC)  # the batch's one write, at its end, fails
+        recorder.heal()
         assert (list(store.slabs.items), list(store.slabs.requested), store.stats()["bytes"]) == before
         assert store.peek(b"k1").value == b"v" * 10 and store.peek(b"new") is None
         assert_counts_add_up(store)

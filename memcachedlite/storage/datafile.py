@@ -465,9 +465,8 @@ class DataLog:
         if self.head_at and self.head_synced < synced:
             fd = fileio.system.open(self.path, os.O_WRONLY | os.O_CLOEXEC)  # a descriptor that writes where it is told
             try:
-                if (
-                    fileio.system.fstat(fd).st_ino != fileio.system.fstat(self._fd).st_ino
-                ):  # pragma: no cover - we hold the lock
+                system = fileio.system
+                if system.fstat(fd).st_ino != system.fstat(self._fd).st_ino:  # pragma: no cover - we hold the lock
                     raise LogWriteError(f"{self.path} was replaced while in use")
                 pwrite_all(fd, encode_head_mark(synced, self.file_id), self.head_at)
             finally:

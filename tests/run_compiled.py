@@ -15,30 +15,16 @@ not measured here: it cannot see into compiled code (the pure run measures it).
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-#: what a copy of the checkout leaves out: build output and caches
-LEFT_OUT = shutil.ignore_patterns(
-    ".git", "build", "dist", "*.egg-info", "__pycache__", "*.so", ".coverage*", ".pytest_cache", ".hypothesis",
-    ".ruff_cache", ".import_linter_cache", "site", ".venv", "venv", "corpus", "artifacts", "data.txt",
-)  # fmt: skip
+sys.path.insert(0, str(ROOT))
 
-
-def copy_checkout(target: Path) -> Path:
-    """The checkout's sources, tests, docs and examples, in ``target``."""
-    shutil.copytree(ROOT, target, ignore=LEFT_OUT, symlinks=True)
-    return target
-
-
-def compile_in_place(tree: Path) -> None:
-    """Build the C extensions beside their sources in ``tree``."""
-    env = dict(os.environ, MEMCACHEDLITE_COMPILE="1")
-    subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=tree, env=env, check=True)
+# the benchmarks build their compiled copy the same way: one copy of the steps
+from benchmarks.builds import compile_in_place, copy_checkout  # noqa: E402
 
 
 def run_tests(tree: Path, args: list[str]) -> int:
@@ -51,9 +37,14 @@ def run_tests(tree: Path, args: list[str]) -> int:
 
 def main(args: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="memcachedlite-compiled-") as scratch:
-        tree = copy_checkout(Path(scratch) / "memcachedlite")
+        tree = copy_checkout(ROOT, Path(scratch) / "memcachedlite")
         print(f"compiling with mypyc in {tree} ...", flush=True)
-        compile_in_place(tree)
+        try:
+            seconds = compile_in_place(tree, Path(scratch) / "mypyc.log")
+        except RuntimeError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        print(f"compiled in {seconds:.0f} s", flush=True)
         return run_tests(tree, args)
 
 

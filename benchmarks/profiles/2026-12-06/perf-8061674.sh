@@ -1,7 +1,7 @@
 #!/bin/bash
 # perf record of the server during mcl bench, both builds (as benchmarks/profiles/2026-12-06/perf.txt)
 # As run on 2026-12-06: /work/main is the checkout (pure build), /tmp/perfc a copy of it compiled in place
-# (python3 -c "import sys; sys.path.insert(0, 'tests'); import run_compiled as r; ...": copy_checkout, compile_in_place).
+# (benchmarks/builds.py: copy_checkout, compile_in_place).
 out=/tmp/perfout/perf.txt; : > $out
 echo "perf record -F 999 -g -p <server> for 10 s during 'mcl bench' (W1 -c 1 --get-ratio 1, W3 -c 4 --multiget 100 --get-ratio 1, W6 -c 4 --pipeline 100 --get-ratio 0), server pinned to CPU 1, load on CPU 0; code 8061674; shares of the server's samples by object, then by symbol ([k] kernel)." >> $out
 for build in pure compiled; do

@@ -27,10 +27,10 @@ from pymemcache.client.base import Client
 from memcachedlite import CorruptLogError, Session, Store
 from memcachedlite.protocols.binary import BinarySession
 from memcachedlite.storage import durability, records
+from memcachedlite.storage.batches import SETS_RECORD_MIN
 from memcachedlite.storage.records import HEAD_MARK_AT, HEAD_MARK_SIZE, Record, parse_one, read_head
 from memcachedlite.storage.repair import repair
 from memcachedlite.storage.replay import snapshot_section
-from memcachedlite.storage.store import SETS_RECORD_MIN
 
 from .conftest import stop_as_killed
 from .test_cli import run_mcl, run_serve
